@@ -1,0 +1,252 @@
+"""OrchestrationContext: the only door orchestration code has to the outside world.
+
+Scheduling methods return task descriptors that the code must `yield`; the replay engine turns them into history.
+Fire-and-forget methods (custom status, KV, traces) act at once and are recorded or suppressed during replay.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .events import dumps
+from .tasks import (
+    ActivityTask,
+    AllTask,
+    ContinueAsNewTask,
+    DequeueTask,
+    DetachedStartTask,
+    NewGuidTask,
+    RaceTask,
+    SubOrchestrationTask,
+    Task,
+    TimerTask,
+    UtcNowTask,
+    WaitEventTask,
+)
+
+if TYPE_CHECKING:
+    from .engine import ReplayEngine
+
+log = logging.getLogger("duroxide_celery.orchestration")
+
+MAX_CUSTOM_STATUS_BYTES = 256 * 1024
+
+
+def _encode(value: Any, what: str) -> str:
+    try:
+        return dumps(value)
+    except TypeError as exc:
+        raise TypeError(f"{what}: {exc}") from None
+
+
+def _require_name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _check_retry(policy: Any) -> dict[str, Any]:
+    if not isinstance(policy, dict):
+        raise TypeError(f"retry policy must be a dict, got {type(policy).__name__}")
+    max_attempts = policy.get("max_attempts", 3)
+    if not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ValueError(f"retry policy max_attempts must be an integer >= 1, got {max_attempts!r}")
+    return dict(policy)
+
+
+class OrchestrationContext:
+    """Deterministic API for orchestration generators (names and behaviour of duroxide-python)."""
+
+    def __init__(self, engine: ReplayEngine):
+        self._engine = engine
+
+    # -- properties -------------------------------------------------------------------------------------------
+    @property
+    def instance_id(self) -> str:
+        return self._engine.instance_id
+
+    @property
+    def execution_id(self) -> int:
+        return self._engine.execution_id
+
+    @property
+    def orchestration_name(self) -> str:
+        return self._engine.orchestration_name
+
+    @property
+    def orchestration_version(self) -> str:
+        return self._engine.orchestration_version
+
+    def is_replaying(self) -> bool:
+        """True while the code re-runs steps already in history (traces are silent then)."""
+        return self._engine.replaying
+
+    # -- activities -------------------------------------------------------------------------------------------
+    def schedule_activity(self, name: str, input: Any = None, session_id: str | None = None) -> ActivityTask:
+        _require_name(name, "activity name")
+        if session_id is not None:
+            _require_name(session_id, "session_id")
+        return ActivityTask(name, _encode(input, f"input of activity '{name}'"), session_id=session_id)
+
+    def schedule_activity_on_session(self, name: str, input: Any, session_id: str) -> ActivityTask:
+        _require_name(session_id, "session_id")
+        return self.schedule_activity(name, input, session_id=session_id)
+
+    def schedule_activity_with_retry(self, name: str, input: Any, retry: dict[str, Any]) -> ActivityTask:
+        task = self.schedule_activity(name, input)
+        task.retry = _check_retry(retry)
+        return task
+
+    def schedule_activity_with_retry_on_session(
+        self, name: str, input: Any, retry: dict[str, Any], session_id: str
+    ) -> ActivityTask:
+        task = self.schedule_activity_on_session(name, input, session_id)
+        task.retry = _check_retry(retry)
+        return task
+
+    # -- timers and events ------------------------------------------------------------------------------------
+    def schedule_timer(self, delay_ms: int) -> TimerTask:
+        if isinstance(delay_ms, bool) or not isinstance(delay_ms, int | float) or delay_ms < 0:
+            raise ValueError(f"timer delay must be a non-negative number of milliseconds, got {delay_ms!r}")
+        return TimerTask(int(delay_ms))
+
+    def wait_for_event(self, name: str) -> WaitEventTask:
+        return WaitEventTask(_require_name(name, "event name"))
+
+    def dequeue_event(self, queue_name: str) -> DequeueTask:
+        return DequeueTask(_require_name(queue_name, "queue name"))
+
+    # -- orchestrations ---------------------------------------------------------------------------------------
+    def schedule_sub_orchestration(self, name: str, input: Any = None) -> SubOrchestrationTask:
+        return SubOrchestrationTask(_require_name(name, "orchestration name"), _encode(input, "sub-orchestration input"))
+
+    def schedule_sub_orchestration_with_id(
+        self, name: str, instance_id: str, input: Any = None
+    ) -> SubOrchestrationTask:
+        task = self.schedule_sub_orchestration(name, input)
+        task.instance_id = _require_name(instance_id, "sub-orchestration instance id")
+        return task
+
+    def schedule_sub_orchestration_versioned(
+        self, name: str, version: str | None = None, input: Any = None
+    ) -> SubOrchestrationTask:
+        task = self.schedule_sub_orchestration(name, input)
+        task.version = version
+        return task
+
+    def schedule_sub_orchestration_versioned_with_id(
+        self, name: str, version: str | None, instance_id: str, input: Any = None
+    ) -> SubOrchestrationTask:
+        task = self.schedule_sub_orchestration_with_id(name, instance_id, input)
+        task.version = version
+        return task
+
+    def start_orchestration(self, name: str, instance_id: str, input: Any = None) -> DetachedStartTask:
+        return DetachedStartTask(
+            _require_name(name, "orchestration name"),
+            _require_name(instance_id, "instance id"),
+            _encode(input, "orchestration input"),
+        )
+
+    def start_orchestration_versioned(
+        self, name: str, version: str | None, instance_id: str, input: Any = None
+    ) -> DetachedStartTask:
+        task = self.start_orchestration(name, instance_id, input)
+        task.version = version
+        return task
+
+    def continue_as_new(self, input: Any = None) -> ContinueAsNewTask:
+        return ContinueAsNewTask(_encode(input, "continue_as_new input"))
+
+    def continue_as_new_versioned(self, input: Any = None, version: str | None = None) -> ContinueAsNewTask:
+        return ContinueAsNewTask(_encode(input, "continue_as_new input"), version)
+
+    # -- composition ------------------------------------------------------------------------------------------
+    def all(self, tasks: list[Task]) -> AllTask:
+        return AllTask(list(tasks))
+
+    def race(self, *tasks: Task) -> RaceTask:
+        if len(tasks) == 1 and isinstance(tasks[0], list | tuple):
+            tasks = tuple(tasks[0])
+        return RaceTask(list(tasks))
+
+    # -- deterministic helpers --------------------------------------------------------------------------------
+    def utc_now(self) -> UtcNowTask:
+        return UtcNowTask()
+
+    def new_guid(self) -> NewGuidTask:
+        return NewGuidTask()
+
+    # -- custom status ----------------------------------------------------------------------------------------
+    def set_custom_status(self, status: str) -> None:
+        if not isinstance(status, str):
+            raise TypeError(f"custom status must be a str, got {type(status).__name__}")
+        self._engine.record_custom_status(status)
+
+    def reset_custom_status(self) -> None:
+        self._engine.record_custom_status(None)
+
+    def get_custom_status(self) -> str | None:
+        return self._engine.custom_status
+
+    # -- KV ---------------------------------------------------------------------------------------------------
+    def set_kv_value(self, key: str, value: Any) -> None:
+        self._engine.record_kv_set(str(key), str(value))
+
+    def get_kv_value(self, key: str) -> str | None:
+        entry = self._engine.kv.get(str(key))
+        return entry[0] if entry else None
+
+    def get_kv_all_values(self) -> dict[str, str]:
+        return {k: v for k, (v, _) in self._engine.kv.items()}
+
+    def get_kv_all_keys(self) -> list[str]:
+        return list(self._engine.kv)
+
+    def get_kv_length(self) -> int:
+        return len(self._engine.kv)
+
+    def clear_kv_value(self, key: str) -> None:
+        self._engine.record_kv_clear(str(key))
+
+    def clear_all_kv_values(self) -> None:
+        self._engine.record_kv_clear_all()
+
+    def prune_kv_values_updated_before(self, cutoff_ms: int) -> int:
+        stale = [k for k, (_, stamp) in self._engine.kv.items() if stamp < cutoff_ms]
+        for key in stale:
+            self._engine.record_kv_clear(key)
+        return len(stale)
+
+    def get_kv_value_from_instance(self, instance_id: str, key: str) -> ActivityTask:
+        from .events import SYSCALL_PREFIX
+
+        return ActivityTask(SYSCALL_PREFIX + "get_kv_value", dumps([instance_id, key]))
+
+    # -- tracing (silent while replaying, so a trace appears once per real step) ------------------------------
+    def _trace(self, level: int, message: str) -> None:
+        if self._engine.replaying:
+            return
+        log.log(
+            level,
+            message,
+            extra={
+                "instance_id": self.instance_id,
+                "execution_id": self.execution_id,
+                "orchestration_name": self.orchestration_name,
+                "orchestration_version": self.orchestration_version,
+            },
+        )
+
+    def trace_info(self, message: str) -> None:
+        self._trace(logging.INFO, str(message))
+
+    def trace_warn(self, message: str) -> None:
+        self._trace(logging.WARNING, str(message))
+
+    def trace_error(self, message: str) -> None:
+        self._trace(logging.ERROR, str(message))
+
+    def trace_debug(self, message: str) -> None:
+        self._trace(logging.DEBUG, str(message))

@@ -1,0 +1,809 @@
+"""The replay driver: one orchestration turn, computed from history plus new inbox messages. No I/O.
+
+How a turn works. New inbox messages are first turned into history events (filtered: stale executions,
+duplicates and completions of cancelled work are dropped). Then the generator is run from the start. Every event
+the code *produces* (schedules, cancel breadcrumbs, custom status, KV) is matched in order against the events of
+that kind already in history; a difference is nondeterminism. Every event that *arrives* (completions, raised
+events, cancel requests) is fed to the code in history order, one at a time, and only when the code is blocked
+on something unresolved. Feeding arrivals lazily, in order, is what makes race winners, positional events and
+queue delivery replay exactly as they first ran.
+
+Alternatives considered: (a) deciding winners by comparing completion event ids after the fact: a queue message
+matched by a race loser then needs un-consuming; (b) Temporal-style command/event state machines per task:
+more machinery than a generator API that awaits one thing at a time needs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import traceback
+from collections import deque
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import events as ev
+from .context import MAX_CUSTOM_STATUS_BYTES, OrchestrationContext
+from .events import HistoryEvent, dumps, error_details, loads
+from .futures import AllWaiter, Future, RaceWaiter, SingleWaiter, Waiter
+from .retry import retry_loop
+from .tasks import (
+    ActivityTask,
+    AllTask,
+    ContinueAsNewTask,
+    DequeueTask,
+    DetachedStartTask,
+    NewGuidTask,
+    RaceTask,
+    SubOrchestrationTask,
+    Task,
+    TimerTask,
+    UtcNowTask,
+    WaitEventTask,
+)
+
+#: Version of the replay behaviour, recorded on each execution so later engines can replay old histories.
+REPLAY_VERSION = 1
+
+MAX_KV_KEYS = 150
+MAX_KV_VALUE_BYTES = 65536
+
+Handler = Callable[[OrchestrationContext, Any], Any]
+#: resolve(name, version or None) -> (version, handler), or None when this worker does not have it.
+Resolver = Callable[[str, "str | None"], "tuple[str, Handler] | None"]
+
+
+class Nondeterminism(BaseException):
+    """The code no longer produces what history recorded."""
+
+
+class _Terminate(BaseException):
+    """Internal: end the turn with a terminal event."""
+
+    def __init__(self, kind: str, data: dict[str, Any]):
+        super().__init__(kind)
+        self.kind, self.data = kind, data
+
+
+# -- outgoing work: what the store must do when the turn commits ----------------------------------------------
+@dataclass
+class ScheduleActivity:
+    event_id: int
+    name: str
+    input: str
+    session_id: str | None = None
+    tag: str | None = None
+
+
+@dataclass
+class CancelActivity:
+    event_id: int
+
+
+@dataclass
+class ScheduleTimer:
+    event_id: int
+    fire_at_ms: int
+
+
+@dataclass
+class CancelTimer:
+    event_id: int
+
+
+@dataclass
+class StartOrchestration:
+    """Start another instance: a child (with parent link) or a detached one (parent fields None)."""
+
+    instance_id: str
+    name: str
+    input: str
+    version: str | None = None
+    parent_instance_id: str | None = None
+    parent_execution_id: int | None = None
+    parent_event_id: int | None = None
+
+
+@dataclass
+class CancelInstance:
+    instance_id: str
+    reason: str
+
+
+@dataclass
+class NotifyParent:
+    parent_instance_id: str
+    parent_execution_id: int
+    parent_event_id: int
+    kind: str  # ev.MSG_SUB_COMPLETED or ev.MSG_SUB_FAILED
+    result: str | None = None
+    details: dict[str, Any] | None = None
+
+
+@dataclass
+class TurnInput:
+    instance_id: str
+    execution_id: int
+    history: list[HistoryEvent]
+    messages: list[dict[str, Any]]
+    now_ms: int
+    new_guid: Callable[[], str]
+    clock: Callable[[], int] | None = None
+    kv_snapshot: dict[str, tuple[str, int]] = field(default_factory=dict)
+    kv_reader: Callable[[str, str], str | None] | None = None
+
+
+@dataclass
+class TurnResult:
+    """Everything one turn decided. `status` is Running, Completed, Failed or ContinuedAsNew for a turn that ran;
+    `Idle` (nothing to do: no execution, or it already ended) and `Unregistered` (no handler here) commit nothing."""
+
+    status: str
+    new_events: list[HistoryEvent] = field(default_factory=list)
+    outgoing: list[Any] = field(default_factory=list)
+    orchestration_name: str | None = None
+    orchestration_version: str | None = None
+    output: str | None = None
+    error: dict[str, Any] | None = None
+    custom_status_changed: bool = False
+    custom_status: str | None = None
+    kv_ops: list[tuple[Any, ...]] = field(default_factory=list)
+    kv_state: dict[str, tuple[str, int]] = field(default_factory=dict)
+    continue_as_new: dict[str, Any] | None = None
+    parent: dict[str, Any] | None = None
+    unregistered: tuple[str, str | None] | None = None
+    dropped_messages: int = 0
+
+
+_SCHEDULED_BY_MESSAGE = {
+    ev.MSG_ACTIVITY_COMPLETED: ev.ACTIVITY_SCHEDULED,
+    ev.MSG_ACTIVITY_FAILED: ev.ACTIVITY_SCHEDULED,
+    ev.MSG_TIMER_FIRED: ev.TIMER_CREATED,
+    ev.MSG_SUB_COMPLETED: ev.SUB_ORCHESTRATION_SCHEDULED,
+    ev.MSG_SUB_FAILED: ev.SUB_ORCHESTRATION_SCHEDULED,
+}
+_CANCEL_KINDS = {ev.ACTIVITY_CANCEL_REQUESTED, ev.SUB_ORCHESTRATION_CANCEL_REQUESTED}
+
+
+def run_turn(inp: TurnInput, resolve: Resolver) -> TurnResult:
+    """Compute one turn of an instance. Pure: the same input always gives the same result."""
+    return ReplayEngine(inp, resolve).run()
+
+
+class ReplayEngine:
+    def __init__(self, inp: TurnInput, resolve: Resolver):
+        self.inp = inp
+        self.resolve = resolve
+        self.instance_id = inp.instance_id
+        self.execution_id = inp.execution_id
+        self.orchestration_name = ""
+        self.orchestration_version = ""
+        self.history: list[HistoryEvent] = list(inp.history)
+        self.old_count = len(self.history)
+        self.new_events: list[HistoryEvent] = []
+        self.outgoing: list[Any] = []
+        self.replaying = True
+        self.custom_status: str | None = None
+        self.kv: dict[str, tuple[str, int]] = dict(inp.kv_snapshot)
+        self.kv_ops: list[tuple[Any, ...]] = []
+        self.custom_status_changed = False
+        self._seq = 0
+        self._futures: dict[int, Future] = {}
+        self._waits: dict[str, deque[Future]] = {}
+        self._dequeues: dict[str, deque[Future]] = {}
+        self._queue_buffer: dict[str, deque[str]] = {}
+        self._cancel_reason: str | None = None
+        self._waiter: Waiter | None = None
+
+    # -- entry ------------------------------------------------------------------------------------------------
+    def run(self) -> TurnResult:
+        started = self.history[0] if self.history else None
+        messages = list(self.inp.messages)
+        if started is None:
+            start_msg = next((m for m in messages if m["kind"] in (ev.MSG_START, ev.MSG_CONTINUE_AS_NEW)), None)
+            if start_msg is None:
+                return TurnResult(status="Idle", dropped_messages=len(messages))
+            resolved = self.resolve(start_msg["name"], start_msg.get("version"))
+            if resolved is None:
+                return TurnResult(status="Unregistered", unregistered=(start_msg["name"], start_msg.get("version")))
+            version, handler = resolved
+            started = self._new_event(
+                ev.ORCHESTRATION_STARTED,
+                {
+                    "name": start_msg["name"],
+                    "version": version,
+                    "input": start_msg.get("input", "null"),
+                    "parent_instance": start_msg.get("parent_instance_id"),
+                    "parent_execution_id": start_msg.get("parent_execution_id"),
+                    "parent_id": start_msg.get("parent_event_id"),
+                    "carry_forward_events": start_msg.get("carry_forward_events") or [],
+                    "initial_custom_status": start_msg.get("initial_custom_status"),
+                    "replay_version": REPLAY_VERSION,
+                },
+            )
+            self.replaying = False
+            messages.remove(start_msg)
+        else:
+            if any(e.kind in ev.TERMINAL_KINDS for e in self.history):
+                return TurnResult(status="Idle", dropped_messages=len(messages))
+            name, version = started.data["name"], started.data["version"]
+            resolved = self.resolve(name, version)
+            if resolved is None:
+                return TurnResult(status="Unregistered", unregistered=(name, version))
+            _, handler = resolved
+        self.orchestration_name = started.data["name"]
+        self.orchestration_version = started.data["version"]
+        self.custom_status = started.data.get("initial_custom_status")
+        for name, data in started.data.get("carry_forward_events") or []:
+            self._queue_buffer.setdefault(name, deque()).append(data)
+        dropped = self._ingest(messages)
+        result = self._execute(handler, started)
+        result.dropped_messages = dropped
+        return result
+
+    # -- messages -> arrival events ---------------------------------------------------------------------------
+    def _ingest(self, messages: list[dict[str, Any]]) -> int:
+        scheduled: dict[int, str] = {}
+        closed: set[int] = set()
+        cancel_seen = False
+        for e in self.history:
+            if e.kind in (ev.ACTIVITY_SCHEDULED, ev.TIMER_CREATED, ev.SUB_ORCHESTRATION_SCHEDULED):
+                scheduled[e.event_id] = e.kind
+            elif e.source_event_id is not None and (e.kind in ev.INPUT_KINDS or e.kind in _CANCEL_KINDS):
+                closed.add(e.source_event_id)
+            elif e.kind == ev.ORCHESTRATION_CANCEL_REQUESTED:
+                cancel_seen = True
+        dropped = 0
+        cancels = [m for m in messages if m["kind"] == ev.MSG_CANCEL]
+        if cancels and not cancel_seen:
+            # Cancel beats any completion in the same turn (semantics.md 2.12): it is fed to the code first.
+            self._new_event(ev.ORCHESTRATION_CANCEL_REQUESTED, {"reason": cancels[0].get("reason") or ""})
+        dropped += len(cancels) - (1 if cancels and not cancel_seen else 0)
+        for msg in messages:
+            kind = msg["kind"]
+            if kind == ev.MSG_CANCEL:
+                continue
+            if kind in _SCHEDULED_BY_MESSAGE:
+                source = msg.get("event_id")
+                if (
+                    msg.get("execution_id") != self.execution_id
+                    or scheduled.get(source) != _SCHEDULED_BY_MESSAGE[kind]
+                    or source in closed
+                ):
+                    dropped += 1  # stale execution, unknown schedule, duplicate or cancelled work
+                    continue
+                closed.add(source)
+                if kind == ev.MSG_ACTIVITY_COMPLETED:
+                    self._new_event(ev.ACTIVITY_COMPLETED, {"result": msg.get("result")}, source)
+                elif kind == ev.MSG_ACTIVITY_FAILED:
+                    self._new_event(ev.ACTIVITY_FAILED, {"details": msg["details"]}, source)
+                elif kind == ev.MSG_TIMER_FIRED:
+                    self._new_event(ev.TIMER_FIRED, {"fire_at_ms": msg.get("fire_at_ms")}, source)
+                elif kind == ev.MSG_SUB_COMPLETED:
+                    self._new_event(ev.SUB_ORCHESTRATION_COMPLETED, {"result": msg.get("result")}, source)
+                else:
+                    self._new_event(ev.SUB_ORCHESTRATION_FAILED, {"details": msg["details"]}, source)
+            elif kind == ev.MSG_EXTERNAL_RAISED:
+                self._new_event(ev.EXTERNAL_EVENT, {"name": msg["name"], "data": msg.get("data")})
+            elif kind == ev.MSG_QUEUE_MESSAGE:
+                self._new_event(ev.QUEUE_EVENT_DELIVERED, {"name": msg["name"], "data": msg.get("data")})
+            else:
+                dropped += 1  # a second start for a running instance: the first one wins
+        return dropped
+
+    # -- running the code -------------------------------------------------------------------------------------
+    def _execute(self, handler: Handler, started: HistoryEvent) -> TurnResult:
+        syscall_ids = {
+            e.event_id
+            for e in self.history
+            if e.kind == ev.ACTIVITY_SCHEDULED and e.data.get("name", "").startswith(ev.SYSCALL_PREFIX)
+        }
+        self._actions = [e for e in self.history[: self.old_count] if e.kind in ev.ACTION_KINDS]
+        self._action_pos = 0
+        self._inputs = [
+            e
+            for e in self.history
+            if e.kind in ev.INPUT_KINDS and e.source_event_id not in syscall_ids
+        ]
+        self._input_pos = 0
+        self._completions = {
+            e.source_event_id: e for e in self.history if e.source_event_id in syscall_ids
+        }
+        ctx = OrchestrationContext(self)
+        try:
+            self._drive(handler, ctx, loads(started.data.get("input")))
+        except _Terminate as term:
+            return self._finish(term.kind, term.data, started)
+        except _Blocked:
+            return self._finish(None, {}, started)
+        except Nondeterminism as exc:
+            return self._finish(
+                ev.ORCHESTRATION_FAILED,
+                {"details": error_details(ev.CONFIGURATION, f"nondeterministic: {exc}", "Nondeterminism")},
+                started,
+            )
+        return self._finish(None, {}, started)
+
+    def _drive(self, handler: Handler, ctx: OrchestrationContext, input_value: Any) -> None:
+        try:
+            produced = handler(ctx, input_value)
+        except Exception as exc:
+            raise _Terminate(ev.ORCHESTRATION_FAILED, {"details": _app_failure(exc)}) from None
+        if not inspect.isgenerator(produced):
+            self._complete(produced)
+        stack: list[Generator[Any, Any, Any]] = [produced]
+        mode, payload = "send", None
+        while True:
+            gen = stack[-1]
+            try:
+                if mode == "send":
+                    yielded = gen.send(payload)
+                else:
+                    yielded = gen.throw(payload if isinstance(payload, BaseException) else _TaskError(payload))
+            except StopIteration as stop:
+                stack.pop()
+                if not stack:
+                    self._complete(stop.value)
+                mode, payload = "send", stop.value
+                continue
+            except (_Terminate, Nondeterminism):
+                raise
+            except Exception as exc:
+                stack.pop()
+                if not stack:
+                    self._close(produced)
+                    raise _Terminate(ev.ORCHESTRATION_FAILED, {"details": _app_failure(exc)}) from None
+                mode, payload = "throw", exc
+                continue
+            if isinstance(yielded, ContinueAsNewTask):
+                self._close(produced)
+                self._check_history_consumed()
+                raise _Terminate(ev.ORCHESTRATION_CONTINUED_AS_NEW, {"input": yielded.input, "_version": yielded.version})
+            if isinstance(yielded, ActivityTask) and yielded.retry is not None:
+                stack.append(retry_loop(yielded))
+                mode, payload = "send", None
+                continue
+            try:
+                outcome = self._start(yielded)
+            except (TypeError, ValueError) as exc:
+                mode, payload = "throw", exc
+                continue
+            if outcome is not None:
+                mode, payload = outcome
+                continue
+            mode, payload = self._block()
+
+    def _block(self) -> tuple[str, Any]:
+        waiter = self._waiter
+        assert waiter is not None
+        while True:
+            if self._cancel_reason is not None:
+                raise _Terminate(
+                    ev.ORCHESTRATION_FAILED,
+                    {"details": error_details(ev.APPLICATION, f"canceled: {self._cancel_reason}", "Cancelled")},
+                )
+            aborted = waiter.aborted()
+            if aborted is not None:
+                raise _Terminate(ev.ORCHESTRATION_FAILED, {"details": aborted.details})
+            if waiter.done():
+                break
+            if self._input_pos >= len(self._inputs):
+                self._check_history_consumed()
+                raise _Blocked()
+            event = self._inputs[self._input_pos]
+            self._input_pos += 1
+            if event.event_id > self.old_count:
+                self.replaying = False
+            self._apply(event)
+        self._waiter = None
+        outcome = waiter.outcome()
+        if isinstance(waiter, RaceWaiter):
+            for loser in waiter.losers():
+                self._cancel_future(loser, "dropped_future")
+        return outcome
+
+    def _check_history_consumed(self) -> None:
+        if self._action_pos < len(self._actions):
+            left = self._actions[self._action_pos]
+            raise Nondeterminism(
+                f"history has {len(self._actions) - self._action_pos} more scheduled event(s) than the "
+                f"orchestration produced; next unmatched: {_describe_event(left)}"
+            )
+
+    # -- starting tasks ---------------------------------------------------------------------------------------
+    def _start(self, task: Any) -> tuple[str, Any] | None:
+        """Emit the task's events; return an immediate outcome, or None after setting self._waiter."""
+        if isinstance(task, UtcNowTask):
+            return ("send", int(loads(self._syscall(ev.SYSCALL_UTC_NOW, "", lambda: dumps(self._now())))))
+        if isinstance(task, NewGuidTask):
+            return ("send", loads(self._syscall(ev.SYSCALL_NEW_GUID, "", lambda: dumps(self.inp.new_guid()))))
+        if isinstance(task, ActivityTask) and task.name.startswith(ev.SYSCALL_PREFIX):
+            return ("send", loads(self._syscall(task.name, task.input, lambda: self._read_kv(task.input))))
+        if isinstance(task, DetachedStartTask):
+            self._emit(
+                ev.ORCHESTRATION_CHAINED,
+                {"name": task.name, "instance": task.instance_id, "input": task.input, "version": task.version},
+                ("name", "instance", "input"),
+                on_new=lambda e: self.outgoing.append(
+                    StartOrchestration(task.instance_id, task.name, task.input, task.version)
+                ),
+            )
+            return ("send", None)
+        if isinstance(task, AllTask):
+            members = self._check_members(task.tasks, "all")
+            self._waiter = AllWaiter([self._schedule(t) for t in members], task.unwrap_ok)
+            return None
+        if isinstance(task, RaceTask):
+            members = self._check_members(task.tasks, "race")
+            if len(members) != 2:
+                raise ValueError(f"select currently supports exactly 2 tasks, got {len(members)}")
+            self._waiter = RaceWaiter([self._schedule(t) for t in members])
+            return None
+        if isinstance(task, Task):
+            self._waiter = SingleWaiter(self._schedule(task))
+            return None
+        raise TypeError(
+            f"orchestration yielded {task!r} (type {type(task).__name__}), which is not a task; yield what a "
+            "ctx.schedule_*/wait_for_event/all/race call returns"
+        )
+
+    @staticmethod
+    def _check_members(tasks: list[Any], what: str) -> list[Task]:
+        for t in tasks:
+            if isinstance(t, AllTask | RaceTask):
+                raise ValueError(f"nested join/select inside {what} is not supported")
+            if isinstance(t, ActivityTask) and t.retry is not None:
+                raise ValueError(f"an activity with a retry policy cannot be a member of {what}")
+            if not isinstance(t, ActivityTask | TimerTask | WaitEventTask | DequeueTask | SubOrchestrationTask):
+                raise TypeError(f"{what}() takes tasks to wait on; got {t!r} (type {type(t).__name__})")
+        return list(tasks)
+
+    def _schedule(self, task: Task) -> Future:
+        if isinstance(task, ActivityTask):
+            data = {"name": task.name, "input": task.input, "session_id": task.session_id, "tag": task.tag}
+            event = self._emit(
+                ev.ACTIVITY_SCHEDULED,
+                data,
+                ("name", "input", "session_id", "tag"),
+                on_new=lambda e: self.outgoing.append(
+                    ScheduleActivity(e.event_id, task.name, task.input, task.session_id, task.tag)
+                ),
+            )
+            return self._register(Future("activity", event.event_id, task.name))
+        if isinstance(task, TimerTask):
+            fire_at = self._turn_now() + task.delay_ms
+            event = self._emit(
+                ev.TIMER_CREATED,
+                {"fire_at_ms": fire_at},
+                (),
+                on_new=lambda e: self.outgoing.append(ScheduleTimer(e.event_id, fire_at)),
+            )
+            return self._register(Future("timer", event.event_id))
+        if isinstance(task, WaitEventTask):
+            event = self._emit(ev.EXTERNAL_SUBSCRIBED, {"name": task.name}, ("name",))
+            fut = Future("wait", event.event_id, task.name)
+            self._waits.setdefault(task.name, deque()).append(fut)
+            return fut
+        if isinstance(task, DequeueTask):
+            event = self._emit(ev.QUEUE_SUBSCRIBED, {"name": task.queue}, ("name",))
+            fut = Future("dequeue", event.event_id, task.queue)
+            buffered = self._queue_buffer.get(task.queue)
+            if buffered:
+                fut.resolve(self._next_seq(), loads(buffered.popleft()))
+            else:
+                self._dequeues.setdefault(task.queue, deque()).append(fut)
+            return fut
+        assert isinstance(task, SubOrchestrationTask)
+        child_id = task.instance_id or self._auto_child_id(self._next_event_id())
+
+        def on_new(e: HistoryEvent) -> None:
+            self.outgoing.append(
+                StartOrchestration(
+                    child_id, task.name, task.input, task.version, self.instance_id, self.execution_id, e.event_id
+                )
+            )
+
+        event = self._emit(
+            ev.SUB_ORCHESTRATION_SCHEDULED,
+            {"name": task.name, "instance": child_id, "input": task.input, "version": task.version},
+            ("name", "input"),
+            on_new=on_new,
+        )
+        return self._register(Future("sub_orchestration", event.event_id, task.name, event.data["instance"]))
+
+    def _auto_child_id(self, event_id: int) -> str:
+        if self.execution_id == 1:
+            return f"{self.instance_id}::sub::{event_id}"
+        return f"{self.instance_id}::sub::{self.execution_id}_{event_id}"
+
+    def _register(self, fut: Future) -> Future:
+        self._futures[fut.schedule_id] = fut
+        return fut
+
+    def _syscall(self, name: str, input_text: str, compute: Callable[[], str]) -> str:
+        scheduled = self._emit(ev.ACTIVITY_SCHEDULED, {"name": name, "input": input_text}, ("name", "input"))
+        done = self._completions.get(scheduled.event_id)
+        if done is None:
+            done = self._new_event(ev.ACTIVITY_COMPLETED, {"result": compute()}, scheduled.event_id)
+            self._completions[scheduled.event_id] = done
+        return done.data["result"]
+
+    def _read_kv(self, input_text: str) -> str:
+        instance_id, key = loads(input_text)
+        reader = self.inp.kv_reader
+        return dumps(reader(instance_id, key) if reader else None)
+
+    # -- arrivals ---------------------------------------------------------------------------------------------
+    def _apply(self, event: HistoryEvent) -> None:
+        kind = event.kind
+        if kind == ev.ORCHESTRATION_CANCEL_REQUESTED:
+            self._cancel_reason = event.data.get("reason") or ""
+            return
+        if kind in (ev.EXTERNAL_EVENT, ev.QUEUE_EVENT_DELIVERED):
+            name, data = event.data["name"], event.data.get("data")
+            waiting = (self._waits if kind == ev.EXTERNAL_EVENT else self._dequeues).get(name)
+            while waiting and not waiting[0].open:
+                waiting.popleft()
+            if waiting:
+                waiting.popleft().resolve(self._next_seq(), loads(data))
+            elif kind == ev.QUEUE_EVENT_DELIVERED:
+                self._queue_buffer.setdefault(name, deque()).append(data)
+            # A positional event with no open wait is recorded but never delivered (semantics.md 2.4).
+            return
+        fut = self._futures.get(event.source_event_id)  # type: ignore[arg-type]
+        if fut is None:
+            raise Nondeterminism(
+                f"{_describe_event(event)} completes event {event.source_event_id}, which the orchestration "
+                "has not scheduled"
+            )
+        if not fut.open:
+            return  # completion of a cancelled race loser
+        if kind in (ev.ACTIVITY_FAILED, ev.SUB_ORCHESTRATION_FAILED):
+            fut.fail(self._next_seq(), event.data["details"])
+        elif kind == ev.TIMER_FIRED:
+            fut.resolve(self._next_seq(), None)
+        else:
+            fut.resolve(self._next_seq(), loads(event.data.get("result")))
+
+    def _cancel_future(self, fut: Future, reason: str) -> None:
+        if not fut.open:
+            return
+        fut.state = "cancelled"
+        if fut.kind == "activity":
+            self._emit(
+                ev.ACTIVITY_CANCEL_REQUESTED,
+                {"reason": reason},
+                ("source",),
+                source=fut.schedule_id,
+                on_new=lambda e: self.outgoing.append(CancelActivity(fut.schedule_id)),
+            )
+        elif fut.kind == "timer":
+            self.outgoing.append(CancelTimer(fut.schedule_id))
+        elif fut.kind == "wait":
+            self._emit(ev.EXTERNAL_SUBSCRIBED_CANCELLED, {"reason": reason}, ("source",), source=fut.schedule_id)
+        elif fut.kind == "dequeue":
+            self._emit(ev.QUEUE_SUBSCRIPTION_CANCELLED, {"reason": reason}, ("source",), source=fut.schedule_id)
+        elif fut.kind == "sub_orchestration":
+            child = fut.child_id or ""
+            child_reason = "parent canceled" if reason == "parent canceled" else "parent dropped sub-orchestration future"
+            self._emit(
+                ev.SUB_ORCHESTRATION_CANCEL_REQUESTED,
+                {"reason": reason},
+                ("source",),
+                source=fut.schedule_id,
+                on_new=lambda e: self.outgoing.append(CancelInstance(child, child_reason)),
+            )
+
+    # -- fire-and-forget state --------------------------------------------------------------------------------
+    def record_custom_status(self, status: str | None) -> None:
+        if status is not None and len(status.encode()) > MAX_CUSTOM_STATUS_BYTES:
+            raise ValueError(
+                f"custom status is {len(status.encode())} bytes; the limit is {MAX_CUSTOM_STATUS_BYTES}"
+            )
+        event = self._emit(ev.CUSTOM_STATUS_UPDATED, {"status": status}, ())
+        if event.event_id > self.old_count:
+            self.custom_status_changed = True
+        self.custom_status = status
+
+    def record_kv_set(self, key: str, value: str) -> None:
+        event = self._emit(
+            ev.KEY_VALUE_SET, {"key": key, "value": value, "last_updated_at_ms": self._turn_now()}, ("key", "value")
+        )
+        stamp = event.data.get("last_updated_at_ms", 0)
+        self.kv[key] = (value, stamp)
+        if event.event_id > self.old_count:
+            self.kv_ops.append(("set", key, value, stamp))
+
+    def record_kv_clear(self, key: str) -> None:
+        event = self._emit(ev.KEY_VALUE_CLEARED, {"key": key}, ("key",))
+        self.kv.pop(key, None)
+        if event.event_id > self.old_count:
+            self.kv_ops.append(("clear", key))
+
+    def record_kv_clear_all(self) -> None:
+        event = self._emit(ev.KEY_VALUES_CLEARED, {}, ())
+        self.kv.clear()
+        if event.event_id > self.old_count:
+            self.kv_ops.append(("clear_all",))
+
+    # -- events -----------------------------------------------------------------------------------------------
+    def _emit(
+        self,
+        kind: str,
+        data: dict[str, Any],
+        compare: tuple[str, ...],
+        source: int | None = None,
+        on_new: Callable[[HistoryEvent], None] | None = None,
+    ) -> HistoryEvent:
+        """Produce an action event: match it against history, or append it when history has run out."""
+        if self._action_pos < len(self._actions):
+            old = self._actions[self._action_pos]
+            mismatch = old.kind != kind or any(
+                (old.source_event_id != source) if f == "source" else (old.data.get(f) != data.get(f))
+                for f in compare
+            )
+            if mismatch:
+                raise Nondeterminism(
+                    f"schedule mismatch: action={_describe_action(kind, data, compare)} vs "
+                    f"event={_describe_event(old)}"
+                )
+            self._action_pos += 1
+            return old
+        self.replaying = False
+        event = self._new_event(kind, data, source)
+        if on_new is not None:
+            on_new(event)
+        return event
+
+    def _new_event(self, kind: str, data: dict[str, Any], source: int | None = None) -> HistoryEvent:
+        event = HistoryEvent(self._next_event_id(), kind, data, source, self.inp.now_ms)
+        self.history.append(event)
+        self.new_events.append(event)
+        return event
+
+    def _next_event_id(self) -> int:
+        return len(self.history) + 1
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _turn_now(self) -> int:
+        return self.inp.now_ms
+
+    def _now(self) -> int:
+        return self.inp.clock() if self.inp.clock else self.inp.now_ms
+
+    # -- ending the turn --------------------------------------------------------------------------------------
+    def _complete(self, value: Any) -> None:
+        self._check_history_consumed()
+        try:
+            output = dumps(value)
+        except TypeError as exc:
+            raise _Terminate(
+                ev.ORCHESTRATION_FAILED,
+                {"details": error_details(ev.APPLICATION, f"orchestration output {exc}", "OrchestrationFailed")},
+            ) from None
+        raise _Terminate(ev.ORCHESTRATION_COMPLETED, {"output": output})
+
+    @staticmethod
+    def _close(gen: Any) -> None:
+        if inspect.isgenerator(gen):
+            try:
+                gen.close()
+            except Exception:  # noqa: BLE001 - a finally block that raises must not mask the real outcome
+                pass
+
+    def _finish(self, terminal: str | None, data: dict[str, Any], started: HistoryEvent) -> TurnResult:
+        result = TurnResult(
+            status="Running",
+            orchestration_name=self.orchestration_name,
+            orchestration_version=self.orchestration_version,
+        )
+        parent = started.data.get("parent_instance")
+        if parent:
+            result.parent = {
+                "instance_id": parent,
+                "execution_id": started.data.get("parent_execution_id"),
+                "event_id": started.data.get("parent_id"),
+            }
+        if terminal is None:
+            limit_error = self._kv_limit_error()
+            if limit_error:
+                terminal, data = ev.ORCHESTRATION_FAILED, {"details": limit_error}
+        if terminal is not None:
+            self._action_pos = len(self._actions)  # the end is new: breadcrumbs below append, never match
+            reason = "parent canceled" if self._cancel_reason is not None else "orchestration_terminal"
+            for fut in list(self._futures.values()) + [
+                f for queue in (*self._waits.values(), *self._dequeues.values()) for f in queue
+            ]:
+                self._cancel_future(fut, reason)
+            version = data.pop("_version", None)
+            self._new_event(terminal, data)
+            if terminal == ev.ORCHESTRATION_COMPLETED:
+                result.status, result.output = "Completed", data["output"]
+            elif terminal == ev.ORCHESTRATION_FAILED:
+                result.status, result.error = "Failed", data["details"]
+            else:
+                result.status = "ContinuedAsNew"
+                result.continue_as_new = {
+                    "name": self.orchestration_name,
+                    "version": version,
+                    "input": data["input"],
+                    "carry_forward_events": self._unconsumed_queue_messages(),
+                    "initial_custom_status": self.custom_status,
+                    "parent_instance_id": started.data.get("parent_instance"),
+                    "parent_execution_id": started.data.get("parent_execution_id"),
+                    "parent_event_id": started.data.get("parent_id"),
+                }
+            if result.parent and terminal != ev.ORCHESTRATION_CONTINUED_AS_NEW:
+                p = result.parent
+                if terminal == ev.ORCHESTRATION_COMPLETED:
+                    note = NotifyParent(p["instance_id"], p["execution_id"], p["event_id"], ev.MSG_SUB_COMPLETED,
+                                        result=result.output)
+                else:
+                    note = NotifyParent(p["instance_id"], p["execution_id"], p["event_id"], ev.MSG_SUB_FAILED,
+                                        details=result.error)
+                self.outgoing.append(note)
+        # Work scheduled and cancelled within this same turn never needs to exist.
+        cancelled = {o.event_id for o in self.outgoing if isinstance(o, CancelActivity | CancelTimer)}
+        new_ids = {e.event_id for e in self.new_events}
+        result.outgoing = [
+            o
+            for o in self.outgoing
+            if not (isinstance(o, ScheduleActivity | ScheduleTimer) and o.event_id in cancelled)
+            and not (isinstance(o, CancelActivity | CancelTimer) and o.event_id in new_ids)
+        ]
+        result.new_events = self.new_events
+        result.custom_status_changed = self.custom_status_changed
+        result.custom_status = self.custom_status
+        result.kv_ops = self.kv_ops
+        result.kv_state = dict(self.kv)
+        return result
+
+    def _unconsumed_queue_messages(self) -> list[list[str]]:
+        carry = [[name, data] for name, buf in self._queue_buffer.items() for data in buf]
+        for event in self._inputs[self._input_pos :]:
+            if event.kind == ev.QUEUE_EVENT_DELIVERED:
+                carry.append([event.data["name"], event.data.get("data")])
+        return carry
+
+    def _kv_limit_error(self) -> dict[str, Any] | None:
+        if len(self.kv) > MAX_KV_KEYS:
+            return error_details(
+                ev.APPLICATION, f"KV key count ({len(self.kv)}) exceeds limit ({MAX_KV_KEYS})", "KvLimit"
+            )
+        for key, (value, _) in self.kv.items():
+            size = len(value.encode())
+            if size > MAX_KV_VALUE_BYTES:
+                return error_details(
+                    ev.APPLICATION,
+                    f"KV value for key '{key}' ({size} bytes) exceeds limit ({MAX_KV_VALUE_BYTES} bytes)",
+                    "KvLimit",
+                )
+        return None
+
+
+class _Blocked(BaseException):
+    """Internal: the code waits on something that has not arrived; the turn ends Running."""
+
+
+class _TaskError(Exception):
+    """Raised inside orchestration code when an awaited task failed; str() is the failure message."""
+
+
+def _app_failure(exc: BaseException) -> dict[str, Any]:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    head = f"{type(exc).__name__}: {exc}" if not isinstance(exc, _TaskError) else str(exc)
+    return error_details(ev.APPLICATION, f"{head}\n{text}", "OrchestrationFailed")
+
+
+def _describe_action(kind: str, data: dict[str, Any], compare: tuple[str, ...]) -> str:
+    fields = ", ".join(f"{f}: {data.get(f)!r}" for f in compare if f != "source")
+    return f"{kind}{{{fields}}}"
+
+
+def _describe_event(event: HistoryEvent) -> str:
+    shown = {k: v for k, v in event.data.items() if v is not None and k != "last_updated_at_ms"}
+    fields = ", ".join(f"{k}: {v!r}" for k, v in shown.items())
+    return f"{event.kind}#{event.event_id}{{{fields}}}"

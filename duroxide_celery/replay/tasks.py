@@ -1,0 +1,105 @@
+"""Task descriptors: what orchestration code yields. They describe work; the replay engine performs it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_TAG_NAME_BYTES = 256
+
+
+class Task:
+    """Base class of everything an orchestration may yield."""
+
+    #: Decode the result from JSON before handing it back (False for the `*_typed` str pass-through is not needed:
+    #: results are always JSON text here, so both variants decode).
+    kind: str = "task"
+
+
+@dataclass
+class ActivityTask(Task):
+    name: str
+    input: str
+    session_id: str | None = None
+    tag: str | None = None
+    retry: dict[str, Any] | None = None
+    kind: str = "activity"
+
+    def with_tag(self, tag: str) -> ActivityTask:
+        """Route this activity to workers whose tag filter names `tag` (semantics.md 2.18)."""
+        if not isinstance(tag, str) or not tag:
+            raise ValueError("activity tag must be a non-empty string")
+        if len(tag.encode()) > MAX_TAG_NAME_BYTES:
+            raise ValueError(f"activity tag is {len(tag.encode())} bytes; the limit is {MAX_TAG_NAME_BYTES}")
+        self.tag = tag
+        return self
+
+
+@dataclass
+class TimerTask(Task):
+    delay_ms: int
+    kind: str = "timer"
+
+
+@dataclass
+class WaitEventTask(Task):
+    name: str
+    kind: str = "wait"
+
+
+@dataclass
+class DequeueTask(Task):
+    queue: str
+    kind: str = "dequeue"
+
+
+@dataclass
+class SubOrchestrationTask(Task):
+    name: str
+    input: str
+    instance_id: str | None = None
+    version: str | None = None
+    kind: str = "sub_orchestration"
+
+
+@dataclass
+class DetachedStartTask(Task):
+    name: str
+    instance_id: str
+    input: str
+    version: str | None = None
+    kind: str = "detached"
+
+
+@dataclass
+class UtcNowTask(Task):
+    kind: str = "utc_now"
+
+
+@dataclass
+class NewGuidTask(Task):
+    kind: str = "new_guid"
+
+
+@dataclass
+class ContinueAsNewTask(Task):
+    input: str
+    version: str | None = None
+    kind: str = "continue_as_new"
+
+
+@dataclass
+class AllTask(Task):
+    tasks: list[Task] = field(default_factory=list)
+    unwrap_ok: bool = False
+    kind: str = "all"
+
+
+@dataclass
+class RaceTask(Task):
+    tasks: list[Task] = field(default_factory=list)
+    kind: str = "race"
+
+
+#: Tasks that can be members of all/race.
+SINGLE_TASKS = (ActivityTask, TimerTask, WaitEventTask, DequeueTask, SubOrchestrationTask)
