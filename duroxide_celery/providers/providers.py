@@ -1,0 +1,158 @@
+"""Provider constructors with duroxide-python's names; each builds a per-process SQLAlchemy engine and Store.
+
+Engines are created lazily in the process that uses them, and again after a fork (Celery prefork workers), never
+shared across fork.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+from .migrate import upgrade
+from .store import Store
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class Provider:
+    """A store location (SQLAlchemy URL) plus the per-process engine and Store built from it."""
+
+    def __init__(self, url: str, *, schema: str | None = None, in_memory: bool = False):
+        self.url = url
+        self.schema = schema
+        self.in_memory = in_memory
+        #: Identifies this store within a process; the embedded runtime names its broker queues after it.
+        self.token = uuid.uuid4().hex[:12] if in_memory else _stable_token(url, schema)
+        self._store: Store | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        #: Set by a runtime in this process so a Client on the same provider can wake workers.
+        self.publisher: Any = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None or self._pid != os.getpid():
+            with self._lock:
+                if self._store is None or self._pid != os.getpid():
+                    if self.in_memory and self._pid is not None and self._pid != os.getpid():
+                        raise RuntimeError("an in-memory SQLite provider cannot be used across processes")
+                    engine = self._create_engine()
+                    upgrade(engine, self.schema)
+                    self._store = Store(engine, serialize_all=self.in_memory)
+                    self._pid = os.getpid()
+        return self._store
+
+    def _create_engine(self) -> Engine:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def dispose(self) -> None:
+        if self._store is not None:
+            self._store.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+
+def _stable_token(url: str, schema: str | None) -> str:
+    import hashlib
+
+    return hashlib.sha1(f"{url}|{schema}".encode()).hexdigest()[:12]
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout=30000")
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+        except Exception:  # noqa: BLE001 - in-memory databases have no WAL
+            pass
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class SqliteProvider(Provider):
+    """SQLite store: a WAL file for one machine, or in-memory for a single process (tests, the quick start)."""
+
+    @classmethod
+    def open(cls, path: str) -> SqliteProvider:
+        """Open (creating file and parent directories) a SQLite database; `path` may be a `sqlite:` URL."""
+        if not isinstance(path, str | os.PathLike) or not str(path):
+            raise ValueError(f"SqliteProvider.open needs a file path, got {path!r}")
+        text = str(path)
+        if text.startswith("sqlite:"):
+            text = re.sub(r"^sqlite:(//)?/?", "", text) if not text.startswith("sqlite:////") else text[9:]
+            text = text.split("?", 1)[0]
+        file = Path(text).expanduser().resolve()
+        file.parent.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{file}")
+
+    @classmethod
+    def in_memory(cls) -> SqliteProvider:
+        """An in-memory database private to this provider object (one process; the embedded runtime)."""
+        return cls("sqlite://", in_memory=True)
+
+    def _create_engine(self) -> Engine:
+        if self.in_memory:
+            engine = create_engine(
+                "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+        else:
+            engine = create_engine(self.url, pool_size=16, max_overflow=16, connect_args={"timeout": 30})
+        _sqlite_pragmas(engine)
+        return engine
+
+
+class PostgresProvider(Provider):
+    """PostgreSQL store (psycopg2) for production: many worker processes and machines."""
+
+    @classmethod
+    def connect(cls, url: str) -> PostgresProvider:
+        return cls(_normalize_pg_url(url))
+
+    @classmethod
+    def connect_with_schema(cls, url: str, schema: str) -> PostgresProvider:
+        """Keep all tables in `schema` (created if missing), e.g. to share one database between apps."""
+        if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"invalid PostgreSQL schema name {schema!r}: use letters, digits and _ (max 63)")
+        return cls(_normalize_pg_url(url), schema=schema)
+
+    def _create_engine(self) -> Engine:
+        connect_args: dict[str, Any] = {}
+        if self.schema:
+            connect_args["options"] = f"-csearch_path={self.schema}"
+        return create_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _normalize_pg_url(url: str) -> str:
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"PostgresProvider needs a database URL, got {url!r}")
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+def provider_from_url(url: str) -> Provider:
+    """A provider for any supported SQLAlchemy URL (sqlite:///path, postgresql://...)."""
+    if url.startswith("sqlite"):
+        return SqliteProvider.in_memory() if url in ("sqlite://", "sqlite:///:memory:") else SqliteProvider.open(url)
+    if url.startswith("postgres"):
+        return PostgresProvider.connect(url)
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://...")

@@ -1,0 +1,121 @@
+"""Tables of the durable store. Times are epoch milliseconds; payloads are JSON text.
+
+The store holds every piece of pending work (inbox messages, activity work items, timers): the broker only
+carries wake-up hints about these rows.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+#: An autoincrementing 64-bit key that SQLite also treats as its rowid.
+AutoId = BigInteger().with_variant(Integer, "sqlite")
+
+instances = Table(
+    "dx_instances",
+    metadata,
+    Column("instance_id", String(512), primary_key=True),
+    Column("orchestration_name", String(256), nullable=False),
+    Column("orchestration_version", String(64)),
+    Column("requested_version", String(64)),
+    Column("status", String(32), nullable=False),
+    Column("current_execution_id", Integer, nullable=False, default=1),
+    Column("output", Text),
+    Column("error", Text),
+    Column("custom_status", Text),
+    Column("custom_status_version", Integer, nullable=False, default=0),
+    Column("parent_instance_id", String(512)),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    # The instance lease: one turn at a time (DESIGN invariant 2).
+    Column("lock_owner", String(256)),
+    Column("locked_until", BigInteger, nullable=False, default=0),
+    # Poison guard and unregistered-handler backoff (semantics.md 2.19).
+    Column("attempt_count", Integer, nullable=False, default=0),
+    Column("next_attempt_at", BigInteger, nullable=False, default=0),
+    Index("ix_dx_instances_status", "status"),
+    Index("ix_dx_instances_parent", "parent_instance_id"),
+)
+
+executions = Table(
+    "dx_executions",
+    metadata,
+    Column("instance_id", String(512), primary_key=True),
+    Column("execution_id", Integer, primary_key=True),
+    Column("status", String(32), nullable=False),
+    Column("orchestration_version", String(64)),
+    Column("output", Text),
+    Column("error", Text),
+    Column("started_at", BigInteger, nullable=False),
+    Column("completed_at", BigInteger),
+    Column("event_count", Integer, nullable=False, default=0),
+    Column("replay_version", Integer),
+    # KV state when this execution began: what its code reads before its own writes (survives replay).
+    Column("kv_snapshot", Text),
+)
+
+history = Table(
+    "dx_history",
+    metadata,
+    Column("instance_id", String(512), primary_key=True),
+    Column("execution_id", Integer, primary_key=True),
+    Column("event_id", Integer, primary_key=True),
+    Column("kind", String(64), nullable=False),
+    Column("source_event_id", Integer),
+    Column("timestamp_ms", BigInteger, nullable=False),
+    Column("data", Text, nullable=False),
+)
+
+inbox = Table(
+    "dx_inbox",
+    metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("instance_id", String(512), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_dx_inbox_instance", "instance_id", "id"),
+    Index("ix_dx_inbox_created", "created_at"),
+)
+
+work_items = Table(
+    "dx_work_items",
+    metadata,
+    Column("instance_id", String(512), primary_key=True),
+    Column("execution_id", Integer, primary_key=True),
+    Column("event_id", Integer, primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("input", Text, nullable=False),
+    Column("session_id", String(256)),
+    Column("tag", String(256)),
+    Column("orchestration_name", String(256)),
+    Column("orchestration_version", String(64)),
+    Column("lock_owner", String(256)),
+    Column("locked_until", BigInteger, nullable=False, default=0),
+    Column("attempt_count", Integer, nullable=False, default=0),
+    Column("visible_at", BigInteger, nullable=False, default=0),
+    Column("created_at", BigInteger, nullable=False),
+    Column("published_at", BigInteger, nullable=False, default=0),
+    Index("ix_dx_work_items_published", "published_at"),
+)
+
+timers = Table(
+    "dx_timers",
+    metadata,
+    Column("instance_id", String(512), primary_key=True),
+    Column("execution_id", Integer, primary_key=True),
+    Column("event_id", Integer, primary_key=True),
+    Column("fire_at_ms", BigInteger, nullable=False),
+    Index("ix_dx_timers_fire_at", "fire_at_ms"),
+)
+
+kv = Table(
+    "dx_kv",
+    metadata,
+    Column("instance_id", String(512), primary_key=True),
+    Column("key", String(512), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("last_updated_at_ms", BigInteger, nullable=False),
+)

@@ -1,0 +1,624 @@
+"""Every SQL statement of the engine, in one place (SQLAlchemy Core, parameterized).
+
+Mutators that belong to a turn take the open connection so one turn commits in one transaction (DESIGN
+invariant 2). Dialect differences live in `Dialect` below: row claiming and insert-if-absent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Engine
+
+from ..replay.events import HistoryEvent
+from .schema import executions, history, inbox, instances, kv, timers, work_items
+
+TERMINAL_STATUSES = ("Completed", "Failed")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class LeaseLost(Exception):
+    """The instance lease expired and was taken over while a turn ran; its work is discarded."""
+
+
+@dataclass
+class InstanceLease:
+    instance_id: str
+    execution_id: int
+    orchestration_name: str
+    status: str
+    attempt_count: int
+    next_attempt_at: int
+    custom_status_version: int
+
+
+@dataclass
+class ClaimedWorkItem:
+    instance_id: str
+    execution_id: int
+    event_id: int
+    name: str
+    input: str
+    session_id: str | None
+    tag: str | None
+    orchestration_name: str | None
+    orchestration_version: str | None
+    attempt_count: int
+
+
+@dataclass
+class PendingActivity:
+    """An activity row to publish (after commit)."""
+
+    instance_id: str
+    execution_id: int
+    event_id: int
+    name: str
+    session_id: str | None = None
+    tag: str | None = None
+
+
+class Store:
+    """Named queries over one SQLAlchemy engine. Thread-safe; create one per process (after fork)."""
+
+    def __init__(self, engine: Engine, *, serialize_all: bool = False):
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        # SQLite allows one writer: a process-local lock queues our own writers instead of busy-waiting.
+        # An in-memory database is one shared connection, so reads take the lock too.
+        self._write_lock = threading.RLock() if self.is_sqlite else None
+        self._serialize_all = serialize_all
+
+    # -- transactions -------------------------------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        if self._write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._write_lock:
+            with self.engine.connect() as conn:
+                conn.execution_options(sqlite_begin="IMMEDIATE")
+                with conn.begin():
+                    yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        if self._serialize_all and self._write_lock is not None:
+            with self._write_lock:
+                with self.engine.connect() as conn:
+                    yield conn
+            return
+        with self.engine.connect() as conn:
+            yield conn
+
+    def _insert_ignore(self, table: Any) -> Any:
+        """INSERT that silently skips rows whose primary key exists (rowcount tells which happened)."""
+        dialect = sqlite_dialect if self.is_sqlite else pg_dialect
+        return dialect.insert(table).on_conflict_do_nothing()
+
+    # -- starting instances -------------------------------------------------------------------------------------
+    def create_instance(
+        self,
+        conn: Connection,
+        instance_id: str,
+        name: str,
+        input_json: str,
+        version: str | None = None,
+        parent: tuple[str, int, int] | None = None,
+        now: int | None = None,
+    ) -> bool:
+        """Insert an instance, its first execution and its StartOrchestration message. False if the id exists
+        (the first start wins)."""
+        now = now or now_ms()
+        created = conn.execute(
+            self._insert_ignore(instances).values(
+                instance_id=instance_id,
+                orchestration_name=name,
+                requested_version=version,
+                status="Running",
+                current_execution_id=1,
+                custom_status_version=0,
+                parent_instance_id=parent[0] if parent else None,
+                created_at=now,
+                updated_at=now,
+                locked_until=0,
+                attempt_count=0,
+                next_attempt_at=0,
+            )
+        ).rowcount
+        if not created:
+            return False
+        conn.execute(
+            insert(executions).values(
+                instance_id=instance_id, execution_id=1, status="Running", started_at=now, event_count=0,
+                kv_snapshot="{}",
+            )
+        )
+        payload: dict[str, Any] = {"name": name, "input": input_json, "version": version}
+        if parent:
+            payload.update(parent_instance_id=parent[0], parent_execution_id=parent[1], parent_event_id=parent[2])
+        self.enqueue(conn, instance_id, "StartOrchestration", payload, now)
+        return True
+
+    def enqueue(self, conn: Connection, instance_id: str, kind: str, payload: dict[str, Any], now: int | None = None) -> None:
+        conn.execute(
+            insert(inbox).values(
+                instance_id=instance_id, kind=kind, payload=json.dumps(payload), created_at=now or now_ms()
+            )
+        )
+
+    def enqueue_many(self, conn: Connection, rows: list[tuple[str, str, dict[str, Any]]], now: int) -> None:
+        if rows:
+            conn.execute(
+                insert(inbox),
+                [
+                    {"instance_id": i, "kind": k, "payload": json.dumps(p), "created_at": now}
+                    for i, k, p in rows
+                ],
+            )
+
+    def enqueue_if_running(
+        self, instance_id: str, kind: str, payload: dict[str, Any]
+    ) -> bool:
+        """Queue a message for a live instance; False (nothing written) if it is unknown or already ended."""
+        with self.write() as conn:
+            status = conn.execute(
+                select(instances.c.status).where(instances.c.instance_id == instance_id)
+            ).scalar()
+            if status is None or status in TERMINAL_STATUSES:
+                return False
+            self.enqueue(conn, instance_id, kind, payload)
+            return True
+
+    # -- turns --------------------------------------------------------------------------------------------------
+    def acquire_instance(self, instance_id: str, owner: str, lease_ms: int) -> InstanceLease | None:
+        now = now_ms()
+        with self.write() as conn:
+            row = conn.execute(
+                update(instances)
+                .where(
+                    instances.c.instance_id == instance_id,
+                    or_(instances.c.lock_owner.is_(None), instances.c.locked_until < now),
+                )
+                .values(lock_owner=owner, locked_until=now + lease_ms, attempt_count=instances.c.attempt_count + 1)
+                .returning(
+                    instances.c.current_execution_id,
+                    instances.c.orchestration_name,
+                    instances.c.status,
+                    instances.c.attempt_count,
+                    instances.c.next_attempt_at,
+                    instances.c.custom_status_version,
+                )
+            ).first()
+        if row is None:
+            return None
+        return InstanceLease(instance_id, *row)
+
+    def renew_instance(self, instance_id: str, owner: str, lease_ms: int) -> bool:
+        with self.write() as conn:
+            return bool(
+                conn.execute(
+                    update(instances)
+                    .where(instances.c.instance_id == instance_id, instances.c.lock_owner == owner)
+                    .values(locked_until=now_ms() + lease_ms)
+                ).rowcount
+            )
+
+    def release_instance(
+        self, instance_id: str, owner: str, *, reset_attempts: bool, next_attempt_at: int = 0,
+        consumed_ids: Iterable[int] = (),
+    ) -> None:
+        with self.write() as conn:
+            ids = list(consumed_ids)
+            if ids:
+                conn.execute(delete(inbox).where(inbox.c.id.in_(ids)))
+            values: dict[str, Any] = {"lock_owner": None, "locked_until": 0, "next_attempt_at": next_attempt_at}
+            if reset_attempts:
+                values["attempt_count"] = 0
+            conn.execute(
+                update(instances)
+                .where(instances.c.instance_id == instance_id, instances.c.lock_owner == owner)
+                .values(**values)
+            )
+
+    def load_turn(
+        self, instance_id: str, execution_id: int
+    ) -> tuple[list[HistoryEvent], list[tuple[int, dict[str, Any]]], dict[str, tuple[str, int]]]:
+        """History of the execution, pending inbox messages (id, message) and the execution's KV snapshot."""
+        with self.read() as conn:
+            msgs = conn.execute(
+                select(inbox.c.id, inbox.c.kind, inbox.c.payload)
+                .where(inbox.c.instance_id == instance_id)
+                .order_by(inbox.c.id)
+            ).all()
+            if not msgs:
+                return [], [], {}
+            events = conn.execute(
+                select(
+                    history.c.event_id, history.c.kind, history.c.data, history.c.source_event_id,
+                    history.c.timestamp_ms,
+                )
+                .where(history.c.instance_id == instance_id, history.c.execution_id == execution_id)
+                .order_by(history.c.event_id)
+            ).all()
+            snapshot_text = conn.execute(
+                select(executions.c.kv_snapshot).where(
+                    executions.c.instance_id == instance_id, executions.c.execution_id == execution_id
+                )
+            ).scalar()
+        messages = []
+        for msg_id, kind, payload in msgs:
+            body = json.loads(payload)
+            body["kind"] = kind
+            messages.append((msg_id, body))
+        hist = [HistoryEvent(eid, kind, json.loads(data), src, ts) for eid, kind, data, src, ts in events]
+        snapshot = {k: (v[0], v[1]) for k, v in json.loads(snapshot_text or "{}").items()}
+        return hist, messages, snapshot
+
+    def has_inbox(self, instance_id: str) -> bool:
+        with self.read() as conn:
+            return (
+                conn.execute(select(inbox.c.id).where(inbox.c.instance_id == instance_id).limit(1)).first()
+                is not None
+            )
+
+    def instance_status(self, conn: Connection, instance_id: str) -> str | None:
+        return conn.execute(select(instances.c.status).where(instances.c.instance_id == instance_id)).scalar()
+
+    def fence(self, conn: Connection, instance_id: str, owner: str) -> None:
+        """Inside a turn's transaction: prove we still hold the lease, or abort the whole turn."""
+        held = conn.execute(
+            select(instances.c.lock_owner).where(instances.c.instance_id == instance_id)
+        ).scalar()
+        if held != owner:
+            raise LeaseLost(instance_id)
+
+    def append_history(self, conn: Connection, instance_id: str, execution_id: int, events: list[HistoryEvent]) -> None:
+        if events:
+            conn.execute(
+                insert(history),
+                [
+                    {
+                        "instance_id": instance_id,
+                        "execution_id": execution_id,
+                        "event_id": e.event_id,
+                        "kind": e.kind,
+                        "source_event_id": e.source_event_id,
+                        "timestamp_ms": e.timestamp_ms,
+                        "data": json.dumps(e.data, separators=(",", ":")),
+                    }
+                    for e in events
+                ],
+            )
+
+    def delete_inbox(self, conn: Connection, ids: list[int]) -> None:
+        if ids:
+            conn.execute(delete(inbox).where(inbox.c.id.in_(ids)))
+
+    def add_work_items(
+        self, conn: Connection, instance_id: str, execution_id: int, orch: tuple[str, str], items: list[Any], now: int
+    ) -> None:
+        if items:
+            conn.execute(
+                insert(work_items),
+                [
+                    {
+                        "instance_id": instance_id,
+                        "execution_id": execution_id,
+                        "event_id": a.event_id,
+                        "name": a.name,
+                        "input": a.input,
+                        "session_id": a.session_id,
+                        "tag": a.tag,
+                        "orchestration_name": orch[0],
+                        "orchestration_version": orch[1],
+                        "locked_until": 0,
+                        "attempt_count": 0,
+                        "visible_at": 0,
+                        "created_at": now,
+                        "published_at": now,
+                    }
+                    for a in items
+                ],
+            )
+
+    def delete_work_items(self, conn: Connection, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
+        if event_ids:
+            conn.execute(
+                delete(work_items).where(
+                    work_items.c.instance_id == instance_id,
+                    work_items.c.execution_id == execution_id,
+                    work_items.c.event_id.in_(event_ids),
+                )
+            )
+
+    def add_timers(self, conn: Connection, instance_id: str, execution_id: int, items: list[Any]) -> None:
+        if items:
+            conn.execute(
+                insert(timers),
+                [
+                    {"instance_id": instance_id, "execution_id": execution_id, "event_id": t.event_id,
+                     "fire_at_ms": t.fire_at_ms}
+                    for t in items
+                ],
+            )
+
+    def delete_timers(self, conn: Connection, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
+        if event_ids:
+            conn.execute(
+                delete(timers).where(
+                    timers.c.instance_id == instance_id,
+                    timers.c.execution_id == execution_id,
+                    timers.c.event_id.in_(event_ids),
+                )
+            )
+
+    def apply_kv(self, conn: Connection, instance_id: str, ops: list[tuple[Any, ...]]) -> None:
+        for op in ops:
+            if op[0] == "set":
+                _, key, value, stamp = op
+                updated = conn.execute(
+                    update(kv)
+                    .where(kv.c.instance_id == instance_id, kv.c.key == key)
+                    .values(value=value, last_updated_at_ms=stamp)
+                ).rowcount
+                if not updated:
+                    conn.execute(
+                        insert(kv).values(instance_id=instance_id, key=key, value=value, last_updated_at_ms=stamp)
+                    )
+            elif op[0] == "clear":
+                conn.execute(delete(kv).where(kv.c.instance_id == instance_id, kv.c.key == op[1]))
+            else:
+                conn.execute(delete(kv).where(kv.c.instance_id == instance_id))
+
+    def update_execution(self, conn: Connection, instance_id: str, execution_id: int, **values: Any) -> None:
+        added = values.pop("added_events", 0)
+        conn.execute(
+            update(executions)
+            .where(executions.c.instance_id == instance_id, executions.c.execution_id == execution_id)
+            .values(event_count=executions.c.event_count + added, **values)
+        )
+
+    def new_execution(
+        self, conn: Connection, instance_id: str, execution_id: int, kv_state: dict[str, tuple[str, int]], now: int
+    ) -> None:
+        conn.execute(
+            insert(executions).values(
+                instance_id=instance_id, execution_id=execution_id, status="Running", started_at=now,
+                event_count=0, kv_snapshot=json.dumps({k: list(v) for k, v in kv_state.items()}),
+            )
+        )
+
+    def finish_instance(self, conn: Connection, instance_id: str, owner: str, **values: Any) -> None:
+        """Write the instance's new state and release its lease (the end of every committed turn)."""
+        conn.execute(
+            update(instances)
+            .where(instances.c.instance_id == instance_id, instances.c.lock_owner == owner)
+            .values(lock_owner=None, locked_until=0, attempt_count=0, next_attempt_at=0, updated_at=now_ms(), **values)
+        )
+
+    def bump_custom_status(self, conn: Connection, instance_id: str, status: str | None) -> None:
+        conn.execute(
+            update(instances)
+            .where(instances.c.instance_id == instance_id)
+            .values(custom_status=status, custom_status_version=instances.c.custom_status_version + 1)
+        )
+
+    # -- activities ---------------------------------------------------------------------------------------------
+    def claim_work_item(self, key: tuple[str, int, int], owner: str, lease_ms: int) -> ClaimedWorkItem | None:
+        """Take the lease of an activity row; None if it is done, cancelled, or held by a live worker."""
+        now = now_ms()
+        with self.write() as conn:
+            row = conn.execute(
+                update(work_items)
+                .where(
+                    work_items.c.instance_id == key[0],
+                    work_items.c.execution_id == key[1],
+                    work_items.c.event_id == key[2],
+                    or_(work_items.c.lock_owner.is_(None), work_items.c.locked_until < now),
+                    work_items.c.visible_at <= now,
+                )
+                .values(lock_owner=owner, locked_until=now + lease_ms, attempt_count=work_items.c.attempt_count + 1)
+                .returning(
+                    work_items.c.name,
+                    work_items.c.input,
+                    work_items.c.session_id,
+                    work_items.c.tag,
+                    work_items.c.orchestration_name,
+                    work_items.c.orchestration_version,
+                    work_items.c.attempt_count,
+                )
+            ).first()
+        if row is None:
+            return None
+        return ClaimedWorkItem(key[0], key[1], key[2], *row)
+
+    def renew_work_items(self, keys: list[tuple[str, int, int]], owner: str, lease_ms: int) -> set[tuple[str, int, int]]:
+        """Extend the leases we hold; returns the keys whose row is gone or was taken (cancelled or lost)."""
+        lost: set[tuple[str, int, int]] = set()
+        until = now_ms() + lease_ms
+        with self.write() as conn:
+            for key in keys:
+                renewed = conn.execute(
+                    update(work_items)
+                    .where(
+                        work_items.c.instance_id == key[0],
+                        work_items.c.execution_id == key[1],
+                        work_items.c.event_id == key[2],
+                        work_items.c.lock_owner == owner,
+                    )
+                    .values(locked_until=until)
+                ).rowcount
+                if not renewed:
+                    lost.add(key)
+        return lost
+
+    def complete_work_item(
+        self, key: tuple[str, int, int], owner: str, kind: str, payload: dict[str, Any]
+    ) -> bool:
+        """Record an activity's outcome at most once: delete our leased row and queue the completion, atomically.
+        False when the row is gone or another worker holds it (the outcome is dropped)."""
+        with self.write() as conn:
+            deleted = conn.execute(
+                delete(work_items).where(
+                    work_items.c.instance_id == key[0],
+                    work_items.c.execution_id == key[1],
+                    work_items.c.event_id == key[2],
+                    work_items.c.lock_owner == owner,
+                )
+            ).rowcount
+            if not deleted:
+                return False
+            self.enqueue(conn, key[0], kind, dict(payload, execution_id=key[1], event_id=key[2]))
+            return True
+
+    def abandon_work_item(self, key: tuple[str, int, int], owner: str, visible_at: int) -> None:
+        with self.write() as conn:
+            conn.execute(
+                update(work_items)
+                .where(
+                    work_items.c.instance_id == key[0],
+                    work_items.c.execution_id == key[1],
+                    work_items.c.event_id == key[2],
+                    work_items.c.lock_owner == owner,
+                )
+                .values(lock_owner=None, locked_until=0, visible_at=visible_at, published_at=visible_at)
+            )
+
+    # -- timers -------------------------------------------------------------------------------------------------
+    def next_timer_due(self) -> int | None:
+        with self.read() as conn:
+            return conn.execute(select(func.min(timers.c.fire_at_ms))).scalar()
+
+    def fire_due_timers(self, limit: int = 500) -> list[str]:
+        """Move due timers into their instances' inboxes, in one transaction; returns the instances to poke.
+        Idempotent: a timer row is deleted by exactly one firer, so it fires into history once."""
+        now = now_ms()
+        with self.write() as conn:
+            query = (
+                select(timers.c.instance_id, timers.c.execution_id, timers.c.event_id, timers.c.fire_at_ms)
+                .where(timers.c.fire_at_ms <= now)
+                .order_by(timers.c.fire_at_ms)
+                .limit(limit)
+            )
+            if not self.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            due = conn.execute(query).all()
+            if not due:
+                return []
+            for instance_id, execution_id, event_id, _ in due:
+                conn.execute(
+                    delete(timers).where(
+                        timers.c.instance_id == instance_id,
+                        timers.c.execution_id == execution_id,
+                        timers.c.event_id == event_id,
+                    )
+                )
+            self.enqueue_many(
+                conn,
+                [
+                    (i, "TimerFired", {"execution_id": e, "event_id": ev_id, "fire_at_ms": fire_at})
+                    for i, e, ev_id, fire_at in due
+                ],
+                now,
+            )
+        return sorted({row[0] for row in due})
+
+    # -- recovery -----------------------------------------------------------------------------------------------
+    def stale_instances(self, older_than_ms: int, limit: int = 1000) -> list[str]:
+        """Instances with inbox messages older than the threshold whose lease is free or expired."""
+        now = now_ms()
+        with self.read() as conn:
+            rows = conn.execute(
+                select(inbox.c.instance_id)
+                .join(instances, instances.c.instance_id == inbox.c.instance_id, isouter=True)
+                .where(
+                    inbox.c.created_at <= now - older_than_ms,
+                    or_(instances.c.lock_owner.is_(None), instances.c.locked_until < now),
+                    or_(instances.c.next_attempt_at.is_(None), instances.c.next_attempt_at <= now),
+                )
+                .group_by(inbox.c.instance_id)
+                .limit(limit)
+            ).all()
+        return [r[0] for r in rows]
+
+    def stale_work_items(self, older_than_ms: int, limit: int = 1000) -> list[PendingActivity]:
+        """Activity rows that no live worker holds and that were last published before the threshold."""
+        now = now_ms()
+        with self.write() as conn:
+            rows = conn.execute(
+                select(
+                    work_items.c.instance_id, work_items.c.execution_id, work_items.c.event_id, work_items.c.name,
+                    work_items.c.session_id, work_items.c.tag,
+                )
+                .where(
+                    work_items.c.published_at <= now - older_than_ms,
+                    work_items.c.visible_at <= now,
+                    or_(work_items.c.lock_owner.is_(None), work_items.c.locked_until < now),
+                )
+                .limit(limit)
+            ).all()
+            for r in rows:
+                conn.execute(
+                    update(work_items)
+                    .where(
+                        and_(
+                            work_items.c.instance_id == r[0],
+                            work_items.c.execution_id == r[1],
+                            work_items.c.event_id == r[2],
+                        )
+                    )
+                    .values(published_at=now)
+                )
+        return [PendingActivity(*r) for r in rows]
+
+    # -- reads for the client -----------------------------------------------------------------------------------
+    def get_instance(self, instance_id: str) -> dict[str, Any] | None:
+        with self.read() as conn:
+            row = conn.execute(select(instances).where(instances.c.instance_id == instance_id)).mappings().first()
+        return dict(row) if row else None
+
+    def list_executions(self, instance_id: str) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            rows = conn.execute(
+                select(executions).where(executions.c.instance_id == instance_id).order_by(executions.c.execution_id)
+            ).mappings().all()
+        return [dict(r) for r in rows]
+
+    def read_history(self, instance_id: str, execution_id: int) -> list[HistoryEvent]:
+        with self.read() as conn:
+            rows = conn.execute(
+                select(
+                    history.c.event_id, history.c.kind, history.c.data, history.c.source_event_id,
+                    history.c.timestamp_ms,
+                )
+                .where(history.c.instance_id == instance_id, history.c.execution_id == execution_id)
+                .order_by(history.c.event_id)
+            ).all()
+        return [HistoryEvent(eid, kind, json.loads(data), src, ts) for eid, kind, data, src, ts in rows]
+
+    def get_kv(self, instance_id: str, key: str) -> str | None:
+        with self.read() as conn:
+            return conn.execute(
+                select(kv.c.value).where(kv.c.instance_id == instance_id, kv.c.key == key)
+            ).scalar()
+
+    def list_instances(self, status: str | None = None) -> list[str]:
+        with self.read() as conn:
+            query = select(instances.c.instance_id).order_by(instances.c.created_at, instances.c.instance_id)
+            if status:
+                query = query.where(instances.c.status == status)
+            return [r[0] for r in conn.execute(query).all()]
