@@ -489,7 +489,9 @@ class ReplayEngine:
             fut = Future("dequeue", event.event_id, task.queue)
             buffered = self._queue_buffer.get(task.queue)
             if buffered:
-                fut.resolve(self._next_seq(), loads(buffered.popleft()))
+                raw = buffered.popleft()
+                fut.resolve(self._next_seq(), loads(raw))
+                fut.buffered_raw = raw  # handed back by _cancel_future if this dequeue loses a race
             else:
                 self._dequeues.setdefault(task.queue, deque()).append(fut)
             return fut
@@ -566,6 +568,14 @@ class ReplayEngine:
             fut.resolve(self._next_seq(), loads(event.data.get("result")))
 
     def _cancel_future(self, fut: Future, reason: str) -> None:
+        # Fix (unit tests): a dequeue that took a buffered message as it was scheduled, and then lost the race to
+        # an earlier member that was also ready (race of two buffered dequeues), must consume nothing
+        # (semantics.md 2.5/2.6): put the message back at the head of its queue and cancel it like an open loser.
+        # Before, the message was silently lost and the loser got no QueueSubscriptionCancelled breadcrumb.
+        if fut.kind == "dequeue" and fut.state == "ok" and fut.buffered_raw is not None:
+            self._queue_buffer.setdefault(fut.name or "", deque()).appendleft(fut.buffered_raw)
+            fut.buffered_raw = None
+            fut.state, fut.value = "pending", None
         if not fut.open:
             return
         fut.state = "cancelled"
@@ -578,7 +588,11 @@ class ReplayEngine:
                 on_new=lambda e: self.outgoing.append(CancelActivity(fut.schedule_id)),
             )
         elif fut.kind == "timer":
-            self.outgoing.append(CancelTimer(fut.schedule_id))
+            # Fix (unit tests): only when this turn decided the cancel. A race that replays from history already
+            # sent its CancelTimer in the turn that resolved it; re-sending it on every later turn made a pure
+            # replay produce outgoing work. (_finish clears `replaying` before cancelling at the end.)
+            if not self.replaying:
+                self.outgoing.append(CancelTimer(fut.schedule_id))
         elif fut.kind == "wait":
             self._emit(ev.EXTERNAL_SUBSCRIBED_CANCELLED, {"reason": reason}, ("source",), source=fut.schedule_id)
         elif fut.kind == "dequeue":
@@ -713,6 +727,7 @@ class ReplayEngine:
                 terminal, data = ev.ORCHESTRATION_FAILED, {"details": limit_error}
         if terminal is not None:
             self._action_pos = len(self._actions)  # the end is new: breadcrumbs below append, never match
+            self.replaying = False
             reason = "parent canceled" if self._cancel_reason is not None else "orchestration_terminal"
             for fut in list(self._futures.values()) + [
                 f for queue in (*self._waits.values(), *self._dequeues.values()) for f in queue

@@ -20,6 +20,7 @@ class Future:
         self.error: str | None = None
         self.details: dict[str, Any] | None = None
         self.seq = 0  # resolution order within this replay: the race winner is the lowest
+        self.buffered_raw: str | None = None  # a dequeue served from the queue buffer keeps the raw message
 
     @property
     def open(self) -> bool:
