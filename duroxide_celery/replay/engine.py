@@ -721,7 +721,10 @@ class ReplayEngine:
                 "execution_id": started.data.get("parent_execution_id"),
                 "event_id": started.data.get("parent_id"),
             }
-        if terminal is None:
+        # Fix (unit tests): the KV limits apply to every turn (semantics.md 2.15), including one that completes or
+        # continues as new; before, only a turn that stayed Running was checked, so `set 151 keys; return` completed
+        # and left 151 keys behind. An orchestration that already failed keeps its own error.
+        if terminal in (None, ev.ORCHESTRATION_COMPLETED, ev.ORCHESTRATION_CONTINUED_AS_NEW):
             limit_error = self._kv_limit_error()
             if limit_error:
                 terminal, data = ev.ORCHESTRATION_FAILED, {"details": limit_error}
