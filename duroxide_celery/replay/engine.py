@@ -194,6 +194,10 @@ class ReplayEngine:
         self._queue_buffer: dict[str, deque[str]] = {}
         self._cancel_reason: str | None = None
         self._waiter: Waiter | None = None
+        # Fix (unit tests): the first mismatch found, latched. A mismatch found inside a fire-and-forget call
+        # (set_custom_status, KV) is raised inside user code, where a bare `except:` could swallow it and let a
+        # changed orchestration replay on; the driver re-raises the latched error at the next step instead.
+        self._nondeterminism: Nondeterminism | None = None
 
     # -- entry ------------------------------------------------------------------------------------------------
     def run(self) -> TurnResult:
@@ -324,11 +328,17 @@ class ReplayEngine:
             )
         return self._finish(None, {}, started)
 
+    def _raise_latched(self) -> None:
+        if self._nondeterminism is not None:
+            raise self._nondeterminism
+
     def _drive(self, handler: Handler, ctx: OrchestrationContext, input_value: Any) -> None:
         try:
             produced = handler(ctx, input_value)
         except Exception as exc:
+            self._raise_latched()
             raise _Terminate(ev.ORCHESTRATION_FAILED, {"details": _app_failure(exc)}) from None
+        self._raise_latched()
         if not inspect.isgenerator(produced):
             self._complete(produced)
         stack: list[Generator[Any, Any, Any]] = [produced]
@@ -341,6 +351,7 @@ class ReplayEngine:
                 else:
                     yielded = gen.throw(payload if isinstance(payload, BaseException) else _TaskError(payload))
             except StopIteration as stop:
+                self._raise_latched()
                 stack.pop()
                 if not stack:
                     self._complete(stop.value)
@@ -349,12 +360,14 @@ class ReplayEngine:
             except (_Terminate, Nondeterminism):
                 raise
             except Exception as exc:
+                self._raise_latched()
                 stack.pop()
                 if not stack:
                     self._close(produced)
                     raise _Terminate(ev.ORCHESTRATION_FAILED, {"details": _app_failure(exc)}) from None
                 mode, payload = "throw", exc
                 continue
+            self._raise_latched()
             if isinstance(yielded, ContinueAsNewTask):
                 self._close(produced)
                 self._check_history_consumed()
@@ -657,10 +670,11 @@ class ReplayEngine:
                 for f in compare
             )
             if mismatch:
-                raise Nondeterminism(
+                self._nondeterminism = self._nondeterminism or Nondeterminism(
                     f"schedule mismatch: action={_describe_action(kind, data, compare)} vs "
                     f"event={_describe_event(old)}"
                 )
+                raise self._nondeterminism
             self._action_pos += 1
             return old
         self.replaying = False
