@@ -192,6 +192,7 @@ class Store:
                 .where(
                     instances.c.instance_id == instance_id,
                     or_(instances.c.lock_owner.is_(None), instances.c.locked_until < now),
+                    instances.c.next_attempt_at <= now,
                 )
                 .values(lock_owner=owner, locked_until=now + lease_ms, attempt_count=instances.c.attempt_count + 1)
                 .returning(

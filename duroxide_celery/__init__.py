@@ -1,0 +1,36 @@
+"""duroxide-celery: durable orchestrations (the duroxide programming model) on Celery and SQLAlchemy.
+
+The public names match duroxide-python, so its programs port by changing imports.
+"""
+
+from .client import Client, OperationTimedOut
+from .context import ActivityContext, OrchestrationContext
+from .metrics import MetricsSnapshot
+from .options import RuntimeOptions
+from .providers import PostgresProvider, SqliteProvider
+from .replay.engine import MAX_KV_KEYS, MAX_KV_VALUE_BYTES
+from .replay.tasks import MAX_TAG_NAME_BYTES
+from .runtime import Runtime
+from .types import Event, ExecutionInfo, InstanceInfo, OrchestrationResult
+
+MAX_WORKER_TAGS = 5
+
+__all__ = [
+    "MAX_KV_KEYS",
+    "MAX_KV_VALUE_BYTES",
+    "MAX_TAG_NAME_BYTES",
+    "MAX_WORKER_TAGS",
+    "ActivityContext",
+    "Client",
+    "Event",
+    "ExecutionInfo",
+    "InstanceInfo",
+    "MetricsSnapshot",
+    "OperationTimedOut",
+    "OrchestrationContext",
+    "OrchestrationResult",
+    "PostgresProvider",
+    "Runtime",
+    "RuntimeOptions",
+    "SqliteProvider",
+]

@@ -1,0 +1,253 @@
+"""Client: start, signal, cancel and inspect orchestrations (duroxide-python's `Client`).
+
+Every call writes to the store first; the broker message after it is only a wake-up. A client in a process
+without a runtime (a web app) takes a Celery app to send those wake-ups; without one, the recovery sweep
+delivers the work a little later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from celery import Celery
+
+from .providers import Provider
+from .providers.store import TERMINAL_STATUSES, Store
+from .replay import events as ev
+from .replay.events import dumps, loads
+from .tasks.publish import Publisher
+from .tasks.queues import QueueNames
+from .types import Event, ExecutionInfo, InstanceInfo, OrchestrationResult
+
+log = logging.getLogger("duroxide_celery.runtime")
+
+SUB_ORCHESTRATION_MARKER = "::sub::"
+MAX_INSTANCE_ID_CHARS = 512
+
+
+class OperationTimedOut(TimeoutError):
+    """A wait_* call ran out of time (duroxide raises RuntimeError("Operation timed out"))."""
+
+
+def _check_instance_id(instance_id: Any) -> str:
+    if not isinstance(instance_id, str):
+        raise TypeError(f"instance id must be a str, got {type(instance_id).__name__}")
+    if not instance_id.strip():
+        raise ValueError("instance id must not be empty")
+    if SUB_ORCHESTRATION_MARKER in instance_id:
+        raise ValueError(
+            f"Invalid input: instance id {instance_id!r} contains the reserved sub-orchestration marker "
+            f"'{SUB_ORCHESTRATION_MARKER}'"
+        )
+    if len(instance_id) > MAX_INSTANCE_ID_CHARS:
+        raise ValueError(f"instance id is {len(instance_id)} characters; the limit is {MAX_INSTANCE_ID_CHARS}")
+    return instance_id
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {name!r}")
+    return name
+
+
+def _encode(value: Any, what: str) -> str:
+    try:
+        return dumps(value)
+    except TypeError as exc:
+        raise TypeError(f"{what} {exc}") from None
+
+
+class Client:
+    """Talks to orchestrations through the store (and wakes workers through the broker)."""
+
+    def __init__(self, provider: Provider, app: Celery | None = None, queue_prefix: str = "duroxide"):
+        if not isinstance(provider, Provider):
+            raise TypeError(f"Client needs a provider, got {provider!r}")
+        self.provider = provider
+        self._own_publisher = Publisher(app, QueueNames(queue_prefix)) if app is not None else None
+
+    @property
+    def _store(self) -> Store:
+        return self.provider.store
+
+    def _publisher(self) -> Publisher | None:
+        return self._own_publisher or self.provider.publisher
+
+    def _poke(self, instance_id: str, name: str | None = None) -> None:
+        publisher = self._publisher()
+        if publisher is None:
+            return  # no worker reachable from here: the recovery sweep delivers it
+        try:
+            publisher.poke([(instance_id, name)])
+        except Exception:  # noqa: BLE001 - the row is committed; the sweep heals a failed publish
+            log.warning("could not publish wake-up for %s; the recovery sweep will deliver it", instance_id)
+
+    # -- starting -----------------------------------------------------------------------------------------------
+    def start_orchestration(self, instance_id: str, orchestration_name: str, input: Any = None) -> None:
+        """Start an instance. Starting an id that already exists is a no-op: the first start wins."""
+        self._start(instance_id, orchestration_name, input, None)
+
+    start_orchestration_typed = start_orchestration
+
+    def start_orchestration_versioned(
+        self, instance_id: str, orchestration_name: str, input: Any, version: str
+    ) -> None:
+        """Start an instance pinned to an exact registered version."""
+        _check_name(version, "version")
+        self._start(instance_id, orchestration_name, input, version)
+
+    start_orchestration_versioned_typed = start_orchestration_versioned
+
+    def _start(self, instance_id: str, name: str, input: Any, version: str | None) -> None:
+        _check_instance_id(instance_id)
+        _check_name(name, "orchestration name")
+        payload = _encode(input, "orchestration input")
+        with self._store.write() as conn:
+            created = self._store.create_instance(conn, instance_id, name, payload, version)
+        if created:
+            self._poke(instance_id, name)
+        else:
+            log.info("instance %s already exists; start ignored (the first start wins)", instance_id)
+
+    # -- signals ------------------------------------------------------------------------------------------------
+    def raise_event(self, instance_id: str, event_name: str, data: Any = None) -> None:
+        """Deliver a positional event to the instance's next matching wait_for_event. Events for unknown or
+        finished instances are dropped (logged), never queued where they could block anything."""
+        _check_name(event_name, "event name")
+        self._signal(instance_id, ev.MSG_EXTERNAL_RAISED, {"name": event_name, "data": _encode(data, "event data")})
+
+    raise_event_typed = raise_event
+
+    def enqueue_event(self, instance_id: str, queue_name: str, data: Any = None) -> None:
+        """Append a message to the instance's FIFO queue `queue_name` (see dequeue_event)."""
+        _check_name(queue_name, "queue name")
+        self._signal(instance_id, ev.MSG_QUEUE_MESSAGE, {"name": queue_name, "data": _encode(data, "event data")})
+
+    enqueue_event_typed = enqueue_event
+
+    def cancel_instance(self, instance_id: str, reason: str | None = None) -> None:
+        """Cancel a running instance (and its sub-orchestrations). No-op for unknown or finished instances."""
+        self._signal(instance_id, ev.MSG_CANCEL, {"reason": "" if reason is None else str(reason)})
+
+    def _signal(self, instance_id: str, kind: str, payload: dict[str, Any]) -> None:
+        if not isinstance(instance_id, str) or not instance_id:
+            raise ValueError(f"instance id must be a non-empty string, got {instance_id!r}")
+        if self._store.enqueue_if_running(instance_id, kind, payload):
+            self._poke(instance_id)
+        else:
+            log.warning("%s for %s dropped: no such running instance", kind, instance_id)
+
+    # -- status -------------------------------------------------------------------------------------------------
+    def get_status(self, instance_id: str) -> OrchestrationResult:
+        row = self._store.get_instance(instance_id)
+        if row is None:
+            return OrchestrationResult(status="NotFound")
+        return OrchestrationResult(
+            status=row["status"],
+            output=loads(row["output"]) if row["status"] == "Completed" else None,
+            error=row["error"],
+            custom_status=row["custom_status"],
+            custom_status_version=row["custom_status_version"],
+        )
+
+    def wait_for_orchestration(self, instance_id: str, timeout_ms: int = 30_000) -> OrchestrationResult:
+        """Block until the instance is Completed or Failed; raises OperationTimedOut (a TimeoutError)."""
+        return self._poll(instance_id, timeout_ms, lambda r: r.status in TERMINAL_STATUSES)
+
+    def wait_for_orchestration_typed(self, instance_id: str, timeout_ms: int = 30_000) -> Any:
+        result = self.wait_for_orchestration(instance_id, timeout_ms)
+        if result.status == "Failed":
+            raise Exception(result.error)
+        return result.output
+
+    def wait_for_status_change(
+        self, instance_id: str, last_seen_version: int = 0, poll_interval_ms: int = 200, timeout_ms: int = 30_000
+    ) -> OrchestrationResult:
+        """Return once custom_status_version exceeds `last_seen_version` or the instance has ended."""
+        return self._poll(
+            instance_id,
+            timeout_ms,
+            lambda r: r.custom_status_version > last_seen_version or r.status in TERMINAL_STATUSES,
+            max_interval_s=max(poll_interval_ms, 1) / 1000,
+        )
+
+    def _poll(self, instance_id: str, timeout_ms: int, done: Any, max_interval_s: float = 0.1) -> OrchestrationResult:
+        deadline = time.monotonic() + timeout_ms / 1000
+        interval = 0.005
+        while True:
+            result = self.get_status(instance_id)
+            if done(result):
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise OperationTimedOut("Operation timed out")
+            time.sleep(min(interval, remaining))
+            interval = min(interval * 2, max_interval_s)
+
+    # -- KV -----------------------------------------------------------------------------------------------------
+    def get_kv_value(self, instance_id: str, key: str) -> str | None:
+        return self._store.get_kv(instance_id, key)
+
+    def get_kv_value_typed(self, instance_id: str, key: str) -> Any:
+        value = self.get_kv_value(instance_id, key)
+        return None if value is None else json.loads(value)
+
+    def wait_for_kv_value(self, instance_id: str, key: str, timeout_ms: int = 30_000) -> str:
+        deadline = time.monotonic() + timeout_ms / 1000
+        interval = 0.005
+        while True:
+            value = self.get_kv_value(instance_id, key)
+            if value is not None:
+                return value
+            if time.monotonic() >= deadline:
+                raise OperationTimedOut(f"Operation timed out waiting for KV key {key!r} of {instance_id}")
+            time.sleep(interval)
+            interval = min(interval * 2, 0.1)
+
+    def wait_for_kv_value_typed(self, instance_id: str, key: str, timeout_ms: int = 30_000) -> Any:
+        return json.loads(self.wait_for_kv_value(instance_id, key, timeout_ms))
+
+    # -- inspection ---------------------------------------------------------------------------------------------
+    def get_instance_info(self, instance_id: str) -> InstanceInfo | None:
+        row = self._store.get_instance(instance_id)
+        if row is None:
+            return None
+        return InstanceInfo(
+            instance_id=row["instance_id"],
+            orchestration_name=row["orchestration_name"],
+            orchestration_version=row["orchestration_version"] or row["requested_version"],
+            current_execution_id=row["current_execution_id"],
+            status=row["status"],
+            output=loads(row["output"]) if row["status"] == "Completed" else None,
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            parent_instance_id=row["parent_instance_id"],
+        )
+
+    def list_executions(self, instance_id: str) -> list[int]:
+        return [r["execution_id"] for r in self._store.list_executions(instance_id)]
+
+    def get_execution_info(self, instance_id: str, execution_id: int) -> ExecutionInfo | None:
+        for r in self._store.list_executions(instance_id):
+            if r["execution_id"] == execution_id:
+                return ExecutionInfo(
+                    execution_id=r["execution_id"],
+                    status=r["status"],
+                    output=loads(r["output"]),
+                    started_at=r["started_at"],
+                    completed_at=r["completed_at"],
+                    event_count=r["event_count"],
+                )
+        return None
+
+    def read_execution_history(self, instance_id: str, execution_id: int) -> list[Event]:
+        return [Event.from_history(e) for e in self._store.read_history(instance_id, execution_id)]
+
+    def list_all_instances(self) -> list[str]:
+        return self._store.list_instances()
+
+    def list_instances_by_status(self, status: str) -> list[str]:
+        return self._store.list_instances(status)

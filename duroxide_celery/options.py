@@ -1,0 +1,104 @@
+"""RuntimeOptions: every keyword of duroxide-python 0.2.2 (semantics.md 1.3), plus a few of our own."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+
+@dataclass(kw_only=True)
+class RuntimeOptions:
+    """Runtime settings. Unknown keywords raise TypeError. `None` means the default in brackets.
+
+    - orchestration_concurrency [4], worker_concurrency [8]: threads of the embedded worker for turns and
+      activities (the embedded worker runs one thread pool sized to their sum). With your own Celery app, use
+      `celery worker --concurrency` instead. `orchestration_concurrency=0` makes an activity-only node.
+    - orchestrator_lock_timeout_ms [5000], worker_lock_timeout_ms [30000]: instance and activity leases;
+      worker_lock_renewal_buffer_ms [5000] sets how long before expiry running activities renew.
+    - max_attempts [10]: poison threshold for orchestration turns and activity deliveries.
+    - max_sessions_per_runtime [10], session_idle_timeout_ms [300000], session_lock_timeout_ms [30000],
+      session_lock_renewal_buffer_ms [5000], worker_node_id, worker_tag_filter: sessions and tags.
+    - log_level, log_format, service_name, service_version: accepted for compatibility; configure Python
+      `logging` (loggers `duroxide_celery.*`) instead.
+    - dispatcher_poll_interval_ms, orchestrator_lock_renewal_buffer_ms: accepted and ignored; work is pushed
+      by the broker, not polled, and turns are short.
+    Ours: queue_prefix ["duroxide"], recovery_interval_ms [2000 embedded], recovery_threshold_ms [10000],
+    activity_cancellation_grace_period_ms [10000].
+    """
+
+    orchestration_concurrency: int | None = None
+    worker_concurrency: int | None = None
+    dispatcher_poll_interval_ms: int | None = None
+    worker_lock_timeout_ms: int | None = None
+    log_format: str | None = None
+    log_level: str | None = None
+    service_name: str | None = None
+    service_version: str | None = None
+    max_sessions_per_runtime: int | None = None
+    session_idle_timeout_ms: int | None = None
+    worker_node_id: str | None = None
+    worker_tag_filter: str | None = None
+    orchestrator_lock_timeout_ms: int | None = None
+    orchestrator_lock_renewal_buffer_ms: int | None = None
+    max_attempts: int | None = None
+    worker_lock_renewal_buffer_ms: int | None = None
+    session_lock_timeout_ms: int | None = None
+    session_lock_renewal_buffer_ms: int | None = None
+    queue_prefix: str | None = None
+    recovery_interval_ms: int | None = None
+    recovery_threshold_ms: int | None = None
+    activity_cancellation_grace_period_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or f.type.startswith("str"):
+                if value is not None and not isinstance(value, str):
+                    raise TypeError(f"RuntimeOptions.{f.name} must be a str, got {type(value).__name__}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"RuntimeOptions.{f.name} must be an int, got {type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"RuntimeOptions.{f.name} must be >= 0, got {value}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError("RuntimeOptions.max_attempts must be >= 1")
+
+    # Resolved values ------------------------------------------------------------------------------------------
+    @property
+    def orchestration_threads(self) -> int:
+        return 4 if self.orchestration_concurrency is None else self.orchestration_concurrency
+
+    @property
+    def activity_threads(self) -> int:
+        return 8 if self.worker_concurrency is None else self.worker_concurrency
+
+    @property
+    def orchestrator_lock_ms(self) -> int:
+        return self.orchestrator_lock_timeout_ms or 5000
+
+    @property
+    def worker_lock_ms(self) -> int:
+        return self.worker_lock_timeout_ms or 30_000
+
+    @property
+    def worker_renewal_interval_s(self) -> float:
+        timeout = self.worker_lock_ms
+        if timeout >= 15_000:
+            return (timeout - (self.worker_lock_renewal_buffer_ms or 5000)) / 1000
+        return max(1.0, math.ceil(timeout / 2000))
+
+    @property
+    def max_attempts_value(self) -> int:
+        return self.max_attempts or 10
+
+    @property
+    def prefix(self) -> str:
+        return self.queue_prefix or "duroxide"
+
+    @property
+    def recovery_interval_s(self) -> float:
+        return (self.recovery_interval_ms or 2000) / 1000
+
+    @property
+    def recovery_threshold(self) -> int:
+        return 10_000 if self.recovery_threshold_ms is None else self.recovery_threshold_ms

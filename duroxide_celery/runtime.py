@@ -1,0 +1,224 @@
+"""Runtime: registries of orchestrations and activities, bound to a Celery app.
+
+With no app given (the embedded default) it runs the engine's Celery tasks on an in-process worker over kombu's
+memory transport, with a thread that fires timers and runs the recovery sweep. With your Celery app, it only
+registers the tasks; `celery worker` and `celery beat` processes run them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from celery import Celery
+
+from .metrics import Metrics, MetricsSnapshot
+from .options import RuntimeOptions
+from .providers import Provider
+from .providers.store import Store, now_ms
+from .tasks.install import install_tasks
+from .tasks.publish import Publisher
+from .tasks.queues import QueueNames, baseline_settings
+from .tasks.recovery import fire_timers, sweep
+from .tasks.thread_pool import AppBoundThreadPool
+
+log = logging.getLogger("duroxide_celery.runtime")
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_VERSION = "1.0.0"
+_VERSION = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]+)?$")
+_EMBEDDED_POLLING_S = 0.001
+_SCHEDULER_MAX_SLEEP_S = 0.25
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.split(r"[-+]", version)[0].split("."))
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{what} name must be a non-empty string, got {name!r}")
+    return name
+
+
+class Runtime:
+    """Runs orchestrations and activities (duroxide-python's `Runtime`, on Celery)."""
+
+    def __init__(self, provider: Provider, options: RuntimeOptions | None = None, app: Celery | None = None):
+        if not isinstance(provider, Provider):
+            raise TypeError(
+                f"Runtime needs a provider (SqliteProvider.open/in_memory, PostgresProvider.connect), got {provider!r}"
+            )
+        if options is not None and not isinstance(options, RuntimeOptions):
+            raise TypeError(f"options must be a RuntimeOptions, got {type(options).__name__}")
+        self.provider = provider
+        self.options = options or RuntimeOptions()
+        self.embedded = app is None
+        self.worker_id = self.options.worker_node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.metrics = Metrics()
+        self._orchestrations: dict[str, dict[str, Callable[..., Any]]] = {}
+        self.activities: dict[str, Callable[..., Any]] = {}
+        prefix = self.options.prefix
+        if self.embedded:
+            # Broker queues live in process memory: name them after the store so two stores never share them.
+            prefix = f"{prefix}-{provider.token}"
+            app = Celery(f"duroxide-embedded-{provider.token}", broker="memory://", set_as_current=False)
+            app.conf.update(baseline_settings(QueueNames(prefix)))
+            app.conf.update(
+                broker_transport="duroxide_celery.tasks.memory_transport:Transport",
+                broker_transport_options={"polling_interval": _EMBEDDED_POLLING_S},
+                worker_hijack_root_logger=False,
+                worker_send_task_events=False,
+            )
+        else:
+            assert app is not None
+            for key, value in baseline_settings(QueueNames(prefix)).items():
+                if key not in app.conf.changes:
+                    app.conf[key] = value
+        self.app: Celery = app
+        self.names = QueueNames(prefix)
+        self.publisher = Publisher(app, self.names)
+        self._activity_executor: Any = None
+        install_tasks(app, self)
+        self._worker: Any = None
+        self._worker_thread: threading.Thread | None = None
+        self._scheduler: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._timer_wake = threading.Event()
+        self._started = False
+
+    @property
+    def store(self) -> Store:
+        return self.provider.store
+
+    # -- registration -------------------------------------------------------------------------------------------
+    def register_activity(self, name: str, fn: F | None = None) -> Any:
+        """Register `fn(ctx, input)` as activity `name`; usable as `@runtime.register_activity("Name")`."""
+        _check_name(name, "activity")
+
+        def register(func: F) -> F:
+            if not callable(func):
+                raise TypeError(f"activity {name!r} must be callable, got {func!r}")
+            self.activities[name] = func
+            return func
+
+        return register(fn) if fn is not None else register
+
+    register_activity_typed = register_activity
+
+    def register_orchestration(self, name: str, fn: F | None = None) -> Any:
+        """Register generator `fn(ctx, input)` as orchestration `name`, version 1.0.0."""
+        return self.register_orchestration_versioned(name, DEFAULT_VERSION, fn)
+
+    register_orchestration_typed = register_orchestration
+
+    def register_orchestration_versioned(self, name: str, version: str, fn: F | None = None) -> Any:
+        """Register a specific semver `version`; new starts use the latest, running executions keep theirs."""
+        _check_name(name, "orchestration")
+        if not isinstance(version, str) or not _VERSION.match(version):
+            raise ValueError(f"orchestration version must be semver like '1.0.2', got {version!r}")
+
+        def register(func: F) -> F:
+            if not callable(func):
+                raise TypeError(f"orchestration {name!r} must be callable, got {func!r}")
+            self._orchestrations.setdefault(name, {})[version] = func
+            return func
+
+        return register(fn) if fn is not None else register
+
+    register_orchestration_versioned_typed = register_orchestration_versioned
+
+    def resolve_orchestration(self, name: str, version: str | None) -> tuple[str, Callable[..., Any]] | None:
+        """(version, handler) for an exact version, or the latest when version is None; None if not here."""
+        versions = self._orchestrations.get(name)
+        if not versions:
+            return None
+        if version is not None:
+            fn = versions.get(version)
+            return (version, fn) if fn is not None else None
+        latest = max(versions, key=_version_key)
+        return latest, versions[latest]
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the embedded worker and scheduler (non-blocking). With your own Celery app this only checks the
+        store; run `celery worker`/`celery beat` processes to do the work."""
+        if self._started:
+            return
+        self.store  # create/migrate the schema now, not in the first task
+        self._started = True
+        if self.provider.publisher is None:
+            self.provider.publisher = self.publisher
+        if not self.embedded:
+            return
+        queues = []
+        if self.options.orchestration_threads > 0:
+            queues.append(self.names.orchestrator)
+        if self.options.activity_threads > 0:
+            queues.append(self.names.activities)
+        if queues:
+            self._worker = self.app.WorkController(
+                pool_cls=AppBoundThreadPool,
+                concurrency=max(1, self.options.orchestration_threads + self.options.activity_threads),
+                queues=queues,
+                hostname=f"duroxide-{self.worker_id}@embedded",
+                without_heartbeat=True,
+                without_mingle=True,
+                without_gossip=True,
+                loglevel="WARNING",
+            )
+            self._worker_thread = threading.Thread(target=self._worker.start, name="duroxide-worker", daemon=True)
+            self._worker_thread.start()
+        self.publisher.on_timer = lambda _fire_at: self._timer_wake.set()
+        self._scheduler = threading.Thread(target=self._schedule_loop, name="duroxide-scheduler", daemon=True)
+        self._scheduler.start()
+
+    def shutdown(self, timeout_ms: int | None = None) -> None:
+        """Stop the embedded worker: running tasks finish (up to timeout_ms), nothing pending is lost."""
+        if not self._started:
+            return
+        self._started = False
+        self._stop.set()
+        self._timer_wake.set()
+        if self._activity_executor is not None:
+            self._activity_executor.renewer.stop()
+        deadline = time.monotonic() + (timeout_ms / 1000 if timeout_ms is not None else 30.0)
+        if self._worker is not None:
+            self._worker.stop(in_sighandler=False)
+        for thread in (self._worker_thread, self._scheduler):
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        if self.provider.publisher is self.publisher:
+            self.provider.publisher = None
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        return self.metrics.snapshot()
+
+    # -- embedded scheduler: the same timer and recovery code beat runs in production ---------------------------
+    def _schedule_loop(self) -> None:
+        store = self.store
+        threshold = 0  # the first sweep republishes everything a previous runtime left pending
+        next_sweep = 0.0
+        while not self._stop.is_set():
+            try:
+                fire_timers(store, self.publisher)
+                if time.monotonic() >= next_sweep:
+                    sweep(store, self.publisher, threshold)
+                    threshold = self.options.recovery_threshold
+                    next_sweep = time.monotonic() + self.options.recovery_interval_s
+                due = store.next_timer_due()
+            except Exception:  # noqa: BLE001 - keep the scheduler alive through database blips
+                log.exception("embedded scheduler round failed")
+                due = None
+            wait = _SCHEDULER_MAX_SLEEP_S
+            if due is not None:
+                wait = min(wait, max(0.0, (due - now_ms()) / 1000))
+            self._timer_wake.wait(wait)
+            self._timer_wake.clear()

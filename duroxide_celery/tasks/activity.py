@@ -1,0 +1,148 @@
+"""The activity task: claim the work row (lease), run the function, record the outcome at most once, poke.
+
+A duplicate delivery finds the row leased or gone and does nothing; a lost lease (worker death, cancellation)
+means the outcome is dropped, because the row no longer belongs to this worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from ..context import ActivityContext
+from ..providers.store import ClaimedWorkItem, PendingActivity, now_ms
+from ..replay import events as ev
+from ..replay.events import dumps, error_details, loads
+from .turn import unregistered_backoff_ms
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+log = logging.getLogger("duroxide_celery.activity")
+
+Key = tuple[str, int, int]
+
+
+class LeaseRenewer:
+    """Renews the leases of running activities so they can run for hours; a renewal that fails (row deleted by a
+    cancel, or taken after expiry) flips the activity's `is_cancelled()`."""
+
+    def __init__(self, runtime: Runtime):
+        self.rt = runtime
+        self._running: dict[Key, ActivityContext] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def track(self, key: Key, ctx: ActivityContext) -> None:
+        with self._lock:
+            self._running[key] = ctx
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="duroxide-lease-renewer", daemon=True)
+                self._thread.start()
+
+    def untrack(self, key: Key) -> None:
+        with self._lock:
+            self._running.pop(key, None)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    def _loop(self) -> None:
+        interval = self.rt.options.worker_renewal_interval_s
+        while not self._stopped:
+            self._wake.wait(interval)
+            if self._stopped:
+                return
+            with self._lock:
+                running = dict(self._running)
+            if not running:
+                continue
+            try:
+                lost = self.rt.store.renew_work_items(
+                    list(running), self.rt.worker_id, self.rt.options.worker_lock_ms
+                )
+            except Exception:  # noqa: BLE001 - a database blip: try again next round
+                log.exception("activity lease renewal failed")
+                continue
+            for key in lost:
+                running[key]._cancel()
+
+
+class ActivityExecutor:
+    def __init__(self, runtime: Runtime):
+        self.rt = runtime
+        self.renewer = LeaseRenewer(runtime)
+
+    def run(self, key: Key) -> None:
+        rt = self.rt
+        item = rt.store.claim_work_item(key, rt.worker_id, rt.options.worker_lock_ms)
+        if item is None:
+            return  # already done, cancelled, or running on a live worker
+        if item.attempt_count > rt.options.max_attempts_value:
+            message = (
+                f"poison: activity {item.name}#{item.event_id} exceeded {item.attempt_count} attempts "
+                f"(max {rt.options.max_attempts_value})"
+            )
+            self._finish(item, ev.MSG_ACTIVITY_FAILED, {"details": error_details(ev.POISON, message, "Poison")})
+            return
+        fn = rt.activities.get(item.name)
+        if fn is None:
+            if item.attempt_count >= rt.options.max_attempts_value:
+                message = (
+                    f"activity '{item.name}' is not registered on any worker that took it "
+                    f"({item.attempt_count} attempts)"
+                )
+                self._finish(
+                    item, ev.MSG_ACTIVITY_FAILED, {"details": error_details(ev.CONFIGURATION, message, "Unregistered")}
+                )
+                return
+            delay = unregistered_backoff_ms(item.attempt_count)
+            log.warning("activity %r is not registered here; retrying in %d ms", item.name, delay)
+            rt.store.abandon_work_item(key, rt.worker_id, now_ms() + delay)
+            rt.publisher.activities(
+                [PendingActivity(item.instance_id, item.execution_id, item.event_id, item.name, item.session_id,
+                                 item.tag)],
+                countdown=delay / 1000 + 0.05,
+            )
+            return
+        ctx = ActivityContext(
+            instance_id=item.instance_id,
+            execution_id=item.execution_id,
+            orchestration_name=item.orchestration_name or "",
+            orchestration_version=item.orchestration_version or "",
+            activity_name=item.name,
+            worker_id=rt.worker_id,
+            session_id=item.session_id,
+            _tag=item.tag,
+            _provider=rt.provider,
+        )
+        self.renewer.track(key, ctx)
+        try:
+            value = fn(ctx, loads(item.input))
+            try:
+                kind, payload = ev.MSG_ACTIVITY_COMPLETED, {"result": dumps(value)}
+            except TypeError as exc:
+                kind, payload = ev.MSG_ACTIVITY_FAILED, {"details": _failure(item.name, TypeError(
+                    f"activity returned a value that is not JSON-serializable ({exc})"))}
+        except Exception as exc:  # the activity's own failure, delivered to the orchestration as catchable
+            kind, payload = ev.MSG_ACTIVITY_FAILED, {"details": _failure(item.name, exc)}
+        finally:
+            self.renewer.untrack(key)
+        rt.metrics.record_activity(kind == ev.MSG_ACTIVITY_COMPLETED, payload)
+        self._finish(item, kind, payload)
+
+    def _finish(self, item: ClaimedWorkItem, kind: str, payload: dict[str, object]) -> None:
+        key = (item.instance_id, item.execution_id, item.event_id)
+        if self.rt.store.complete_work_item(key, self.rt.worker_id, kind, payload):
+            self.rt.publisher.poke([(item.instance_id, item.orchestration_name)])
+        else:
+            log.info("outcome of activity %s#%s dropped: its work item was cancelled or taken over", item.name,
+                     item.event_id, extra={"instance_id": item.instance_id, "activity_name": item.name})
+
+
+def _failure(name: str, exc: BaseException) -> dict[str, object]:
+    return error_details(ev.APPLICATION, f"Activity '{name}' call failed: {type(exc).__name__}: {exc}", "ActivityFailed")

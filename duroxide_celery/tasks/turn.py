@@ -1,0 +1,241 @@
+"""The orchestrator turn: lease the instance, replay, commit everything in one transaction, then publish.
+
+Alternatives considered for delivery: carrying state in the Celery message (lost with the broker) or polling the
+store from every worker (what duroxide does; latency bound by the poll interval). Here the broker carries only a
+poke, the store is the truth, and a lease holder re-checks its inbox after releasing, so no poke is ever lost
+to a busy instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from ..providers.store import LeaseLost, PendingActivity, now_ms
+from ..replay import events as ev
+from ..replay.engine import (
+    REPLAY_VERSION,
+    CancelActivity,
+    CancelInstance,
+    CancelTimer,
+    NotifyParent,
+    ScheduleActivity,
+    ScheduleTimer,
+    StartOrchestration,
+    TurnInput,
+    TurnResult,
+    run_turn,
+)
+from ..replay.events import HistoryEvent, error_details
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+log = logging.getLogger("duroxide_celery.runtime")
+
+#: How many inbox drains one task performs before handing the instance back to the queue (fairness).
+MAX_DRAINS_PER_TASK = 20
+
+
+def unregistered_backoff_ms(attempt: int) -> int:
+    """min(1 s * 2^min(attempt-1, 6), 60 s): rolling deploys get time for a worker with the handler to appear."""
+    return min(1000 * 2 ** min(max(attempt, 1) - 1, 6), 60_000)
+
+
+class TurnExecutor:
+    def __init__(self, runtime: Runtime):
+        self.rt = runtime
+
+    def run(self, instance_id: str) -> None:
+        for _ in range(MAX_DRAINS_PER_TASK):
+            if not self._turn(instance_id):
+                return
+        self.rt.publisher.poke([instance_id])
+
+    # Returns True when the inbox may hold more work for this instance.
+    def _turn(self, instance_id: str) -> bool:
+        rt = self.rt
+        store = rt.store
+        owner = rt.worker_id
+        lease = store.acquire_instance(instance_id, owner, rt.options.orchestrator_lock_ms)
+        if lease is None:
+            return False
+        try:
+            history, messages, kv_snapshot = store.load_turn(instance_id, lease.execution_id)
+            if not messages:
+                store.release_instance(instance_id, owner, reset_attempts=True)
+                return False
+            msg_ids = [m[0] for m in messages]
+            bodies = [m[1] for m in messages]
+            if lease.attempt_count > rt.options.max_attempts_value:
+                self._poison(lease, history, bodies, msg_ids, None)
+                return False
+            result = run_turn(
+                TurnInput(
+                    instance_id=instance_id,
+                    execution_id=lease.execution_id,
+                    history=history,
+                    messages=bodies,
+                    now_ms=now_ms(),
+                    new_guid=lambda: str(uuid.uuid4()),
+                    clock=now_ms,
+                    kv_snapshot=kv_snapshot,
+                    kv_reader=store.get_kv,
+                ),
+                rt.resolve_orchestration,
+            )
+            if result.status == "Unregistered":
+                self._backoff(lease, result)
+                return False
+            if result.status == "Idle":
+                store.release_instance(instance_id, owner, reset_attempts=True, consumed_ids=msg_ids)
+                return store.has_inbox(instance_id)
+            self._commit(lease, result, msg_ids)
+        except LeaseLost:
+            log.warning("lease on %s lost during its turn; another worker redoes it", instance_id)
+            return False
+        except Exception:
+            log.exception("turn of %s failed; it will be retried", instance_id, extra={"instance_id": instance_id})
+            try:
+                store.release_instance(instance_id, owner, reset_attempts=False)
+            finally:
+                rt.publisher.poke([instance_id], countdown=1.0)
+            return False
+        return store.has_inbox(instance_id)
+
+    def _backoff(self, lease: Any, result: TurnResult) -> None:
+        name, version = result.unregistered or (lease.orchestration_name, None)
+        delay = unregistered_backoff_ms(lease.attempt_count)
+        log.warning(
+            "orchestration %r (version %s) is not registered here; instance %s retries in %d ms (attempt %d of %d)",
+            name, version or "latest", lease.instance_id, delay, lease.attempt_count, self.rt.options.max_attempts_value,
+        )
+        self.rt.store.release_instance(
+            lease.instance_id, self.rt.worker_id, reset_attempts=False, next_attempt_at=now_ms() + delay
+        )
+        self.rt.publisher.poke([(lease.instance_id, name)], countdown=delay / 1000 + 0.05)
+
+    def _poison(
+        self, lease: Any, history: list[HistoryEvent], bodies: list[dict[str, Any]], msg_ids: list[int], _: Any
+    ) -> None:
+        """Fail an instance whose turns keep failing (or whose handler never appeared), with a clear reason."""
+        rt = self.rt
+        start = next((b for b in bodies if b["kind"] in (ev.MSG_START, ev.MSG_CONTINUE_AS_NEW)), None)
+        name = history[0].data["name"] if history else (start or {}).get("name", lease.orchestration_name)
+        version = history[0].data.get("version") if history else (start or {}).get("version")
+        registered = rt.resolve_orchestration(name, version) is not None
+        reason = "" if registered else f": orchestration '{name}' (version {version or 'latest'}) is not registered"
+        message = (
+            f"poison: orchestration {lease.instance_id} exceeded {lease.attempt_count} attempts "
+            f"(max {rt.options.max_attempts_value}){reason}"
+        )
+        now = now_ms()
+        new_events: list[HistoryEvent] = []
+        parent = None
+        if not history:
+            start = start or {}
+            new_events.append(HistoryEvent(1, ev.ORCHESTRATION_STARTED, {
+                "name": name, "version": version, "input": start.get("input"),
+                "parent_instance": start.get("parent_instance_id"),
+                "parent_execution_id": start.get("parent_execution_id"),
+                "parent_id": start.get("parent_event_id"),
+            }, None, now))
+            if start.get("parent_instance_id"):
+                parent = (start["parent_instance_id"], start.get("parent_execution_id"), start.get("parent_event_id"))
+        elif history[0].data.get("parent_instance"):
+            d = history[0].data
+            parent = (d["parent_instance"], d.get("parent_execution_id"), d.get("parent_id"))
+        details = error_details(ev.POISON, message, "Poison")
+        new_events.append(
+            HistoryEvent(len(history) + len(new_events) + 1, ev.ORCHESTRATION_FAILED, {"details": details}, None, now)
+        )
+        result = TurnResult(status="Failed", new_events=new_events, error=details, orchestration_name=name,
+                            orchestration_version=version)
+        if parent:
+            result.outgoing.append(NotifyParent(parent[0], parent[1], parent[2], ev.MSG_SUB_FAILED, details=details))
+        log.error(message, extra={"instance_id": lease.instance_id, "orchestration_name": name})
+        self._commit(lease, result, msg_ids)
+
+    def _commit(self, lease: Any, result: TurnResult, msg_ids: list[int]) -> None:
+        rt = self.rt
+        store = rt.store
+        instance_id, exec_id, owner = lease.instance_id, lease.execution_id, rt.worker_id
+        now = now_ms()
+        activities = [o for o in result.outgoing if isinstance(o, ScheduleActivity)]
+        new_timers = [o for o in result.outgoing if isinstance(o, ScheduleTimer)]
+        pokes: list[tuple[str, str | None]] = []
+        started_fresh = bool(result.new_events) and result.new_events[0].kind == ev.ORCHESTRATION_STARTED
+        with store.write() as conn:
+            store.fence(conn, instance_id, owner)
+            store.append_history(conn, instance_id, exec_id, result.new_events)
+            store.delete_inbox(conn, msg_ids)
+            orch = (result.orchestration_name or "", result.orchestration_version or "")
+            store.add_work_items(conn, instance_id, exec_id, orch, activities, now)
+            store.delete_work_items(
+                conn, instance_id, exec_id, [o.event_id for o in result.outgoing if isinstance(o, CancelActivity)]
+            )
+            store.add_timers(conn, instance_id, exec_id, new_timers)
+            store.delete_timers(
+                conn, instance_id, exec_id, [o.event_id for o in result.outgoing if isinstance(o, CancelTimer)]
+            )
+            for out in result.outgoing:
+                if isinstance(out, StartOrchestration):
+                    parent = (instance_id, exec_id, out.parent_event_id) if out.parent_instance_id else None
+                    if store.create_instance(conn, out.instance_id, out.name, out.input, out.version, parent, now):
+                        pokes.append((out.instance_id, out.name))
+                    elif parent is not None:
+                        # An explicit child id that is already taken fails the parent's call at once, instead of
+                        # hanging it (duroxide #40).
+                        store.enqueue(conn, instance_id, ev.MSG_SUB_FAILED, {
+                            "execution_id": exec_id, "event_id": out.parent_event_id,
+                            "details": error_details(
+                                ev.APPLICATION,
+                                f"sub-orchestration instance id '{out.instance_id}' already exists",
+                                "SubOrchestrationFailed",
+                            ),
+                        }, now)
+                elif isinstance(out, CancelInstance):
+                    status = store.instance_status(conn, out.instance_id)
+                    if status is not None and status not in ("Completed", "Failed"):
+                        store.enqueue(conn, out.instance_id, ev.MSG_CANCEL, {"reason": out.reason}, now)
+                        pokes.append((out.instance_id, None))
+                elif isinstance(out, NotifyParent):
+                    store.enqueue(conn, out.parent_instance_id, out.kind, {
+                        "execution_id": out.parent_execution_id, "event_id": out.parent_event_id,
+                        "result": out.result, "details": out.details,
+                    }, now)
+                    pokes.append((out.parent_instance_id, None))
+            store.apply_kv(conn, instance_id, result.kv_ops)
+            if result.custom_status_changed:
+                store.bump_custom_status(conn, instance_id, result.custom_status)
+            exec_values: dict[str, Any] = {"added_events": len(result.new_events)}
+            inst_values: dict[str, Any] = {}
+            if started_fresh:
+                exec_values.update(orchestration_version=result.orchestration_version, replay_version=REPLAY_VERSION)
+                inst_values["orchestration_version"] = result.orchestration_version
+            error_text = result.error["message"] if result.error else None
+            if result.status in ("Completed", "Failed"):
+                exec_values.update(status=result.status, output=result.output, error=error_text, completed_at=now)
+                inst_values.update(status=result.status, output=result.output, error=error_text)
+            elif result.status == "ContinuedAsNew":
+                can = result.continue_as_new or {}
+                exec_values.update(status="ContinuedAsNew", output=can.get("input"), completed_at=now)
+                store.new_execution(conn, instance_id, exec_id + 1, result.kv_state, now)
+                store.enqueue(conn, instance_id, ev.MSG_CONTINUE_AS_NEW, can, now)
+                inst_values.update(current_execution_id=exec_id + 1, status="Running", output=None, error=None)
+            store.update_execution(conn, instance_id, exec_id, **exec_values)
+            store.finish_instance(conn, instance_id, owner, **inst_values)
+        # Published only after the commit (transactional outbox); a crash here is healed by the recovery sweep.
+        rt.metrics.record_turn(result, started_fresh)
+        rt.publisher.activities(
+            PendingActivity(instance_id, exec_id, a.event_id, a.name, a.session_id, a.tag) for a in activities
+        )
+        rt.publisher.poke(pokes)
+        if new_timers:
+            rt.publisher.timers_created(min(t.fire_at_ms for t in new_timers))
+
+
+def _elapsed_ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
