@@ -48,11 +48,17 @@ class ActivityContext:
         return Client(self._provider)
 
     def _trace(self, level: int, message: str) -> None:
-        log.log(level, message, extra={
-            "instance_id": self.instance_id, "execution_id": self.execution_id,
-            "orchestration_name": self.orchestration_name, "activity_name": self.activity_name,
-            "worker_id": self.worker_id,
-        })
+        log.log(
+            level,
+            message,
+            extra={
+                "instance_id": self.instance_id,
+                "execution_id": self.execution_id,
+                "orchestration_name": self.orchestration_name,
+                "activity_name": self.activity_name,
+                "worker_id": self.worker_id,
+            },
+        )
 
     def trace_info(self, message: str) -> None:
         self._trace(logging.INFO, str(message))

@@ -52,8 +52,10 @@ class Metrics:
         self._add("orch_dispatcher_items_fetched")
         if started:
             self._add("orch_starts")
-        self._add("suborchestration_calls", sum(
-            1 for o in result.outgoing if isinstance(o, StartOrchestration) and o.parent_instance_id))
+        self._add(
+            "suborchestration_calls",
+            sum(1 for o in result.outgoing if isinstance(o, StartOrchestration) and o.parent_instance_id),
+        )
         if result.status == "Completed":
             self._add("orch_completions")
         elif result.status == "ContinuedAsNew":
@@ -61,7 +63,9 @@ class Metrics:
         elif result.status == "Failed":
             self._add("orch_failures")
             category = (result.error or {}).get("category", "Application")
-            field = "orch_poison" if category == "Poison" else f"orch_{_ERROR_FIELDS.get(category, 'application')}_errors"
+            field = (
+                "orch_poison" if category == "Poison" else f"orch_{_ERROR_FIELDS.get(category, 'application')}_errors"
+            )
             self._add(field)
 
     def record_activity(self, ok: bool, payload: dict[str, Any]) -> None:
@@ -70,8 +74,12 @@ class Metrics:
             self._add("activity_success")
         else:
             category = (payload.get("details") or {}).get("category", "Application")
-            names = {"Application": "activity_app_errors", "Infrastructure": "activity_infra_errors",
-                     "Configuration": "activity_config_errors", "Poison": "activity_poison"}
+            names = {
+                "Application": "activity_app_errors",
+                "Infrastructure": "activity_infra_errors",
+                "Configuration": "activity_config_errors",
+                "Poison": "activity_poison",
+            }
             self._add(names.get(category, "activity_app_errors"))
 
     def snapshot(self) -> MetricsSnapshot:

@@ -152,7 +152,7 @@ class Runtime:
         store; run `celery worker`/`celery beat` processes to do the work."""
         if self._started:
             return
-        self.store  # create/migrate the schema now, not in the first task
+        _ = self.store  # create/migrate the schema now, not in the first task
         self._started = True
         if self.provider.publisher is None:
             self.provider.publisher = self.publisher

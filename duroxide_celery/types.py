@@ -35,8 +35,13 @@ class Event:
     @classmethod
     def from_history(cls, event: HistoryEvent) -> Event:
         fields = {k: v for k, v in event.data.items() if v is not None}
-        return cls(event.event_id, event.kind, event.source_event_id, event.timestamp_ms,
-                   json.dumps(fields) if fields else None)
+        return cls(
+            event.event_id,
+            event.kind,
+            event.source_event_id,
+            event.timestamp_ms,
+            json.dumps(fields) if fields else None,
+        )
 
 
 @dataclass(frozen=True)

@@ -110,9 +110,7 @@ class SqliteProvider(Provider):
 
     def _create_engine(self) -> Engine:
         if self.in_memory:
-            engine = create_engine(
-                "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
-            )
+            engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
         else:
             engine = create_engine(self.url, pool_size=16, max_overflow=16, connect_args={"timeout": 30})
         _sqlite_pragmas(engine)
@@ -145,7 +143,7 @@ def _normalize_pg_url(url: str) -> str:
         raise ValueError(f"PostgresProvider needs a database URL, got {url!r}")
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix):]
+            return "postgresql+psycopg2://" + url[len(prefix) :]
     return url
 
 

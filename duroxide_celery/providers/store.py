@@ -143,7 +143,11 @@ class Store:
             return False
         conn.execute(
             insert(executions).values(
-                instance_id=instance_id, execution_id=1, status="Running", started_at=now, event_count=0,
+                instance_id=instance_id,
+                execution_id=1,
+                status="Running",
+                started_at=now,
+                event_count=0,
                 kv_snapshot="{}",
             )
         )
@@ -153,7 +157,9 @@ class Store:
         self.enqueue(conn, instance_id, "StartOrchestration", payload, now)
         return True
 
-    def enqueue(self, conn: Connection, instance_id: str, kind: str, payload: dict[str, Any], now: int | None = None) -> None:
+    def enqueue(
+        self, conn: Connection, instance_id: str, kind: str, payload: dict[str, Any], now: int | None = None
+    ) -> None:
         conn.execute(
             insert(inbox).values(
                 instance_id=instance_id, kind=kind, payload=json.dumps(payload), created_at=now or now_ms()
@@ -164,20 +170,13 @@ class Store:
         if rows:
             conn.execute(
                 insert(inbox),
-                [
-                    {"instance_id": i, "kind": k, "payload": json.dumps(p), "created_at": now}
-                    for i, k, p in rows
-                ],
+                [{"instance_id": i, "kind": k, "payload": json.dumps(p), "created_at": now} for i, k, p in rows],
             )
 
-    def enqueue_if_running(
-        self, instance_id: str, kind: str, payload: dict[str, Any]
-    ) -> bool:
+    def enqueue_if_running(self, instance_id: str, kind: str, payload: dict[str, Any]) -> bool:
         """Queue a message for a live instance; False (nothing written) if it is unknown or already ended."""
         with self.write() as conn:
-            status = conn.execute(
-                select(instances.c.status).where(instances.c.instance_id == instance_id)
-            ).scalar()
+            status = conn.execute(select(instances.c.status).where(instances.c.instance_id == instance_id)).scalar()
             if status is None or status in TERMINAL_STATUSES:
                 return False
             self.enqueue(conn, instance_id, kind, payload)
@@ -219,7 +218,12 @@ class Store:
             )
 
     def release_instance(
-        self, instance_id: str, owner: str, *, reset_attempts: bool, next_attempt_at: int = 0,
+        self,
+        instance_id: str,
+        owner: str,
+        *,
+        reset_attempts: bool,
+        next_attempt_at: int = 0,
         consumed_ids: Iterable[int] = (),
     ) -> None:
         with self.write() as conn:
@@ -249,7 +253,10 @@ class Store:
                 return [], [], {}
             events = conn.execute(
                 select(
-                    history.c.event_id, history.c.kind, history.c.data, history.c.source_event_id,
+                    history.c.event_id,
+                    history.c.kind,
+                    history.c.data,
+                    history.c.source_event_id,
                     history.c.timestamp_ms,
                 )
                 .where(history.c.instance_id == instance_id, history.c.execution_id == execution_id)
@@ -272,8 +279,7 @@ class Store:
     def has_inbox(self, instance_id: str) -> bool:
         with self.read() as conn:
             return (
-                conn.execute(select(inbox.c.id).where(inbox.c.instance_id == instance_id).limit(1)).first()
-                is not None
+                conn.execute(select(inbox.c.id).where(inbox.c.instance_id == instance_id).limit(1)).first() is not None
             )
 
     def instance_status(self, conn: Connection, instance_id: str) -> str | None:
@@ -281,9 +287,7 @@ class Store:
 
     def fence(self, conn: Connection, instance_id: str, owner: str) -> None:
         """Inside a turn's transaction: prove we still hold the lease, or abort the whole turn."""
-        held = conn.execute(
-            select(instances.c.lock_owner).where(instances.c.instance_id == instance_id)
-        ).scalar()
+        held = conn.execute(select(instances.c.lock_owner).where(instances.c.instance_id == instance_id)).scalar()
         if held != owner:
             raise LeaseLost(instance_id)
 
@@ -351,8 +355,12 @@ class Store:
             conn.execute(
                 insert(timers),
                 [
-                    {"instance_id": instance_id, "execution_id": execution_id, "event_id": t.event_id,
-                     "fire_at_ms": t.fire_at_ms}
+                    {
+                        "instance_id": instance_id,
+                        "execution_id": execution_id,
+                        "event_id": t.event_id,
+                        "fire_at_ms": t.fire_at_ms,
+                    }
                     for t in items
                 ],
             )
@@ -398,8 +406,12 @@ class Store:
     ) -> None:
         conn.execute(
             insert(executions).values(
-                instance_id=instance_id, execution_id=execution_id, status="Running", started_at=now,
-                event_count=0, kv_snapshot=json.dumps({k: list(v) for k, v in kv_state.items()}),
+                instance_id=instance_id,
+                execution_id=execution_id,
+                status="Running",
+                started_at=now,
+                event_count=0,
+                kv_snapshot=json.dumps({k: list(v) for k, v in kv_state.items()}),
             )
         )
 
@@ -447,7 +459,9 @@ class Store:
             return None
         return ClaimedWorkItem(key[0], key[1], key[2], *row)
 
-    def renew_work_items(self, keys: list[tuple[str, int, int]], owner: str, lease_ms: int) -> set[tuple[str, int, int]]:
+    def renew_work_items(
+        self, keys: list[tuple[str, int, int]], owner: str, lease_ms: int
+    ) -> set[tuple[str, int, int]]:
         """Extend the leases we hold; returns the keys whose row is gone or was taken (cancelled or lost)."""
         lost: set[tuple[str, int, int]] = set()
         until = now_ms() + lease_ms
@@ -467,9 +481,7 @@ class Store:
                     lost.add(key)
         return lost
 
-    def complete_work_item(
-        self, key: tuple[str, int, int], owner: str, kind: str, payload: dict[str, Any]
-    ) -> bool:
+    def complete_work_item(self, key: tuple[str, int, int], owner: str, kind: str, payload: dict[str, Any]) -> bool:
         """Record an activity's outcome at most once: delete our leased row and queue the completion, atomically.
         False when the row is gone or another worker holds it (the outcome is dropped)."""
         with self.write() as conn:
@@ -562,8 +574,12 @@ class Store:
         with self.write() as conn:
             rows = conn.execute(
                 select(
-                    work_items.c.instance_id, work_items.c.execution_id, work_items.c.event_id, work_items.c.name,
-                    work_items.c.session_id, work_items.c.tag,
+                    work_items.c.instance_id,
+                    work_items.c.execution_id,
+                    work_items.c.event_id,
+                    work_items.c.name,
+                    work_items.c.session_id,
+                    work_items.c.tag,
                 )
                 .where(
                     work_items.c.published_at <= now - older_than_ms,
@@ -594,16 +610,25 @@ class Store:
 
     def list_executions(self, instance_id: str) -> list[dict[str, Any]]:
         with self.read() as conn:
-            rows = conn.execute(
-                select(executions).where(executions.c.instance_id == instance_id).order_by(executions.c.execution_id)
-            ).mappings().all()
+            rows = (
+                conn.execute(
+                    select(executions)
+                    .where(executions.c.instance_id == instance_id)
+                    .order_by(executions.c.execution_id)
+                )
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
 
     def read_history(self, instance_id: str, execution_id: int) -> list[HistoryEvent]:
         with self.read() as conn:
             rows = conn.execute(
                 select(
-                    history.c.event_id, history.c.kind, history.c.data, history.c.source_event_id,
+                    history.c.event_id,
+                    history.c.kind,
+                    history.c.data,
+                    history.c.source_event_id,
                     history.c.timestamp_ms,
                 )
                 .where(history.c.instance_id == instance_id, history.c.execution_id == execution_id)
@@ -613,9 +638,7 @@ class Store:
 
     def get_kv(self, instance_id: str, key: str) -> str | None:
         with self.read() as conn:
-            return conn.execute(
-                select(kv.c.value).where(kv.c.instance_id == instance_id, kv.c.key == key)
-            ).scalar()
+            return conn.execute(select(kv.c.value).where(kv.c.instance_id == instance_id, kv.c.key == key)).scalar()
 
     def list_instances(self, status: str | None = None) -> list[str]:
         with self.read() as conn:

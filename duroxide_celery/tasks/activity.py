@@ -62,9 +62,7 @@ class LeaseRenewer:
             if not running:
                 continue
             try:
-                lost = self.rt.store.renew_work_items(
-                    list(running), self.rt.worker_id, self.rt.options.worker_lock_ms
-                )
+                lost = self.rt.store.renew_work_items(list(running), self.rt.worker_id, self.rt.options.worker_lock_ms)
             except Exception:  # noqa: BLE001 - a database blip: try again next round
                 log.exception("activity lease renewal failed")
                 continue
@@ -104,8 +102,11 @@ class ActivityExecutor:
             log.warning("activity %r is not registered here; retrying in %d ms", item.name, delay)
             rt.store.abandon_work_item(key, rt.worker_id, now_ms() + delay)
             rt.publisher.activities(
-                [PendingActivity(item.instance_id, item.execution_id, item.event_id, item.name, item.session_id,
-                                 item.tag)],
+                [
+                    PendingActivity(
+                        item.instance_id, item.execution_id, item.event_id, item.name, item.session_id, item.tag
+                    )
+                ],
                 countdown=delay / 1000 + 0.05,
             )
             return
@@ -126,8 +127,14 @@ class ActivityExecutor:
             try:
                 kind, payload = ev.MSG_ACTIVITY_COMPLETED, {"result": dumps(value)}
             except TypeError as exc:
-                kind, payload = ev.MSG_ACTIVITY_FAILED, {"details": _failure(item.name, TypeError(
-                    f"activity returned a value that is not JSON-serializable ({exc})"))}
+                kind, payload = (
+                    ev.MSG_ACTIVITY_FAILED,
+                    {
+                        "details": _failure(
+                            item.name, TypeError(f"activity returned a value that is not JSON-serializable ({exc})")
+                        )
+                    },
+                )
         except Exception as exc:  # the activity's own failure, delivered to the orchestration as catchable
             kind, payload = ev.MSG_ACTIVITY_FAILED, {"details": _failure(item.name, exc)}
         finally:
@@ -140,9 +147,15 @@ class ActivityExecutor:
         if self.rt.store.complete_work_item(key, self.rt.worker_id, kind, payload):
             self.rt.publisher.poke([(item.instance_id, item.orchestration_name)])
         else:
-            log.info("outcome of activity %s#%s dropped: its work item was cancelled or taken over", item.name,
-                     item.event_id, extra={"instance_id": item.instance_id, "activity_name": item.name})
+            log.info(
+                "outcome of activity %s#%s dropped: its work item was cancelled or taken over",
+                item.name,
+                item.event_id,
+                extra={"instance_id": item.instance_id, "activity_name": item.name},
+            )
 
 
 def _failure(name: str, exc: BaseException) -> dict[str, object]:
-    return error_details(ev.APPLICATION, f"Activity '{name}' call failed: {type(exc).__name__}: {exc}", "ActivityFailed")
+    return error_details(
+        ev.APPLICATION, f"Activity '{name}' call failed: {type(exc).__name__}: {exc}", "ActivityFailed"
+    )

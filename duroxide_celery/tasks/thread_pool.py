@@ -13,7 +13,9 @@ from celery.concurrency import thread
 
 
 class AppBoundThreadPool(thread.TaskPool):
-    def on_apply(self, target: Callable[..., Any], args: Any = None, kwargs: Any = None, *rest: Any, **opts: Any) -> Any:
+    def on_apply(
+        self, target: Callable[..., Any], args: Any = None, kwargs: Any = None, *rest: Any, **opts: Any
+    ) -> Any:
         app = self.app
 
         def run_under_app(*a: Any, **kw: Any) -> Any:

@@ -110,7 +110,12 @@ class TurnExecutor:
         delay = unregistered_backoff_ms(lease.attempt_count)
         log.warning(
             "orchestration %r (version %s) is not registered here; instance %s retries in %d ms (attempt %d of %d)",
-            name, version or "latest", lease.instance_id, delay, lease.attempt_count, self.rt.options.max_attempts_value,
+            name,
+            version or "latest",
+            lease.instance_id,
+            delay,
+            lease.attempt_count,
+            self.rt.options.max_attempts_value,
         )
         self.rt.store.release_instance(
             lease.instance_id, self.rt.worker_id, reset_attempts=False, next_attempt_at=now_ms() + delay
@@ -136,12 +141,22 @@ class TurnExecutor:
         parent = None
         if not history:
             start = start or {}
-            new_events.append(HistoryEvent(1, ev.ORCHESTRATION_STARTED, {
-                "name": name, "version": version, "input": start.get("input"),
-                "parent_instance": start.get("parent_instance_id"),
-                "parent_execution_id": start.get("parent_execution_id"),
-                "parent_id": start.get("parent_event_id"),
-            }, None, now))
+            new_events.append(
+                HistoryEvent(
+                    1,
+                    ev.ORCHESTRATION_STARTED,
+                    {
+                        "name": name,
+                        "version": version,
+                        "input": start.get("input"),
+                        "parent_instance": start.get("parent_instance_id"),
+                        "parent_execution_id": start.get("parent_execution_id"),
+                        "parent_id": start.get("parent_event_id"),
+                    },
+                    None,
+                    now,
+                )
+            )
             if start.get("parent_instance_id"):
                 parent = (start["parent_instance_id"], start.get("parent_execution_id"), start.get("parent_event_id"))
         elif history[0].data.get("parent_instance"):
@@ -151,8 +166,13 @@ class TurnExecutor:
         new_events.append(
             HistoryEvent(len(history) + len(new_events) + 1, ev.ORCHESTRATION_FAILED, {"details": details}, None, now)
         )
-        result = TurnResult(status="Failed", new_events=new_events, error=details, orchestration_name=name,
-                            orchestration_version=version)
+        result = TurnResult(
+            status="Failed",
+            new_events=new_events,
+            error=details,
+            orchestration_name=name,
+            orchestration_version=version,
+        )
         if parent:
             result.outgoing.append(NotifyParent(parent[0], parent[1], parent[2], ev.MSG_SUB_FAILED, details=details))
         log.error(message, extra={"instance_id": lease.instance_id, "orchestration_name": name})
@@ -188,24 +208,39 @@ class TurnExecutor:
                     elif parent is not None:
                         # An explicit child id that is already taken fails the parent's call at once, instead of
                         # hanging it (duroxide #40).
-                        store.enqueue(conn, instance_id, ev.MSG_SUB_FAILED, {
-                            "execution_id": exec_id, "event_id": out.parent_event_id,
-                            "details": error_details(
-                                ev.APPLICATION,
-                                f"sub-orchestration instance id '{out.instance_id}' already exists",
-                                "SubOrchestrationFailed",
-                            ),
-                        }, now)
+                        store.enqueue(
+                            conn,
+                            instance_id,
+                            ev.MSG_SUB_FAILED,
+                            {
+                                "execution_id": exec_id,
+                                "event_id": out.parent_event_id,
+                                "details": error_details(
+                                    ev.APPLICATION,
+                                    f"sub-orchestration instance id '{out.instance_id}' already exists",
+                                    "SubOrchestrationFailed",
+                                ),
+                            },
+                            now,
+                        )
                 elif isinstance(out, CancelInstance):
                     status = store.instance_status(conn, out.instance_id)
                     if status is not None and status not in ("Completed", "Failed"):
                         store.enqueue(conn, out.instance_id, ev.MSG_CANCEL, {"reason": out.reason}, now)
                         pokes.append((out.instance_id, None))
                 elif isinstance(out, NotifyParent):
-                    store.enqueue(conn, out.parent_instance_id, out.kind, {
-                        "execution_id": out.parent_execution_id, "event_id": out.parent_event_id,
-                        "result": out.result, "details": out.details,
-                    }, now)
+                    store.enqueue(
+                        conn,
+                        out.parent_instance_id,
+                        out.kind,
+                        {
+                            "execution_id": out.parent_execution_id,
+                            "event_id": out.parent_event_id,
+                            "result": out.result,
+                            "details": out.details,
+                        },
+                        now,
+                    )
                     pokes.append((out.parent_instance_id, None))
             store.apply_kv(conn, instance_id, result.kv_ops)
             if result.custom_status_changed:
