@@ -4,6 +4,7 @@ Every single run is a fresh subprocess (bench/workloads.py) with a fresh SQLite 
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -53,11 +54,11 @@ def run_once(engine, workload, size, timeout):
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
+            stdout, stderr = hung_output(proc)
             measured = parse_tagged(stdout, "MEASURED")
             where = f"during shutdown, after measuring {measured['value']:.4g} {measured['unit']}" if measured else ""
-            return {"ok": False, "error": f"timed out after {timeout} s {where}".strip(), "stderr": tail(stderr)}
+            error = f"timed out after {timeout} s {where}".strip()
+            return {"ok": False, "error": error, "stderr": tail(stderr, 40), "full_stderr": stderr}
         elapsed = time.perf_counter() - t0
     result = parse_tagged(stdout, "RESULT")
     if result is None:
@@ -68,6 +69,19 @@ def run_once(engine, workload, size, timeout):
         result["stderr"] = tail(stderr)
     result["process_s"] = elapsed
     return result
+
+
+def hung_output(proc):
+    """Have a hung child dump its thread stacks to stderr (faulthandler on SIGUSR1), then kill its process group."""
+    try:
+        os.kill(proc.pid, signal.SIGUSR1)
+        return proc.communicate(timeout=2)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        pass  # communicate() keeps what it has read; collect it once the group is dead
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.communicate()
 
 
 def summarize(values):

@@ -8,7 +8,9 @@ Any failure (wrong status or output, exception) prints ``RESULT {"ok": false, ..
 """
 
 import argparse
+import faulthandler
 import json
+import signal
 import sys
 import time
 import traceback
@@ -136,6 +138,7 @@ def main(argv=None):
     parser.add_argument("--db", required=True, help="path of a fresh SQLite database file")
     parser.add_argument("--size", type=int, help="orchestrations (W1), activities (W2) or steps (W3)")
     args = parser.parse_args(argv)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # run.py asks for the stacks of a hung run
     size = args.size or DEFAULT_SIZES[args.workload]
     try:
         result = run(args.engine, args.workload, args.db, size)
