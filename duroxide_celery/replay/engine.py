@@ -371,6 +371,7 @@ class ReplayEngine:
             if isinstance(yielded, ContinueAsNewTask):
                 self._close(produced)
                 self._check_history_consumed()
+                self._raise_if_cancel_pending()
                 raise _Terminate(ev.ORCHESTRATION_CONTINUED_AS_NEW, {"input": yielded.input, "_version": yielded.version})
             if isinstance(yielded, ActivityTask) and yielded.retry is not None:
                 stack.append(retry_loop(yielded))
@@ -703,8 +704,22 @@ class ReplayEngine:
         return self.inp.clock() if self.inp.clock else self.inp.now_ms
 
     # -- ending the turn --------------------------------------------------------------------------------------
+    def _raise_if_cancel_pending(self) -> None:
+        # Fix (unit tests): cancel beats a completion in the same turn (semantics.md 2.12) also when the code ends
+        # without blocking, so the cancel request was never fed to it (a plain function, or a generator that
+        # finishes in the turn that also received the cancel). Before, such a turn recorded
+        # OrchestrationCancelRequested and then OrchestrationCompleted / ContinuedAsNew.
+        pending = next((e for e in self._inputs[self._input_pos :] if e.kind == ev.ORCHESTRATION_CANCEL_REQUESTED), None)
+        if pending is not None:
+            self._cancel_reason = pending.data.get("reason") or ""
+            raise _Terminate(
+                ev.ORCHESTRATION_FAILED,
+                {"details": error_details(ev.APPLICATION, f"canceled: {self._cancel_reason}", "Cancelled")},
+            )
+
     def _complete(self, value: Any) -> None:
         self._check_history_consumed()
+        self._raise_if_cancel_pending()
         try:
             output = dumps(value)
         except TypeError as exc:

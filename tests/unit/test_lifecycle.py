@@ -482,3 +482,23 @@ def test_detached_start_is_not_resent_on_replay():
     assert sim.replay().outgoing == []
     sim.complete(3, 1)
     assert sim.turn().outgoing == []
+
+
+def test_cancel_beats_completion_of_code_that_never_blocks():
+    sim = Sim({"plain": lambda ctx, _: "done"}).start("plain").cancel("right away")
+    r = sim.turn()
+    assert r.status == "Failed" and error_message(r) == "canceled: right away"
+    assert sim.kinds() == [ev.ORCHESTRATION_STARTED, ev.ORCHESTRATION_CANCEL_REQUESTED, ev.ORCHESTRATION_FAILED]
+    assert_replay_stable(sim)
+
+
+def test_cancel_beats_continue_as_new_in_the_same_turn():
+    def orch(ctx, n):
+        yield ctx.utc_now()
+        yield ctx.continue_as_new(n + 1)
+
+    sim = Sim({"o": orch}).start("o", 0).cancel("stop looping")
+    r = sim.turn()
+    assert r.status == "Failed" and r.continue_as_new is None
+    assert error_message(r) == "canceled: stop looping"
+    assert sim.history[-1].kind == ev.ORCHESTRATION_FAILED
