@@ -473,6 +473,14 @@ class ReplayEngine:
         return list(tasks)
 
     def _schedule(self, task: Task) -> Future:
+        if isinstance(task, ActivityTask) and task.name.startswith(ev.SYSCALL_PREFIX):
+            # Fix (unit tests): get_kv_value_from_instance as a member of all()/race() was scheduled as a real
+            # activity named "__duroxide_syscall:get_kv_value", which no worker serves. Answer it in the turn, as
+            # when it is yielded alone: a future that is ready at once.
+            value = loads(self._syscall(task.name, task.input, lambda: self._read_kv(task.input)))
+            fut = Future("syscall", 0, task.name)
+            fut.resolve(self._next_seq(), value)
+            return fut
         if isinstance(task, ActivityTask):
             data = {"name": task.name, "input": task.input, "session_id": task.session_id, "tag": task.tag}
             event = self._emit(

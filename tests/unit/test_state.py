@@ -295,3 +295,21 @@ def test_syscall_names_are_the_duroxide_ones():
     sim = Sim({"c": clocked}).start("c")
     sim.turn()
     assert guid_shape.match(ev.loads(sim.event(5).data["result"]))
+
+
+def test_get_kv_value_from_instance_inside_all_and_race_is_answered_in_the_turn():
+    def orch(ctx, _):
+        joined = yield ctx.all([ctx.get_kv_value_from_instance("other", "color"), ctx.schedule_timer(5)])
+        raced = yield ctx.race(ctx.schedule_timer(5), ctx.get_kv_value_from_instance("other", "size"))
+        return [joined, raced]
+
+    sim = Sim({"o": orch}).start("o")
+    sim.kv_store = {"other": {"color": "blue", "size": "XL"}}
+    r = sim.turn()
+    assert not outgoing_of(r, ScheduleActivity)  # never sent to a worker
+    assert sim.kinds()[1:4] == [ev.ACTIVITY_SCHEDULED, ev.ACTIVITY_COMPLETED, ev.TIMER_CREATED]
+    sim.fire(4)
+    r = sim.turn()
+    assert r.status == "Completed"
+    assert output_of(r) == [[{"ok": "blue"}, {"ok": None}], {"index": 1, "value": "XL"}]
+    assert_replay_stable(sim)
