@@ -465,7 +465,9 @@ class ReplayEngine:
     def _check_members(tasks: list[Any], what: str) -> list[Task]:
         for t in tasks:
             if isinstance(t, AllTask | RaceTask):
-                raise ValueError(f"nested join/select inside {what} is not supported")
+                # Fix (unit tests): duroxide's exact text (semantics.md 2.6) names the outer call join/select.
+                outer = {"all": "join", "race": "select"}.get(what, what)
+                raise ValueError(f"nested join/select inside {outer} is not supported")
             if isinstance(t, ActivityTask) and t.retry is not None:
                 raise ValueError(f"an activity with a retry policy cannot be a member of {what}")
             if not isinstance(t, ActivityTask | TimerTask | WaitEventTask | DequeueTask | SubOrchestrationTask):

@@ -177,7 +177,7 @@ def test_nested_all_or_race_is_a_catchable_error(outer, inner):
     sim = Sim({"o": orch}).start("o")
     r = sim.turn()
     assert r.status == "Completed"
-    expected_word = "join/select inside " + ("all" if outer == "all" else "race")
+    expected_word = "join/select inside " + ("join" if outer == "all" else "select")  # duroxide's wording
     assert output_of(r) == f"nested {expected_word} is not supported"
     assert sim.kinds() == [ev.ORCHESTRATION_STARTED, ev.ORCHESTRATION_COMPLETED]  # nothing was scheduled
 
@@ -188,7 +188,7 @@ def test_uncaught_nested_all_fails_the_orchestration():
 
     r = Sim({"o": orch}).start("o").turn()
     assert r.status == "Failed"
-    assert error_message(r).startswith("ValueError: nested join/select inside all is not supported")
+    assert error_message(r).startswith("ValueError: nested join/select inside join is not supported")
 
 
 def test_all_member_must_be_a_task():
