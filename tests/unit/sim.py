@@ -116,7 +116,7 @@ class Sim:
     def last(self) -> TurnResult:
         return self.results[-1]
 
-    def next_execution(self, advance_ms: int = 1000) -> Sim:
+    def next_execution(self) -> Sim:
         """Follow a ContinuedAsNew: a new Sim for execution_id + 1 whose inbox holds the ContinueAsNew message."""
         can = self.last.continue_as_new
         assert can is not None, "the last turn did not continue as new"
