@@ -719,7 +719,8 @@ class ReplayEngine:
         # without blocking, so the cancel request was never fed to it (a plain function, or a generator that
         # finishes in the turn that also received the cancel). Before, such a turn recorded
         # OrchestrationCancelRequested and then OrchestrationCompleted / ContinuedAsNew.
-        pending = next((e for e in self._inputs[self._input_pos :] if e.kind == ev.ORCHESTRATION_CANCEL_REQUESTED), None)
+        unapplied = self._inputs[self._input_pos :]
+        pending = next((e for e in unapplied if e.kind == ev.ORCHESTRATION_CANCEL_REQUESTED), None)
         if pending is not None:
             self._cancel_reason = pending.data.get("reason") or ""
             raise _Terminate(
