@@ -84,7 +84,7 @@ class Runtime:
                     app.conf[key] = value
         self.app: Celery = app
         self.names = QueueNames(prefix)
-        self.publisher = Publisher(app, self.names)
+        self.publisher = Publisher(app, self.names, coalesce=self.embedded)
         self._activity_executor: Any = None
         install_tasks(app, self)
         self._worker: Any = None
@@ -158,6 +158,8 @@ class Runtime:
             self.provider.publisher = self.publisher
         if not self.embedded:
             return
+        if self.publisher.pending is not None:
+            self.publisher.pending.reset()
         queues = []
         if self.options.orchestration_threads > 0:
             queues.append(self.names.orchestrator)

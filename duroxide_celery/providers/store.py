@@ -20,6 +20,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 
 from ..replay.events import HistoryEvent
+from .fair_lock import FairRLock
 from .schema import executions, history, inbox, instances, kv, timers, work_items
 
 TERMINAL_STATUSES = ("Completed", "Failed")
@@ -78,7 +79,7 @@ class Store:
         self.is_sqlite = engine.dialect.name == "sqlite"
         # SQLite allows one writer: a process-local lock queues our own writers instead of busy-waiting.
         # An in-memory database is one shared connection, so reads take the lock too.
-        self._write_lock = threading.RLock() if self.is_sqlite else None
+        self._write_lock = FairRLock() if self.is_sqlite else None
         self._serialize_all = serialize_all
 
     # -- transactions -------------------------------------------------------------------------------------------
@@ -103,6 +104,23 @@ class Store:
             return
         with self.engine.connect() as conn:
             yield conn
+
+    @contextmanager
+    def _writing(self, conn: Connection | None) -> Iterator[Connection]:
+        """Use the caller's transaction when given one, else run in a new write transaction."""
+        if conn is not None:
+            yield conn
+        else:
+            with self.write() as new_conn:
+                yield new_conn
+
+    @contextmanager
+    def _reading(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.read() as new_conn:
+                yield new_conn
 
     def _insert_ignore(self, table: Any) -> Any:
         """INSERT that silently skips rows whose primary key exists (rowcount tells which happened)."""
@@ -183,9 +201,11 @@ class Store:
             return True
 
     # -- turns --------------------------------------------------------------------------------------------------
-    def acquire_instance(self, instance_id: str, owner: str, lease_ms: int) -> InstanceLease | None:
+    def acquire_instance(
+        self, instance_id: str, owner: str, lease_ms: int, conn: Connection | None = None
+    ) -> InstanceLease | None:
         now = now_ms()
-        with self.write() as conn:
+        with self._writing(conn) as conn:
             row = conn.execute(
                 update(instances)
                 .where(
@@ -207,6 +227,15 @@ class Store:
             return None
         return InstanceLease(instance_id, *row)
 
+    def count_failed_attempt(self, instance_id: str) -> None:
+        """Record a turn that crashed before committing, so a turn that always crashes ends as poison."""
+        with self.write() as conn:
+            conn.execute(
+                update(instances)
+                .where(instances.c.instance_id == instance_id)
+                .values(attempt_count=instances.c.attempt_count + 1)
+            )
+
     def renew_instance(self, instance_id: str, owner: str, lease_ms: int) -> bool:
         with self.write() as conn:
             return bool(
@@ -225,8 +254,9 @@ class Store:
         reset_attempts: bool,
         next_attempt_at: int = 0,
         consumed_ids: Iterable[int] = (),
+        conn: Connection | None = None,
     ) -> None:
-        with self.write() as conn:
+        with self._writing(conn) as conn:
             ids = list(consumed_ids)
             if ids:
                 conn.execute(delete(inbox).where(inbox.c.id.in_(ids)))
@@ -240,10 +270,11 @@ class Store:
             )
 
     def load_turn(
-        self, instance_id: str, execution_id: int
+        self, instance_id: str, execution_id: int, after_event_id: int = 0, conn: Connection | None = None
     ) -> tuple[list[HistoryEvent], list[tuple[int, dict[str, Any]]], dict[str, tuple[str, int]]]:
-        """History of the execution, pending inbox messages (id, message) and the execution's KV snapshot."""
-        with self.read() as conn:
+        """History of the execution (events after `after_event_id`: the caller caches the prefix, which never
+        changes), pending inbox messages (id, message) and the execution's KV snapshot."""
+        with self._reading(conn) as conn:
             msgs = conn.execute(
                 select(inbox.c.id, inbox.c.kind, inbox.c.payload)
                 .where(inbox.c.instance_id == instance_id)
@@ -259,7 +290,11 @@ class Store:
                     history.c.source_event_id,
                     history.c.timestamp_ms,
                 )
-                .where(history.c.instance_id == instance_id, history.c.execution_id == execution_id)
+                .where(
+                    history.c.instance_id == instance_id,
+                    history.c.execution_id == execution_id,
+                    history.c.event_id > after_event_id,
+                )
                 .order_by(history.c.event_id)
             ).all()
             snapshot_text = conn.execute(
@@ -636,8 +671,8 @@ class Store:
             ).all()
         return [HistoryEvent(eid, kind, json.loads(data), src, ts) for eid, kind, data, src, ts in rows]
 
-    def get_kv(self, instance_id: str, key: str) -> str | None:
-        with self.read() as conn:
+    def get_kv(self, instance_id: str, key: str, conn: Connection | None = None) -> str | None:
+        with self._reading(conn) as conn:
             return conn.execute(select(kv.c.value).where(kv.c.instance_id == instance_id, kv.c.key == key)).scalar()
 
     def list_instances(self, status: str | None = None) -> list[str]:

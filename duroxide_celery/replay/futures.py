@@ -21,6 +21,7 @@ class Future:
         self.details: dict[str, Any] | None = None
         self.seq = 0  # resolution order within this replay: the race winner is the lowest
         self.buffered_raw: str | None = None  # a dequeue served from the queue buffer keeps the raw message
+        self.waiter: AllWaiter | None = None  # told when this finishes, so a 1000-way all() stays O(1) per arrival
 
     @property
     def open(self) -> bool:
@@ -28,11 +29,15 @@ class Future:
 
     def resolve(self, seq: int, value: Any) -> None:
         self.state, self.value, self.seq = OK, value, seq
+        if self.waiter is not None:
+            self.waiter.finished(self)
 
     def fail(self, seq: int, details: dict[str, Any]) -> None:
         # Only application errors reach user code; infrastructure, configuration and poison abort the instance.
         self.state = ERR if details.get("category") == "Application" else ABORT
         self.error, self.details, self.seq = details.get("message", ""), details, seq
+        if self.waiter is not None:
+            self.waiter.finished(self)
 
 
 class Waiter:
@@ -71,9 +76,23 @@ class AllWaiter(Waiter):
     def __init__(self, futures: list[Future], unwrap_ok: bool):
         self.futures = futures
         self.unwrap_ok = unwrap_ok
+        self._remaining = 0
+        self._aborted: Future | None = next((f for f in futures if f.state == ABORT), None)
+        for fut in futures:
+            if fut.open:
+                self._remaining += 1
+                fut.waiter = self
+
+    def finished(self, fut: Future) -> None:
+        self._remaining -= 1
+        if fut.state == ABORT and self._aborted is None:
+            self._aborted = fut
 
     def done(self) -> bool:
-        return all(not f.open for f in self.futures)
+        return self._remaining == 0
+
+    def aborted(self) -> Future | None:
+        return self._aborted
 
     def outcome(self) -> tuple[str, Any]:
         results = []

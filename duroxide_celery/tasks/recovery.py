@@ -26,7 +26,7 @@ def sweep(store: Store, publisher: Publisher, older_than_ms: int) -> dict[str, i
     """Poke instances whose inbox holds old messages and republish activities nobody holds. Duplicates are
     harmless: every handler is idempotent against the store."""
     instances = store.stale_instances(older_than_ms)
-    publisher.poke(instances)
+    publisher.poke(instances, force=True)
     activities = store.stale_work_items(older_than_ms)
     publisher.activities(activities)
     if instances or activities:

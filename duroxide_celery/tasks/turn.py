@@ -29,6 +29,7 @@ from ..replay.engine import (
     run_turn,
 )
 from ..replay.events import HistoryEvent, error_details
+from .history_cache import HistoryCache
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -47,8 +48,11 @@ def unregistered_backoff_ms(attempt: int) -> int:
 class TurnExecutor:
     def __init__(self, runtime: Runtime):
         self.rt = runtime
+        self.cache = HistoryCache()
 
     def run(self, instance_id: str) -> None:
+        if self.rt.publisher.pending is not None:
+            self.rt.publisher.pending.taken(instance_id)
         for _ in range(MAX_DRAINS_PER_TASK):
             if not self._turn(instance_id):
                 return
@@ -58,41 +62,30 @@ class TurnExecutor:
     def _turn(self, instance_id: str) -> bool:
         rt = self.rt
         store = rt.store
+        if not store.has_inbox(instance_id):
+            return False  # a duplicate or late poke: nothing to do, and no write lock taken to learn it
+        if store.is_sqlite:
+            return self._turn_in_one_transaction(instance_id)
         owner = rt.worker_id
         lease = store.acquire_instance(instance_id, owner, rt.options.orchestrator_lock_ms)
         if lease is None:
-            return False
+            return False  # the lease holder re-checks the inbox after it releases
         try:
-            history, messages, kv_snapshot = store.load_turn(instance_id, lease.execution_id)
+            history, messages, kv_snapshot = self._load(lease)
             if not messages:
                 store.release_instance(instance_id, owner, reset_attempts=True)
+                return store.has_inbox(instance_id)
+            outcome = self._decide(lease, history, messages, kv_snapshot)
+            if outcome is None:
                 return False
-            msg_ids = [m[0] for m in messages]
-            bodies = [m[1] for m in messages]
-            if lease.attempt_count > rt.options.max_attempts_value:
-                self._poison(lease, history, bodies, msg_ids, None)
-                return False
-            result = run_turn(
-                TurnInput(
-                    instance_id=instance_id,
-                    execution_id=lease.execution_id,
-                    history=history,
-                    messages=bodies,
-                    now_ms=now_ms(),
-                    new_guid=lambda: str(uuid.uuid4()),
-                    clock=now_ms,
-                    kv_snapshot=kv_snapshot,
-                    kv_reader=store.get_kv,
-                ),
-                rt.resolve_orchestration,
-            )
-            if result.status == "Unregistered":
-                self._backoff(lease, result)
-                return False
+            result, msg_ids = outcome
             if result.status == "Idle":
                 store.release_instance(instance_id, owner, reset_attempts=True, consumed_ids=msg_ids)
                 return store.has_inbox(instance_id)
-            self._commit(lease, result, msg_ids)
+            with store.write() as conn:
+                store.fence(conn, instance_id, owner)
+                plan = self._write(conn, lease, result, msg_ids)
+            self._after_commit(lease, history, result, plan)
         except LeaseLost:
             log.warning("lease on %s lost during its turn; another worker redoes it", instance_id)
             return False
@@ -105,7 +98,74 @@ class TurnExecutor:
             return False
         return store.has_inbox(instance_id)
 
-    def _backoff(self, lease: Any, result: TurnResult) -> None:
+    def _turn_in_one_transaction(self, instance_id: str) -> bool:
+        """SQLite has one writer at a time anyway: lease, load, replay and commit inside one write transaction,
+        which halves the commits of a turn. Nothing can reach the inbox meanwhile, so no re-check is needed."""
+        rt = self.rt
+        store = rt.store
+        owner = rt.worker_id
+        try:
+            with store.write() as conn:
+                lease = store.acquire_instance(instance_id, owner, rt.options.orchestrator_lock_ms, conn=conn)
+                if lease is None:
+                    return False
+                history, messages, kv_snapshot = self._load(lease, conn)
+                if not messages:
+                    store.release_instance(instance_id, owner, reset_attempts=True, conn=conn)
+                    return False
+                outcome = self._decide(lease, history, messages, kv_snapshot, conn)
+                if outcome is None:
+                    return False
+                result, msg_ids = outcome
+                if result.status == "Idle":
+                    store.release_instance(instance_id, owner, reset_attempts=True, consumed_ids=msg_ids, conn=conn)
+                    return False
+                plan = self._write(conn, lease, result, msg_ids)
+            self._after_commit(lease, history, result, plan)
+        except Exception:
+            log.exception("turn of %s failed; it will be retried", instance_id, extra={"instance_id": instance_id})
+            store.count_failed_attempt(instance_id)
+            rt.publisher.poke([instance_id], countdown=1.0)
+        return False
+
+    def _load(self, lease: Any, conn: Any = None) -> tuple[list[HistoryEvent], list[Any], dict[str, Any]]:
+        cached = self.cache.get((lease.instance_id, lease.execution_id))
+        history, messages, kv_snapshot = self.rt.store.load_turn(
+            lease.instance_id, lease.execution_id, after_event_id=len(cached), conn=conn
+        )
+        return cached + history, messages, kv_snapshot
+
+    def _decide(
+        self, lease: Any, history: list[HistoryEvent], messages: list[Any], kv_snapshot: dict[str, Any],
+        conn: Any = None,
+    ) -> tuple[TurnResult, list[int]] | None:
+        """Run the replay; None when the turn ended here (poisoned, or backed off for a missing handler)."""
+        rt = self.rt
+        msg_ids = [m[0] for m in messages]
+        bodies = [m[1] for m in messages]
+        if lease.attempt_count > rt.options.max_attempts_value:
+            self._poison(lease, history, bodies, msg_ids, conn)
+            return None
+        result = run_turn(
+            TurnInput(
+                instance_id=lease.instance_id,
+                execution_id=lease.execution_id,
+                history=history,
+                messages=bodies,
+                now_ms=now_ms(),
+                new_guid=lambda: str(uuid.uuid4()),
+                clock=now_ms,
+                kv_snapshot=kv_snapshot,
+                kv_reader=lambda other, key: rt.store.get_kv(other, key, conn=conn),
+            ),
+            rt.resolve_orchestration,
+        )
+        if result.status == "Unregistered":
+            self._backoff(lease, result, conn)
+            return None
+        return result, msg_ids
+
+    def _backoff(self, lease: Any, result: TurnResult, conn: Any = None) -> None:
         name, version = result.unregistered or (lease.orchestration_name, None)
         delay = unregistered_backoff_ms(lease.attempt_count)
         log.warning(
@@ -118,12 +178,12 @@ class TurnExecutor:
             self.rt.options.max_attempts_value,
         )
         self.rt.store.release_instance(
-            lease.instance_id, self.rt.worker_id, reset_attempts=False, next_attempt_at=now_ms() + delay
+            lease.instance_id, self.rt.worker_id, reset_attempts=False, next_attempt_at=now_ms() + delay, conn=conn
         )
         self.rt.publisher.poke([(lease.instance_id, name)], countdown=delay / 1000 + 0.05)
 
     def _poison(
-        self, lease: Any, history: list[HistoryEvent], bodies: list[dict[str, Any]], msg_ids: list[int], _: Any
+        self, lease: Any, history: list[HistoryEvent], bodies: list[dict[str, Any]], msg_ids: list[int], conn: Any
     ) -> None:
         """Fail an instance whose turns keep failing (or whose handler never appeared), with a clear reason."""
         rt = self.rt
@@ -176,9 +236,16 @@ class TurnExecutor:
         if parent:
             result.outgoing.append(NotifyParent(parent[0], parent[1], parent[2], ev.MSG_SUB_FAILED, details=details))
         log.error(message, extra={"instance_id": lease.instance_id, "orchestration_name": name})
-        self._commit(lease, result, msg_ids)
+        if conn is not None:
+            plan = self._write(conn, lease, result, msg_ids)
+        else:
+            with self.rt.store.write() as new_conn:
+                self.rt.store.fence(new_conn, lease.instance_id, self.rt.worker_id)
+                plan = self._write(new_conn, lease, result, msg_ids)
+        self._after_commit(lease, history, result, plan)
 
-    def _commit(self, lease: Any, result: TurnResult, msg_ids: list[int]) -> None:
+    def _write(self, conn: Any, lease: Any, result: TurnResult, msg_ids: list[int]) -> dict[str, Any]:
+        """Write everything the turn decided, in the caller's transaction; returns what to publish after it."""
         rt = self.rt
         store = rt.store
         instance_id, exec_id, owner = lease.instance_id, lease.execution_id, rt.worker_id
@@ -187,89 +254,98 @@ class TurnExecutor:
         new_timers = [o for o in result.outgoing if isinstance(o, ScheduleTimer)]
         pokes: list[tuple[str, str | None]] = []
         started_fresh = bool(result.new_events) and result.new_events[0].kind == ev.ORCHESTRATION_STARTED
-        with store.write() as conn:
-            store.fence(conn, instance_id, owner)
-            store.append_history(conn, instance_id, exec_id, result.new_events)
-            store.delete_inbox(conn, msg_ids)
-            orch = (result.orchestration_name or "", result.orchestration_version or "")
-            store.add_work_items(conn, instance_id, exec_id, orch, activities, now)
-            store.delete_work_items(
-                conn, instance_id, exec_id, [o.event_id for o in result.outgoing if isinstance(o, CancelActivity)]
-            )
-            store.add_timers(conn, instance_id, exec_id, new_timers)
-            store.delete_timers(
-                conn, instance_id, exec_id, [o.event_id for o in result.outgoing if isinstance(o, CancelTimer)]
-            )
-            for out in result.outgoing:
-                if isinstance(out, StartOrchestration):
-                    parent = (instance_id, exec_id, out.parent_event_id) if out.parent_instance_id else None
-                    if store.create_instance(conn, out.instance_id, out.name, out.input, out.version, parent, now):
-                        pokes.append((out.instance_id, out.name))
-                    elif parent is not None:
-                        # An explicit child id that is already taken fails the parent's call at once, instead of
-                        # hanging it (duroxide #40).
-                        store.enqueue(
-                            conn,
-                            instance_id,
-                            ev.MSG_SUB_FAILED,
-                            {
-                                "execution_id": exec_id,
-                                "event_id": out.parent_event_id,
-                                "details": error_details(
-                                    ev.APPLICATION,
-                                    f"sub-orchestration instance id '{out.instance_id}' already exists",
-                                    "SubOrchestrationFailed",
-                                ),
-                            },
-                            now,
-                        )
-                elif isinstance(out, CancelInstance):
-                    status = store.instance_status(conn, out.instance_id)
-                    if status is not None and status not in ("Completed", "Failed"):
-                        store.enqueue(conn, out.instance_id, ev.MSG_CANCEL, {"reason": out.reason}, now)
-                        pokes.append((out.instance_id, None))
-                elif isinstance(out, NotifyParent):
+        store.append_history(conn, instance_id, exec_id, result.new_events)
+        store.delete_inbox(conn, msg_ids)
+        orch = (result.orchestration_name or "", result.orchestration_version or "")
+        store.add_work_items(conn, instance_id, exec_id, orch, activities, now)
+        store.delete_work_items(
+            conn, instance_id, exec_id, [o.event_id for o in result.outgoing if isinstance(o, CancelActivity)]
+        )
+        store.add_timers(conn, instance_id, exec_id, new_timers)
+        store.delete_timers(
+            conn, instance_id, exec_id, [o.event_id for o in result.outgoing if isinstance(o, CancelTimer)]
+        )
+        for out in result.outgoing:
+            if isinstance(out, StartOrchestration):
+                parent = (instance_id, exec_id, out.parent_event_id) if out.parent_instance_id else None
+                if store.create_instance(conn, out.instance_id, out.name, out.input, out.version, parent, now):
+                    pokes.append((out.instance_id, out.name))
+                elif parent is not None:
+                    # An explicit child id that is already taken fails the parent's call at once, instead of
+                    # hanging it (duroxide #40).
                     store.enqueue(
                         conn,
-                        out.parent_instance_id,
-                        out.kind,
+                        instance_id,
+                        ev.MSG_SUB_FAILED,
                         {
-                            "execution_id": out.parent_execution_id,
+                            "execution_id": exec_id,
                             "event_id": out.parent_event_id,
-                            "result": out.result,
-                            "details": out.details,
+                            "details": error_details(
+                                ev.APPLICATION,
+                                f"sub-orchestration instance id '{out.instance_id}' already exists",
+                                "SubOrchestrationFailed",
+                            ),
                         },
                         now,
                     )
-                    pokes.append((out.parent_instance_id, None))
-            store.apply_kv(conn, instance_id, result.kv_ops)
-            if result.custom_status_changed:
-                store.bump_custom_status(conn, instance_id, result.custom_status)
-            exec_values: dict[str, Any] = {"added_events": len(result.new_events)}
-            inst_values: dict[str, Any] = {}
-            if started_fresh:
-                exec_values.update(orchestration_version=result.orchestration_version, replay_version=REPLAY_VERSION)
-                inst_values["orchestration_version"] = result.orchestration_version
-            error_text = result.error["message"] if result.error else None
-            if result.status in ("Completed", "Failed"):
-                exec_values.update(status=result.status, output=result.output, error=error_text, completed_at=now)
-                inst_values.update(status=result.status, output=result.output, error=error_text)
-            elif result.status == "ContinuedAsNew":
-                can = result.continue_as_new or {}
-                exec_values.update(status="ContinuedAsNew", output=can.get("input"), completed_at=now)
-                store.new_execution(conn, instance_id, exec_id + 1, result.kv_state, now)
-                store.enqueue(conn, instance_id, ev.MSG_CONTINUE_AS_NEW, can, now)
-                inst_values.update(current_execution_id=exec_id + 1, status="Running", output=None, error=None)
-            store.update_execution(conn, instance_id, exec_id, **exec_values)
-            store.finish_instance(conn, instance_id, owner, **inst_values)
-        # Published only after the commit (transactional outbox); a crash here is healed by the recovery sweep.
-        rt.metrics.record_turn(result, started_fresh)
+            elif isinstance(out, CancelInstance):
+                status = store.instance_status(conn, out.instance_id)
+                if status is not None and status not in ("Completed", "Failed"):
+                    store.enqueue(conn, out.instance_id, ev.MSG_CANCEL, {"reason": out.reason}, now)
+                    pokes.append((out.instance_id, None))
+            elif isinstance(out, NotifyParent):
+                store.enqueue(
+                    conn,
+                    out.parent_instance_id,
+                    out.kind,
+                    {
+                        "execution_id": out.parent_execution_id,
+                        "event_id": out.parent_event_id,
+                        "result": out.result,
+                        "details": out.details,
+                    },
+                    now,
+                )
+                pokes.append((out.parent_instance_id, None))
+        store.apply_kv(conn, instance_id, result.kv_ops)
+        if result.custom_status_changed:
+            store.bump_custom_status(conn, instance_id, result.custom_status)
+        exec_values: dict[str, Any] = {"added_events": len(result.new_events)}
+        inst_values: dict[str, Any] = {}
+        if started_fresh:
+            exec_values.update(orchestration_version=result.orchestration_version, replay_version=REPLAY_VERSION)
+            inst_values["orchestration_version"] = result.orchestration_version
+        error_text = result.error["message"] if result.error else None
+        if result.status in ("Completed", "Failed"):
+            exec_values.update(status=result.status, output=result.output, error=error_text, completed_at=now)
+            inst_values.update(status=result.status, output=result.output, error=error_text)
+        elif result.status == "ContinuedAsNew":
+            can = result.continue_as_new or {}
+            exec_values.update(status="ContinuedAsNew", output=can.get("input"), completed_at=now)
+            store.new_execution(conn, instance_id, exec_id + 1, result.kv_state, now)
+            store.enqueue(conn, instance_id, ev.MSG_CONTINUE_AS_NEW, can, now)
+            inst_values.update(current_execution_id=exec_id + 1, status="Running", output=None, error=None)
+        store.update_execution(conn, instance_id, exec_id, **exec_values)
+        store.finish_instance(conn, instance_id, owner, **inst_values)
+        return {"activities": activities, "timers": new_timers, "pokes": pokes, "started": started_fresh}
+
+    def _after_commit(self, lease: Any, history: list[HistoryEvent], result: TurnResult, plan: dict[str, Any]) -> None:
+        """Cache the committed history, then publish (transactional outbox: a crash before or during publishing
+        is healed by the recovery sweep)."""
+        rt = self.rt
+        instance_id, exec_id = lease.instance_id, lease.execution_id
+        key = (instance_id, exec_id)
+        if result.status == "Running":
+            self.cache.put(key, history + result.new_events)
+        else:
+            self.cache.drop(key)
+        rt.metrics.record_turn(result, plan["started"])
         rt.publisher.activities(
-            PendingActivity(instance_id, exec_id, a.event_id, a.name, a.session_id, a.tag) for a in activities
+            PendingActivity(instance_id, exec_id, a.event_id, a.name, a.session_id, a.tag) for a in plan["activities"]
         )
-        rt.publisher.poke(pokes)
-        if new_timers:
-            rt.publisher.timers_created(min(t.fire_at_ms for t in new_timers))
+        rt.publisher.poke(plan["pokes"])
+        if plan["timers"]:
+            rt.publisher.timers_created(min(t.fire_at_ms for t in plan["timers"]))
 
 
 def _elapsed_ms(start: float) -> float:
