@@ -40,6 +40,11 @@ def _encode(value: Any, what: str) -> str:
         raise TypeError(f"{what}: {exc}") from None
 
 
+def _typed_input(value: Any, what: str) -> str:
+    """`*_typed` calls pass a str through as JSON text, without encoding it again (duroxide-python 1.6)."""
+    return value if isinstance(value, str) else _encode(value, what)
+
+
 def _require_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{what} must be a non-empty string, got {value!r}")
@@ -119,7 +124,9 @@ class OrchestrationContext:
 
     # -- orchestrations ---------------------------------------------------------------------------------------
     def schedule_sub_orchestration(self, name: str, input: Any = None) -> SubOrchestrationTask:
-        return SubOrchestrationTask(_require_name(name, "orchestration name"), _encode(input, "sub-orchestration input"))
+        return SubOrchestrationTask(
+            _require_name(name, "orchestration name"), _encode(input, "sub-orchestration input")
+        )
 
     def schedule_sub_orchestration_with_id(
         self, name: str, instance_id: str, input: Any = None
@@ -170,6 +177,68 @@ class OrchestrationContext:
         if len(tasks) == 1 and isinstance(tasks[0], list | tuple):
             tasks = tuple(tasks[0])
         return RaceTask(list(tasks))
+
+    # -- typed variants (duroxide-python 1.6): same behaviour; a str input is taken as JSON text as-is ----------
+    def schedule_activity_typed(self, name: str, input: Any = None, session_id: str | None = None) -> ActivityTask:
+        task = self.schedule_activity(name, None, session_id)
+        task.input = _typed_input(input, f"input of activity '{name}'")
+        return task
+
+    def schedule_activity_on_session_typed(self, name: str, input: Any, session_id: str) -> ActivityTask:
+        _require_name(session_id, "session_id")
+        return self.schedule_activity_typed(name, input, session_id)
+
+    def schedule_activity_with_retry_typed(self, name: str, input: Any, retry: dict[str, Any]) -> ActivityTask:
+        task = self.schedule_activity_typed(name, input)
+        task.retry = _check_retry(retry)
+        return task
+
+    def schedule_activity_with_retry_on_session_typed(
+        self, name: str, input: Any, retry: dict[str, Any], session_id: str
+    ) -> ActivityTask:
+        task = self.schedule_activity_on_session_typed(name, input, session_id)
+        task.retry = _check_retry(retry)
+        return task
+
+    def schedule_sub_orchestration_typed(self, name: str, input: Any = None) -> SubOrchestrationTask:
+        task = self.schedule_sub_orchestration(name, None)
+        task.input = _typed_input(input, "sub-orchestration input")
+        return task
+
+    def schedule_sub_orchestration_with_id_typed(
+        self, name: str, instance_id: str, input: Any = None
+    ) -> SubOrchestrationTask:
+        task = self.schedule_sub_orchestration_with_id(name, instance_id, None)
+        task.input = _typed_input(input, "sub-orchestration input")
+        return task
+
+    def start_orchestration_typed(self, name: str, instance_id: str, input: Any = None) -> DetachedStartTask:
+        task = self.start_orchestration(name, instance_id, None)
+        task.input = _typed_input(input, "orchestration input")
+        return task
+
+    def start_orchestration_versioned_typed(
+        self, name: str, version: str | None, instance_id: str, input: Any = None
+    ) -> DetachedStartTask:
+        task = self.start_orchestration_typed(name, instance_id, input)
+        task.version = version
+        return task
+
+    def continue_as_new_typed(self, input: Any = None) -> ContinueAsNewTask:
+        return ContinueAsNewTask(_typed_input(input, "continue_as_new input"))
+
+    def wait_for_event_typed(self, name: str) -> WaitEventTask:
+        return self.wait_for_event(name)
+
+    def dequeue_event_typed(self, queue_name: str) -> DequeueTask:
+        return self.dequeue_event(queue_name)
+
+    def all_typed(self, tasks: list[Task]) -> AllTask:
+        """Like all(), with each {"ok": v} unwrapped to v; failures stay {"err": msg} (as duroxide does)."""
+        return AllTask(list(tasks), unwrap_ok=True)
+
+    def race_typed(self, *tasks: Task) -> RaceTask:
+        return self.race(*tasks)
 
     # -- deterministic helpers --------------------------------------------------------------------------------
     def utc_now(self) -> UtcNowTask:
