@@ -69,7 +69,7 @@ class Runtime:
         if self.embedded:
             # Broker queues live in process memory: name them after the store so two stores never share them.
             prefix = f"{prefix}-{provider.token}"
-            app = Celery(f"duroxide-embedded-{provider.token}", broker="memory://", set_as_current=False)
+            app = Celery(f"duroxide-embedded-{provider.token}", broker="memory://localhost//", set_as_current=False)
             app.conf.update(baseline_settings(QueueNames(prefix)))
             app.conf.update(
                 broker_transport="duroxide_celery.tasks.memory_transport:Transport",

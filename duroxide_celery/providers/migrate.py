@@ -49,7 +49,9 @@ def upgrade(engine: Engine, schema: str | None = None) -> None:
     with engine.connect() as probe:
         if current_revision(probe) == head:
             return
-    with engine.begin() as conn:
+    with engine.connect() as conn, conn.execution_options(sqlite_begin="IMMEDIATE").begin():
+        # SQLite: IMMEDIATE takes the write lock up front, so concurrent starters wait (busy_timeout) instead of
+        # failing with "database is locked" when a read transaction tries to become a write.
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
             if schema:
