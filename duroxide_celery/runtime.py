@@ -193,7 +193,13 @@ class Runtime:
             self._activity_executor.renewer.stop()
         deadline = time.monotonic() + (timeout_ms / 1000 if timeout_ms is not None else 30.0)
         if self._worker is not None:
-            self._worker.stop(in_sighandler=False)
+            # Celery's pool stop waits for running tasks without a limit; an activity stuck in user code must not
+            # hold shutdown past timeout_ms (its lease lapses and another worker redoes it).
+            stopper = threading.Thread(
+                target=self._worker.stop, kwargs={"in_sighandler": False}, name="duroxide-stop", daemon=True
+            )
+            stopper.start()
+            stopper.join(max(0.0, deadline - time.monotonic()))
         for thread in (self._worker_thread, self._scheduler):
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))

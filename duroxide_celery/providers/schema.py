@@ -50,7 +50,7 @@ executions = Table(
     Column("error", Text),
     Column("started_at", BigInteger, nullable=False),
     Column("completed_at", BigInteger),
-    Column("event_count", Integer, nullable=False, default=0),
+    Column("event_count", Integer, nullable=False, default=0),  # unused: counted from history when read
     Column("replay_version", Integer),
     # KV state when this execution began: what its code reads before its own writes (survives replay).
     Column("kv_snapshot", Text),

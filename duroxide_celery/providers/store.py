@@ -297,11 +297,13 @@ class Store:
                 )
                 .order_by(history.c.event_id)
             ).all()
-            snapshot_text = conn.execute(
-                select(executions.c.kv_snapshot).where(
-                    executions.c.instance_id == instance_id, executions.c.execution_id == execution_id
-                )
-            ).scalar()
+            snapshot_text = None
+            if execution_id > 1:  # the first execution starts with no KV; later ones carry it from their predecessor
+                snapshot_text = conn.execute(
+                    select(executions.c.kv_snapshot).where(
+                        executions.c.instance_id == instance_id, executions.c.execution_id == execution_id
+                    )
+                ).scalar()
         messages = []
         for msg_id, kind, payload in msgs:
             body = json.loads(payload)
@@ -429,12 +431,12 @@ class Store:
                 conn.execute(delete(kv).where(kv.c.instance_id == instance_id))
 
     def update_execution(self, conn: Connection, instance_id: str, execution_id: int, **values: Any) -> None:
-        added = values.pop("added_events", 0)
-        conn.execute(
-            update(executions)
-            .where(executions.c.instance_id == instance_id, executions.c.execution_id == execution_id)
-            .values(event_count=executions.c.event_count + added, **values)
-        )
+        if values:  # most turns change nothing here: no statement for them
+            conn.execute(
+                update(executions)
+                .where(executions.c.instance_id == instance_id, executions.c.execution_id == execution_id)
+                .values(**values)
+            )
 
     def new_execution(
         self, conn: Connection, instance_id: str, execution_id: int, kv_state: dict[str, tuple[str, int]], now: int
@@ -645,9 +647,17 @@ class Store:
 
     def list_executions(self, instance_id: str) -> list[dict[str, Any]]:
         with self.read() as conn:
+            event_count = (
+                select(func.count())
+                .where(
+                    history.c.instance_id == executions.c.instance_id,
+                    history.c.execution_id == executions.c.execution_id,
+                )
+                .scalar_subquery()
+            )
             rows = (
                 conn.execute(
-                    select(executions)
+                    select(*[c for c in executions.c if c.name != "event_count"], event_count.label("event_count"))
                     .where(executions.c.instance_id == instance_id)
                     .order_by(executions.c.execution_id)
                 )

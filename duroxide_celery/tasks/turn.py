@@ -62,10 +62,10 @@ class TurnExecutor:
     def _turn(self, instance_id: str) -> bool:
         rt = self.rt
         store = rt.store
-        if not store.has_inbox(instance_id):
-            return False  # a duplicate or late poke: nothing to do, and no write lock taken to learn it
         if store.is_sqlite:
             return self._turn_in_one_transaction(instance_id)
+        if not store.has_inbox(instance_id):
+            return False  # a duplicate or late poke: nothing to do, and no lease taken to learn it
         owner = rt.worker_id
         lease = store.acquire_instance(instance_id, owner, rt.options.orchestrator_lock_ms)
         if lease is None:
@@ -288,6 +288,7 @@ class TurnExecutor:
                         },
                         now,
                     )
+                    pokes.append((instance_id, None))  # we queued a message to ourselves: wake us for it
             elif isinstance(out, CancelInstance):
                 status = store.instance_status(conn, out.instance_id)
                 if status is not None and status not in ("Completed", "Failed"):
@@ -310,7 +311,7 @@ class TurnExecutor:
         store.apply_kv(conn, instance_id, result.kv_ops)
         if result.custom_status_changed:
             store.bump_custom_status(conn, instance_id, result.custom_status)
-        exec_values: dict[str, Any] = {"added_events": len(result.new_events)}
+        exec_values: dict[str, Any] = {}
         inst_values: dict[str, Any] = {}
         if started_fresh:
             exec_values.update(orchestration_version=result.orchestration_version, replay_version=REPLAY_VERSION)
@@ -324,6 +325,7 @@ class TurnExecutor:
             exec_values.update(status="ContinuedAsNew", output=can.get("input"), completed_at=now)
             store.new_execution(conn, instance_id, exec_id + 1, result.kv_state, now)
             store.enqueue(conn, instance_id, ev.MSG_CONTINUE_AS_NEW, can, now)
+            pokes.append((instance_id, result.orchestration_name))  # start the next execution now, not at a sweep
             inst_values.update(current_execution_id=exec_id + 1, status="Running", output=None, error=None)
         store.update_execution(conn, instance_id, exec_id, **exec_values)
         store.finish_instance(conn, instance_id, owner, **inst_values)
