@@ -28,8 +28,8 @@ SUB_ORCHESTRATION_MARKER = "::sub::"
 MAX_INSTANCE_ID_CHARS = 512
 
 
-class OperationTimedOut(TimeoutError):
-    """A wait_* call ran out of time (duroxide raises RuntimeError("Operation timed out"))."""
+class OperationTimedOut(TimeoutError, RuntimeError):
+    """A wait_* call ran out of time: both a TimeoutError and, as duroxide raises it, a RuntimeError."""
 
 
 def _check_instance_id(instance_id: Any) -> str:

@@ -233,3 +233,21 @@ SCENARIOS = [
         expect_extra={"replays_history": False},
     ),
 ]
+
+
+# -- recorded from real embedded runs by tests/integration/capture_golden.py (fixtures real_*.json) -------------
+# The real fan-out fixture replays `fan_out` above; this one is only recorded for real.
+
+
+def timer_then_approval(ctx, request):
+    """A durable timer, then an approval wait raced against a long timeout, then an activity with the approver."""
+    yield ctx.schedule_timer(request["delay_ms"])
+    ctx.set_custom_status("waiting for approval")
+    winner = yield ctx.race(ctx.wait_for_event("approve"), ctx.schedule_timer(request["timeout_ms"]))
+    if winner["index"] == 1:
+        return {"approved": False}
+    receipt = yield ctx.schedule_activity("Record", {"doc": request["doc"], "by": winner["value"]})
+    return {"approved": True, "by": winner["value"], "receipt": receipt}
+
+
+REGISTRY["timer_then_approval"] = timer_then_approval
