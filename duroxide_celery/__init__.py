@@ -9,11 +9,10 @@ from .metrics import MetricsSnapshot
 from .options import RuntimeOptions
 from .providers import PostgresProvider, SqliteProvider
 from .replay.engine import MAX_KV_KEYS, MAX_KV_VALUE_BYTES
-from .replay.tasks import MAX_TAG_NAME_BYTES
 from .runtime import Runtime
+from .tagfilter import MAX_TAG_NAME_BYTES, MAX_WORKER_TAGS, TagFilter
+from .tracing import init_tracing, parse_result
 from .types import Event, ExecutionInfo, InstanceInfo, OrchestrationResult
-
-MAX_WORKER_TAGS = 5
 
 __all__ = [
     "MAX_KV_KEYS",
@@ -33,4 +32,7 @@ __all__ = [
     "Runtime",
     "RuntimeOptions",
     "SqliteProvider",
+    "TagFilter",
+    "init_tracing",
+    "parse_result",
 ]

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 MAX_TAG_NAME_BYTES = 256
+_TAG = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+def check_tag(tag: object) -> str:
+    """A tag names a broker queue, so it is limited to letters, digits and `_ . : -`, at most 256 bytes."""
+    if not isinstance(tag, str) or not tag:
+        raise ValueError(f"activity tag must be a non-empty string, got {tag!r}")
+    if len(tag.encode()) > MAX_TAG_NAME_BYTES:
+        raise ValueError(f"activity tag is {len(tag.encode())} bytes; the limit is {MAX_TAG_NAME_BYTES}")
+    if not _TAG.match(tag):
+        raise ValueError(f"activity tag {tag!r} may contain only letters, digits and _ . : -")
+    return tag
 
 
 class Task:
@@ -27,11 +40,7 @@ class ActivityTask(Task):
 
     def with_tag(self, tag: str) -> ActivityTask:
         """Route this activity to workers whose tag filter names `tag` (semantics.md 2.18)."""
-        if not isinstance(tag, str) or not tag:
-            raise ValueError("activity tag must be a non-empty string")
-        if len(tag.encode()) > MAX_TAG_NAME_BYTES:
-            raise ValueError(f"activity tag is {len(tag.encode())} bytes; the limit is {MAX_TAG_NAME_BYTES}")
-        self.tag = tag
+        self.tag = check_tag(tag)
         return self
 
 

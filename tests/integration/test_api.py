@@ -30,6 +30,9 @@ def test_export_list_is_pinned():
         "Runtime",
         "RuntimeOptions",
         "SqliteProvider",
+        "TagFilter",
+        "init_tracing",
+        "parse_result",
     ]
     for name in duroxide_celery.__all__:
         assert hasattr(duroxide_celery, name), name
