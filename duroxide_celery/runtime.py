@@ -154,8 +154,7 @@ class Runtime:
             return
         _ = self.store  # create/migrate the schema now, not in the first task
         self._started = True
-        if self.provider.publisher is None:
-            self.provider.publisher = self.publisher
+        self.provider.attach_publisher(self.publisher)
         if not self.embedded:
             return
         if self.publisher.pending is not None:
@@ -203,8 +202,7 @@ class Runtime:
         for thread in (self._worker_thread, self._scheduler):
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
-        if self.provider.publisher is self.publisher:
-            self.provider.publisher = None
+        self.provider.detach_publisher(self.publisher)
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         return self.metrics.snapshot()

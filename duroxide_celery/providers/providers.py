@@ -35,8 +35,28 @@ class Provider:
         self._store: Store | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
-        #: Set by a runtime in this process so a Client on the same provider can wake workers.
-        self.publisher: Any = None
+
+    # Runtimes started in this process register their publisher under the store's token, so any Client on the
+    # same database (even through another provider object) can wake their workers.
+    _publishers: dict[str, list[Any]] = {}
+    _publishers_lock = threading.Lock()
+
+    @property
+    def publisher(self) -> Any:
+        """A live runtime's publisher for this store in this process, or None."""
+        with self._publishers_lock:
+            live = self._publishers.get(self.token)
+            return live[0] if live else None
+
+    def attach_publisher(self, publisher: Any) -> None:
+        with self._publishers_lock:
+            self._publishers.setdefault(self.token, []).append(publisher)
+
+    def detach_publisher(self, publisher: Any) -> None:
+        with self._publishers_lock:
+            live = self._publishers.get(self.token, [])
+            if publisher in live:
+                live.remove(publisher)
 
     @property
     def store(self) -> Store:
