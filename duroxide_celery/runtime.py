@@ -83,6 +83,7 @@ class Runtime:
                 if key not in app.conf.changes:
                     app.conf[key] = value
         self.app: Celery = app
+        app.duroxide_runtime = self  # found by the beat TimerScheduler and the CLI
         self.names = QueueNames(prefix)
         self.publisher = Publisher(app, self.names, coalesce=self.embedded)
         self._activity_executor: Any = None
