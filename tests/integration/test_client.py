@@ -31,6 +31,7 @@ def test_wait_for_orchestration_times_out(runtime_factory, client):
     with pytest.raises(OperationTimedOut) as info:
         client.wait_for_orchestration("slowpoke", 200)
     assert isinstance(info.value, TimeoutError)
+    assert isinstance(info.value, RuntimeError)  # what duroxide raises
     assert str(info.value) == "Operation timed out"
     assert client.get_status("slowpoke").status == "Running"
 
