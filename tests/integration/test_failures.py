@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from duroxide_celery import Client
+
 from .helpers import WAIT_MS, event_data, kinds, wait_for_kind
 
 
@@ -111,7 +113,7 @@ def test_child_failure_is_raised_in_parent(runtime_factory, client):
     assert uncaught.error.splitlines()[0] == "ValueError: child broke"
 
 
-def test_code_change_under_a_running_instance_fails_nondeterministic(runtime_factory, client, provider):
+def test_code_change_under_a_running_instance_fails_nondeterministic(runtime_factory, client, store):
     def original(ctx, _):
         first = yield ctx.schedule_activity("Step", "one")
         approval = yield ctx.wait_for_event("approve")
@@ -129,9 +131,12 @@ def test_code_change_under_a_running_instance_fails_nondeterministic(runtime_fac
     wait_for_kind(client, "diverge-1", "ExternalSubscribed")
     old.shutdown()
 
-    runtime_factory({"Flow": changed}, activities)
-    client.raise_event("diverge-1", "approve", True)
-    result = client.wait_for_orchestration("diverge-1", WAIT_MS)
+    # A new deployment: new process (provider), same database, same orchestration name, different code.
+    redeployed = store.open()
+    runtime_factory({"Flow": changed}, activities, provider_=redeployed)
+    new_client = Client(redeployed)
+    new_client.raise_event("diverge-1", "approve", True)
+    result = new_client.wait_for_orchestration("diverge-1", WAIT_MS)
     assert result.status == "Failed"
     assert result.error.startswith("nondeterministic:"), result.error
     assert "schedule mismatch" in result.error
