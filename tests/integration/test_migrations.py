@@ -16,7 +16,10 @@ CHILD = textwrap.dedent(
     import sys
     from duroxide_celery import Client, PostgresProvider, SqliteProvider
     kind, location, url, n = sys.argv[1:5]
-    provider = SqliteProvider.open(location) if kind == "sqlite" else PostgresProvider.connect_with_schema(url, location)
+    if kind == "sqlite":
+        provider = SqliteProvider.open(location)
+    else:
+        provider = PostgresProvider.connect_with_schema(url, location)
     client = Client(provider)
     client.start_orchestration(f"proc-{n}", "Anything", {"n": int(n)})
     print(client.get_status(f"proc-{n}").status)
