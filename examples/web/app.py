@@ -27,7 +27,8 @@ def create_app() -> Flask:
     @web.get("/")
     def index() -> str:
         rows = "".join(
-            f'<li><a href="{url_for("order", instance_id=i)}">{escape(i)}</a> {escape(client.get_status(i).status)}</li>'
+            f'<li><a href="{url_for("order", instance_id=i)}">{escape(i)}</a> '
+            f"{escape(client.get_status(i).status)}</li>"
             for i in client.list_all_instances()[-50:]
         )
         return (
