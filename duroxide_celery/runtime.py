@@ -48,6 +48,19 @@ def _check_name(name: Any, what: str) -> str:
     return name
 
 
+def _user_configured(app: Celery, key: str) -> bool:
+    """Whether the app's own configuration (update(), config_from_object, a Django namespace) sets `key`; the
+    baseline fills in only what it does not."""
+    _ = app.conf.task_serializer  # load the pending configuration, so its sources are inspectable
+    names = {key, key.upper()}
+    if app.namespace:
+        names |= {f"{app.namespace}_{key}".upper(), f"{app.namespace}_{key}"}
+    for source in app.conf.maps[:-1]:  # the last map holds Celery's defaults
+        if any(name in source for name in names):
+            return True
+    return False
+
+
 class Runtime:
     """Runs orchestrations and activities (duroxide-python's `Runtime`, on Celery)."""
 
@@ -80,7 +93,7 @@ class Runtime:
         else:
             assert app is not None
             for key, value in baseline_settings(QueueNames(prefix)).items():
-                if key not in app.conf.changes:
+                if not _user_configured(app, key):
                     app.conf[key] = value
         self.app: Celery = app
         app.duroxide_runtime = self  # found by the beat TimerScheduler and the CLI
