@@ -9,6 +9,9 @@ to a busy instance.
 from __future__ import annotations
 
 import logging
+import os
+import random
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -40,6 +43,36 @@ log = logging.getLogger("duroxide_celery.runtime")
 MAX_DRAINS_PER_TASK = 20
 
 
+class InjectedCrash(Exception):
+    """Raised by the fault-injection hook below: the turn committed, and this process 'dies' before publishing."""
+
+
+class FaultAfterCommit:
+    """Test hook, inert unless DUROXIDE_FAULT_AFTER_COMMIT is set: it makes committed turns skip their publishes
+    (pokes, activity tasks), as if the process crashed between commit and publish (DESIGN invariant 3), so tests
+    can check that the recovery sweep heals it. The value is a probability when it has a '.' (e.g. `0.5`: about
+    half of the turns; `1.0`: every turn), else a count (e.g. `3`: the first 3 turns of each worker process)."""
+
+    def __init__(self, spec: str):
+        self.probability = float(spec) if "." in spec else None
+        self.remaining = 0 if "." in spec else int(spec)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> FaultAfterCommit | None:
+        spec = os.environ.get("DUROXIDE_FAULT_AFTER_COMMIT", "").strip()
+        return cls(spec) if spec else None
+
+    def hit(self) -> bool:
+        if self.probability is not None:
+            return random.random() < self.probability
+        with self._lock:
+            if self.remaining <= 0:
+                return False
+            self.remaining -= 1
+            return True
+
+
 def unregistered_backoff_ms(attempt: int) -> int:
     """min(1 s * 2^min(attempt-1, 6), 60 s): rolling deploys get time for a worker with the handler to appear."""
     return min(1000 * 2 ** min(max(attempt, 1) - 1, 6), 60_000)
@@ -49,6 +82,7 @@ class TurnExecutor:
     def __init__(self, runtime: Runtime):
         self.rt = runtime
         self.cache = HistoryCache()
+        self.fault = FaultAfterCommit.from_env()
 
     def run(self, instance_id: str) -> None:
         if self.rt.publisher.pending is not None:
@@ -62,10 +96,10 @@ class TurnExecutor:
     def _turn(self, instance_id: str) -> bool:
         rt = self.rt
         store = rt.store
+        if not store.has_inbox(instance_id):
+            return False  # a duplicate or late poke: nothing to do, and no write lock or lease taken to learn it
         if store.is_sqlite:
             return self._turn_in_one_transaction(instance_id)
-        if not store.has_inbox(instance_id):
-            return False  # a duplicate or late poke: nothing to do, and no lease taken to learn it
         owner = rt.worker_id
         lease = store.acquire_instance(instance_id, owner, rt.options.orchestrator_lock_ms)
         if lease is None:
@@ -89,6 +123,8 @@ class TurnExecutor:
         except LeaseLost:
             log.warning("lease on %s lost during its turn; another worker redoes it", instance_id)
             return False
+        except InjectedCrash:
+            return False  # a simulated crash: no retry poke either; only the recovery sweep may heal this
         except Exception:
             log.exception("turn of %s failed; it will be retried", instance_id, extra={"instance_id": instance_id})
             try:
@@ -122,6 +158,8 @@ class TurnExecutor:
                     return False
                 plan = self._write(conn, lease, result, msg_ids)
             self._after_commit(lease, history, result, plan)
+        except InjectedCrash:
+            return False  # a simulated crash: no retry poke either; only the recovery sweep may heal this
         except Exception:
             log.exception("turn of %s failed; it will be retried", instance_id, extra={"instance_id": instance_id})
             store.count_failed_attempt(instance_id)
@@ -342,6 +380,9 @@ class TurnExecutor:
         else:
             self.cache.drop(key)
         rt.metrics.record_turn(result, plan["started"])
+        if self.fault is not None and self.fault.hit():
+            log.warning("fault injected after the commit of a turn of %s: its publishes are dropped", instance_id)
+            raise InjectedCrash(instance_id)
         rt.publisher.activities(
             PendingActivity(instance_id, exec_id, a.event_id, a.name, a.session_id, a.tag) for a in plan["activities"]
         )
