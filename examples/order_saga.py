@@ -78,17 +78,30 @@ def build_runtime(provider: SqliteProvider) -> Runtime:
         ctx.set_custom_status("shipping")
         tracking = yield ctx.schedule_activity("ShipOrder", order["id"])
         ctx.set_custom_status("done")
-        return {"order": order["id"], "status": "shipped", "total": total, "charge": charge["charge_id"],
-                "tracking": tracking}
+        return {
+            "order": order["id"],
+            "status": "shipped",
+            "total": total,
+            "charge": charge["charge_id"],
+            "tracking": tracking,
+        }
 
     return runtime
 
 
 ORDERS = [
-    {"id": "order-1001", "card": "4242-4242-4242-4242", "cooling_off_ms": 300,
-     "items": [{"sku": "keyboard", "qty": 1}, {"sku": "mouse", "qty": 2}, {"sku": "cable", "qty": 3}]},
-    {"id": "order-1002", "card": "4000-0000-0000-0000", "cooling_off_ms": 300,
-     "items": [{"sku": "monitor", "qty": 2}, {"sku": "cable", "qty": 1}]},
+    {
+        "id": "order-1001",
+        "card": "4242-4242-4242-4242",
+        "cooling_off_ms": 300,
+        "items": [{"sku": "keyboard", "qty": 1}, {"sku": "mouse", "qty": 2}, {"sku": "cable", "qty": 3}],
+    },
+    {
+        "id": "order-1002",
+        "card": "4000-0000-0000-0000",
+        "cooling_off_ms": 300,
+        "items": [{"sku": "monitor", "qty": 2}, {"sku": "cable", "qty": 1}],
+    },
 ]
 
 
@@ -136,8 +149,10 @@ def main() -> int:
             kinds = Counter(e.kind for e in events)
             info = client.get_instance_info(order["id"])
             took = info.updated_at - info.created_at
-            print(f"  {order['id']}: {len(events)} events in {took} ms: "
-                  + ", ".join(f"{kind} x{n}" for kind, n in kinds.items()))
+            print(
+                f"  {order['id']}: {len(events)} events in {took} ms: "
+                + ", ".join(f"{kind} x{n}" for kind, n in kinds.items())
+            )
         return 0 if ok else 1
     finally:
         runtime.shutdown()

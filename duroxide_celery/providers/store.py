@@ -7,7 +7,6 @@ invariant 2). Dialect differences live in `Dialect` below: row claiming and inse
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager

@@ -153,6 +153,8 @@ class TurnResult:
     parent: dict[str, Any] | None = None
     unregistered: tuple[str, str | None] | None = None
     dropped_messages: int = 0
+    #: The engine that computed this turn (a worker may keep it to resume the instance next turn).
+    engine: Any = field(default=None, repr=False, compare=False)
 
 
 _SCHEDULED_BY_MESSAGE = {
@@ -198,6 +200,14 @@ class ReplayEngine:
         # (set_custom_status, KV) is raised inside user code, where a bare `except:` could swallow it and let a
         # changed orchestration replay on; the driver re-raises the latched error at the next step instead.
         self._nondeterminism: Nondeterminism | None = None
+        self._scheduled: dict[int, str] | None = None
+        self._closed: set[int] = set()
+        self._cancel_seen = False
+        self._stack: list[Generator[Any, Any, Any]] = []
+        self._produced: Any = None
+        self._started: HistoryEvent | None = None
+        #: True when the last turn ended blocked (Running): `resume()` may continue it with new messages.
+        self.resumable = False
 
     # -- entry ------------------------------------------------------------------------------------------------
     def run(self) -> TurnResult:
@@ -246,17 +256,21 @@ class ReplayEngine:
         return result
 
     # -- messages -> arrival events ---------------------------------------------------------------------------
+    def _index(self, e: HistoryEvent) -> None:
+        """Keep the schedule/completion indexes that message filtering needs, one event at a time."""
+        if e.kind in (ev.ACTIVITY_SCHEDULED, ev.TIMER_CREATED, ev.SUB_ORCHESTRATION_SCHEDULED):
+            self._scheduled[e.event_id] = e.kind
+        elif e.source_event_id is not None and (e.kind in ev.INPUT_KINDS or e.kind in _CANCEL_KINDS):
+            self._closed.add(e.source_event_id)
+        elif e.kind == ev.ORCHESTRATION_CANCEL_REQUESTED:
+            self._cancel_seen = True
+
     def _ingest(self, messages: list[dict[str, Any]]) -> int:
-        scheduled: dict[int, str] = {}
-        closed: set[int] = set()
-        cancel_seen = False
-        for e in self.history:
-            if e.kind in (ev.ACTIVITY_SCHEDULED, ev.TIMER_CREATED, ev.SUB_ORCHESTRATION_SCHEDULED):
-                scheduled[e.event_id] = e.kind
-            elif e.source_event_id is not None and (e.kind in ev.INPUT_KINDS or e.kind in _CANCEL_KINDS):
-                closed.add(e.source_event_id)
-            elif e.kind == ev.ORCHESTRATION_CANCEL_REQUESTED:
-                cancel_seen = True
+        if self._scheduled is None:
+            self._scheduled, self._closed, self._cancel_seen = {}, set(), False
+            for e in self.history:
+                self._index(e)
+        scheduled, closed, cancel_seen = self._scheduled, self._closed, self._cancel_seen
         dropped = 0
         cancels = [m for m in messages if m["kind"] == ev.MSG_CANCEL]
         if cancels and not cancel_seen:
@@ -314,11 +328,20 @@ class ReplayEngine:
             e.source_event_id: e for e in self.history if e.source_event_id in syscall_ids
         }
         ctx = OrchestrationContext(self)
+        self._started = started
+        return self._settle(lambda: self._drive(handler, ctx, loads(started.data.get("input"))))
+
+    def _settle(self, step: Callable[[], None]) -> TurnResult:
+        """Run `step` (which ends by raising) and turn its ending into the turn's result."""
+        started = self._started
+        assert started is not None
+        self.resumable = False
         try:
-            self._drive(handler, ctx, loads(started.data.get("input")))
+            step()
         except _Terminate as term:
             return self._finish(term.kind, term.data, started)
         except _Blocked:
+            self.resumable = True
             return self._finish(None, {}, started)
         except Nondeterminism as exc:
             return self._finish(
@@ -327,6 +350,24 @@ class ReplayEngine:
                 started,
             )
         return self._finish(None, {}, started)
+
+    def resume(self, inp: TurnInput) -> TurnResult:
+        """Continue a blocked engine with a new turn's messages, without replaying its history.
+
+        Only valid when `inp.history` is exactly the history this engine ended its last turn with (the caller
+        checks the stored length); the result is what a full replay would compute, at the cost of the new
+        messages alone. Used by workers to keep hot instances in memory (like Temporal's sticky cache)."""
+        assert self.resumable and len(inp.history) == len(self.history)
+        self.inp = inp
+        self.old_count = len(self.history)
+        self.new_events, self.outgoing, self.kv_ops = [], [], []
+        self.custom_status_changed = False
+        self.replaying = False
+        dropped = self._ingest(list(inp.messages))
+        self._inputs.extend(e for e in self.new_events if e.kind in ev.INPUT_KINDS)
+        result = self._settle(lambda: self._loop(*self._block()))
+        result.dropped_messages = dropped
+        return result
 
     def _raise_latched(self) -> None:
         if self._nondeterminism is not None:
@@ -341,8 +382,15 @@ class ReplayEngine:
         self._raise_latched()
         if not inspect.isgenerator(produced):
             self._complete(produced)
-        stack: list[Generator[Any, Any, Any]] = [produced]
-        mode, payload = "send", None
+        self._produced = produced
+        self._stack = [produced]
+        self._loop("send", None)
+
+    def _loop(self, mode: str, payload: Any) -> None:
+        """Run the code until it ends (raises _Terminate) or blocks (raises _Blocked); state lives on self, so a
+        blocked engine can be resumed in a later turn."""
+        stack: list[Generator[Any, Any, Any]] = self._stack
+        produced = self._produced
         while True:
             gen = stack[-1]
             try:
@@ -372,7 +420,9 @@ class ReplayEngine:
                 self._close(produced)
                 self._check_history_consumed()
                 self._raise_if_cancel_pending()
-                raise _Terminate(ev.ORCHESTRATION_CONTINUED_AS_NEW, {"input": yielded.input, "_version": yielded.version})
+                raise _Terminate(
+                    ev.ORCHESTRATION_CONTINUED_AS_NEW, {"input": yielded.input, "_version": yielded.version}
+                )
             if isinstance(yielded, ActivityTask) and yielded.retry is not None:
                 stack.append(retry_loop(yielded))
                 mode, payload = "send", None
@@ -623,7 +673,9 @@ class ReplayEngine:
             self._emit(ev.QUEUE_SUBSCRIPTION_CANCELLED, {"reason": reason}, ("source",), source=fut.schedule_id)
         elif fut.kind == "sub_orchestration":
             child = fut.child_id or ""
-            child_reason = "parent canceled" if reason == "parent canceled" else "parent dropped sub-orchestration future"
+            child_reason = (
+                "parent canceled" if reason == "parent canceled" else "parent dropped sub-orchestration future"
+            )
             self._emit(
                 ev.SUB_ORCHESTRATION_CANCEL_REQUESTED,
                 {"reason": reason},
@@ -698,6 +750,8 @@ class ReplayEngine:
         event = HistoryEvent(self._next_event_id(), kind, data, source, self.inp.now_ms)
         self.history.append(event)
         self.new_events.append(event)
+        if self._scheduled is not None:
+            self._index(event)
         return event
 
     def _next_event_id(self) -> int:

@@ -1,37 +1,45 @@
-"""Per-worker cache of committed histories, so a turn reads only the events appended since its last visit.
+"""Per-worker caches of committed turns: histories, and live engines of instances blocked mid-orchestration.
 
-History is append-only and event ids are contiguous, so a cached list is always a correct prefix of the stored
-history, even when other workers ran turns in between: the turn loads just the events after it. Entries are
-added only after a commit succeeded.
+History is append-only with contiguous event ids, so a cached list is always a correct prefix of the stored
+history, even when other workers ran turns in between: a turn loads just the events after it. A cached engine
+(its generator suspended where the last turn blocked) is used only when the stored history is exactly the one
+it ended with; then a turn costs its new messages alone instead of a replay of the whole history. Entries are
+added only after a commit succeeded, and taken out while a turn uses them.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import Generic, TypeVar
 
 from ..replay.events import HistoryEvent
 
 Key = tuple[str, int]
+V = TypeVar("V")
 
 
-class HistoryCache:
-    def __init__(self, capacity: int = 2000):
+class LruCache(Generic[V]):
+    def __init__(self, capacity: int = 1000):
         self.capacity = capacity
-        self._entries: OrderedDict[Key, list[HistoryEvent]] = OrderedDict()
+        self._entries: OrderedDict[Key, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Key) -> list[HistoryEvent]:
+    def take(self, key: Key) -> V | None:
+        """Remove and return the entry (a turn owns it until it puts it back)."""
         with self._lock:
-            events = self._entries.get(key)
-            if events is None:
-                return []
-            self._entries.move_to_end(key)
-            return list(events)
+            return self._entries.pop(key, None)
 
-    def put(self, key: Key, events: list[HistoryEvent]) -> None:
+    def peek(self, key: Key) -> V | None:
         with self._lock:
-            self._entries[key] = events
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: Key, value: V) -> None:
+        with self._lock:
+            self._entries[key] = value
             self._entries.move_to_end(key)
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
@@ -39,3 +47,9 @@ class HistoryCache:
     def drop(self, key: Key) -> None:
         with self._lock:
             self._entries.pop(key, None)
+
+
+class HistoryCache(LruCache[list[HistoryEvent]]):
+    def get(self, key: Key) -> list[HistoryEvent]:
+        events = self.peek(key)
+        return list(events) if events is not None else []

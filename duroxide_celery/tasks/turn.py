@@ -24,15 +24,15 @@ from ..replay.engine import (
     CancelInstance,
     CancelTimer,
     NotifyParent,
+    ReplayEngine,
     ScheduleActivity,
     ScheduleTimer,
     StartOrchestration,
     TurnInput,
     TurnResult,
-    run_turn,
 )
 from ..replay.events import HistoryEvent, error_details
-from .history_cache import HistoryCache
+from .history_cache import HistoryCache, LruCache
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -82,6 +82,7 @@ class TurnExecutor:
     def __init__(self, runtime: Runtime):
         self.rt = runtime
         self.cache = HistoryCache()
+        self.engines: LruCache[ReplayEngine] = LruCache()
         self.fault = FaultAfterCommit.from_env()
 
     def run(self, instance_id: str) -> None:
@@ -184,20 +185,24 @@ class TurnExecutor:
         if lease.attempt_count > rt.options.max_attempts_value:
             self._poison(lease, history, bodies, msg_ids, conn)
             return None
-        result = run_turn(
-            TurnInput(
-                instance_id=lease.instance_id,
-                execution_id=lease.execution_id,
-                history=history,
-                messages=bodies,
-                now_ms=now_ms(),
-                new_guid=lambda: str(uuid.uuid4()),
-                clock=now_ms,
-                kv_snapshot=kv_snapshot,
-                kv_reader=lambda other, key: rt.store.get_kv(other, key, conn=conn),
-            ),
-            rt.resolve_orchestration,
+        inp = TurnInput(
+            instance_id=lease.instance_id,
+            execution_id=lease.execution_id,
+            history=history,
+            messages=bodies,
+            now_ms=now_ms(),
+            new_guid=lambda: str(uuid.uuid4()),
+            clock=now_ms,
+            kv_snapshot=kv_snapshot,
+            kv_reader=lambda other, key: rt.store.get_kv(other, key, conn=conn),
         )
+        engine = self.engines.take((lease.instance_id, lease.execution_id))
+        if engine is not None and engine.resumable and len(engine.history) == len(history):
+            result = engine.resume(inp)  # hot instance: no replay, only the new messages
+        else:
+            engine = ReplayEngine(inp, rt.resolve_orchestration)
+            result = engine.run()
+        result.engine = engine
         if result.status == "Unregistered":
             self._backoff(lease, result, conn)
             return None
@@ -377,6 +382,9 @@ class TurnExecutor:
         key = (instance_id, exec_id)
         if result.status == "Running":
             self.cache.put(key, history + result.new_events)
+            engine = getattr(result, "engine", None)
+            if engine is not None and engine.resumable:
+                self.engines.put(key, engine)
         else:
             self.cache.drop(key)
         rt.metrics.record_turn(result, plan["started"])

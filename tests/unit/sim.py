@@ -14,10 +14,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from duroxide_celery.replay import events as ev
-from duroxide_celery.replay.engine import TurnInput, TurnResult, run_turn
+from duroxide_celery.replay.engine import ReplayEngine, TurnInput, TurnResult, run_turn
 from duroxide_celery.replay.events import HistoryEvent, dumps, error_details
 
 NOW_MS = 1_700_000_000_000
+#: Every simulated turn is also computed by resuming the previous turn's engine, and the two must agree.
+RESUME_CHECK = True
 
 Handler = Callable[..., Any]
 
@@ -90,11 +92,26 @@ class Sim:
         self.turn_messages.append(messages)
         self.turn_clocks.append(self.now_ms)
         result = run_turn(self.turn_input(self.history, messages, self.now_ms), self.resolve)
+        if RESUME_CHECK:
+            self._check_resume(messages, result)
         self._check_ids(result)
         self.history.extend(result.new_events)
         self.results.append(result)
         self.now_ms += advance_ms
         return result
+
+    def _check_resume(self, messages: list[dict[str, Any]], fresh: TurnResult) -> None:
+        """Compute the same turn a second way, by resuming the engine kept from the previous turn (as workers
+        do for hot instances), and require exactly the full replay's result."""
+        engine = getattr(self, "_engine", None)
+        inp = self.turn_input(self.history, messages, self.now_ms)
+        if engine is not None and engine.resumable and engine.resolve is self.resolve:  # new code: new process
+            resumed = engine.resume(inp)
+        else:
+            engine = ReplayEngine(inp, self.resolve)
+            resumed = engine.run()
+        assert result_summary(resumed) == result_summary(fresh), "resumed turn differs from a full replay"
+        self._engine = engine if resumed.status == "Running" else None
 
     def _check_ids(self, result: TurnResult) -> None:
         expected = len(self.history) + 1

@@ -9,6 +9,7 @@ import pytest
 from duroxide_celery.replay import events as ev
 from duroxide_celery.replay.engine import ScheduleActivity, TurnInput, run_turn
 from duroxide_celery.replay.events import HistoryEvent
+from tests.unit import sim as sim_module
 
 from .sim import NOW_MS, Sim, assert_replay_stable, error_message, outgoing_of, output_of
 
@@ -316,7 +317,8 @@ def test_context_properties_and_versioned_start():
     assert r.orchestration_version == "1.5.0" and seen["version"] == "1.5.0"
 
 
-def test_is_replaying_is_true_only_for_steps_already_in_history():
+def test_is_replaying_is_true_only_for_steps_already_in_history(monkeypatch):
+    monkeypatch.setattr(sim_module, "RESUME_CHECK", False)  # counts side effects of each run
     seen = []
 
     def orch(ctx, _):
@@ -335,7 +337,8 @@ def test_is_replaying_is_true_only_for_steps_already_in_history():
     assert seen == [("start", True), ("after A", False)]
 
 
-def test_traces_are_suppressed_while_replaying(caplog):
+def test_traces_are_suppressed_while_replaying(caplog, monkeypatch):
+    monkeypatch.setattr(sim_module, "RESUME_CHECK", False)  # counts side effects of each run
     def orch(ctx, _):
         ctx.trace_info("before")
         yield ctx.schedule_activity("A")

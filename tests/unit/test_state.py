@@ -9,6 +9,7 @@ import pytest
 
 from duroxide_celery.replay import events as ev
 from duroxide_celery.replay.engine import ScheduleActivity, TurnInput, run_turn
+from tests.unit import sim as sim_module
 
 from .sim import NOW_MS, Sim, assert_replay_stable, error_message, outgoing_of, output_of
 
@@ -101,7 +102,8 @@ def test_get_kv_value_from_instance_is_a_recorded_syscall():
 # -- custom status ----------------------------------------------------------------------------------------------
 
 
-def test_custom_status_set_reset_get_and_changed_flag():
+def test_custom_status_set_reset_get_and_changed_flag(monkeypatch):
+    monkeypatch.setattr(sim_module, "RESUME_CHECK", False)  # counts side effects of each run
     seen = []
 
     def orch(ctx, _):
