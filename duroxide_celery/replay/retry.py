@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from .tasks import ActivityTask, RaceTask, TimerTask
+from .tasks import ActivityTask, RaceTask, TimerTask, UtcNowTask
 
 DEFAULT_BASE_MS, DEFAULT_MULTIPLIER, DEFAULT_MAX_MS, FIXED_DELAY_MS = 100, 2.0, 30_000, 1000
 
@@ -40,16 +40,33 @@ class ActivityTimeout(Exception):
 
 
 def retry_loop(task: ActivityTask) -> Generator[Any, Any, Any]:
+    """Attempts, backoff timers and timeouts, as orchestration steps.
+
+    `timeout_ms` bounds each attempt (a timed-out attempt is not retried, as in duroxide). `total_timeout_ms` is a
+    real budget across all attempts and backoff delays (duroxide treats it as another per-attempt timeout): the
+    loop reads the deterministic clock (`utc_now`, recorded in history) and caps every attempt and delay by what is
+    left, failing with "timeout: retry budget of N ms exhausted" when it runs out."""
     policy = task.retry or {}
     max_attempts = int(policy.get("max_attempts", 3))
-    timeout_ms = policy.get("timeout_ms") or policy.get("total_timeout_ms")
+    attempt_timeout = policy.get("timeout_ms")
+    budget = policy.get("total_timeout_ms")
+    started = (yield UtcNowTask()) if budget else 0
     last_error: BaseException | None = None
     for attempt in range(1, max_attempts + 1):
+        limit, by_budget = attempt_timeout, False
+        if budget:
+            left = int(budget) - ((yield UtcNowTask()) - started)
+            if left <= 0:
+                raise ActivityTimeout(f"timeout: retry budget of {budget} ms exhausted")
+            if not limit or left < int(limit):
+                limit, by_budget = left, True
         call = ActivityTask(task.name, task.input, task.session_id, task.tag)
         try:
-            if timeout_ms:
-                outcome = yield RaceTask([call, TimerTask(int(timeout_ms))])
+            if limit:
+                outcome = yield RaceTask([call, TimerTask(int(limit))])
                 if outcome["index"] == 1:
+                    if by_budget:
+                        raise ActivityTimeout(f"timeout: retry budget of {budget} ms exhausted")
                     raise ActivityTimeout("timeout: activity timed out")
                 return outcome["value"]
             return (yield call)
@@ -59,6 +76,10 @@ def retry_loop(task: ActivityTask) -> Generator[Any, Any, Any]:
             last_error = exc
         if attempt < max_attempts:
             delay = backoff_delay_ms(policy, attempt)
+            if budget:
+                left = int(budget) - ((yield UtcNowTask()) - started)
+                if delay >= left:
+                    break  # the next attempt could not start inside the budget: fail with the last error now
             if delay > 0:
                 yield TimerTask(delay)
     assert last_error is not None

@@ -142,7 +142,7 @@ def test_timeout_races_each_attempt_and_is_not_retried():
     assert_replay_stable(sim)
 
 
-def test_timeout_catchable_and_total_timeout_alias():
+def test_total_timeout_is_a_budget_that_bounds_the_attempt_and_is_catchable():
     def orch(ctx, _):
         try:
             yield ctx.schedule_activity_with_retry("Flaky", None, {"total_timeout_ms": 50})
@@ -151,9 +151,27 @@ def test_timeout_catchable_and_total_timeout_alias():
 
     sim = Sim({"o": orch}).start("o")
     sim.turn()
-    assert json.loads(json.dumps(sim.event(3).data))["fire_at_ms"] == sim.turn_clocks[0] + 50
-    sim.fire(3)
-    assert output_of(sim.turn()) == "timeout: activity timed out"
+    (timer,) = sim.timers()
+    assert sim.event(timer).data["fire_at_ms"] == sim.turn_clocks[0] + 50
+    assert [e.data["name"] for e in sim.history if e.kind == ev.ACTIVITY_SCHEDULED][:2] == [
+        ev.SYSCALL_UTC_NOW,
+        ev.SYSCALL_UTC_NOW,
+    ]
+    sim.fire(timer)
+    assert output_of(sim.turn()) == "timeout: retry budget of 50 ms exhausted"
+    assert_replay_stable(sim)
+
+
+def test_total_timeout_stops_retrying_when_the_next_attempt_cannot_fit():
+    policy = {"max_attempts": 5, "total_timeout_ms": 1500, "backoff": "fixed"}  # fixed backoff: 1 s
+    sim = Sim({"o": with_retry(policy)}).start("o")
+    sim.turn()  # the sim clock moves 1 s per turn
+    (first,) = [i for i in sim.scheduled("Flaky")]
+    sim.fail(first, "fail-1")
+    r = sim.turn()
+    assert r.status == "Failed" and error_message(r).startswith("fail-1")
+    assert len(sim.scheduled("Flaky")) == 1  # no second attempt: 1 s backoff would overrun the 0.5 s left
+    assert_replay_stable(sim)
 
 
 def test_attempt_that_beats_its_timeout_returns_value_and_cancels_the_timer():
