@@ -46,6 +46,8 @@ from .tasks import (
 REPLAY_VERSION = 1
 
 MAX_KV_KEYS = 150
+#: Undelivered queue messages a continue-as-new may carry into the next execution (duroxide: 20 or 100, silently).
+MAX_CARRY_FORWARD = 1000
 MAX_KV_VALUE_BYTES = 65536
 
 Handler = Callable[[OrchestrationContext, Any], Any]
@@ -417,6 +419,14 @@ class ReplayEngine:
                 continue
             self._raise_latched()
             if isinstance(yielded, ContinueAsNewTask):
+                waiting = len(self._unconsumed_queue_messages())
+                if waiting > MAX_CARRY_FORWARD:
+                    # duroxide keeps the first N and drops the rest with a log line; we never drop silently.
+                    mode, payload = "throw", ValueError(
+                        f"continue_as_new would carry {waiting} undelivered queue messages; the limit is "
+                        f"{MAX_CARRY_FORWARD}: dequeue some before continuing as new"
+                    )
+                    continue
                 self._close(produced)
                 self._check_history_consumed()
                 self._raise_if_cancel_pending()

@@ -241,3 +241,28 @@ def test_unconsumed_queue_messages_do_not_fail_completion():
     sim = Sim({"o": orch}).start("o").enqueue("q", 1).enqueue("q", 2)
     r = sim.turn()
     assert r.status == "Completed" and output_of(r) == 1
+
+
+def test_carry_forward_over_the_limit_is_an_explicit_catchable_error(monkeypatch):
+    from duroxide_celery.replay import engine
+
+    monkeypatch.setattr(engine, "MAX_CARRY_FORWARD", 2)
+
+    def orch(ctx, _):
+        yield ctx.schedule_timer(10)
+        try:
+            yield ctx.continue_as_new("again")
+        except ValueError as exc:
+            return str(exc)
+
+    sim = Sim({"o": orch}).start("o")
+    sim.turn()
+    for n in range(3):
+        sim.enqueue("inbox", n)
+    sim.fire(sim.timers()[0])
+    r = sim.turn()
+    assert r.status == "Completed"
+    assert output_of(r) == (
+        "continue_as_new would carry 3 undelivered queue messages; the limit is 2: "
+        "dequeue some before continuing as new"
+    )
