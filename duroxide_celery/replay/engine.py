@@ -320,15 +320,9 @@ class ReplayEngine:
         }
         self._actions = [e for e in self.history[: self.old_count] if e.kind in ev.ACTION_KINDS]
         self._action_pos = 0
-        self._inputs = [
-            e
-            for e in self.history
-            if e.kind in ev.INPUT_KINDS and e.source_event_id not in syscall_ids
-        ]
+        self._inputs = [e for e in self.history if e.kind in ev.INPUT_KINDS and e.source_event_id not in syscall_ids]
         self._input_pos = 0
-        self._completions = {
-            e.source_event_id: e for e in self.history if e.source_event_id in syscall_ids
-        }
+        self._completions = {e.source_event_id: e for e in self.history if e.source_event_id in syscall_ids}
         ctx = OrchestrationContext(self)
         self._started = started
         return self._settle(lambda: self._drive(handler, ctx, loads(started.data.get("input"))))
@@ -422,9 +416,12 @@ class ReplayEngine:
                 waiting = len(self._unconsumed_queue_messages())
                 if waiting > MAX_CARRY_FORWARD:
                     # duroxide keeps the first N and drops the rest with a log line; we never drop silently.
-                    mode, payload = "throw", ValueError(
-                        f"continue_as_new would carry {waiting} undelivered queue messages; the limit is "
-                        f"{MAX_CARRY_FORWARD}: dequeue some before continuing as new"
+                    mode, payload = (
+                        "throw",
+                        ValueError(
+                            f"continue_as_new would carry {waiting} undelivered queue messages; the limit is "
+                            f"{MAX_CARRY_FORWARD}: dequeue some before continuing as new"
+                        ),
                     )
                     continue
                 self._close(produced)
@@ -697,8 +694,16 @@ class ReplayEngine:
     # -- fire-and-forget state --------------------------------------------------------------------------------
     def record_custom_status(self, status: str | None) -> None:
         if status is not None and len(status.encode()) > MAX_CUSTOM_STATUS_BYTES:
-            raise ValueError(
-                f"custom status is {len(status.encode())} bytes; the limit is {MAX_CUSTOM_STATUS_BYTES}"
+            # semantics.md 2.16: past the limit the instance fails (not an error the code could swallow).
+            raise _Terminate(
+                ev.ORCHESTRATION_FAILED,
+                {
+                    "details": error_details(
+                        ev.APPLICATION,
+                        f"custom status is {len(status.encode())} bytes; the limit is {MAX_CUSTOM_STATUS_BYTES} bytes",
+                        "CustomStatusLimit",
+                    )
+                },
             )
         event = self._emit(ev.CUSTOM_STATUS_UPDATED, {"status": status}, ())
         if event.event_id > self.old_count:
@@ -739,13 +744,11 @@ class ReplayEngine:
         if self._action_pos < len(self._actions):
             old = self._actions[self._action_pos]
             mismatch = old.kind != kind or any(
-                (old.source_event_id != source) if f == "source" else (old.data.get(f) != data.get(f))
-                for f in compare
+                (old.source_event_id != source) if f == "source" else (old.data.get(f) != data.get(f)) for f in compare
             )
             if mismatch:
                 self._nondeterminism = self._nondeterminism or Nondeterminism(
-                    f"schedule mismatch: action={_describe_action(kind, data, compare)} vs "
-                    f"event={_describe_event(old)}"
+                    f"schedule mismatch: action={_describe_action(kind, data, compare)} vs event={_describe_event(old)}"
                 )
                 raise self._nondeterminism
             self._action_pos += 1
@@ -861,11 +864,13 @@ class ReplayEngine:
             if result.parent and terminal != ev.ORCHESTRATION_CONTINUED_AS_NEW:
                 p = result.parent
                 if terminal == ev.ORCHESTRATION_COMPLETED:
-                    note = NotifyParent(p["instance_id"], p["execution_id"], p["event_id"], ev.MSG_SUB_COMPLETED,
-                                        result=result.output)
+                    note = NotifyParent(
+                        p["instance_id"], p["execution_id"], p["event_id"], ev.MSG_SUB_COMPLETED, result=result.output
+                    )
                 else:
-                    note = NotifyParent(p["instance_id"], p["execution_id"], p["event_id"], ev.MSG_SUB_FAILED,
-                                        details=result.error)
+                    note = NotifyParent(
+                        p["instance_id"], p["execution_id"], p["event_id"], ev.MSG_SUB_FAILED, details=result.error
+                    )
                 self.outgoing.append(note)
         # Work scheduled and cancelled within this same turn never needs to exist.
         cancelled = {o.event_id for o in self.outgoing if isinstance(o, CancelActivity | CancelTimer)}

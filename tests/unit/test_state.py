@@ -137,15 +137,16 @@ def test_custom_status_set_reset_get_and_changed_flag(monkeypatch):
     assert_replay_stable(sim)
 
 
-def test_custom_status_too_large_is_rejected_at_the_call():
+def test_custom_status_over_the_limit_fails_the_instance_even_inside_try():
     def orch(ctx, _):
         try:
             ctx.set_custom_status("x" * (256 * 1024 + 1))
-        except ValueError as exc:
-            return str(exc)
+        except Exception:  # noqa: BLE001 - the limit is not an error the code can swallow
+            return "swallowed"
 
     r = Sim({"o": orch}).start("o").turn()
-    assert output_of(r) == "custom status is 262145 bytes; the limit is 262144"
+    assert r.status == "Failed"
+    assert r.error["message"] == "custom status is 262145 bytes; the limit is 262144 bytes"
     assert r.custom_status_changed is False
 
 
