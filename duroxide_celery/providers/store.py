@@ -517,6 +517,20 @@ class Store:
                     lost.add(key)
         return lost
 
+    def owned_work_items(self, keys: list[tuple[str, int, int]], owner: str) -> set[tuple[str, int, int]]:
+        """Which of these activity rows still exist and are leased by `owner` (a read: no lock taken)."""
+        if not keys:
+            return set()
+        instance_ids = sorted({k[0] for k in keys})
+        with self.read() as conn:
+            rows = conn.execute(
+                select(work_items.c.instance_id, work_items.c.execution_id, work_items.c.event_id).where(
+                    work_items.c.instance_id.in_(instance_ids), work_items.c.lock_owner == owner
+                )
+            ).all()
+        wanted = set(keys)
+        return {(r[0], r[1], r[2]) for r in rows} & wanted
+
     def complete_work_item(self, key: tuple[str, int, int], owner: str, kind: str, payload: dict[str, Any]) -> bool:
         """Record an activity's outcome at most once: delete our leased row and queue the completion, atomically.
         False when the row is gone or another worker holds it (the outcome is dropped)."""

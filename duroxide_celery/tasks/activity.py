@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from ..context import ActivityContext
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("duroxide_celery.activity")
 
 Key = tuple[str, int, int]
+
+#: How often running activities learn that their work item was cancelled or taken (seconds).
+CANCEL_CHECK_S = 0.5
 
 
 class LeaseRenewer:
@@ -52,17 +56,26 @@ class LeaseRenewer:
         self._wake.set()
 
     def _loop(self) -> None:
-        interval = self.rt.options.worker_renewal_interval_s
+        renew_every = self.rt.options.worker_renewal_interval_s
+        next_renewal = time.monotonic() + renew_every
         while not self._stopped:
-            self._wake.wait(interval)
+            # Between renewals, a cheap ownership check every CANCEL_CHECK_S tells a race loser or a cancelled
+            # instance's activity that its work is gone within a second, not a renewal interval.
+            self._wake.wait(min(CANCEL_CHECK_S, renew_every))
             if self._stopped:
                 return
             with self._lock:
                 running = dict(self._running)
             if not running:
+                next_renewal = time.monotonic() + renew_every
                 continue
+            store, owner = self.rt.store, self.rt.worker_id
             try:
-                lost = self.rt.store.renew_work_items(list(running), self.rt.worker_id, self.rt.options.worker_lock_ms)
+                if time.monotonic() >= next_renewal:
+                    lost = store.renew_work_items(list(running), owner, self.rt.options.worker_lock_ms)
+                    next_renewal = time.monotonic() + renew_every
+                else:
+                    lost = set(running) - store.owned_work_items(list(running), owner)
             except Exception:  # noqa: BLE001 - a database blip: try again next round
                 log.exception("activity lease renewal failed")
                 continue
