@@ -21,6 +21,7 @@ from .tasks import (
     SubOrchestrationTask,
     Task,
     TimerTask,
+    TryDequeueTask,
     UtcNowTask,
     WaitEventTask,
 )
@@ -121,6 +122,12 @@ class OrchestrationContext:
 
     def dequeue_event(self, queue_name: str) -> DequeueTask:
         return DequeueTask(_require_name(queue_name, "queue name"))
+
+    def try_dequeue_event(self, queue_name: str) -> TryDequeueTask:
+        """Yields the next message of the queue if one has arrived, else None, without waiting."""
+        return TryDequeueTask(_require_name(queue_name, "queue name"))
+
+    try_dequeue_event_typed = try_dequeue_event
 
     # -- orchestrations ---------------------------------------------------------------------------------------
     def schedule_sub_orchestration(self, name: str, input: Any = None) -> SubOrchestrationTask:

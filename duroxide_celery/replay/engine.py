@@ -38,6 +38,7 @@ from .tasks import (
     SubOrchestrationTask,
     Task,
     TimerTask,
+    TryDequeueTask,
     UtcNowTask,
     WaitEventTask,
 )
@@ -196,6 +197,7 @@ class ReplayEngine:
         self._waits: dict[str, deque[Future]] = {}
         self._dequeues: dict[str, deque[Future]] = {}
         self._queue_buffer: dict[str, deque[str]] = {}
+        self._taken_early: set[int] = set()  # QueueEventDelivered ids handed out by try_dequeue before their turn
         self._cancel_reason: str | None = None
         self._waiter: Waiter | None = None
         # Fix (unit tests): the first mismatch found, latched. A mismatch found inside a fire-and-forget call
@@ -490,6 +492,8 @@ class ReplayEngine:
             return ("send", loads(self._syscall(ev.SYSCALL_NEW_GUID, "", lambda: dumps(self.inp.new_guid()))))
         if isinstance(task, ActivityTask) and task.name.startswith(ev.SYSCALL_PREFIX):
             return ("send", loads(self._syscall(task.name, task.input, lambda: self._read_kv(task.input))))
+        if isinstance(task, TryDequeueTask):
+            return ("send", self._try_dequeue(task.queue))
         if isinstance(task, DetachedStartTask):
             self._emit(
                 ev.ORCHESTRATION_CHAINED,
@@ -566,7 +570,7 @@ class ReplayEngine:
             self._waits.setdefault(task.name, deque()).append(fut)
             return fut
         if isinstance(task, DequeueTask):
-            event = self._emit(ev.QUEUE_SUBSCRIBED, {"name": task.queue}, ("name",))
+            event = self._emit(ev.QUEUE_SUBSCRIBED, {"name": task.queue}, ("name", "try"))
             fut = Future("dequeue", event.event_id, task.queue)
             buffered = self._queue_buffer.get(task.queue)
             if buffered:
@@ -593,6 +597,47 @@ class ReplayEngine:
             on_new=on_new,
         )
         return self._register(Future("sub_orchestration", event.event_id, task.name, event.data["instance"]))
+
+    def _try_dequeue(self, queue: str) -> Any:
+        """The next message of `queue` delivered so far, or None, without waiting (duroxide #8).
+
+        "So far" includes messages that arrived in this turn but that the code has not reached yet, so a loop of
+        try_dequeue_event drains the queue exactly. Which message was taken is recorded on the QueueSubscribed
+        event ({"try": true, "taken": "buffer" | <event id> | null}); a replay reuses that record."""
+        if self._action_pos < len(self._actions):
+            old = self._actions[self._action_pos]
+            if old.kind != ev.QUEUE_SUBSCRIBED or old.data.get("name") != queue or not old.data.get("try"):
+                raise Nondeterminism(
+                    f"schedule mismatch: action=TryDequeue{{name: {queue!r}}} vs event={_describe_event(old)}"
+                )
+            self._action_pos += 1
+            taken = old.data.get("taken")
+        else:
+            taken = None
+            if self._queue_buffer.get(queue):
+                taken = "buffer"
+            else:
+                for event in self._inputs[self._input_pos :]:
+                    if (
+                        event.kind == ev.QUEUE_EVENT_DELIVERED
+                        and event.data.get("name") == queue
+                        and event.event_id not in self._taken_early
+                    ):
+                        taken = event.event_id
+                        break
+            self.replaying = False
+            self._new_event(ev.QUEUE_SUBSCRIBED, {"name": queue, "try": True, "taken": taken})
+        if taken is None:
+            return None
+        if taken == "buffer":
+            return loads(self._queue_buffer[queue].popleft())
+        self._taken_early.add(taken)
+        return loads(self._event_by_id(taken).data.get("data"))
+
+    def _event_by_id(self, event_id: int) -> HistoryEvent:
+        event = self.history[event_id - 1]
+        assert event.event_id == event_id
+        return event
 
     def _auto_child_id(self, event_id: int) -> str:
         if self.execution_id == 1:
@@ -623,6 +668,8 @@ class ReplayEngine:
             self._cancel_reason = event.data.get("reason") or ""
             return
         if kind in (ev.EXTERNAL_EVENT, ev.QUEUE_EVENT_DELIVERED):
+            if event.event_id in self._taken_early:
+                return  # already handed out by try_dequeue_event
             name, data = event.data["name"], event.data.get("data")
             waiting = (self._waits if kind == ev.EXTERNAL_EVENT else self._dequeues).get(name)
             while waiting and not waiting[0].open:
@@ -891,7 +938,7 @@ class ReplayEngine:
     def _unconsumed_queue_messages(self) -> list[list[str]]:
         carry = [[name, data] for name, buf in self._queue_buffer.items() for data in buf]
         for event in self._inputs[self._input_pos :]:
-            if event.kind == ev.QUEUE_EVENT_DELIVERED:
+            if event.kind == ev.QUEUE_EVENT_DELIVERED and event.event_id not in self._taken_early:
                 carry.append([event.data["name"], event.data.get("data")])
         return carry
 
@@ -928,7 +975,9 @@ def _app_failure(exc: BaseException) -> dict[str, Any]:
 
 
 def _describe_action(kind: str, data: dict[str, Any], compare: tuple[str, ...]) -> str:
-    fields = ", ".join(f"{f}: {data.get(f)!r}" for f in compare if f != "source")
+    fields = ", ".join(
+        f"{f}: {data.get(f)!r}" for f in compare if f != "source" and not (f == "try" and data.get(f) is None)
+    )
     return f"{kind}{{{fields}}}"
 
 

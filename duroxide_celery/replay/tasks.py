@@ -63,6 +63,12 @@ class DequeueTask(Task):
 
 
 @dataclass
+class TryDequeueTask(Task):
+    queue: str
+    kind: str = "try_dequeue"
+
+
+@dataclass
 class SubOrchestrationTask(Task):
     name: str
     input: str

@@ -266,3 +266,58 @@ def test_carry_forward_over_the_limit_is_an_explicit_catchable_error(monkeypatch
         "continue_as_new would carry 3 undelivered queue messages; the limit is 2: "
         "dequeue some before continuing as new"
     )
+
+
+def test_try_dequeue_drains_what_has_arrived_without_waiting():
+    def orch(ctx, _):
+        yield ctx.schedule_activity("Work", None)
+        drained = []
+        while True:
+            msg = yield ctx.try_dequeue_event("inbox")
+            if msg is None:
+                break
+            drained.append(msg)
+        return drained
+
+    sim = Sim({"o": orch}).start("o")
+    sim.turn()
+    sim.complete(2, "done")
+    for n in range(3):  # these arrive in the same turn as the completion that resumes the code
+        sim.enqueue("inbox", n)
+    r = sim.turn()
+    assert r.status == "Completed" and output_of(r) == [0, 1, 2]
+    tries = [e.data for e in sim.history if e.kind == ev.QUEUE_SUBSCRIBED]
+    assert [t["try"] for t in tries] == [True] * 4 and tries[-1]["taken"] is None
+    assert_replay_stable(sim)
+
+
+def test_try_dequeue_takes_buffered_messages_first_and_returns_none_when_empty():
+    def orch(ctx, _):
+        first = yield ctx.dequeue_event("q")  # blocks; the second message stays buffered
+        second = yield ctx.try_dequeue_event("q")
+        third = yield ctx.try_dequeue_event("q")
+        return [first, second, third]
+
+    sim = Sim({"o": orch}).start("o")
+    sim.turn()
+    sim.enqueue("q", "a").enqueue("q", "b")
+    r = sim.turn()
+    assert output_of(r) == ["a", "b", None]
+    assert_replay_stable(sim)
+
+
+def test_replacing_try_dequeue_with_dequeue_is_nondeterministic():
+    def v1(ctx, _):
+        yield ctx.try_dequeue_event("q")
+        yield ctx.schedule_timer(5)
+
+    def v2(ctx, _):
+        yield ctx.dequeue_event("q")
+        yield ctx.schedule_timer(5)
+
+    sim = Sim({"o": v1}).start("o")
+    sim.turn()
+    sim.resolve = Sim({"o": v2}).resolve
+    sim.fire(sim.timers()[0])
+    r = sim.turn()
+    assert r.status == "Failed" and r.error["message"].startswith("nondeterministic:")
