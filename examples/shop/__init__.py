@@ -7,6 +7,10 @@
 
 Settings come from the environment: SHOP_BROKER_URL (default redis://127.0.0.1:6379/0; amqp://guest:guest@
 127.0.0.1:5672// for RabbitMQ) and SHOP_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
+Optional: SHOP_DATABASE_SCHEMA (keep the tables in that schema), SHOP_QUEUE_PREFIX (queue names
+`<prefix>.orchestrator`, `<prefix>.activities`; workers' `-Q` must match), SHOP_RECOVERY_MS (recovery sweep
+threshold), SHOP_RECOVERY_INTERVAL_MS (how often beat schedules the sweep), SHOP_WORKER_LOCK_MS (activity lease)
+and SHOP_ORCHESTRATOR_LOCK_MS (instance lease). tests/production sets them small so healing is quick.
 """
 
 from __future__ import annotations
@@ -33,7 +37,20 @@ provider = (
     if DATABASE_SCHEMA
     else PostgresProvider.connect(DATABASE_URL)
 )
-runtime = Runtime(
-    provider, RuntimeOptions(recovery_threshold_ms=int(os.environ.get("SHOP_RECOVERY_MS", "5000"))), app=app
+
+
+def _ms(name: str, default: int | None = None) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+QUEUE_PREFIX = os.environ.get("SHOP_QUEUE_PREFIX") or None
+options = RuntimeOptions(
+    queue_prefix=QUEUE_PREFIX,
+    recovery_threshold_ms=_ms("SHOP_RECOVERY_MS", 5000),
+    recovery_interval_ms=_ms("SHOP_RECOVERY_INTERVAL_MS"),
+    worker_lock_timeout_ms=_ms("SHOP_WORKER_LOCK_MS"),
+    orchestrator_lock_timeout_ms=_ms("SHOP_ORCHESTRATOR_LOCK_MS"),
 )
+runtime = Runtime(provider, options, app=app)
 register(runtime)

@@ -84,6 +84,12 @@ def register(runtime: Any) -> None:
         yield ctx.schedule_timer(state.get("interval_ms", 1000))
         yield ctx.continue_as_new({**state, "checks": checks + 1})
 
+    @runtime.register_orchestration("SlowJob")
+    def slow_job(ctx, seconds):
+        """One long activity (a worker may die under it: the lease lapses and another worker redoes it)."""
+        result = yield ctx.schedule_activity("SlowStep", seconds)
+        return {"job": ctx.instance_id, "result": result}
+
     @runtime.register_orchestration("Pipeline")
     def pipeline(ctx, n):
         """Mixed shape for load tests: activity, timer, sub-orchestration, optional event."""
