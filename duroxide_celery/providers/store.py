@@ -322,8 +322,16 @@ class Store:
         return conn.execute(select(instances.c.status).where(instances.c.instance_id == instance_id)).scalar()
 
     def fence(self, conn: Connection, instance_id: str, owner: str) -> None:
-        """Inside a turn's transaction: prove we still hold the lease, or abort the whole turn."""
-        held = conn.execute(select(instances.c.lock_owner).where(instances.c.instance_id == instance_id)).scalar()
+        """Inside a turn's transaction: prove we still hold the lease, or abort the whole turn.
+
+        FOR UPDATE (PostgreSQL; SQLite has one writer anyway) keeps the row locked until our commit. A plain read
+        let a lease that lapsed mid-turn be taken by another worker between this check and the commit: the turn's
+        history then committed while `finish_instance` (owner-guarded) matched no row, leaving an instance
+        'Running' whose history had completed it, or stuck on an old execution after continue-as-new (found by
+        tests/production with a tiny orchestrator lease). Now the other worker's acquire waits for our commit."""
+        held = conn.execute(
+            select(instances.c.lock_owner).where(instances.c.instance_id == instance_id).with_for_update()
+        ).scalar()
         if held != owner:
             raise LeaseLost(instance_id)
 
