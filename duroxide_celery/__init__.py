@@ -12,7 +12,20 @@ from .replay.engine import MAX_KV_KEYS, MAX_KV_VALUE_BYTES
 from .runtime import Runtime
 from .tagfilter import MAX_TAG_NAME_BYTES, MAX_WORKER_TAGS, TagFilter
 from .tracing import init_tracing, parse_result
-from .types import Event, ExecutionInfo, InstanceInfo, OrchestrationResult
+from .types import (
+    DeleteInstanceResult,
+    Event,
+    ExecutionInfo,
+    InstanceFilter,
+    InstanceInfo,
+    InstanceTree,
+    OrchestrationResult,
+    PruneOptions,
+    PruneResult,
+    QueueDepths,
+    SystemMetrics,
+    SystemStats,
+)
 
 __all__ = [
     "MAX_KV_KEYS",
@@ -21,17 +34,25 @@ __all__ = [
     "MAX_WORKER_TAGS",
     "ActivityContext",
     "Client",
+    "DeleteInstanceResult",
     "Event",
     "ExecutionInfo",
+    "InstanceFilter",
     "InstanceInfo",
+    "InstanceTree",
     "MetricsSnapshot",
     "OperationTimedOut",
     "OrchestrationContext",
     "OrchestrationResult",
     "PostgresProvider",
+    "PruneOptions",
+    "PruneResult",
+    "QueueDepths",
     "Runtime",
     "RuntimeOptions",
     "SqliteProvider",
+    "SystemMetrics",
+    "SystemStats",
     "TagFilter",
     "init_tracing",
     "parse_result",

@@ -20,16 +20,58 @@ from .replay import events as ev
 from .replay.events import dumps, loads
 from .tasks.publish import Publisher
 from .tasks.queues import QueueNames
-from .types import Event, ExecutionInfo, InstanceInfo, OrchestrationResult
+from .types import (
+    DeleteInstanceResult,
+    Event,
+    ExecutionInfo,
+    InstanceFilter,
+    InstanceInfo,
+    InstanceTree,
+    OrchestrationResult,
+    PruneOptions,
+    PruneResult,
+    QueueDepths,
+    SystemMetrics,
+    SystemStats,
+)
 
 log = logging.getLogger("duroxide_celery.runtime")
 
 SUB_ORCHESTRATION_MARKER = "::sub::"
 MAX_INSTANCE_ID_CHARS = 512
+#: How many instances a bulk delete or prune handles when the filter sets no limit (duroxide's default).
+DEFAULT_BULK_LIMIT = 1000
 
 
 class OperationTimedOut(TimeoutError, RuntimeError):
     """A wait_* call ran out of time: both a TimeoutError and, as duroxide raises it, a RuntimeError."""
+
+
+class InstanceNotFound(LookupError, RuntimeError):
+    """A management call named an instance that does not exist (duroxide raises a RuntimeError)."""
+
+
+class InstanceStillRunning(RuntimeError):
+    """delete_instance without force=True on an instance (or sub-orchestration of it) that is still running."""
+
+
+class CannotDeleteSubOrchestration(RuntimeError):
+    """delete_instance on a sub-orchestration: only whole trees are deleted, from their root."""
+
+
+def _management_id(instance_id: Any) -> str:
+    """Ids given to the management calls name existing instances, so only their type is checked here."""
+    if not isinstance(instance_id, str):
+        raise TypeError(f"instance id must be a str, got {type(instance_id).__name__}")
+    return instance_id
+
+
+def _option(value: Any, cls: type, what: str) -> Any:
+    if value is None:
+        return cls()
+    if not isinstance(value, cls):
+        raise TypeError(f"{what} must be a {cls.__name__} or None, got {type(value).__name__}")
+    return value
 
 
 def _check_instance_id(instance_id: Any) -> str:
@@ -251,3 +293,128 @@ class Client:
 
     def list_instances_by_status(self, status: str) -> list[str]:
         return self._store.list_instances(status)
+
+    # -- management: trees, deletion, pruning, metrics (semantics.md 2.21) ---------------------------------------
+    def get_instance_tree(self, instance_id: str) -> InstanceTree:
+        """The instance and all its descendants: sub-orchestrations, with generated or explicit ids, and theirs.
+        Detached starts (ctx.start_orchestration) have no parent, so they are not part of it. Raises
+        InstanceNotFound for an unknown id (duroxide returns a one-element tree for any id)."""
+        _management_id(instance_id)
+        ids = self._store.instance_tree(instance_id)
+        if ids is None:
+            raise InstanceNotFound(f"Instance {instance_id} not found")
+        return InstanceTree(root_id=instance_id, all_ids=ids, size=len(ids))
+
+    def delete_instance(self, instance_id: str, force: bool = False) -> DeleteInstanceResult:
+        """Delete a root instance and its whole sub-orchestration tree, in one transaction: instances,
+        executions, history, pending inbox messages, activity work items, timers and KV. Frees the ids for reuse.
+
+        Raises InstanceNotFound for an unknown id, CannotDeleteSubOrchestration for a sub-orchestration (delete
+        its root: a parent must never wait on a child that vanished), and InstanceStillRunning when any member
+        of the tree is running, unless `force=True`; all three are RuntimeErrors, as in duroxide.
+
+        Force-deleting a running instance removes its rows, and with them its pending work: queued activities,
+        timers and messages never run. Unlike duroxide, whose force delete leaves tasks running, nothing of it
+        keeps going here: an in-progress turn fails its lease check and commits nothing; an activity already
+        executing sees ctx.is_cancelled() turn True within about half a second (its row is gone), and whatever it
+        returns is dropped. It is not interrupted, so side effects it performs before it checks still happen."""
+        _management_id(instance_id)
+        outcome = self._store.delete_tree(instance_id, force=bool(force))
+        if outcome.status == "not_found":
+            raise InstanceNotFound(f"Instance {instance_id} not found")
+        if outcome.status == "sub_orchestration":
+            raise CannotDeleteSubOrchestration(
+                f"Cannot delete sub-orchestration {instance_id} directly. Delete the root orchestration instead."
+            )
+        if outcome.status == "running":
+            running = outcome.running_ids
+            which = "is still running" if running == [instance_id] else f"has running instances {running}"
+            raise InstanceStillRunning(
+                f"Instance {instance_id} {which}. Use force=True to delete it anyway, or cancel it first."
+            )
+        log.info("deleted instance %s (%d instances in its tree)", instance_id, len(outcome.deleted_ids))
+        return _delete_result(outcome.counts)
+
+    def delete_instance_bulk(self, filter: InstanceFilter | None = None) -> DeleteInstanceResult:
+        """Delete finished (Completed or Failed) root instances matching the filter, oldest first, each with its
+        tree, each tree in its own transaction. Sub-orchestration ids, running instances and trees with a running
+        member are skipped, never an error. Filters are ANDed; the limit defaults to 1000 roots."""
+        flt = _option(filter, InstanceFilter, "filter")
+        limit = DEFAULT_BULK_LIMIT if flt.limit is None else flt.limit
+        totals = dict.fromkeys(("instances", "executions", "events", "queue_messages"), 0)
+        if limit == 0:
+            return _delete_result(totals)
+        roots = self._store.select_instances(
+            terminal_roots_only=True,
+            instance_ids=flt.instance_ids,
+            completed_before=flt.completed_before,
+            limit=limit,
+        )
+        for root in roots:
+            outcome = self._store.delete_tree(root, force=False)  # re-checked in its transaction
+            for key in totals:
+                totals[key] += outcome.counts.get(key, 0)
+        return _delete_result(totals)
+
+    def prune_executions(self, instance_id: str, options: PruneOptions | None = None) -> PruneResult:
+        """Delete old executions (left by continue-as-new) of an instance, with their history, to bound storage.
+        The current execution is never pruned, even with keep_last=0; KV state is untouched. Raises
+        InstanceNotFound for an unknown id."""
+        _management_id(instance_id)
+        opts = _option(options, PruneOptions, "options")
+        deleted = self._store.prune_executions(
+            instance_id, keep_last=opts.keep_last or 1, completed_before=opts.completed_before
+        )
+        if deleted is None:
+            raise InstanceNotFound(f"Instance {instance_id} not found")
+        return PruneResult(instances_processed=1, executions_deleted=deleted[0], events_deleted=deleted[1])
+
+    def prune_executions_bulk(
+        self, filter: InstanceFilter | None = None, options: PruneOptions | None = None
+    ) -> PruneResult:
+        """prune_executions over every instance matching the filter (running ones too: a long-lived
+        continue-as-new loop is what needs pruning), oldest first, at most `limit` (default 1000)."""
+        flt = _option(filter, InstanceFilter, "filter")
+        opts = _option(options, PruneOptions, "options")
+        limit = DEFAULT_BULK_LIMIT if flt.limit is None else flt.limit
+        processed = executions_deleted = events_deleted = 0
+        if limit == 0:
+            return PruneResult()
+        for instance_id in self._store.select_instances(
+            terminal_roots_only=False,
+            instance_ids=flt.instance_ids,
+            completed_before=flt.completed_before,
+            limit=limit,
+        ):
+            deleted = self._store.prune_executions(
+                instance_id, keep_last=opts.keep_last or 1, completed_before=opts.completed_before
+            )
+            if deleted is None:
+                continue  # deleted meanwhile
+            processed += 1
+            executions_deleted += deleted[0]
+            events_deleted += deleted[1]
+        return PruneResult(processed, executions_deleted, events_deleted)
+
+    def get_system_metrics(self) -> SystemMetrics:
+        """Instance counts by status, and execution and history-event totals, over the whole store."""
+        return SystemMetrics(**self._store.system_metrics())
+
+    def get_queue_depths(self) -> QueueDepths:
+        """Backlog right now: inbox messages waiting for a free instance, activities no worker holds, timers."""
+        return QueueDepths(**self._store.queue_depths())
+
+    def get_orchestration_stats(self, instance_id: str) -> SystemStats | None:
+        """Size of one instance: its current execution's history, pending messages and KV; None if unknown."""
+        _management_id(instance_id)
+        stats = self._store.orchestration_stats(instance_id)
+        return None if stats is None else SystemStats(**stats)
+
+
+def _delete_result(counts: dict[str, int]) -> DeleteInstanceResult:
+    return DeleteInstanceResult(
+        instances_deleted=counts.get("instances", 0),
+        executions_deleted=counts.get("executions", 0),
+        events_deleted=counts.get("events", 0),
+        queue_messages_deleted=counts.get("queue_messages", 0),
+    )
