@@ -168,11 +168,24 @@ class TurnExecutor:
         return False
 
     def _load(self, lease: Any, conn: Any = None) -> tuple[list[HistoryEvent], list[Any], dict[str, Any]]:
-        cached = self.cache.get((lease.instance_id, lease.execution_id))
-        history, messages, kv_snapshot = self.rt.store.load_turn(
-            lease.instance_id, lease.execution_id, after_event_id=len(cached), conn=conn
+        """The execution's history (the cached prefix plus what is stored after it), inbox and KV snapshot.
+
+        The cached tip is read back too: an instance deleted and started again under the same id (Client.
+        delete_instance) reuses the cache key with a different history, which the tip then fails to match."""
+        key = (lease.instance_id, lease.execution_id)
+        cached = self.cache.get(key)
+        store = self.rt.store
+        history, messages, kv_snapshot = store.load_turn(
+            lease.instance_id, lease.execution_id, after_event_id=max(len(cached) - 1, 0), conn=conn
         )
-        return cached + history, messages, kv_snapshot
+        if not cached or not messages:
+            return history, messages, kv_snapshot
+        if history and _same_event(history[0], cached[-1]):
+            return cached + history[1:], messages, kv_snapshot
+        log.info("cached history of %s does not match the store (deleted and re-created): reloading", key)
+        self.cache.drop(key)
+        self.engines.drop(key)
+        return store.load_turn(lease.instance_id, lease.execution_id, conn=conn)
 
     def _decide(
         self, lease: Any, history: list[HistoryEvent], messages: list[Any], kv_snapshot: dict[str, Any],
@@ -197,7 +210,12 @@ class TurnExecutor:
             kv_reader=lambda other, key: rt.store.get_kv(other, key, conn=conn),
         )
         engine = self.engines.take((lease.instance_id, lease.execution_id))
-        if engine is not None and engine.resumable and len(engine.history) == len(history):
+        if (
+            engine is not None
+            and engine.resumable
+            and len(engine.history) == len(history)
+            and (not history or _same_event(engine.history[-1], history[-1]))
+        ):
             result = engine.resume(inp)  # hot instance: no replay, only the new messages
         else:
             engine = ReplayEngine(inp, rt.resolve_orchestration)
@@ -397,6 +415,11 @@ class TurnExecutor:
         rt.publisher.poke(plan["pokes"])
         if plan["timers"]:
             rt.publisher.timers_created(min(t.fire_at_ms for t in plan["timers"]))
+
+
+def _same_event(a: HistoryEvent, b: HistoryEvent) -> bool:
+    """Whether two events are the same stored event (ids repeat across a delete and re-create; times do not)."""
+    return (a.event_id, a.kind, a.timestamp_ms) == (b.event_id, b.kind, b.timestamp_ms)
 
 
 def _elapsed_ms(start: float) -> float:
