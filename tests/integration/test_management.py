@@ -546,3 +546,54 @@ def test_management_calls_refuse_bad_input(runtime_factory, client):
             call()
     assert InstanceFilter(instance_ids=["a", "b"]).instance_ids == ("a", "b")
     assert (PruneOptions().keep_last, InstanceFilter().limit) == (None, None)
+
+
+def test_force_delete_of_a_busy_tree_leaves_no_rows(runtime_factory, client, provider):
+    """Delete while turns, activities, timers, children and client events are all in flight: whatever commits
+    around the delete, nothing of the tree may be left behind (on PostgreSQL this exercises the row locks)."""
+
+    def worker(ctx, n):
+        yield ctx.all([ctx.schedule_activity("Step", i) for i in range(3)])
+        yield ctx.schedule_timer(1)
+        if n >= 2:
+            return n
+        yield ctx.continue_as_new(n + 1)
+
+    def busy(ctx, n):
+        yield ctx.all(
+            [ctx.schedule_activity("Step", i) for i in range(3)]
+            + [ctx.schedule_sub_orchestration("Worker", 0), ctx.schedule_timer(5)]
+        )
+        yield ctx.continue_as_new(n + 1)
+
+    runtime_factory({"Busy": busy, "Worker": worker}, {"Step": lambda ctx, i: i})
+    stop = threading.Event()
+
+    def signal(instance_id):
+        while not stop.is_set():
+            client.raise_event(instance_id, "noise", 1)
+            time.sleep(0.002)
+
+    for round_ in range(4):
+        root = f"busy-{round_}"
+        client.start_orchestration(root, "Busy", 0)
+        wait_until(lambda root=root: len(client.get_instance_tree(root).all_ids) >= 3, what=f"{root} has children")
+        stop.clear()
+        noise = threading.Thread(target=signal, args=(root,), daemon=True)
+        noise.start()
+        time.sleep(0.05 * round_)
+        tree = client.get_instance_tree(root).all_ids
+        result = client.delete_instance(root, force=True)
+        assert result.instances_deleted >= len(tree)
+        time.sleep(0.5)  # let in-flight turns, activities and timers run into the deleted rows
+        stop.set()
+        noise.join()
+        with _engine(provider).connect() as conn:
+            left = {
+                table: conn.execute(
+                    sa.text(f"SELECT COUNT(*) FROM {table} WHERE instance_id LIKE :p"), {"p": f"{root}%"}
+                ).scalar()
+                for table in TABLES
+            }
+        assert left == dict.fromkeys(TABLES, 0), (root, left)
+    assert client.list_all_instances() == []
