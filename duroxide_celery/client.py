@@ -314,10 +314,11 @@ class Client:
         of the tree is running, unless `force=True`; all three are RuntimeErrors, as in duroxide.
 
         Force-deleting a running instance removes its rows, and with them its pending work: queued activities,
-        timers and messages never run. Unlike duroxide, whose force delete leaves tasks running, nothing of it
-        keeps going here: an in-progress turn fails its lease check and commits nothing; an activity already
-        executing sees ctx.is_cancelled() turn True within about half a second (its row is gone), and whatever it
-        returns is dropped. It is not interrupted, so side effects it performs before it checks still happen."""
+        timers and messages never run. Unlike duroxide, whose force delete leaves its tasks running unaware, the
+        instance stops here: a turn in progress either committed first (and its rows go with the rest) or fails its
+        lease check and commits nothing; an activity already executing sees ctx.is_cancelled() turn True within
+        about half a second (its row is gone), and whatever it returns is dropped. It is not interrupted, so side
+        effects it performs before it checks still happen."""
         _management_id(instance_id)
         outcome = self._store.delete_tree(instance_id, force=bool(force))
         if outcome.status == "not_found":
