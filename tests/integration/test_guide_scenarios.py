@@ -149,3 +149,30 @@ def test_metrics_count_each_event_once(runtime_factory, client):
     snap = rt.metrics_snapshot()
     assert (snap.orch_starts, snap.orch_completions, snap.activity_success) == (5, 5, 5)
     assert snap["orch_starts"] == 5
+
+
+def test_self_pruning_eternal_orchestration_keeps_kv_across_continue_as_new(runtime_factory, client):
+    from duroxide_celery import PruneOptions
+
+    def prune_self(ctx, keep):
+        result = ctx.get_client().prune_executions(ctx.instance_id, PruneOptions(keep_last=keep))
+        return result.executions_deleted
+
+    def eternal(ctx, state):
+        rounds = state["rounds"]
+        ctx.set_kv_value("rounds", rounds)
+        if rounds >= 4:
+            return {"rounds": rounds, "first_seen": ctx.get_kv_value("first"), "execution": ctx.execution_id}
+        if rounds == 0:
+            ctx.set_kv_value("first", "exec-1")
+        yield ctx.schedule_activity("PruneSelf", 1)
+        yield ctx.continue_as_new({"rounds": rounds + 1})
+
+    runtime_factory({"Eternal": eternal}, {"PruneSelf": prune_self})
+    client.start_orchestration("eternal-1", "Eternal", {"rounds": 0})
+    result = client.wait_for_orchestration("eternal-1", WAIT_MS)
+    assert result.status == "Completed"
+    assert result.output == {"rounds": 4, "first_seen": "exec-1", "execution": 5}
+    executions = client.list_executions("eternal-1")
+    assert executions[-1] == 5 and len(executions) <= 2  # every round pruned what came before it
+    assert client.get_kv_value("eternal-1", "rounds") == "4"
