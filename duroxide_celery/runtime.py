@@ -101,6 +101,10 @@ class Runtime:
         self.publisher = Publisher(app, self.names, coalesce=self.embedded)
         self._activity_executor: Any = None
         install_tasks(app, self)
+        if not self.embedded:
+            from celery.signals import worker_ready
+
+            worker_ready.connect(self._on_worker_ready, weak=False, sender=None)
         self._worker: Any = None
         self._worker_thread: threading.Thread | None = None
         self._scheduler: threading.Thread | None = None
@@ -169,6 +173,7 @@ class Runtime:
         _ = self.store  # create/migrate the schema now, not in the first task
         self._started = True
         self.provider.attach_publisher(self.publisher)
+        self._wake_backed_off()
         if not self.embedded:
             return
         if self.publisher.pending is not None:
@@ -194,6 +199,22 @@ class Runtime:
         self.publisher.on_timer = lambda _fire_at: self._timer_wake.set()
         self._scheduler = threading.Thread(target=self._schedule_loop, name="duroxide-scheduler", daemon=True)
         self._scheduler.start()
+
+    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is self.app:
+            try:
+                self._wake_backed_off()
+            except Exception:  # noqa: BLE001 - an optimisation: the backoff retry still comes
+                log.exception("could not wake backed-off instances")
+
+    def _wake_backed_off(self) -> None:
+        """A worker that brings handlers (a rolling deploy) retries the instances that backed off for lack of
+        them now, instead of after the rest of their backoff."""
+        names = list(self._orchestrations)
+        if names:
+            woken = self.store.wake_backed_off(names)
+            if woken:
+                self.publisher.poke(woken, force=True)
 
     def shutdown(self, timeout_ms: int | None = None) -> None:
         """Stop the embedded worker: running tasks finish (up to timeout_ms), nothing pending is lost."""

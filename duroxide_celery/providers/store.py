@@ -229,6 +229,22 @@ class Store:
             return None
         return InstanceLease(instance_id, *row)
 
+    def wake_backed_off(self, orchestration_names: list[str]) -> list[str]:
+        """End the unregistered-handler backoff of instances of these orchestrations; returns their ids."""
+        now = now_ms()
+        with self.write() as conn:
+            rows = conn.execute(
+                update(instances)
+                .where(
+                    instances.c.next_attempt_at > now,
+                    instances.c.orchestration_name.in_(orchestration_names),
+                    instances.c.status == "Running",
+                )
+                .values(next_attempt_at=0)
+                .returning(instances.c.instance_id)
+            ).all()
+        return [r[0] for r in rows]
+
     def count_failed_attempt(self, instance_id: str) -> None:
         """Record a turn that crashed before committing, so a turn that always crashes ends as poison."""
         with self.write() as conn:
