@@ -337,6 +337,11 @@ class Store:
                 conn.execute(select(inbox.c.id).where(inbox.c.instance_id == instance_id).limit(1)).first() is not None
             )
 
+    def orchestration_name(self, conn: Connection, instance_id: str) -> str | None:
+        return conn.execute(
+            select(instances.c.orchestration_name).where(instances.c.instance_id == instance_id)
+        ).scalar()
+
     def instance_status(self, conn: Connection, instance_id: str) -> str | None:
         return conn.execute(select(instances.c.status).where(instances.c.instance_id == instance_id)).scalar()
 
@@ -593,8 +598,9 @@ class Store:
         with self.read() as conn:
             return conn.execute(select(func.min(timers.c.fire_at_ms))).scalar()
 
-    def fire_due_timers(self, limit: int = 500) -> list[str]:
-        """Move due timers into their instances' inboxes, in one transaction; returns the instances to poke.
+    def fire_due_timers(self, limit: int = 500) -> list[tuple[str, str | None]]:
+        """Move due timers into their instances' inboxes, in one transaction; returns the instances to poke, as
+        (instance id, orchestration name) so the pokes show in Flower as `orch:<Name>#<id>`, not `orch:#<id>`.
         Idempotent: a timer row is deleted by exactly one firer, so it fires into history once."""
         now = now_ms()
         with self.write() as conn:
@@ -625,25 +631,34 @@ class Store:
                 ],
                 now,
             )
-        return sorted({row[0] for row in due})
+            fired = sorted({row[0] for row in due})
+            names = dict(
+                conn.execute(
+                    select(instances.c.instance_id, instances.c.orchestration_name).where(
+                        instances.c.instance_id.in_(fired)
+                    )
+                ).all()
+            )
+        return [(i, names.get(i)) for i in fired]
 
     # -- recovery -----------------------------------------------------------------------------------------------
-    def stale_instances(self, older_than_ms: int, limit: int = 1000) -> list[str]:
-        """Instances with inbox messages older than the threshold whose lease is free or expired."""
+    def stale_instances(self, older_than_ms: int, limit: int = 1000) -> list[tuple[str, str | None]]:
+        """Instances with inbox messages older than the threshold whose lease is free or expired, as (instance id,
+        orchestration name) for the pokes' Flower names."""
         now = now_ms()
         with self.read() as conn:
             rows = conn.execute(
-                select(inbox.c.instance_id)
+                select(inbox.c.instance_id, instances.c.orchestration_name)
                 .join(instances, instances.c.instance_id == inbox.c.instance_id, isouter=True)
                 .where(
                     inbox.c.created_at <= now - older_than_ms,
                     or_(instances.c.lock_owner.is_(None), instances.c.locked_until < now),
                     or_(instances.c.next_attempt_at.is_(None), instances.c.next_attempt_at <= now),
                 )
-                .group_by(inbox.c.instance_id)
+                .group_by(inbox.c.instance_id, instances.c.orchestration_name)
                 .limit(limit)
             ).all()
-        return [r[0] for r in rows]
+        return [(r[0], r[1]) for r in rows]
 
     def stale_work_items(self, older_than_ms: int, limit: int = 1000) -> list[PendingActivity]:
         """Activity rows that no live worker holds and that were last published before the threshold."""

@@ -15,11 +15,11 @@ def fire_timers(store: Store, publisher: Publisher) -> int:
     """Fire every due timer (idempotently) and poke the instances; returns how many instances were poked."""
     total = 0
     while True:
-        instance_ids = store.fire_due_timers()
-        if not instance_ids:
+        targets = store.fire_due_timers()  # (instance id, orchestration name)
+        if not targets:
             return total
-        publisher.poke(instance_ids)
-        total += len(instance_ids)
+        publisher.poke(targets)
+        total += len(targets)
 
 
 def sweep(store: Store, publisher: Publisher, older_than_ms: int) -> dict[str, int]:

@@ -368,7 +368,8 @@ class TurnExecutor:
                     },
                     now,
                 )
-                pokes.append((out.parent_instance_id, None))
+                # The parent's name makes this poke read `orch:<Parent>#<id>` in Flower (one primary-key read).
+                pokes.append((out.parent_instance_id, store.orchestration_name(conn, out.parent_instance_id)))
         store.apply_kv(conn, instance_id, result.kv_ops)
         if result.custom_status_changed:
             store.bump_custom_status(conn, instance_id, result.custom_status)
