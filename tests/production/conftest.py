@@ -246,6 +246,16 @@ class Cluster:
             proc.wait_for_log("beat: Starting")
         return proc
 
+    def flower(self, port: int) -> Proc:
+        """Flower on 127.0.0.1:`port`, its HTTP API open without auth (loopback only, for the test)."""
+        proc = self._celery(
+            "flower",
+            ["flower", "--address=127.0.0.1", f"--port={port}", "--logging=info"],
+            {"FLOWER_UNAUTHENTICATED_API": "true"},
+        )
+        proc.wait_for_log("Visit me at")
+        return proc
+
     def standard(self, orch_pool: str = "threads", act_pool: str = "threads") -> tuple[Proc, Proc, Proc]:
         """An orchestrator worker, an activity worker and beat."""
         return self.worker("orch", pool=orch_pool), self.worker("act", pool=act_pool), self.beat()
