@@ -23,6 +23,7 @@ from .metrics import Metrics, MetricsSnapshot
 from .options import RuntimeOptions
 from .providers import Provider
 from .providers.store import Store, now_ms
+from .tagfilter import parse_filter
 from .tasks.install import install_tasks
 from .tasks.publish import Publisher
 from .tasks.queues import QueueNames, baseline_settings
@@ -76,6 +77,7 @@ class Runtime:
         self.embedded = app is None
         self.worker_id = self.options.worker_node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.metrics = Metrics()
+        self.tag_filter = parse_filter(self.options.worker_tag_filter)  # a bad filter fails here, not later
         self._orchestrations: dict[str, dict[str, Callable[..., Any]]] = {}
         self.activities: dict[str, Callable[..., Any]] = {}
         prefix = self.options.prefix
@@ -111,6 +113,7 @@ class Runtime:
         self._stop = threading.Event()
         self._timer_wake = threading.Event()
         self._started = False
+        self._consumed_tags: set[str] = set()
 
     @property
     def store(self) -> Store:
@@ -182,7 +185,7 @@ class Runtime:
         if self.options.orchestration_threads > 0:
             queues.append(self.names.orchestrator)
         if self.options.activity_threads > 0:
-            queues.append(self.names.activities)
+            queues.extend(self._activity_queues())
         if queues:
             self._worker = self.app.WorkController(
                 pool_cls=AppBoundThreadPool,
@@ -199,6 +202,26 @@ class Runtime:
         self.publisher.on_timer = lambda _fire_at: self._timer_wake.set()
         self._scheduler = threading.Thread(target=self._schedule_loop, name="duroxide-scheduler", daemon=True)
         self._scheduler.start()
+
+    def _activity_queues(self) -> list[str]:
+        """The activity queues this worker's tag filter names (each tag is its own queue)."""
+        names = [self.names.activities] if self.tag_filter.untagged else []
+        tags = self.tag_filter.tags if self.tag_filter.tags is not None else set(self.store.known_tags())
+        names.extend(self.names.activity_queue(t) for t in sorted(tags))
+        self._consumed_tags = set(tags)
+        return names
+
+    def _follow_new_tags(self) -> None:
+        """TagFilter.ANY also serves tags first used after this worker started: consume their queues too."""
+        if self._worker is None or not self.tag_filter.any_tag or self.options.activity_threads == 0:
+            return
+        consumer = getattr(self._worker, "consumer", None)
+        if consumer is None:
+            return
+        for tag in set(self.store.known_tags()) - self._consumed_tags:
+            name = self.names.activity_queue(tag)
+            consumer.add_task_queue(name, exchange=name, exchange_type="direct", routing_key=name)
+            self._consumed_tags.add(tag)
 
     def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is self.app:
@@ -251,6 +274,7 @@ class Runtime:
             try:
                 fire_timers(store, self.publisher)
                 if time.monotonic() >= next_sweep:
+                    self._follow_new_tags()
                     sweep(store, self.publisher, threshold)
                     threshold = self.options.recovery_threshold
                     next_sweep = time.monotonic() + self.options.recovery_interval_s

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from .replay.tasks import MAX_TAG_NAME_BYTES, check_tag
 
 MAX_WORKER_TAGS = 5
-__all__ = ["MAX_TAG_NAME_BYTES", "MAX_WORKER_TAGS", "TagFilter", "check_tag"]
+__all__ = ["MAX_TAG_NAME_BYTES", "MAX_WORKER_TAGS", "ParsedFilter", "TagFilter", "check_tag", "parse_filter"]
 
 
 def _tag_list(tags: Iterable[str]) -> list[str]:
@@ -34,3 +34,42 @@ class TagFilter:
     @staticmethod
     def default_and(tags: Iterable[str]) -> str:
         return json.dumps({"default_and": _tag_list(tags)})
+
+
+class ParsedFilter:
+    """A worker's tag filter as queue choices: untagged work or not, and which tags (None means every tag)."""
+
+    def __init__(self, untagged: bool, tags: frozenset[str] | None):
+        self.untagged = untagged
+        self.tags = tags
+
+    @property
+    def any_tag(self) -> bool:
+        return self.tags is None
+
+    def matches(self, tag: str | None) -> bool:
+        if tag is None:
+            return self.untagged
+        return self.tags is None or tag in self.tags
+
+
+def parse_filter(value: str | None) -> ParsedFilter:
+    """Read a TagFilter string (semantics.md 1.9). Unlike duroxide, which falls back to DefaultOnly, a string that
+    is not a filter raises ValueError, so a typo cannot silently leave a worker pool idle."""
+    if value is None or value == TagFilter.DEFAULT_ONLY:
+        return ParsedFilter(True, frozenset())
+    if value == TagFilter.ANY:
+        return ParsedFilter(True, None)
+    if value == TagFilter.NONE:
+        return ParsedFilter(False, frozenset())
+    try:
+        spec = json.loads(value)
+    except (TypeError, ValueError):
+        spec = None
+    if isinstance(spec, dict) and len(spec) == 1:
+        ((kind, tags),) = spec.items()
+        if kind in ("tags", "default_and") and isinstance(tags, list):
+            return ParsedFilter(kind == "default_and", frozenset(_tag_list(tags)))
+    raise ValueError(
+        f"invalid worker_tag_filter {value!r}: use TagFilter.DEFAULT_ONLY, ANY, NONE, tags([...]) or default_and([...])"
+    )

@@ -229,6 +229,12 @@ class Store:
             return None
         return InstanceLease(instance_id, *row)
 
+    def known_tags(self) -> list[str]:
+        """Activity tags of pending work (workers with TagFilter.ANY consume each one's queue)."""
+        with self.read() as conn:
+            rows = conn.execute(select(work_items.c.tag).where(work_items.c.tag.is_not(None)).distinct()).all()
+        return [r[0] for r in rows]
+
     def wake_backed_off(self, orchestration_names: list[str]) -> list[str]:
         """End the unregistered-handler backoff of instances of these orchestrations; returns their ids."""
         now = now_ms()
