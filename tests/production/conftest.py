@@ -108,13 +108,27 @@ def flush_redis(db: int) -> None:
 
 @pytest.fixture(scope="session")
 def rabbitmq() -> None:
+    import socket
+
     from kombu import Connection
 
+    # A RabbitMQ that has just started accepts TCP before it can open an AMQP connection: retry for a while when
+    # the port answers at all; a refused port means it is not there.
+    probe = Connection(AMQP_URL)
     try:
-        with Connection(AMQP_URL, connect_timeout=2) as conn:
-            conn.ensure_connection(max_retries=1)
-    except Exception as exc:  # noqa: BLE001
+        socket.create_connection((probe.hostname, probe.port or 5672), timeout=2).close()
+    except OSError as exc:
         _service_missing(f"RabbitMQ at {AMQP_URL}", exc)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with Connection(AMQP_URL, connect_timeout=2) as conn:
+                conn.ensure_connection(max_retries=1)
+            return
+        except Exception as exc:  # noqa: BLE001
+            if time.monotonic() > deadline:
+                _service_missing(f"RabbitMQ at {AMQP_URL}", exc)
+            time.sleep(0.5)
 
 
 class Proc:
