@@ -168,6 +168,7 @@ def print_ratio(workload, per_engine):
         f"  ratio {workload} duroxide_celery/duroxide = {ratio:.3f} ({note}): "
         f"duroxide_celery is {factor:.2f}x {verdict}"
     )
+    return ratio
 
 
 if __name__ == "__main__":
