@@ -25,7 +25,12 @@ def install_tasks(app: Celery, runtime: Runtime) -> None:
         """Run the pending turn(s) of one orchestration instance."""
         turns.run(instance_id)
 
-    @app.task(name=ACTIVITY_TASK, ignore_result=True, acks_late=True, shared=False)
+    # Acked when a worker starts it, not when it ends: the activity's lease and heartbeats live in the store, so a
+    # delivery held for a whole long activity buys nothing and costs much: Redis redelivers it after the
+    # visibility timeout, and RabbitMQ's consumer_timeout closes the channel, which cancels the running activity
+    # and redelivers it to hit the same wall again (DESIGN section 3). A worker that dies between the ack and its
+    # claim leaves the row unclaimed; the recovery sweep republishes it (tests/production/test_deliveries.py).
+    @app.task(name=ACTIVITY_TASK, ignore_result=True, acks_late=False, shared=False)
     def activity(instance_id: str, execution_id: int, event_id: int) -> None:
         """Run one activity work item."""
         activities.run((instance_id, int(execution_id), int(event_id)))
