@@ -109,7 +109,11 @@ class Client:
         if not isinstance(provider, Provider):
             raise TypeError(f"Client needs a provider, got {provider!r}")
         self.provider = provider
-        self._own_publisher = Publisher(app, QueueNames(queue_prefix)) if app is not None else None
+        self._own_publisher: Publisher | None = None
+        if app is not None:
+            # The app's own runtime knows its queue names; a prefix given here would only risk a mismatch.
+            runtime = getattr(app, "duroxide_runtime", None)
+            self._own_publisher = runtime.publisher if runtime is not None else Publisher(app, QueueNames(queue_prefix))
 
     @property
     def _store(self) -> Store:
