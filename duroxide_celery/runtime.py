@@ -272,7 +272,9 @@ class Runtime:
         next_sweep = 0.0
         while not self._stop.is_set():
             try:
-                fire_timers(store, self.publisher)
+                due = store.next_timer_due()
+                if due is not None and due <= now_ms():
+                    fire_timers(store, self.publisher)
                 if time.monotonic() >= next_sweep:
                     self._follow_new_tags()
                     sweep(store, self.publisher, threshold)

@@ -47,8 +47,11 @@ class TimerScheduler(beat.Scheduler):
         wait = super().tick(*args, **kwargs)
         runtime = self._runtime
         try:
-            fire_timers(runtime.store, runtime.publisher)
+            # One cheap read while idle; the firing transaction only when something is due.
             due = runtime.store.next_timer_due()
+            if due is not None and due <= now_ms():
+                fire_timers(runtime.store, runtime.publisher)
+                due = runtime.store.next_timer_due()
         except Exception:  # noqa: BLE001 - a database blip must not stop beat; the next tick retries
             log.exception("firing durable timers failed")
             return min(wait, 1.0)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import LargeBinary, and_, cast, delete, func, insert, or_, select, update
+from sqlalchemy import LargeBinary, and_, cast, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
@@ -621,14 +621,13 @@ class Store:
             due = conn.execute(query).all()
             if not due:
                 return []
-            for instance_id, execution_id, event_id, _ in due:
-                conn.execute(
-                    delete(timers).where(
-                        timers.c.instance_id == instance_id,
-                        timers.c.execution_id == execution_id,
-                        timers.c.event_id == event_id,
+            conn.execute(
+                delete(timers).where(
+                    tuple_(timers.c.instance_id, timers.c.execution_id, timers.c.event_id).in_(
+                        [(i, e, ev_id) for i, e, ev_id, _ in due]
                     )
                 )
+            )
             self.enqueue_many(
                 conn,
                 [
