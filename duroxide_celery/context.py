@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .replay.context import OrchestrationContext
+from .replay.context import OrchestrationContext, TraceMethods
 
 if TYPE_CHECKING:
     from .client import Client
@@ -18,7 +18,7 @@ log = logging.getLogger("duroxide_celery.activity")
 
 
 @dataclass
-class ActivityContext:
+class ActivityContext(TraceMethods):
     """What an activity knows about its call; `is_cancelled()` turns true when its work was cancelled or lost."""
 
     instance_id: str
@@ -59,15 +59,3 @@ class ActivityContext:
                 "worker_id": self.worker_id,
             },
         )
-
-    def trace_info(self, message: str) -> None:
-        self._trace(logging.INFO, str(message))
-
-    def trace_warn(self, message: str) -> None:
-        self._trace(logging.WARNING, str(message))
-
-    def trace_error(self, message: str) -> None:
-        self._trace(logging.ERROR, str(message))
-
-    def trace_debug(self, message: str) -> None:
-        self._trace(logging.DEBUG, str(message))

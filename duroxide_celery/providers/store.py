@@ -25,6 +25,13 @@ from .schema import executions, history, inbox, instances, kv, timers, work_item
 TERMINAL_STATUSES = ("Completed", "Failed")
 
 
+def _work_item_is(key: tuple[str, int, int]) -> Any:
+    """WHERE clause naming one activity row by its key (instance, execution, scheduled event id)."""
+    return and_(
+        work_items.c.instance_id == key[0], work_items.c.execution_id == key[1], work_items.c.event_id == key[2]
+    )
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -512,9 +519,7 @@ class Store:
             row = conn.execute(
                 update(work_items)
                 .where(
-                    work_items.c.instance_id == key[0],
-                    work_items.c.execution_id == key[1],
-                    work_items.c.event_id == key[2],
+                    _work_item_is(key),
                     or_(work_items.c.lock_owner.is_(None), work_items.c.locked_until < now),
                     work_items.c.visible_at <= now,
                 )
@@ -544,9 +549,7 @@ class Store:
                 renewed = conn.execute(
                     update(work_items)
                     .where(
-                        work_items.c.instance_id == key[0],
-                        work_items.c.execution_id == key[1],
-                        work_items.c.event_id == key[2],
+                        _work_item_is(key),
                         work_items.c.lock_owner == owner,
                     )
                     .values(locked_until=until)
@@ -575,9 +578,7 @@ class Store:
         with self.write() as conn:
             deleted = conn.execute(
                 delete(work_items).where(
-                    work_items.c.instance_id == key[0],
-                    work_items.c.execution_id == key[1],
-                    work_items.c.event_id == key[2],
+                    _work_item_is(key),
                     work_items.c.lock_owner == owner,
                 )
             ).rowcount
@@ -591,9 +592,7 @@ class Store:
             conn.execute(
                 update(work_items)
                 .where(
-                    work_items.c.instance_id == key[0],
-                    work_items.c.execution_id == key[1],
-                    work_items.c.event_id == key[2],
+                    _work_item_is(key),
                     work_items.c.lock_owner == owner,
                 )
                 .values(lock_owner=None, locked_until=0, visible_at=visible_at, published_at=visible_at)
@@ -788,9 +787,7 @@ class Store:
         row gone (and writes nothing)."""
         with self.write() as conn:
             row = conn.execute(
-                select(instances.c.parent_instance_id)
-                .where(instances.c.instance_id == instance_id)
-                .with_for_update()
+                select(instances.c.parent_instance_id).where(instances.c.instance_id == instance_id).with_for_update()
             ).first()
             if row is None:
                 return TreeDeletion("not_found")
@@ -842,9 +839,7 @@ class Store:
             instances.join(executions, current, isouter=True)
         )
         if terminal_roots_only:
-            query = query.where(
-                instances.c.parent_instance_id.is_(None), instances.c.status.in_(TERMINAL_STATUSES)
-            )
+            query = query.where(instances.c.parent_instance_id.is_(None), instances.c.status.in_(TERMINAL_STATUSES))
         if completed_before is not None:
             query = query.where(executions.c.completed_at < completed_before)
         query = query.order_by(instances.c.created_at, instances.c.instance_id).limit(limit)
@@ -865,9 +860,7 @@ class Store:
         running one; keeps the `keep_last` newest (at least 1); with `completed_before`, only older ones go."""
         with self.write() as conn:
             current = conn.execute(
-                select(instances.c.current_execution_id)
-                .where(instances.c.instance_id == instance_id)
-                .with_for_update()
+                select(instances.c.current_execution_id).where(instances.c.instance_id == instance_id).with_for_update()
             ).scalar()
             if current is None:
                 return None
@@ -902,9 +895,7 @@ class Store:
 
     def system_metrics(self) -> dict[str, int]:
         with self.read() as conn:
-            by_status = dict(
-                conn.execute(select(instances.c.status, func.count()).group_by(instances.c.status)).all()
-            )
+            by_status = dict(conn.execute(select(instances.c.status, func.count()).group_by(instances.c.status)).all())
             total_executions = conn.execute(select(func.count()).select_from(executions)).scalar() or 0
             total_events = conn.execute(select(func.count()).select_from(history)).scalar() or 0
         return {

@@ -61,7 +61,26 @@ def _check_retry(policy: Any) -> dict[str, Any]:
     return dict(policy)
 
 
-class OrchestrationContext:
+class TraceMethods:
+    """trace_info/warn/error/debug over a `_trace(level, message)` the context defines."""
+
+    def _trace(self, level: int, message: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def trace_info(self, message: str) -> None:
+        self._trace(logging.INFO, str(message))
+
+    def trace_warn(self, message: str) -> None:
+        self._trace(logging.WARNING, str(message))
+
+    def trace_error(self, message: str) -> None:
+        self._trace(logging.ERROR, str(message))
+
+    def trace_debug(self, message: str) -> None:
+        self._trace(logging.DEBUG, str(message))
+
+
+class OrchestrationContext(TraceMethods):
     """Deterministic API for orchestration generators (names and behaviour of duroxide-python)."""
 
     def __init__(self, engine: ReplayEngine):
@@ -314,15 +333,3 @@ class OrchestrationContext:
                 "orchestration_version": self.orchestration_version,
             },
         )
-
-    def trace_info(self, message: str) -> None:
-        self._trace(logging.INFO, str(message))
-
-    def trace_warn(self, message: str) -> None:
-        self._trace(logging.WARNING, str(message))
-
-    def trace_error(self, message: str) -> None:
-        self._trace(logging.ERROR, str(message))
-
-    def trace_debug(self, message: str) -> None:
-        self._trace(logging.DEBUG, str(message))
