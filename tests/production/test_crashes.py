@@ -49,7 +49,12 @@ def test_orchestrator_worker_killed_mid_turns(any_cluster: Cluster) -> None:
     ids = [f"pipe-{i}" for i in range(40)]
     for i, instance_id in enumerate(ids):
         cluster.client.start_orchestration(instance_id, "Pipeline", i)
-    cluster.wait_for(lambda: cluster.scalar("SELECT count(*) FROM dx_history") >= 100, "turns under way")
+    leased = "SELECT count(*) FROM dx_instances WHERE lock_owner IS NOT NULL"
+
+    def mid_turns() -> bool:
+        return cluster.scalar("SELECT count(*) FROM dx_history") >= 100 and cluster.scalar(leased) > 0
+
+    cluster.wait_for(mid_turns, "turns under way (history written, an instance leased)")
     doomed.kill()
     done = cluster.scalar(
         "SELECT count(*) FROM dx_instances WHERE status = 'Completed' AND instance_id = ANY(:ids)", ids=ids
