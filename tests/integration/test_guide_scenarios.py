@@ -176,3 +176,37 @@ def test_self_pruning_eternal_orchestration_keeps_kv_across_continue_as_new(runt
     executions = client.list_executions("eternal-1")
     assert executions[-1] == 5 and len(executions) <= 2  # every round pruned what came before it
     assert client.get_kv_value("eternal-1", "rounds") == "4"
+
+
+def test_running_execution_keeps_its_version_and_upgrades_at_continue_as_new(runtime_factory, client, store):
+    def v1(ctx, n):
+        yield ctx.wait_for_event("go")
+        if n == 0:
+            yield ctx.continue_as_new(1)  # version-less: the next execution takes the latest
+        return f"{ctx.orchestration_version} n={n}"
+
+    old = runtime_factory({"Svc": v1})
+    client.start_orchestration("svc-1", "Svc", 0)
+    wait_until(lambda: "ExternalSubscribed" in [e.kind for e in client.read_execution_history("svc-1", 1)])
+    old.shutdown()
+
+    def v2(ctx, n):
+        return f"{ctx.orchestration_version} n={n}"
+
+    new = runtime_factory(provider_=store.open(), start=False)  # a new deploy: both versions registered
+    new.register_orchestration("Svc", v1)
+    new.register_orchestration_versioned("Svc", "2.0.0", v2)
+
+    def parent(ctx, _):
+        pinned = yield ctx.schedule_sub_orchestration_versioned("Svc", "2.0.0", 7)
+        pinned_id = yield ctx.schedule_sub_orchestration_versioned_with_id("Svc", "2.0.0", "svc-child", 8)
+        return [pinned, pinned_id]
+
+    new.register_orchestration("Parent", parent)
+    new.start()
+    client.raise_event("svc-1", "go", None)  # execution 1 replays on 1.0.0, then continues as new on 2.0.0
+    result = client.wait_for_orchestration("svc-1", WAIT_MS)
+    assert result.output == "2.0.0 n=1"
+    assert client.get_execution_info("svc-1", 1).status == "ContinuedAsNew"
+    client.start_orchestration("parent-v", "Parent", None)
+    assert client.wait_for_orchestration("parent-v", WAIT_MS).output == ["2.0.0 n=7", "2.0.0 n=8"]
