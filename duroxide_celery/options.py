@@ -23,7 +23,8 @@ class RuntimeOptions:
     - dispatcher_poll_interval_ms, orchestrator_lock_renewal_buffer_ms: accepted and ignored; work is pushed
       by the broker, not polled, and turns are short.
     Ours: queue_prefix ["duroxide"], recovery_interval_ms [2000 embedded], recovery_threshold_ms [10000],
-    activity_cancellation_grace_period_ms [10000].
+    activity_cancellation_grace_period_ms [10000]: a cancelled activity still running after this is named in a
+    warning (Python threads cannot be stopped; its result is dropped when it returns).
     """
 
     orchestration_concurrency: int | None = None
@@ -86,6 +87,12 @@ class RuntimeOptions:
         if timeout >= 15_000:
             return (timeout - (self.worker_lock_renewal_buffer_ms or 5000)) / 1000
         return max(1.0, math.ceil(timeout / 2000))
+
+    @property
+    def cancellation_grace_s(self) -> float:
+        """How long a cancelled activity may keep running before a warning names it (it cannot be killed)."""
+        value = self.activity_cancellation_grace_period_ms
+        return (10_000 if value is None else value) / 1000
 
     @property
     def max_attempts_value(self) -> int:

@@ -39,6 +39,8 @@ class LeaseRenewer:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._cancelled_at: dict[Key, float] = {}
+        self._overdue: set[Key] = set()
 
     def track(self, key: Key, ctx: ActivityContext) -> None:
         with self._lock:
@@ -79,8 +81,28 @@ class LeaseRenewer:
             except Exception:  # noqa: BLE001 - a database blip: try again next round
                 log.exception("activity lease renewal failed")
                 continue
+            now = time.monotonic()
             for key in lost:
                 running[key]._cancel()
+                self._cancelled_at.setdefault(key, now)
+            self._report_overdue(running, now)
+
+    def _report_overdue(self, running: dict[Key, ActivityContext], now: float) -> None:
+        """Python cannot stop a thread: an activity that ignores is_cancelled() past the grace period is named in
+        a warning (its result will be dropped when it returns), so an operator can see the stuck work."""
+        grace = self.rt.options.cancellation_grace_s
+        for key, since in list(self._cancelled_at.items()):
+            if key not in running:
+                del self._cancelled_at[key]
+            elif now - since > grace and key not in self._overdue:
+                self._overdue.add(key)
+                log.warning(
+                    "activity %s of %s is still running %.0f s after it was cancelled; its result will be dropped",
+                    running[key].activity_name,
+                    key[0],
+                    now - since,
+                    extra={"instance_id": key[0], "activity_name": running[key].activity_name},
+                )
 
 
 class ActivityExecutor:

@@ -210,3 +210,30 @@ def test_running_execution_keeps_its_version_and_upgrades_at_continue_as_new(run
     assert client.get_execution_info("svc-1", 1).status == "ContinuedAsNew"
     client.start_orchestration("parent-v", "Parent", None)
     assert client.wait_for_orchestration("parent-v", WAIT_MS).output == ["2.0.0 n=7", "2.0.0 n=8"]
+
+
+def test_cancelled_activity_that_ignores_it_is_named_after_the_grace_period(runtime_factory, client, caplog):
+    from duroxide_celery import RuntimeOptions
+
+    release = threading.Event()
+
+    def stubborn(ctx, _):
+        release.wait(WAIT_MS / 1000)  # never looks at is_cancelled()
+        return "late"
+
+    def orch(ctx, _):
+        winner = yield ctx.race(ctx.schedule_activity("Stubborn", None), ctx.schedule_timer(50))
+        return winner["index"]
+
+    caplog.set_level("WARNING", logger="duroxide_celery.activity")
+    runtime_factory(
+        {"Grace": orch}, {"Stubborn": stubborn}, options=RuntimeOptions(activity_cancellation_grace_period_ms=200)
+    )
+    client.start_orchestration("grace-1", "Grace", None)
+    assert client.wait_for_orchestration("grace-1", WAIT_MS).output == 1
+    warning = wait_until(
+        lambda: [r for r in caplog.records if "still running" in r.getMessage() and "Stubborn" in r.getMessage()],
+        what="the grace-period warning",
+    )
+    release.set()
+    assert warning[0].instance_id == "grace-1"
