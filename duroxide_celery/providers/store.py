@@ -32,6 +32,18 @@ def _work_item_is(key: tuple[str, int, int]) -> Any:
     )
 
 
+def _delete_scheduled(conn: Connection, table: Any, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
+    """Delete an execution's activity rows or timers by their scheduled event ids (cancelled work)."""
+    if event_ids:
+        conn.execute(
+            delete(table).where(
+                table.c.instance_id == instance_id,
+                table.c.execution_id == execution_id,
+                table.c.event_id.in_(event_ids),
+            )
+        )
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -422,14 +434,7 @@ class Store:
             )
 
     def delete_work_items(self, conn: Connection, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
-        if event_ids:
-            conn.execute(
-                delete(work_items).where(
-                    work_items.c.instance_id == instance_id,
-                    work_items.c.execution_id == execution_id,
-                    work_items.c.event_id.in_(event_ids),
-                )
-            )
+        _delete_scheduled(conn, work_items, instance_id, execution_id, event_ids)
 
     def add_timers(self, conn: Connection, instance_id: str, execution_id: int, items: list[Any]) -> None:
         if items:
@@ -447,14 +452,7 @@ class Store:
             )
 
     def delete_timers(self, conn: Connection, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
-        if event_ids:
-            conn.execute(
-                delete(timers).where(
-                    timers.c.instance_id == instance_id,
-                    timers.c.execution_id == execution_id,
-                    timers.c.event_id.in_(event_ids),
-                )
-            )
+        _delete_scheduled(conn, timers, instance_id, execution_id, event_ids)
 
     def apply_kv(self, conn: Connection, instance_id: str, ops: list[tuple[Any, ...]]) -> None:
         for op in ops:
