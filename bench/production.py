@@ -214,7 +214,7 @@ class Deployment:
         node = f"{role}-{self.tag}@bench"
         args = ["worker", "-Q", queue, "-P", "threads", "-c", str(concurrency), "-n", node]
         args += ["--without-mingle", "--without-gossip"]
-        self._celery(f"worker-{role}", module, args, "WARNING")
+        self._celery(f"worker-{role}", module, args, os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"))
         return node
 
     def _wait_ready(self, nodes: list[str]) -> None:

@@ -44,6 +44,11 @@ def _delete_scheduled(conn: Connection, table: Any, instance_id: str, execution_
         )
 
 
+def inbox_pending(conn: Connection, instance_id: str) -> bool:
+    """Whether the instance has inbox messages (on the caller's connection)."""
+    return conn.execute(select(inbox.c.id).where(inbox.c.instance_id == instance_id).limit(1)).first() is not None
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -112,6 +117,12 @@ class Store:
                 conn.execution_options(sqlite_begin="IMMEDIATE")
                 with conn.begin():
                     yield conn
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A pooled connection for several transactions in a row (the caller begins and ends them)."""
+        with self.engine.connect() as conn:
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -356,11 +367,9 @@ class Store:
         snapshot = {k: (v[0], v[1]) for k, v in json.loads(snapshot_text or "{}").items()}
         return hist, messages, snapshot
 
-    def has_inbox(self, instance_id: str) -> bool:
-        with self.read() as conn:
-            return (
-                conn.execute(select(inbox.c.id).where(inbox.c.instance_id == instance_id).limit(1)).first() is not None
-            )
+    def has_inbox(self, instance_id: str, conn: Connection | None = None) -> bool:
+        with self._reading(conn) as conn:
+            return inbox_pending(conn, instance_id)
 
     def orchestration_name(self, conn: Connection, instance_id: str) -> str | None:
         return conn.execute(

@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ..providers.store import LeaseLost, PendingActivity, now_ms
+from ..providers.store import LeaseLost, PendingActivity, inbox_pending, now_ms
 from ..replay import events as ev
 from ..replay.engine import (
     REPLAY_VERSION,
@@ -95,29 +95,45 @@ class TurnExecutor:
 
     # Returns True when the inbox may hold more work for this instance.
     def _turn(self, instance_id: str) -> bool:
+        store = self.rt.store
+        if store.is_sqlite:
+            if not store.has_inbox(instance_id):
+                return False  # a duplicate or late poke: nothing to do, and no write lock taken to learn it
+            return self._turn_in_one_transaction(instance_id)
+        # One pooled connection for the whole turn: one checkout (and one pre-ping) instead of one per step.
+        with store.connection() as conn:
+            return self._turn_with_lease(conn, instance_id)
+
+    def _turn_with_lease(self, conn: Any, instance_id: str) -> bool:
+        """PostgreSQL: lease the instance (committed), load and replay outside any transaction, then commit the
+        turn in one transaction that first proves the lease is still ours."""
         rt = self.rt
         store = rt.store
-        if not store.has_inbox(instance_id):
-            return False  # a duplicate or late poke: nothing to do, and no write lock or lease taken to learn it
-        if store.is_sqlite:
-            return self._turn_in_one_transaction(instance_id)
         owner = rt.worker_id
-        lease = store.acquire_instance(instance_id, owner, rt.options.orchestrator_lock_ms)
+        pending = store.has_inbox(instance_id, conn=conn)
+        conn.rollback()
+        if not pending:
+            return False  # a duplicate or late poke: nothing to do, and no lease taken to learn it
+        with conn.begin():
+            lease = store.acquire_instance(instance_id, owner, rt.options.orchestrator_lock_ms, conn=conn)
         if lease is None:
             return False  # the lease holder re-checks the inbox after it releases
         try:
-            history, messages, kv_snapshot = self._load(lease)
+            history, messages, kv_snapshot = self._load(lease, conn)
+            conn.rollback()
             if not messages:
-                store.release_instance(instance_id, owner, reset_attempts=True)
-                return store.has_inbox(instance_id)
+                with conn.begin():
+                    store.release_instance(instance_id, owner, reset_attempts=True, conn=conn)
+                return self._inbox_again(conn, instance_id)
             outcome = self._decide(lease, history, messages, kv_snapshot)
             if outcome is None:
                 return False
             result, msg_ids = outcome
             if result.status == "Idle":
-                store.release_instance(instance_id, owner, reset_attempts=True, consumed_ids=msg_ids)
-                return store.has_inbox(instance_id)
-            with store.write() as conn:
+                with conn.begin():
+                    store.release_instance(instance_id, owner, reset_attempts=True, consumed_ids=msg_ids, conn=conn)
+                return self._inbox_again(conn, instance_id)
+            with conn.begin():
                 store.fence(conn, instance_id, owner)
                 plan = self._write(conn, lease, result, msg_ids)
             self._after_commit(lease, history, result, plan)
@@ -133,7 +149,14 @@ class TurnExecutor:
             finally:
                 rt.publisher.poke([instance_id], countdown=1.0)
             return False
-        return store.has_inbox(instance_id)
+        return self._inbox_again(conn, instance_id)
+
+    @staticmethod
+    def _inbox_again(conn: Any, instance_id: str) -> bool:
+        """After releasing the lease: did messages arrive meanwhile? (Their pokes may have found us busy.)"""
+        pending = inbox_pending(conn, instance_id)
+        conn.rollback()
+        return pending
 
     def _turn_in_one_transaction(self, instance_id: str) -> bool:
         """SQLite has one writer at a time anyway: lease, load, replay and commit inside one write transaction,
