@@ -290,16 +290,6 @@ class Store:
                 .values(attempt_count=instances.c.attempt_count + 1)
             )
 
-    def renew_instance(self, instance_id: str, owner: str, lease_ms: int) -> bool:
-        with self.write() as conn:
-            return bool(
-                conn.execute(
-                    update(instances)
-                    .where(instances.c.instance_id == instance_id, instances.c.lock_owner == owner)
-                    .values(locked_until=now_ms() + lease_ms)
-                ).rowcount
-            )
-
     def release_instance(
         self,
         instance_id: str,

@@ -12,7 +12,6 @@ import logging
 import os
 import random
 import threading
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -445,6 +444,3 @@ def _same_event(a: HistoryEvent, b: HistoryEvent) -> bool:
     """Whether two events are the same stored event (ids repeat across a delete and re-create; times do not)."""
     return (a.event_id, a.kind, a.timestamp_ms) == (b.event_id, b.kind, b.timestamp_ms)
 
-
-def _elapsed_ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000
