@@ -31,7 +31,7 @@ from ..replay.engine import (
     TurnResult,
 )
 from ..replay.events import HistoryEvent, error_details
-from .history_cache import HistoryCache, LruCache
+from .engine_cache import LruCache
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -80,7 +80,6 @@ def unregistered_backoff_ms(attempt: int) -> int:
 class TurnExecutor:
     def __init__(self, runtime: Runtime):
         self.rt = runtime
-        self.cache = HistoryCache()
         self.engines: LruCache[ReplayEngine] = LruCache()
         self.fault = FaultAfterCommit.from_env()
 
@@ -190,12 +189,13 @@ class TurnExecutor:
         return False
 
     def _load(self, lease: Any, conn: Any = None) -> tuple[list[HistoryEvent], list[Any], dict[str, Any]]:
-        """The execution's history (the cached prefix plus what is stored after it), inbox and KV snapshot.
-
-        The cached tip is read back too: an instance deleted and started again under the same id (Client.
+        """The execution's history, inbox and KV snapshot. A worker that ran this instance's last turn keeps its
+        engine, whose history is the committed prefix: only the events stored after it are read. That prefix's
+        tip is read back too, since an instance deleted and started again under the same id (Client.
         delete_instance) reuses the cache key with a different history, which the tip then fails to match."""
         key = (lease.instance_id, lease.execution_id)
-        cached = self.cache.get(key)
+        engine = self.engines.peek(key)
+        cached = engine.history if engine is not None else []
         store = self.rt.store
         history, messages, kv_snapshot = store.load_turn(
             lease.instance_id, lease.execution_id, after_event_id=max(len(cached) - 1, 0), conn=conn
@@ -203,14 +203,18 @@ class TurnExecutor:
         if not cached or not messages:
             return history, messages, kv_snapshot
         if history and _same_event(history[0], cached[-1]):
-            return cached + history[1:], messages, kv_snapshot
+            # Nothing stored after the prefix (the common case): hand back the engine's own list, no copy.
+            return (cached if len(history) == 1 else cached + history[1:]), messages, kv_snapshot
         log.info("cached history of %s does not match the store (deleted and re-created): reloading", key)
-        self.cache.drop(key)
         self.engines.drop(key)
         return store.load_turn(lease.instance_id, lease.execution_id, conn=conn)
 
     def _decide(
-        self, lease: Any, history: list[HistoryEvent], messages: list[Any], kv_snapshot: dict[str, Any],
+        self,
+        lease: Any,
+        history: list[HistoryEvent],
+        messages: list[Any],
+        kv_snapshot: dict[str, Any],
         conn: Any = None,
     ) -> tuple[TurnResult, list[int]] | None:
         """Run the replay; None when the turn ended here (poisoned, or backed off for a missing handler)."""
@@ -416,18 +420,16 @@ class TurnExecutor:
         return {"activities": activities, "timers": new_timers, "pokes": pokes, "started": started_fresh}
 
     def _after_commit(self, lease: Any, history: list[HistoryEvent], result: TurnResult, plan: dict[str, Any]) -> None:
-        """Cache the committed history, then publish (transactional outbox: a crash before or during publishing
-        is healed by the recovery sweep)."""
+        """Keep the engine of a still-running instance (its history is now the committed one), then publish
+        (transactional outbox: a crash before or during publishing is healed by the recovery sweep)."""
         rt = self.rt
         instance_id, exec_id = lease.instance_id, lease.execution_id
         key = (instance_id, exec_id)
-        if result.status == "Running":
-            self.cache.put(key, history + result.new_events)
-            engine = getattr(result, "engine", None)
-            if engine is not None and engine.resumable:
-                self.engines.put(key, engine)
+        engine = getattr(result, "engine", None)
+        if result.status == "Running" and engine is not None and engine.resumable:
+            self.engines.put(key, engine)
         else:
-            self.cache.drop(key)
+            self.engines.drop(key)
         rt.metrics.record_turn(result, plan["started"])
         if self.fault is not None and self.fault.hit():
             log.warning("fault injected after the commit of a turn of %s: its publishes are dropped", instance_id)
@@ -443,4 +445,3 @@ class TurnExecutor:
 def _same_event(a: HistoryEvent, b: HistoryEvent) -> bool:
     """Whether two events are the same stored event (ids repeat across a delete and re-create; times do not)."""
     return (a.event_id, a.kind, a.timestamp_ms) == (b.event_id, b.kind, b.timestamp_ms)
-

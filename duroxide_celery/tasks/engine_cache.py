@@ -1,10 +1,10 @@
-"""Per-worker caches of committed turns: histories, and live engines of instances blocked mid-orchestration.
+"""Per-worker cache of live engines of instances blocked mid-orchestration.
 
-History is append-only with contiguous event ids, so a cached list is always a correct prefix of the stored
-history, even when other workers ran turns in between: a turn loads just the events after it. A cached engine
-(its generator suspended where the last turn blocked) is used only when the stored history is exactly the one
-it ended with; then a turn costs its new messages alone instead of a replay of the whole history. Entries are
-added only after a commit succeeded, and taken out while a turn uses them.
+A Running turn always ends with its generator suspended; keeping that engine lets the next turn on this worker
+feed it only the new messages instead of replaying the whole history (like Temporal's sticky cache). Its history
+is the committed one, so it also serves as the cached history prefix: history is append-only with contiguous
+ids, and a turn loads only the events stored after it. Entries are put back only after a commit succeeded, and
+dropped whenever the stored history moved on elsewhere.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from typing import Generic, TypeVar
-
-from ..replay.events import HistoryEvent
 
 Key = tuple[str, int]
 V = TypeVar("V")
@@ -47,9 +45,3 @@ class LruCache(Generic[V]):
     def drop(self, key: Key) -> None:
         with self._lock:
             self._entries.pop(key, None)
-
-
-class HistoryCache(LruCache[list[HistoryEvent]]):
-    def get(self, key: Key) -> list[HistoryEvent]:
-        events = self.peek(key)
-        return list(events) if events is not None else []
