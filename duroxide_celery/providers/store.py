@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,30 +126,25 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        if self._serialize_all and self._write_lock is not None:
-            with self._write_lock:
-                with self.engine.connect() as conn:
-                    yield conn
-            return
-        with self.engine.connect() as conn:
+        # An in-memory database is one shared connection: its reads queue behind the writer lock too.
+        lock = self._write_lock if self._serialize_all and self._write_lock is not None else nullcontext()
+        with lock, self.engine.connect() as conn:
             yield conn
 
     @contextmanager
-    def _writing(self, conn: Connection | None) -> Iterator[Connection]:
-        """Use the caller's transaction when given one, else run in a new write transaction."""
+    def _reusing(self, conn: Connection | None, open_new: Callable[[], Any]) -> Iterator[Connection]:
+        """The caller's connection (and transaction) when given one, else a new one from `open_new`."""
         if conn is not None:
             yield conn
         else:
-            with self.write() as new_conn:
+            with open_new() as new_conn:
                 yield new_conn
 
-    @contextmanager
-    def _reading(self, conn: Connection | None) -> Iterator[Connection]:
-        if conn is not None:
-            yield conn
-        else:
-            with self.read() as new_conn:
-                yield new_conn
+    def _writing(self, conn: Connection | None) -> Any:
+        return self._reusing(conn, self.write)
+
+    def _reading(self, conn: Connection | None) -> Any:
+        return self._reusing(conn, self.read)
 
     def _insert_ignore(self, table: Any) -> Any:
         """INSERT that silently skips rows whose primary key exists (rowcount tells which happened)."""
