@@ -212,7 +212,8 @@ class Deployment:
 
     def _worker(self, role: str, module: str, queue: str, concurrency: int) -> str:
         node = f"{role}-{self.tag}@bench"
-        args = ["worker", "-Q", queue, "-P", "threads", "-c", str(concurrency), "-n", node]
+        pool = os.environ.get("BENCH_POOL", "threads")
+        args = ["worker", "-Q", queue, "-P", pool, "-c", str(concurrency), "-n", node]
         args += ["--without-mingle", "--without-gossip"]
         self._celery(f"worker-{role}", module, args, os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"))
         return node

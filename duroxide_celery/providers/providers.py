@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 
 from .migrate import upgrade
@@ -67,16 +69,23 @@ class Provider:
                         raise RuntimeError("an in-memory SQLite provider cannot be used across processes")
                     engine = self._create_engine()
                     upgrade(engine, self.schema)
-                    self._store = Store(engine, serialize_all=self.in_memory)
+                    self._store = Store(
+                        engine, lease_engine=self._create_lease_engine(), serialize_all=self.in_memory
+                    )
                     self._pid = os.getpid()
         return self._store
 
     def _create_engine(self) -> Engine:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def _create_lease_engine(self) -> Engine | None:
+        """An engine for lease-only transactions (Store.lease_transaction), or None to use the main one."""
+        return None
+
     def dispose(self) -> None:
         if self._store is not None:
             self._store.engine.dispose()
+            self._store.lease_engine.dispose()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -152,10 +161,53 @@ class PostgresProvider(Provider):
         return cls(_normalize_pg_url(url), schema=schema)
 
     def _create_engine(self) -> Engine:
-        connect_args: dict[str, Any] = {}
+        return self._pg_engine()
+
+    def _create_lease_engine(self) -> Engine:
+        # Lease commits need not wait for the WAL flush (see Store.lease_transaction); a setting of these
+        # connections' sessions, so it costs no statement.
+        return self._pg_engine("-csynchronous_commit=off")
+
+    def _pg_engine(self, *options: str) -> Engine:
         if self.schema:
-            connect_args["options"] = f"-csearch_path={self.schema}"
-        return create_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args)
+            options = (f"-csearch_path={self.schema}", *options)
+        connect_args: dict[str, Any] = {"options": " ".join(options)} if options else {}
+        engine = create_engine(self.url, pool_size=10, max_overflow=20, connect_args=connect_args)
+        _ping_when_idle(engine)
+        return engine
+
+
+#: A pooled connection idle for longer than this is pinged before use (seconds).
+IDLE_PING_S = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Pre-ping only connections that sat idle in the pool: a database restart is still survived, while the hot
+    path (a turn or an activity right after the last one) saves a round trip per checkout. SQLAlchemy's
+    `pool_pre_ping` pings on every checkout."""
+
+    @event.listens_for(engine, "connect")
+    def _fresh(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if time.monotonic() - record.info.get("idle_since", 0.0) <= IDLE_PING_S:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+            dbapi_connection.rollback()
+        except Exception as exc:
+            # The pool discards this connection and checks out (or opens) another one.
+            raise DisconnectionError(f"stale pooled connection: {exc}") from exc
 
 
 def _normalize_pg_url(url: str) -> str:

@@ -97,8 +97,11 @@ class PendingActivity:
 class Store:
     """Named queries over one SQLAlchemy engine. Thread-safe; create one per process (after fork)."""
 
-    def __init__(self, engine: Engine, *, serialize_all: bool = False):
+    def __init__(self, engine: Engine, *, lease_engine: Engine | None = None, serialize_all: bool = False):
         self.engine = engine
+        #: PostgreSQL: connections whose commits do not wait for the WAL flush, for lease-only transactions (see
+        #: `lease_transaction`). Defaults to `engine`.
+        self.lease_engine = lease_engine or engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         # SQLite allows one writer: a process-local lock queues our own writers instead of busy-waiting.
         # An in-memory database is one shared connection, so reads take the lock too.
@@ -117,6 +120,19 @@ class Store:
                 conn.execution_options(sqlite_begin="IMMEDIATE")
                 with conn.begin():
                     yield conn
+
+    @contextmanager
+    def lease_transaction(self) -> Iterator[Connection]:
+        """A write transaction that only takes or extends leases (and reads). On PostgreSQL its commit skips the
+        wait for the WAL flush (synchronous_commit=off): a database crash can lose such a commit but never
+        reorders it, and a lost lease is only a lease nobody holds, which the owner-guarded writes that follow
+        (the turn's commit, an activity's completion) detect. Everything that records progress stays durable."""
+        if self.lease_engine is self.engine:
+            with self.write() as conn:
+                yield conn
+            return
+        with self.lease_engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -229,17 +245,22 @@ class Store:
 
     # -- turns --------------------------------------------------------------------------------------------------
     def acquire_instance(
-        self, instance_id: str, owner: str, lease_ms: int, conn: Connection | None = None
+        self, instance_id: str, owner: str, lease_ms: int, conn: Connection | None = None, require_inbox: bool = False
     ) -> InstanceLease | None:
+        """Lease the instance for a turn; None if another worker holds it, it is backed off, or (`require_inbox`)
+        it has no pending message, which spares a duplicate poke any write."""
         now = now_ms()
+        conditions = [
+            instances.c.instance_id == instance_id,
+            or_(instances.c.lock_owner.is_(None), instances.c.locked_until < now),
+            instances.c.next_attempt_at <= now,
+        ]
+        if require_inbox:
+            conditions.append(select(inbox.c.id).where(inbox.c.instance_id == instance_id).exists())
         with self._writing(conn) as conn:
             row = conn.execute(
                 update(instances)
-                .where(
-                    instances.c.instance_id == instance_id,
-                    or_(instances.c.lock_owner.is_(None), instances.c.locked_until < now),
-                    instances.c.next_attempt_at <= now,
-                )
+                .where(*conditions)
                 .values(lock_owner=owner, locked_until=now + lease_ms, attempt_count=instances.c.attempt_count + 1)
                 .returning(
                     instances.c.current_execution_id,
@@ -295,18 +316,22 @@ class Store:
         consumed_ids: Iterable[int] = (),
         conn: Connection | None = None,
     ) -> None:
+        """Give the lease back without a turn; the consumed messages are deleted only while the lease is ours
+        (LeaseLost otherwise: whoever took over reads them)."""
         with self._writing(conn) as conn:
-            ids = list(consumed_ids)
-            if ids:
-                conn.execute(delete(inbox).where(inbox.c.id.in_(ids)))
             values: dict[str, Any] = {"lock_owner": None, "locked_until": 0, "next_attempt_at": next_attempt_at}
             if reset_attempts:
                 values["attempt_count"] = 0
-            conn.execute(
+            released = conn.execute(
                 update(instances)
                 .where(instances.c.instance_id == instance_id, instances.c.lock_owner == owner)
                 .values(**values)
-            )
+            ).rowcount
+            ids = list(consumed_ids)
+            if ids:
+                if not released:
+                    raise LeaseLost(instance_id)
+                conn.execute(delete(inbox).where(inbox.c.id.in_(ids)))
 
     def load_turn(
         self, instance_id: str, execution_id: int, after_event_id: int = 0, conn: Connection | None = None
@@ -363,20 +388,6 @@ class Store:
 
     def instance_status(self, conn: Connection, instance_id: str) -> str | None:
         return conn.execute(select(instances.c.status).where(instances.c.instance_id == instance_id)).scalar()
-
-    def fence(self, conn: Connection, instance_id: str, owner: str) -> None:
-        """Inside a turn's transaction: prove we still hold the lease, or abort the whole turn.
-
-        FOR UPDATE (PostgreSQL; SQLite has one writer anyway) keeps the row locked until our commit. A plain read
-        let a lease that lapsed mid-turn be taken by another worker between this check and the commit: the turn's
-        history then committed while `finish_instance` (owner-guarded) matched no row, leaving an instance
-        'Running' whose history had completed it, or stuck on an old execution after continue-as-new (found by
-        tests/production with a tiny orchestrator lease). Now the other worker's acquire waits for our commit."""
-        held = conn.execute(
-            select(instances.c.lock_owner).where(instances.c.instance_id == instance_id).with_for_update()
-        ).scalar()
-        if held != owner:
-            raise LeaseLost(instance_id)
 
     def append_history(self, conn: Connection, instance_id: str, execution_id: int, events: list[HistoryEvent]) -> None:
         if events:
@@ -489,12 +500,18 @@ class Store:
         )
 
     def finish_instance(self, conn: Connection, instance_id: str, owner: str, **values: Any) -> None:
-        """Write the instance's new state and release its lease (the end of every committed turn)."""
-        conn.execute(
+        """Write the instance's new state and release its lease: the first statement of every turn's commit, and
+        its fence. It proves the lease is still ours (LeaseLost aborts the whole turn otherwise) and row-locks the
+        instance until the commit, so a worker that takes over a lease that lapsed mid-turn waits for our commit
+        instead of racing it. (A plain read as the fence once let a lapsed lease be taken between the check and
+        the commit: tests/production/test_leases.py.)"""
+        finished = conn.execute(
             update(instances)
             .where(instances.c.instance_id == instance_id, instances.c.lock_owner == owner)
             .values(lock_owner=None, locked_until=0, attempt_count=0, next_attempt_at=0, updated_at=now_ms(), **values)
-        )
+        ).rowcount
+        if not finished:
+            raise LeaseLost(instance_id)
 
     def bump_custom_status(self, conn: Connection, instance_id: str, status: str | None) -> None:
         conn.execute(
@@ -507,7 +524,7 @@ class Store:
     def claim_work_item(self, key: tuple[str, int, int], owner: str, lease_ms: int) -> ClaimedWorkItem | None:
         """Take the lease of an activity row; None if it is done, cancelled, or held by a live worker."""
         now = now_ms()
-        with self.write() as conn:
+        with self.lease_transaction() as conn:
             row = conn.execute(
                 update(work_items)
                 .where(
@@ -536,7 +553,7 @@ class Store:
         """Extend the leases we hold; returns the keys whose row is gone or was taken (cancelled or lost)."""
         lost: set[tuple[str, int, int]] = set()
         until = now_ms() + lease_ms
-        with self.write() as conn:
+        with self.lease_transaction() as conn:
             for key in keys:
                 renewed = conn.execute(
                     update(work_items)

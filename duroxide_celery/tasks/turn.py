@@ -98,43 +98,42 @@ class TurnExecutor:
             if not store.has_inbox(instance_id):
                 return False  # a duplicate or late poke: nothing to do, and no write lock taken to learn it
             return self._turn_in_one_transaction(instance_id)
-        # One pooled connection for the whole turn: one checkout (and one pre-ping) instead of one per step.
-        with store.connection() as conn:
-            return self._turn_with_lease(conn, instance_id)
+        return self._turn_with_lease(instance_id)
 
-    def _turn_with_lease(self, conn: Any, instance_id: str) -> bool:
-        """PostgreSQL: lease the instance (committed), load and replay outside any transaction, then commit the
-        turn in one transaction that first proves the lease is still ours."""
+    def _turn_with_lease(self, instance_id: str) -> bool:
+        """PostgreSQL: lease the instance and load its turn in one lease transaction, replay outside any
+        transaction, then commit the turn in one transaction whose first statement proves the lease is ours.
+
+        Two commits and about ten statements a turn. A message that arrives while we hold the lease finds its
+        poke refused; the commit transaction re-reads the inbox after it has row-locked the instance (any later
+        poke waits for our commit, then gets the lease), so such a message is never left behind."""
         rt = self.rt
         store = rt.store
         owner = rt.worker_id
-        pending = store.has_inbox(instance_id, conn=conn)
-        conn.rollback()
-        if not pending:
-            return False  # a duplicate or late poke: nothing to do, and no lease taken to learn it
-        with conn.begin():
-            lease = store.acquire_instance(instance_id, owner, rt.options.orchestrator_lock_ms, conn=conn)
-        if lease is None:
-            return False  # the lease holder re-checks the inbox after it releases
         try:
-            history, messages, kv_snapshot = self._load(lease, conn)
-            conn.rollback()
+            with store.lease_transaction() as conn:
+                lease = store.acquire_instance(
+                    instance_id, owner, rt.options.orchestrator_lock_ms, conn=conn, require_inbox=True
+                )
+                if lease is None:
+                    return False  # no message (a duplicate or late poke), or the lease holder re-reads the inbox
+                history, messages, kv_snapshot = self._load(lease, conn)
             if not messages:
-                with conn.begin():
+                with store.write() as conn:
                     store.release_instance(instance_id, owner, reset_attempts=True, conn=conn)
-                return self._inbox_again(conn, instance_id)
+                    return inbox_pending(conn, instance_id)
             outcome = self._decide(lease, history, messages, kv_snapshot)
             if outcome is None:
                 return False
             result, msg_ids = outcome
-            if result.status == "Idle":
-                with conn.begin():
+            with store.write() as conn:
+                if result.status == "Idle":
                     store.release_instance(instance_id, owner, reset_attempts=True, consumed_ids=msg_ids, conn=conn)
-                return self._inbox_again(conn, instance_id)
-            with conn.begin():
-                store.fence(conn, instance_id, owner)
+                    return inbox_pending(conn, instance_id)
                 plan = self._write(conn, lease, result, msg_ids)
+                more = inbox_pending(conn, instance_id)
             self._after_commit(lease, history, result, plan)
+            return more
         except LeaseLost:
             log.warning("lease on %s lost during its turn; another worker redoes it", instance_id)
             return False
@@ -147,14 +146,6 @@ class TurnExecutor:
             finally:
                 rt.publisher.poke([instance_id], countdown=1.0)
             return False
-        return self._inbox_again(conn, instance_id)
-
-    @staticmethod
-    def _inbox_again(conn: Any, instance_id: str) -> bool:
-        """After releasing the lease: did messages arrive meanwhile? (Their pokes may have found us busy.)"""
-        pending = inbox_pending(conn, instance_id)
-        conn.rollback()
-        return pending
 
     def _turn_in_one_transaction(self, instance_id: str) -> bool:
         """SQLite has one writer at a time anyway: lease, load, replay and commit inside one write transaction,
@@ -327,7 +318,6 @@ class TurnExecutor:
             plan = self._write(conn, lease, result, msg_ids)
         else:
             with self.rt.store.write() as new_conn:
-                self.rt.store.fence(new_conn, lease.instance_id, self.rt.worker_id)
                 plan = self._write(new_conn, lease, result, msg_ids)
         self._after_commit(lease, history, result, plan)
 
@@ -341,6 +331,9 @@ class TurnExecutor:
         new_timers = [o for o in result.outgoing if isinstance(o, ScheduleTimer)]
         pokes: list[tuple[str, str | None]] = []
         started_fresh = bool(result.new_events) and result.new_events[0].kind == ev.ORCHESTRATION_STARTED
+        exec_values, inst_values = self._state_changes(result, exec_id, started_fresh, now)
+        # First: the fence (LeaseLost unless the lease is still ours) and the instance row lock until commit.
+        store.finish_instance(conn, instance_id, owner, **inst_values)
         store.append_history(conn, instance_id, exec_id, result.new_events)
         store.delete_inbox(conn, msg_ids)
         orch = (result.orchestration_name or "", result.orchestration_version or "")
@@ -399,6 +392,19 @@ class TurnExecutor:
         store.apply_kv(conn, instance_id, result.kv_ops)
         if result.custom_status_changed:
             store.bump_custom_status(conn, instance_id, result.custom_status)
+        if result.status == "ContinuedAsNew":
+            can = result.continue_as_new or {}
+            store.new_execution(conn, instance_id, exec_id + 1, result.kv_state, now)
+            store.enqueue(conn, instance_id, ev.MSG_CONTINUE_AS_NEW, can, now)
+            pokes.append((instance_id, result.orchestration_name))  # start the next execution now, not at a sweep
+        store.update_execution(conn, instance_id, exec_id, **exec_values)
+        return {"activities": activities, "timers": new_timers, "pokes": pokes, "started": started_fresh}
+
+    @staticmethod
+    def _state_changes(
+        result: TurnResult, exec_id: int, started_fresh: bool, now: int
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The execution row's and the instance row's new column values after this turn."""
         exec_values: dict[str, Any] = {}
         inst_values: dict[str, Any] = {}
         if started_fresh:
@@ -411,13 +417,8 @@ class TurnExecutor:
         elif result.status == "ContinuedAsNew":
             can = result.continue_as_new or {}
             exec_values.update(status="ContinuedAsNew", output=can.get("input"), completed_at=now)
-            store.new_execution(conn, instance_id, exec_id + 1, result.kv_state, now)
-            store.enqueue(conn, instance_id, ev.MSG_CONTINUE_AS_NEW, can, now)
-            pokes.append((instance_id, result.orchestration_name))  # start the next execution now, not at a sweep
             inst_values.update(current_execution_id=exec_id + 1, status="Running", output=None, error=None)
-        store.update_execution(conn, instance_id, exec_id, **exec_values)
-        store.finish_instance(conn, instance_id, owner, **inst_values)
-        return {"activities": activities, "timers": new_timers, "pokes": pokes, "started": started_fresh}
+        return exec_values, inst_values
 
     def _after_commit(self, lease: Any, history: list[HistoryEvent], result: TurnResult, plan: dict[str, Any]) -> None:
         """Keep the engine of a still-running instance (its history is now the committed one), then publish
