@@ -98,7 +98,19 @@ work_items = Table(
     Column("visible_at", BigInteger, nullable=False, default=0),
     Column("created_at", BigInteger, nullable=False),
     Column("published_at", BigInteger, nullable=False, default=0),
+    # 0: none; else when an unclaimed activity fails (its ttl_ms: no worker serves its tag).
+    Column("claim_deadline", BigInteger, nullable=False, default=0, server_default="0"),
     Index("ix_dx_work_items_published", "published_at"),
+)
+
+sessions = Table(
+    "dx_sessions",
+    metadata,
+    Column("session_id", String(256), primary_key=True),
+    Column("owner", String(256), nullable=False),  # the worker node id whose session queue gets its activities
+    Column("locked_until", BigInteger, nullable=False),
+    Column("last_activity_at", BigInteger, nullable=False),
+    Index("ix_dx_sessions_owner", "owner"),
 )
 
 timers = Table(
