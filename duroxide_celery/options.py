@@ -24,7 +24,9 @@ class RuntimeOptions:
       by the broker, not polled, and turns are short.
     Ours: queue_prefix ["duroxide"], recovery_interval_ms [2000 embedded], recovery_threshold_ms [10000],
     activity_cancellation_grace_period_ms [10000]: a cancelled activity still running after this is named in a
-    warning (Python threads cannot be stopped; its result is dropped when it returns).
+    warning (Python threads cannot be stopped; its result is dropped when it returns);
+    default_activity_ttl_ms [none]: the claim deadline of activities scheduled without their own ttl_ms (an
+    activity no worker picks up in time fails with a catchable "not picked up" error instead of waiting forever).
     """
 
     orchestration_concurrency: int | None = None
@@ -49,6 +51,7 @@ class RuntimeOptions:
     recovery_interval_ms: int | None = None
     recovery_threshold_ms: int | None = None
     activity_cancellation_grace_period_ms: int | None = None
+    default_activity_ttl_ms: int | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -93,6 +96,26 @@ class RuntimeOptions:
         """How long a cancelled activity may keep running before a warning names it (it cannot be killed)."""
         value = self.activity_cancellation_grace_period_ms
         return (10_000 if value is None else value) / 1000
+
+    @property
+    def session_lock_ms(self) -> int:
+        return self.session_lock_timeout_ms or 30_000
+
+    @property
+    def session_idle_ms(self) -> int:
+        return 300_000 if self.session_idle_timeout_ms is None else self.session_idle_timeout_ms
+
+    @property
+    def max_sessions(self) -> int:
+        return 10 if self.max_sessions_per_runtime is None else self.max_sessions_per_runtime
+
+    @property
+    def session_renewal_interval_s(self) -> float:
+        """Session heartbeats (renewal, and release of idle sessions) run this often."""
+        lock = self.session_lock_ms
+        buffer = self.session_lock_renewal_buffer_ms or 5000
+        renew_ms = lock - buffer if lock > buffer else lock / 2
+        return max(0.2, min(renew_ms, self.session_idle_ms / 2) / 1000)
 
     @property
     def max_attempts_value(self) -> int:

@@ -186,6 +186,7 @@ class Runtime:
             queues.append(self.names.orchestrator)
         if self.options.activity_threads > 0:
             queues.extend(self._activity_queues())
+            queues.append(self.names.session_queue(self.worker_id))  # activities of the sessions it owns
         if queues:
             self._worker = self.app.WorkController(
                 pool_cls=AppBoundThreadPool,

@@ -101,6 +101,7 @@ work_items = Table(
     # 0: none; else when an unclaimed activity fails (its ttl_ms: no worker serves its tag).
     Column("claim_deadline", BigInteger, nullable=False, default=0, server_default="0"),
     Index("ix_dx_work_items_published", "published_at"),
+    Index("ix_dx_work_items_deadline", "claim_deadline"),
 )
 
 sessions = Table(

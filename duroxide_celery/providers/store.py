@@ -18,9 +18,10 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 
-from ..replay.events import HistoryEvent
+from ..replay import events as ev
+from ..replay.events import HistoryEvent, error_details
 from .fair_lock import FairRLock
-from .schema import executions, history, inbox, instances, kv, timers, work_items
+from .schema import executions, history, inbox, instances, kv, sessions, timers, work_items
 
 TERMINAL_STATUSES = ("Completed", "Failed")
 
@@ -84,7 +85,8 @@ class ClaimedWorkItem:
 
 @dataclass
 class PendingActivity:
-    """An activity row to publish (after commit)."""
+    """An activity row to publish (after commit). `node`: the live owner of its session, whose session queue
+    gets it; None sends it to its tag's queue, where any matching worker may claim it (and its session)."""
 
     instance_id: str
     execution_id: int
@@ -92,6 +94,30 @@ class PendingActivity:
     name: str
     session_id: str | None = None
     tag: str | None = None
+    node: str | None = None
+
+
+@dataclass
+class SessionBusy:
+    """A claim refused for its session: `owner` holds it (publish there), or, with owner None, this worker is at
+    max_sessions_per_runtime (publish back to the claim path for another worker)."""
+
+    owner: str | None
+
+
+@dataclass
+class SessionPolicy:
+    """A worker's session limits (RuntimeOptions)."""
+
+    lock_ms: int
+    max_sessions: int
+
+
+class _Refused(Exception):
+    """Aborts a claim transaction (undoing its writes) with the reason."""
+
+    def __init__(self, busy: SessionBusy):
+        self.busy = busy
 
 
 class Store:
@@ -412,8 +438,17 @@ class Store:
             conn.execute(delete(inbox).where(inbox.c.id.in_(ids)))
 
     def add_work_items(
-        self, conn: Connection, instance_id: str, execution_id: int, orch: tuple[str, str], items: list[Any], now: int
+        self,
+        conn: Connection,
+        instance_id: str,
+        execution_id: int,
+        orch: tuple[str, str],
+        items: list[Any],
+        now: int,
+        default_ttl_ms: int | None = None,
     ) -> None:
+        """Insert the activities a turn scheduled; one with a ttl (its own, else the runtime default) gets a claim
+        deadline, after which it fails unless a worker has claimed it."""
         if items:
             conn.execute(
                 insert(work_items),
@@ -433,10 +468,23 @@ class Store:
                         "visible_at": 0,
                         "created_at": now,
                         "published_at": now,
+                        "claim_deadline": now + ttl if (ttl := a.ttl_ms or default_ttl_ms) else 0,
                     }
                     for a in items
                 ],
             )
+
+    def session_owners(self, conn: Connection, session_ids: Iterable[str]) -> dict[str, str]:
+        """The live owners (node ids) of these sessions; a session nobody holds is absent."""
+        ids = sorted(set(session_ids))
+        if not ids:
+            return {}
+        rows = conn.execute(
+            select(sessions.c.session_id, sessions.c.owner).where(
+                sessions.c.session_id.in_(ids), sessions.c.locked_until > now_ms()
+            )
+        ).all()
+        return {r[0]: r[1] for r in rows}
 
     def delete_work_items(self, conn: Connection, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
         _delete_scheduled(conn, work_items, instance_id, execution_id, event_ids)
@@ -521,31 +569,114 @@ class Store:
         )
 
     # -- activities ---------------------------------------------------------------------------------------------
-    def claim_work_item(self, key: tuple[str, int, int], owner: str, lease_ms: int) -> ClaimedWorkItem | None:
-        """Take the lease of an activity row; None if it is done, cancelled, or held by a live worker."""
+    def claim_work_item(
+        self, key: tuple[str, int, int], owner: str, lease_ms: int, policy: SessionPolicy | None = None
+    ) -> ClaimedWorkItem | SessionBusy | None:
+        """Take the lease of an activity row; None if it is done, cancelled, past its claim deadline, or held by
+        a live worker. A session activity also claims (or renews) its session for `owner`, in the same
+        transaction; SessionBusy (and no claim) when another live worker owns the session, or when `owner`
+        already holds `policy.max_sessions` sessions."""
         now = now_ms()
+        try:
+            with self.lease_transaction() as conn:
+                row = conn.execute(
+                    update(work_items)
+                    .where(
+                        _work_item_is(key),
+                        or_(work_items.c.lock_owner.is_(None), work_items.c.locked_until < now),
+                        work_items.c.visible_at <= now,
+                        or_(work_items.c.claim_deadline == 0, work_items.c.claim_deadline > now),
+                    )
+                    .values(
+                        lock_owner=owner,
+                        locked_until=now + lease_ms,
+                        attempt_count=work_items.c.attempt_count + 1,
+                        claim_deadline=0,  # picked up: its ttl no longer applies
+                    )
+                    .returning(
+                        work_items.c.name,
+                        work_items.c.input,
+                        work_items.c.session_id,
+                        work_items.c.tag,
+                        work_items.c.orchestration_name,
+                        work_items.c.orchestration_version,
+                        work_items.c.attempt_count,
+                    )
+                ).first()
+                if row is None:
+                    return None
+                item = ClaimedWorkItem(key[0], key[1], key[2], *row)
+                if item.session_id is not None and policy is not None:
+                    busy = self._claim_session(conn, item.session_id, owner, now, policy)
+                    if busy is not None:
+                        raise _Refused(busy)
+        except _Refused as refused:
+            return refused.busy
+        return item
+
+    def _claim_session(
+        self, conn: Connection, session_id: str, owner: str, now: int, policy: SessionPolicy
+    ) -> SessionBusy | None:
+        held = conn.execute(
+            select(sessions.c.owner, sessions.c.locked_until).where(sessions.c.session_id == session_id)
+        ).first()
+        if held is not None and held[0] != owner and held[1] > now:
+            return SessionBusy(held[0])
+        if held is None or held[0] != owner:  # a session new to this worker counts against its cap
+            owned = conn.execute(
+                select(func.count()).where(sessions.c.owner == owner, sessions.c.locked_until > now)
+            ).scalar()
+            if owned >= policy.max_sessions:
+                return SessionBusy(None)
+        dialect = sqlite_dialect if self.is_sqlite else pg_dialect
+        upsert = dialect.insert(sessions).values(
+            session_id=session_id, owner=owner, locked_until=now + policy.lock_ms, last_activity_at=now
+        )
+        won = conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[sessions.c.session_id],
+                set_={"owner": owner, "locked_until": now + policy.lock_ms, "last_activity_at": now},
+                # Only a free, expired or already-ours session: two workers claiming at once get one owner.
+                where=or_(sessions.c.owner == owner, sessions.c.locked_until <= now),
+            ).returning(sessions.c.owner)
+        ).first()
+        if won is None:
+            winner = conn.execute(select(sessions.c.owner).where(sessions.c.session_id == session_id)).scalar()
+            return SessionBusy(winner)
+        return None
+
+    def renew_sessions(self, owner: str, lock_ms: int, idle_ms: int, busy: Iterable[str] = ()) -> int:
+        """Heartbeat of a worker's sessions: sessions with a running activity (`busy`) count as active now; the
+        ones idle past `idle_ms` are released (their next activity may go to any worker); the rest are renewed.
+        Returns how many sessions `owner` still holds."""
+        now = now_ms()
+        busy_ids = sorted(set(busy))
         with self.lease_transaction() as conn:
+            if busy_ids:
+                conn.execute(
+                    update(sessions)
+                    .where(sessions.c.owner == owner, sessions.c.session_id.in_(busy_ids))
+                    .values(last_activity_at=now)
+                )
+            conn.execute(
+                delete(sessions).where(sessions.c.owner == owner, sessions.c.last_activity_at <= now - idle_ms)
+            )
+            return conn.execute(
+                update(sessions).where(sessions.c.owner == owner).values(locked_until=now + lock_ms)
+            ).rowcount
+
+    def release_sessions(self, owner: str) -> int:
+        """Give up every session `owner` holds (a worker shutting down without a stable node id)."""
+        with self.lease_transaction() as conn:
+            return conn.execute(delete(sessions).where(sessions.c.owner == owner)).rowcount
+
+    def work_item_route(self, key: tuple[str, int, int]) -> tuple[str, str | None, str | None] | None:
+        """(name, session id, tag) of an activity row, to publish it again; None if it is gone."""
+        with self.read() as conn:
             row = conn.execute(
-                update(work_items)
-                .where(
-                    _work_item_is(key),
-                    or_(work_items.c.lock_owner.is_(None), work_items.c.locked_until < now),
-                    work_items.c.visible_at <= now,
-                )
-                .values(lock_owner=owner, locked_until=now + lease_ms, attempt_count=work_items.c.attempt_count + 1)
-                .returning(
-                    work_items.c.name,
-                    work_items.c.input,
-                    work_items.c.session_id,
-                    work_items.c.tag,
-                    work_items.c.orchestration_name,
-                    work_items.c.orchestration_version,
-                    work_items.c.attempt_count,
-                )
+                select(work_items.c.name, work_items.c.session_id, work_items.c.tag).where(_work_item_is(key))
             ).first()
-        if row is None:
-            return None
-        return ClaimedWorkItem(key[0], key[1], key[2], *row)
+        return (row[0], row[1], row[2]) if row else None
 
     def renew_work_items(
         self, keys: list[tuple[str, int, int]], owner: str, lease_ms: int
@@ -581,7 +712,14 @@ class Store:
         wanted = set(keys)
         return {(r[0], r[1], r[2]) for r in rows} & wanted
 
-    def complete_work_item(self, key: tuple[str, int, int], owner: str, kind: str, payload: dict[str, Any]) -> bool:
+    def complete_work_item(
+        self,
+        key: tuple[str, int, int],
+        owner: str,
+        kind: str,
+        payload: dict[str, Any],
+        session_id: str | None = None,
+    ) -> bool:
         """Record an activity's outcome at most once: delete our leased row and queue the completion, atomically.
         False when the row is gone or another worker holds it (the outcome is dropped)."""
         with self.write() as conn:
@@ -594,6 +732,12 @@ class Store:
             if not deleted:
                 return False
             self.enqueue(conn, key[0], kind, dict(payload, execution_id=key[1], event_id=key[2]))
+            if session_id is not None:  # the session's idle clock starts now
+                conn.execute(
+                    update(sessions)
+                    .where(sessions.c.session_id == session_id, sessions.c.owner == owner)
+                    .values(last_activity_at=now_ms())
+                )
             return True
 
     def abandon_work_item(self, key: tuple[str, int, int], owner: str, visible_at: int) -> None:
@@ -609,8 +753,61 @@ class Store:
 
     # -- timers -------------------------------------------------------------------------------------------------
     def next_timer_due(self) -> int | None:
+        """When the next durable timer fires or the next unclaimed activity reaches its claim deadline."""
         with self.read() as conn:
-            return conn.execute(select(func.min(timers.c.fire_at_ms))).scalar()
+            timer = conn.execute(select(func.min(timers.c.fire_at_ms))).scalar()
+            deadline = conn.execute(
+                select(func.min(work_items.c.claim_deadline)).where(work_items.c.claim_deadline > 0)
+            ).scalar()
+        due = [t for t in (timer, deadline) if t is not None]
+        return min(due) if due else None
+
+    def expire_unclaimed(self, limit: int = 500) -> list[tuple[str, str | None]]:
+        """Fail the activities that no worker claimed before their claim deadline (ttl_ms): each row is deleted and
+        an ActivityFailed queued for its instance, in one transaction; returns the instances to poke. A claim
+        clears the deadline, and a row is deleted by one caller only, so this races safely with claims."""
+        now = now_ms()
+        with self.write() as conn:
+            query = (
+                select(
+                    work_items.c.instance_id,
+                    work_items.c.execution_id,
+                    work_items.c.event_id,
+                    work_items.c.name,
+                    work_items.c.tag,
+                    work_items.c.claim_deadline - work_items.c.created_at,
+                    work_items.c.orchestration_name,
+                )
+                .where(work_items.c.claim_deadline > 0, work_items.c.claim_deadline <= now)
+                .limit(limit)
+            )
+            if not self.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            expired = conn.execute(query).all()
+            failed = []
+            for instance_id, execution_id, event_id, name, tag, ttl, orch_name in expired:
+                deleted = conn.execute(
+                    delete(work_items).where(
+                        _work_item_is((instance_id, execution_id, event_id)), work_items.c.claim_deadline > 0
+                    )
+                ).rowcount
+                if not deleted:
+                    continue
+                served = f"tag '{tag}'" if tag else "untagged activities"
+                message = (
+                    f"activity '{name}' was not picked up by any worker within its ttl of {ttl} ms "
+                    f"(no running worker serves {served})"
+                )
+                details = error_details(ev.APPLICATION, message, "NotPickedUp")  # catchable: the code may fall back
+                self.enqueue(
+                    conn,
+                    instance_id,
+                    ev.MSG_ACTIVITY_FAILED,
+                    {"execution_id": execution_id, "event_id": event_id, "details": details},
+                    now,
+                )
+                failed.append((instance_id, orch_name))
+        return failed
 
     def fire_due_timers(self, limit: int = 500) -> list[tuple[str, str | None]]:
         """Move due timers into their instances' inboxes, in one transaction; returns the instances to poke, as
@@ -685,6 +882,14 @@ class Store:
                     work_items.c.name,
                     work_items.c.session_id,
                     work_items.c.tag,
+                    sessions.c.owner,
+                )
+                # A session's live owner gets its work on its session queue; a dead owner's lease has expired,
+                # so its sessions' work goes back to the claim path (nothing stays stranded in its queue).
+                .join(
+                    sessions,
+                    and_(sessions.c.session_id == work_items.c.session_id, sessions.c.locked_until > now),
+                    isouter=True,
                 )
                 .where(
                     work_items.c.published_at <= now - older_than_ms,

@@ -52,6 +52,17 @@ def _require_name(value: Any, what: str) -> str:
     return value
 
 
+#: Session ids are stored in a 256-character column.
+MAX_SESSION_ID_CHARS = 256
+
+
+def _require_session_id(value: Any) -> str:
+    _require_name(value, "session_id")
+    if len(value) > MAX_SESSION_ID_CHARS:
+        raise ValueError(f"session_id is {len(value)} characters; the limit is {MAX_SESSION_ID_CHARS}")
+    return value
+
+
 def _check_retry(policy: Any) -> dict[str, Any]:
     if not isinstance(policy, dict):
         raise TypeError(f"retry policy must be a dict, got {type(policy).__name__}")
@@ -108,14 +119,19 @@ class OrchestrationContext(TraceMethods):
         return self._engine.replaying
 
     # -- activities -------------------------------------------------------------------------------------------
-    def schedule_activity(self, name: str, input: Any = None, session_id: str | None = None) -> ActivityTask:
+    def schedule_activity(
+        self, name: str, input: Any = None, session_id: str | None = None, ttl_ms: int | None = None
+    ) -> ActivityTask:
+        """An activity; `session_id` pins it to the worker owning that session, `ttl_ms` fails it if no worker
+        claims it in time (also `.with_tag()`, `.with_ttl()`)."""
         _require_name(name, "activity name")
         if session_id is not None:
-            _require_name(session_id, "session_id")
-        return ActivityTask(name, _encode(input, f"input of activity '{name}'"), session_id=session_id)
+            _require_session_id(session_id)
+        task = ActivityTask(name, _encode(input, f"input of activity '{name}'"), session_id=session_id)
+        return task.with_ttl(ttl_ms) if ttl_ms is not None else task
 
     def schedule_activity_on_session(self, name: str, input: Any, session_id: str) -> ActivityTask:
-        _require_name(session_id, "session_id")
+        _require_session_id(session_id)
         return self.schedule_activity(name, input, session_id=session_id)
 
     def schedule_activity_with_retry(self, name: str, input: Any, retry: dict[str, Any]) -> ActivityTask:
@@ -205,13 +221,15 @@ class OrchestrationContext(TraceMethods):
         return RaceTask(list(tasks))
 
     # -- typed variants (duroxide-python 1.6): same behaviour; a str input is taken as JSON text as-is ----------
-    def schedule_activity_typed(self, name: str, input: Any = None, session_id: str | None = None) -> ActivityTask:
-        task = self.schedule_activity(name, None, session_id)
+    def schedule_activity_typed(
+        self, name: str, input: Any = None, session_id: str | None = None, ttl_ms: int | None = None
+    ) -> ActivityTask:
+        task = self.schedule_activity(name, None, session_id, ttl_ms)
         task.input = _typed_input(input, f"input of activity '{name}'")
         return task
 
     def schedule_activity_on_session_typed(self, name: str, input: Any, session_id: str) -> ActivityTask:
-        _require_name(session_id, "session_id")
+        _require_session_id(session_id)
         return self.schedule_activity_typed(name, input, session_id)
 
     def schedule_activity_with_retry_typed(self, name: str, input: Any, retry: dict[str, Any]) -> ActivityTask:

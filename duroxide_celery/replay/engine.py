@@ -76,6 +76,7 @@ class ScheduleActivity:
     input: str
     session_id: str | None = None
     tag: str | None = None
+    ttl_ms: int | None = None
 
 
 @dataclass
@@ -546,12 +547,14 @@ class ReplayEngine:
             return fut
         if isinstance(task, ActivityTask):
             data = {"name": task.name, "input": task.input, "session_id": task.session_id, "tag": task.tag}
+            if task.ttl_ms is not None:
+                data["ttl_ms"] = task.ttl_ms  # shown in history; not part of the determinism check
             event = self._emit(
                 ev.ACTIVITY_SCHEDULED,
                 data,
                 ("name", "input", "session_id", "tag"),
                 on_new=lambda e: self.outgoing.append(
-                    ScheduleActivity(e.event_id, task.name, task.input, task.session_id, task.tag)
+                    ScheduleActivity(e.event_id, task.name, task.input, task.session_id, task.tag, task.ttl_ms)
                 ),
             )
             return self._register(Future("activity", event.event_id, task.name))

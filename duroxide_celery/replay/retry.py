@@ -60,7 +60,7 @@ def retry_loop(task: ActivityTask) -> Generator[Any, Any, Any]:
                 raise ActivityTimeout(f"timeout: retry budget of {budget} ms exhausted")
             if not limit or left < int(limit):
                 limit, by_budget = left, True
-        call = ActivityTask(task.name, task.input, task.session_id, task.tag)
+        call = ActivityTask(task.name, task.input, task.session_id, task.tag, ttl_ms=task.ttl_ms)
         try:
             if limit:
                 outcome = yield RaceTask([call, TimerTask(int(limit))])

@@ -37,11 +37,24 @@ class ActivityTask(Task):
     tag: str | None = None
     retry: dict[str, Any] | None = None
     kind: str = "activity"
+    ttl_ms: int | None = None
 
     def with_tag(self, tag: str) -> ActivityTask:
         """Route this activity to workers whose tag filter names `tag` (semantics.md 2.18)."""
         self.tag = check_tag(tag)
         return self
+
+    def with_ttl(self, ttl_ms: int) -> ActivityTask:
+        """Fail this activity (catchable, "not picked up") if no worker claims it within `ttl_ms`: an
+        activity whose tag no worker serves then fails instead of waiting forever."""
+        self.ttl_ms = check_ttl(ttl_ms)
+        return self
+
+
+def check_ttl(ttl_ms: object) -> int:
+    if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or ttl_ms <= 0:
+        raise ValueError(f"activity ttl_ms must be a positive int (milliseconds), got {ttl_ms!r}")
+    return ttl_ms
 
 
 @dataclass

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..context import ActivityContext
-from ..providers.store import ClaimedWorkItem, PendingActivity, now_ms
+from ..providers.store import ClaimedWorkItem, PendingActivity, SessionBusy, SessionPolicy, now_ms
 from ..replay import events as ev
 from ..replay.events import dumps, error_details, loads
 from .turn import unregistered_backoff_ms
@@ -26,6 +26,8 @@ Key = tuple[str, int, int]
 
 #: How often running activities learn that their work item was cancelled or taken (seconds).
 CANCEL_CHECK_S = 0.5
+#: A session activity refused by a worker at its session cap is offered again after this long (seconds).
+SESSION_CAP_RETRY_S = 0.5
 
 
 class LeaseRenewer:
@@ -41,13 +43,24 @@ class LeaseRenewer:
         self._stopped = False
         self._cancelled_at: dict[Key, float] = {}
         self._overdue: set[Key] = set()
+        #: Whether this worker may hold sessions (set on a session claim; cleared when renewal finds none left).
+        self.holds_sessions = False
+
+    def session_claimed(self) -> None:
+        """Start the heartbeat of this worker's sessions (they must be renewed even while idle)."""
+        with self._lock:
+            self.holds_sessions = True
+            self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="duroxide-lease-renewer", daemon=True)
+            self._thread.start()
 
     def track(self, key: Key, ctx: ActivityContext) -> None:
         with self._lock:
             self._running[key] = ctx
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="duroxide-lease-renewer", daemon=True)
-                self._thread.start()
+            self._ensure_thread()
 
     def untrack(self, key: Key) -> None:
         with self._lock:
@@ -59,15 +72,20 @@ class LeaseRenewer:
 
     def _loop(self) -> None:
         renew_every = self.rt.options.worker_renewal_interval_s
+        session_every = self.rt.options.session_renewal_interval_s
         next_renewal = time.monotonic() + renew_every
+        next_session_renewal = time.monotonic() + session_every
         while not self._stopped:
             # Between renewals, a cheap ownership check every CANCEL_CHECK_S tells a race loser or a cancelled
             # instance's activity that its work is gone within a second, not a renewal interval.
-            self._wake.wait(min(CANCEL_CHECK_S, renew_every))
+            self._wake.wait(min(CANCEL_CHECK_S, renew_every, session_every))
             if self._stopped:
                 return
             with self._lock:
                 running = dict(self._running)
+            if self.holds_sessions and time.monotonic() >= next_session_renewal:
+                next_session_renewal = time.monotonic() + session_every
+                self._renew_sessions(running)
             if not running:
                 next_renewal = time.monotonic() + renew_every
                 continue
@@ -86,6 +104,18 @@ class LeaseRenewer:
                 running[key]._cancel()
                 self._cancelled_at.setdefault(key, now)
             self._report_overdue(running, now)
+
+    def _renew_sessions(self, running: dict[Key, ActivityContext]) -> None:
+        opts = self.rt.options
+        busy = [ctx.session_id for ctx in running.values() if ctx.session_id]
+        try:
+            held = self.rt.store.renew_sessions(self.rt.worker_id, opts.session_lock_ms, opts.session_idle_ms, busy)
+        except Exception:  # noqa: BLE001 - a database blip: try again next round
+            log.exception("session renewal failed")
+            return
+        if not held:
+            with self._lock:
+                self.holds_sessions = False
 
     def _report_overdue(self, running: dict[Key, ActivityContext], now: float) -> None:
         """Python cannot stop a thread: an activity that ignores is_cancelled() past the grace period is named in
@@ -112,9 +142,15 @@ class ActivityExecutor:
 
     def run(self, key: Key) -> None:
         rt = self.rt
-        item = rt.store.claim_work_item(key, rt.worker_id, rt.options.worker_lock_ms)
+        policy = SessionPolicy(rt.options.session_lock_ms, rt.options.max_sessions)
+        item = rt.store.claim_work_item(key, rt.worker_id, rt.options.worker_lock_ms, policy)
         if item is None:
-            return  # already done, cancelled, or running on a live worker
+            return  # already done, cancelled, expired, or running on a live worker
+        if isinstance(item, SessionBusy):
+            self._reroute(key, item)
+            return
+        if item.session_id is not None:
+            self.renewer.session_claimed()
         if item.attempt_count > rt.options.max_attempts_value:
             message = (
                 f"poison: activity {item.name}#{item.event_id} exceeded {item.attempt_count} attempts "
@@ -139,7 +175,13 @@ class ActivityExecutor:
             rt.publisher.activities(
                 [
                     PendingActivity(
-                        item.instance_id, item.execution_id, item.event_id, item.name, item.session_id, item.tag
+                        item.instance_id,
+                        item.execution_id,
+                        item.event_id,
+                        item.name,
+                        item.session_id,
+                        item.tag,
+                        rt.worker_id if item.session_id else None,  # its session is ours now
                     )
                 ],
                 countdown=delay / 1000 + 0.05,
@@ -177,9 +219,28 @@ class ActivityExecutor:
         rt.metrics.record_activity(kind == ev.MSG_ACTIVITY_COMPLETED, payload)
         self._finish(item, kind, payload)
 
+    def _reroute(self, key: Key, busy: SessionBusy) -> None:
+        """A session activity this worker may not run: hand it to the session's owner, or (at our session cap)
+        back to the claim path after a short pause, for a worker with room."""
+        info = self.rt.store.work_item_route(key)
+        if info is None:
+            return
+        name, session_id, tag = info
+        item = PendingActivity(key[0], key[1], key[2], name, session_id, tag, busy.owner)
+        if busy.owner is not None:
+            log.debug("activity %s#%s belongs to session %s of %s: rerouted", name, key[2], session_id, busy.owner)
+            self.rt.publisher.activities([item])
+        else:
+            log.info(
+                "at max_sessions_per_runtime (%d): session %s goes back to the queue",
+                self.rt.options.max_sessions,
+                session_id,
+            )
+            self.rt.publisher.activities([item], countdown=SESSION_CAP_RETRY_S)
+
     def _finish(self, item: ClaimedWorkItem, kind: str, payload: dict[str, object]) -> None:
         key = (item.instance_id, item.execution_id, item.event_id)
-        if self.rt.store.complete_work_item(key, self.rt.worker_id, kind, payload):
+        if self.rt.store.complete_work_item(key, self.rt.worker_id, kind, payload, item.session_id):
             self.rt.publisher.poke([(item.instance_id, item.orchestration_name)])
         else:
             log.info(

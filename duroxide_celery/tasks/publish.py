@@ -101,7 +101,9 @@ class Publisher:
                 self.app.send_task(
                     ACTIVITY_TASK,
                     args=args,
-                    queue=queue(self.names.activity_queue(item.tag)),
+                    queue=queue(
+                        self.names.session_queue(item.node) if item.node else self.names.activity_queue(item.tag)
+                    ),
                     producer=producer,
                     countdown=countdown,
                     shadow=f"act:{item.name}#{item.instance_id}",

@@ -12,14 +12,22 @@ log = logging.getLogger("duroxide_celery.runtime")
 
 
 def fire_timers(store: Store, publisher: Publisher) -> int:
-    """Fire every due timer (idempotently) and poke the instances; returns how many instances were poked."""
+    """Fire every due timer (idempotently), fail the activities nobody claimed within their ttl, and poke the
+    instances; returns how many instances were poked."""
     total = 0
     while True:
         targets = store.fire_due_timers()  # (instance id, orchestration name)
         if not targets:
-            return total
+            break
         publisher.poke(targets)
         total += len(targets)
+    while True:
+        expired = store.expire_unclaimed()
+        if not expired:
+            return total
+        log.warning("%d activities were not picked up within their ttl and failed", len(expired))
+        publisher.poke(expired)
+        total += len(expired)
 
 
 def sweep(store: Store, publisher: Publisher, older_than_ms: int) -> dict[str, int]:

@@ -337,7 +337,9 @@ class TurnExecutor:
         store.append_history(conn, instance_id, exec_id, result.new_events)
         store.delete_inbox(conn, msg_ids)
         orch = (result.orchestration_name or "", result.orchestration_version or "")
-        store.add_work_items(conn, instance_id, exec_id, orch, activities, now)
+        store.add_work_items(conn, instance_id, exec_id, orch, activities, now, rt.options.default_activity_ttl_ms)
+        # Activities of a session some worker holds go straight to that worker's session queue.
+        owners = store.session_owners(conn, (a.session_id for a in activities if a.session_id))
         store.delete_work_items(
             conn, instance_id, exec_id, [o.event_id for o in result.outgoing if isinstance(o, CancelActivity)]
         )
@@ -398,7 +400,13 @@ class TurnExecutor:
             store.enqueue(conn, instance_id, ev.MSG_CONTINUE_AS_NEW, can, now)
             pokes.append((instance_id, result.orchestration_name))  # start the next execution now, not at a sweep
         store.update_execution(conn, instance_id, exec_id, **exec_values)
-        return {"activities": activities, "timers": new_timers, "pokes": pokes, "started": started_fresh}
+        return {
+            "activities": activities,
+            "session_owners": owners,
+            "timers": new_timers,
+            "pokes": pokes,
+            "started": started_fresh,
+        }
 
     @staticmethod
     def _state_changes(
@@ -435,8 +443,10 @@ class TurnExecutor:
         if self.fault is not None and self.fault.hit():
             log.warning("fault injected after the commit of a turn of %s: its publishes are dropped", instance_id)
             raise InjectedCrash(instance_id)
+        owners = plan["session_owners"]
         rt.publisher.activities(
-            PendingActivity(instance_id, exec_id, a.event_id, a.name, a.session_id, a.tag) for a in plan["activities"]
+            PendingActivity(instance_id, exec_id, a.event_id, a.name, a.session_id, a.tag, owners.get(a.session_id))
+            for a in plan["activities"]
         )
         rt.publisher.poke(plan["pokes"])
         if plan["timers"]:
