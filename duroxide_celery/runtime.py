@@ -226,10 +226,26 @@ class Runtime:
 
     def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is self.app:
+            self._consume_session_queue(sender)
             try:
                 self._wake_backed_off()
             except Exception:  # noqa: BLE001 - an optimisation: the backoff retry still comes
                 log.exception("could not wake backed-off instances")
+
+    def _consume_session_queue(self, consumer: Any) -> None:
+        """A production worker that runs activities also consumes its own session queue, where the activities of
+        the sessions it owns are published (`<prefix>.sessions.<worker_node_id>`)."""
+        task_consumer = getattr(consumer, "task_consumer", None)
+        if task_consumer is None:
+            return
+        consumed = {q.name for q in task_consumer.queues}
+        activities = self.names.activities
+        if not any(name == activities or name.startswith(activities + ".") for name in consumed):
+            return
+        name = self.names.session_queue(self.worker_id)
+        if name not in consumed:
+            consumer.add_task_queue(name, exchange=name, exchange_type="direct", routing_key=name)
+            log.info("worker %s consumes its session queue %s", self.worker_id, name)
 
     def _wake_backed_off(self) -> None:
         """A worker that brings handlers (a rolling deploy) retries the instances that backed off for lack of
