@@ -106,7 +106,10 @@ class Runtime:
         if not self.embedded:
             from celery.signals import worker_ready
 
+            from .worker_options import install_worker_options
+
             worker_ready.connect(self._on_worker_ready, weak=False, sender=None)
+            install_worker_options(app)  # celery worker --duroxide-tag-filter/--duroxide-node-id
         self._worker: Any = None
         self._worker_thread: threading.Thread | None = None
         self._scheduler: threading.Thread | None = None
@@ -210,6 +213,14 @@ class Runtime:
         tags = self.tag_filter.tags if self.tag_filter.tags is not None else set(self.store.known_tags())
         names.extend(self.names.activity_queue(t) for t in sorted(tags))
         self._consumed_tags = set(tags)
+        return names
+
+    def worker_activity_queues(self) -> list[str]:
+        """The activity queues a worker with this runtime's tag filter consumes: `<prefix>.activities` if the filter
+        accepts untagged work, `<prefix>.activities.<tag>` per tag it names (with TagFilter.ANY: every tag in use)."""
+        names = [self.names.activities] if self.tag_filter.untagged else []
+        tags = self.tag_filter.tags if self.tag_filter.tags is not None else set(self.store.known_tags())
+        names.extend(self.names.activity_queue(t) for t in sorted(tags))
         return names
 
     def _follow_new_tags(self) -> None:
