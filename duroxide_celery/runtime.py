@@ -75,6 +75,10 @@ class Runtime:
         self.provider = provider
         self.options = options or RuntimeOptions()
         self.embedded = app is None
+        if self.options.worker_node_id is not None:
+            from .worker_options import check_node_id
+
+            check_node_id(self.options.worker_node_id)  # it names a broker queue: a clear error now, not later
         self.worker_id = self.options.worker_node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.metrics = Metrics()
         self.tag_filter = parse_filter(self.options.worker_tag_filter)  # a bad filter fails here, not later

@@ -67,6 +67,11 @@ class Provider:
                 if self._store is None or self._pid != os.getpid():
                     if self.in_memory and self._pid is not None and self._pid != os.getpid():
                         raise RuntimeError("an in-memory SQLite provider cannot be used across processes")
+                    if self._store is not None:
+                        # Forked: drop the parent's pooled connections without closing them (they are the
+                        # parent's sockets; closing them here would break the parent's transactions).
+                        self._store.engine.dispose(close=False)
+                        self._store.lease_engine.dispose(close=False)
                     engine = self._create_engine()
                     upgrade(engine, self.schema)
                     self._store = Store(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from duroxide_celery import RuntimeOptions
@@ -193,3 +194,10 @@ def test_bad_session_ids_fail_the_orchestration_clearly(runtime_factory, client)
     result = client.wait_for_orchestration("bad-session", WAIT_MS)
     assert result.status == "Failed"
     assert "session_id is 300 characters; the limit is 256" in result.error
+
+
+def test_bad_worker_node_id_is_refused_at_construction(runtime_factory):
+    with pytest.raises(ValueError, match="may contain only letters, digits and - _ . @"):
+        runtime_factory({}, options=RuntimeOptions(worker_node_id="bad node/id"), start=False)
+    with pytest.raises(ValueError, match="at most 200 characters"):
+        runtime_factory({}, options=RuntimeOptions(worker_node_id="n" * 201), start=False)
