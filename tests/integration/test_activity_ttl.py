@@ -61,7 +61,8 @@ def test_claimed_activity_outlives_its_ttl(runtime_factory, client):
         return x
 
     runtime_factory({"Served": slow_but_served})
-    runtime_factory({}, {"Slow": slow}, options=RuntimeOptions(worker_tag_filter=TagFilter.tags(["gpu"])))
+    gpu_only = RuntimeOptions(worker_tag_filter=TagFilter.tags(["gpu"]), orchestration_concurrency=0)
+    runtime_factory({}, {"Slow": slow}, options=gpu_only)
     client.start_orchestration("ttl-served", "Served", None)
     result = client.wait_for_orchestration("ttl-served", WAIT_MS)
     assert result.status == "Completed" and result.output == "done"

@@ -334,11 +334,12 @@ class Cluster:
         self.wait_for(done, f"{len(ids)} instances to finish", timeout_s)
 
 
-def _delete_amqp_entities(prefix: str) -> None:
+def _delete_amqp_entities(prefix: str, suffixes: tuple[str, ...] = ("orchestrator", "activities")) -> None:
+    """Delete the RabbitMQ queues and exchanges `<prefix>.<suffix>` a test declared."""
     from kombu import Connection
 
     with Connection(AMQP_URL, connect_timeout=2) as conn:
-        for name in (f"{prefix}.orchestrator", f"{prefix}.activities"):
+        for name in (f"{prefix}.{suffix}" for suffix in suffixes):
             for op in ("queue_delete", "exchange_delete"):
                 channel = conn.channel()  # a failed delete closes the channel: one per operation
                 try:

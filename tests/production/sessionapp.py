@@ -14,44 +14,15 @@ import os
 import threading
 import time
 
-from celery import Celery
+from tests.production.app_env import env_ms, production_runtime
 
-from duroxide_celery import PostgresProvider, Runtime, RuntimeOptions
-
-BROKER_URL = os.environ.get("SHOP_BROKER_URL", "redis://127.0.0.1:6379/0")
-DATABASE_URL = os.environ.get("SHOP_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-DATABASE_SCHEMA = os.environ.get("SHOP_DATABASE_SCHEMA")
-
-app = Celery("sessionapp", broker=BROKER_URL)
-app.conf.update(broker_connection_retry_on_startup=True)
-if BROKER_URL.startswith("amqp"):
-    app.conf.broker_transport_options = {"confirm_publish": True}
-
-provider = (
-    PostgresProvider.connect_with_schema(DATABASE_URL, DATABASE_SCHEMA)
-    if DATABASE_SCHEMA
-    else PostgresProvider.connect(DATABASE_URL)
-)
-
-
-def _ms(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value else None
-
-
-runtime = Runtime(
-    provider,
-    RuntimeOptions(
-        queue_prefix=os.environ.get("SHOP_QUEUE_PREFIX") or None,
-        recovery_threshold_ms=_ms("SHOP_RECOVERY_MS"),
-        recovery_interval_ms=_ms("SHOP_RECOVERY_INTERVAL_MS"),
-        orchestrator_lock_timeout_ms=_ms("SHOP_ORCHESTRATOR_LOCK_MS"),
-        session_lock_timeout_ms=_ms("SESSION_LOCK_MS"),
-        session_lock_renewal_buffer_ms=(_ms("SESSION_LOCK_MS") or 30_000) // 2,
-        session_idle_timeout_ms=_ms("SESSION_IDLE_MS"),
-        max_sessions_per_runtime=_ms("SESSION_MAX"),
-    ),
-    app=app,
+lock_ms = env_ms("SESSION_LOCK_MS")
+app, runtime = production_runtime(
+    "sessionapp",
+    session_lock_timeout_ms=lock_ms,
+    session_lock_renewal_buffer_ms=(lock_ms or 30_000) // 2,
+    session_idle_timeout_ms=env_ms("SESSION_IDLE_MS"),
+    max_sessions_per_runtime=env_ms("SESSION_MAX"),
 )
 
 #: This process's memory: what each session has seen so far.

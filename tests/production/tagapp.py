@@ -10,43 +10,9 @@ node id of its own: every worker's comes from its command line.
 
 from __future__ import annotations
 
-import os
+from tests.production.app_env import production_runtime
 
-from celery import Celery
-
-from duroxide_celery import PostgresProvider, Runtime, RuntimeOptions
-
-BROKER_URL = os.environ.get("SHOP_BROKER_URL", "redis://127.0.0.1:6379/0")
-DATABASE_URL = os.environ.get("SHOP_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-DATABASE_SCHEMA = os.environ.get("SHOP_DATABASE_SCHEMA")
-
-app = Celery("tagapp", broker=BROKER_URL)
-app.conf.update(broker_connection_retry_on_startup=True)
-if BROKER_URL.startswith("amqp"):
-    app.conf.broker_transport_options = {"confirm_publish": True}
-
-provider = (
-    PostgresProvider.connect_with_schema(DATABASE_URL, DATABASE_SCHEMA)
-    if DATABASE_SCHEMA
-    else PostgresProvider.connect(DATABASE_URL)
-)
-
-
-def _ms(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value else None
-
-
-runtime = Runtime(
-    provider,
-    RuntimeOptions(
-        queue_prefix=os.environ.get("SHOP_QUEUE_PREFIX") or None,
-        recovery_threshold_ms=_ms("SHOP_RECOVERY_MS"),
-        recovery_interval_ms=_ms("SHOP_RECOVERY_INTERVAL_MS"),
-        orchestrator_lock_timeout_ms=_ms("SHOP_ORCHESTRATOR_LOCK_MS"),
-    ),
-    app=app,
-)
+app, runtime = production_runtime("tagapp")
 
 
 @runtime.register_activity("Where")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import AMQP_URL, REDIS_URL, ROOT, Cluster, Proc
+from .conftest import AMQP_URL, REDIS_URL, ROOT, Cluster, Proc, _delete_amqp_entities
 from .helpers import check_histories, outputs
 
 APP = "tests.production.tagapp"
@@ -47,22 +47,7 @@ class TagCluster(Cluster):
     def close(self) -> None:
         super().close()
         if self.broker == "rabbitmq":  # conftest deletes the orchestrator and untagged queues only
-            from kombu import Connection
-
-            with Connection(AMQP_URL, connect_timeout=2) as conn:
-                for tag in ("gpu", "cpu"):
-                    name = f"{self.prefix}.activities.{tag}"
-                    for op in ("queue_delete", "exchange_delete"):
-                        channel = conn.channel()
-                        try:
-                            getattr(channel, op)(name)
-                        except Exception:  # noqa: BLE001 - never declared, or gone
-                            pass
-                        finally:
-                            try:
-                                channel.close()
-                            except Exception:  # noqa: BLE001
-                                pass
+            _delete_amqp_entities(self.prefix, ("activities.gpu", "activities.cpu"))
 
 
 @pytest.fixture
