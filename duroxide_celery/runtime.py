@@ -292,7 +292,23 @@ class Runtime:
         for thread in (self._worker_thread, self._scheduler):
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
+        self._release_sessions()
         self.provider.detach_publisher(self.publisher)
+
+    def _release_sessions(self) -> None:
+        """Without a stable worker_node_id nobody will come back for this runtime's sessions: free them now, so
+        their next activities go to another worker at once instead of after the session lock expires. (A stable
+        node id keeps them: a restart resumes them, as with duroxide.)"""
+        executor = self._activity_executor
+        if self.options.worker_node_id is not None or executor is None or not executor.renewer.holds_sessions:
+            return
+        try:
+            released = self.store.release_sessions(self.worker_id)
+        except Exception:  # noqa: BLE001 - their locks expire anyway
+            log.exception("could not release the sessions of %s", self.worker_id)
+            return
+        if released:
+            log.info("released %d sessions of %s at shutdown", released, self.worker_id)
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         return self.metrics.snapshot()

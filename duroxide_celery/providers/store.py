@@ -623,6 +623,10 @@ class Store:
         if held is not None and held[0] != owner and held[1] > now:
             return SessionBusy(held[0])
         if held is None or held[0] != owner:  # a session new to this worker counts against its cap
+            if not self.is_sqlite:
+                # Two claims of new sessions by one worker at once must not both count below the cap and both
+                # win: serialize them per owner until commit. (SQLite has one writer at a time anyway.)
+                conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(owner))))
             owned = conn.execute(
                 select(func.count()).where(sessions.c.owner == owner, sessions.c.locked_until > now)
             ).scalar()

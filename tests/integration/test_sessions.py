@@ -201,3 +201,18 @@ def test_bad_worker_node_id_is_refused_at_construction(runtime_factory):
         runtime_factory({}, options=RuntimeOptions(worker_node_id="bad node/id"), start=False)
     with pytest.raises(ValueError, match="at most 200 characters"):
         runtime_factory({}, options=RuntimeOptions(worker_node_id="n" * 201), start=False)
+
+
+def test_shutdown_without_a_stable_node_id_releases_its_sessions(runtime_factory, client, provider):
+    def once(ctx, session):
+        return (yield ctx.schedule_activity_on_session("WhoAmI", None, session))
+
+    orchestrator(runtime_factory, {"Once": once})
+    worker = runtime_factory(
+        {}, {"WhoAmI": lambda ctx, _: ctx.worker_id}, options=RuntimeOptions(orchestration_concurrency=0)
+    )
+    client.start_orchestration("release-1", "Once", "s-release")
+    assert client.wait_for_orchestration("release-1", WAIT_MS).output == worker.worker_id
+    assert session_rows(provider) == {"s-release": worker.worker_id}
+    worker.shutdown(timeout_ms=2000)
+    assert "s-release" not in session_rows(provider)
