@@ -45,6 +45,18 @@ def train_with_fallback(ctx, timeout_ms):
     return {"path": "fallback", "result": fallback}
 
 
+@runtime.register_orchestration("TrainWithTtl")
+def train_with_ttl(ctx, ttl_ms):
+    """The gpu step with a claim deadline: when no worker picks it up in time it fails (catchably) and the
+    orchestration trains on cpu instead."""
+    try:
+        trained = yield ctx.schedule_activity("Where", "train", ttl_ms=ttl_ms).with_tag("gpu")
+        return {"path": "gpu", "result": trained}
+    except Exception as exc:  # noqa: BLE001 - the "not picked up" failure
+        fallback = yield ctx.schedule_activity("Where", "train-slowly").with_tag("cpu")
+        return {"path": "fallback", "why": str(exc), "result": fallback}
+
+
 @runtime.register_orchestration("OneTagged")
 def one_tagged(ctx, tag):
     """One step under a tag chosen by the caller (a tag no worker has seen before)."""

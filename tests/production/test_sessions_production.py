@@ -91,6 +91,32 @@ def test_killed_session_owner_hands_the_session_to_another_worker(session_cluste
     check_histories(c)
 
 
+def test_a_restarted_node_with_a_stable_id_keeps_its_sessions(session_cluster: SessionCluster) -> None:
+    """kill -9 of s1 and a new worker with the same --duroxide-node-id before the session lock expires: the next
+    step goes to s1's session queue and runs on the restarted s1 (a new process: its memory starts empty), not on
+    s2, although s2 was idle all along."""
+    c = session_cluster
+    c.env["SESSION_LOCK_MS"] = "60000"  # the restart must win over the lock expiry by far
+    first_s1 = c.session_worker("s1")
+    c.client.start_orchestration("restart-1", "Chat", "restart-1")
+    c.wait_for(lambda: c.owner("restart-1") == "s1", "s1 to claim the session")
+    c.wait_for(
+        lambda: c.scalar(
+            "SELECT count(*) FROM dx_history WHERE instance_id = 'restart-1' AND kind = 'ActivityCompleted'"
+        ),
+        "the first step of the chat",
+    )
+    c.session_worker("s2")
+    first_s1.kill()
+    c.session_worker("s1")
+    c.client.raise_event("restart-1", "next", None)
+    first, second = c.client.wait_for_orchestration("restart-1", 60_000).output
+    assert first == {"node": "s1", "seen": ["hello"]}
+    assert second == {"node": "s1", "seen": ["again", "rehydrated:hello"]}
+    assert c.owner("restart-1") == "s1"
+    check_histories(c)
+
+
 def test_session_survives_continue_as_new(session_cluster: SessionCluster) -> None:
     c = session_cluster
     for node in ("s1", "s2"):

@@ -136,6 +136,19 @@ def test_without_a_gpu_worker_the_race_with_a_timer_falls_back(tag_cluster: TagC
     assert kinds.count("TimerFired") == 1
     assert kinds.count("ActivityCompleted") == 1  # the cpu step only: the gpu step never ran
 
+    # The same without a timer: the gpu step's ttl fails it once no worker has claimed it in time (beat fires
+    # claim deadlines with the timers).
+    cluster.client.start_orchestration("ttl-1", "TrainWithTtl", 1000)
+    cluster.wait_all_terminal(["ttl-1"])
+    result = outputs(cluster, ["ttl-1"])["ttl-1"]
+    assert result["path"] == "fallback"
+    assert result["result"] == {"step": "train-slowly", "node": "cpu-1", "tag": "cpu"}
+    assert "activity 'Where' was not picked up by any worker within its ttl of 1000 ms" in result["why"]
+    assert "no running worker serves tag 'gpu'" in result["why"]
+    kinds = [k for (k,) in cluster.sql("SELECT kind FROM dx_history WHERE instance_id = 'ttl-1' ORDER BY event_id")]
+    assert kinds.count("ActivityFailed") == 1 and kinds.count("ActivityCompleted") == 1
+    check_histories(cluster)
+
 
 def test_any_filter_serves_tags_first_used_before_and_after_the_worker_started(tag_cluster: TagCluster) -> None:
     cluster = tag_cluster
