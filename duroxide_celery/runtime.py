@@ -260,7 +260,7 @@ class Runtime:
         name = self.names.session_queue(self.worker_id)
         if name not in consumed:
             consumer.add_task_queue(name, exchange=name, exchange_type="direct", routing_key=name)
-            log.info("worker %s consumes its session queue %s", self.worker_id, name)
+            log.debug("worker %s consumes its session queue %s", self.worker_id, name)
 
     def _wake_backed_off(self) -> None:
         """A worker that brings handlers (a rolling deploy) retries the instances that backed off for lack of
