@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import LargeBinary, and_, cast, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import LargeBinary, and_, cast, delete, func, insert, or_, select, tuple_, union_all, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
@@ -758,19 +758,22 @@ class Store:
     # -- timers -------------------------------------------------------------------------------------------------
     def next_timer_due(self) -> int | None:
         """When the next durable timer fires or the next unclaimed activity reaches its claim deadline."""
-        with self.read() as conn:
-            timer = conn.execute(select(func.min(timers.c.fire_at_ms))).scalar()
-            deadline = conn.execute(
-                select(func.min(work_items.c.claim_deadline)).where(work_items.c.claim_deadline > 0)
-            ).scalar()
-        due = [t for t in (timer, deadline) if t is not None]
-        return min(due) if due else None
+        both = union_all(
+            select(func.min(timers.c.fire_at_ms).label("due")),
+            select(func.min(work_items.c.claim_deadline).label("due")).where(work_items.c.claim_deadline > 0),
+        ).subquery()
+        with self.read() as conn:  # one round trip: beat and the embedded scheduler ask this on every tick
+            return conn.execute(select(func.min(both.c.due))).scalar()
 
     def expire_unclaimed(self, limit: int = 500) -> list[tuple[str, str | None]]:
         """Fail the activities that no worker claimed before their claim deadline (ttl_ms): each row is deleted and
         an ActivityFailed queued for its instance, in one transaction; returns the instances to poke. A claim
         clears the deadline, and a row is deleted by one caller only, so this races safely with claims."""
         now = now_ms()
+        is_due = and_(work_items.c.claim_deadline > 0, work_items.c.claim_deadline <= now)
+        with self.read() as conn:  # the common case, nothing expired, takes no write lock (SQLite) to learn it
+            if conn.execute(select(work_items.c.event_id).where(is_due).limit(1)).first() is None:
+                return []
         with self.write() as conn:
             query = (
                 select(
@@ -782,7 +785,7 @@ class Store:
                     work_items.c.claim_deadline - work_items.c.created_at,
                     work_items.c.orchestration_name,
                 )
-                .where(work_items.c.claim_deadline > 0, work_items.c.claim_deadline <= now)
+                .where(is_due)
                 .limit(limit)
             )
             if not self.is_sqlite:
