@@ -45,11 +45,13 @@ class LeaseRenewer:
         self._overdue: set[Key] = set()
         #: Whether this worker may hold sessions (set on a session claim; cleared when renewal finds none left).
         self.holds_sessions = False
+        self._session_claims = 0  # counts claims, so a renewal that raced a claim does not clear the flag
 
     def session_claimed(self) -> None:
         """Start the heartbeat of this worker's sessions (they must be renewed even while idle)."""
         with self._lock:
             self.holds_sessions = True
+            self._session_claims += 1
             self._ensure_thread()
 
     def _ensure_thread(self) -> None:
@@ -108,6 +110,8 @@ class LeaseRenewer:
     def _renew_sessions(self, running: dict[Key, ActivityContext]) -> None:
         opts = self.rt.options
         busy = [ctx.session_id for ctx in running.values() if ctx.session_id]
+        with self._lock:
+            claims_before = self._session_claims
         try:
             held = self.rt.store.renew_sessions(self.rt.worker_id, opts.session_lock_ms, opts.session_idle_ms, busy)
         except Exception:  # noqa: BLE001 - a database blip: try again next round
@@ -115,7 +119,8 @@ class LeaseRenewer:
             return
         if not held:
             with self._lock:
-                self.holds_sessions = False
+                if self._session_claims == claims_before:  # no claim since the renewal read the store
+                    self.holds_sessions = False
 
     def _report_overdue(self, running: dict[Key, ActivityContext], now: float) -> None:
         """Python cannot stop a thread: an activity that ignores is_cancelled() past the grace period is named in
