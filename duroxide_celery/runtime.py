@@ -192,7 +192,8 @@ class Runtime:
         if self.options.orchestration_threads > 0:
             queues.append(self.names.orchestrator)
         if self.options.activity_threads > 0:
-            queues.extend(self._activity_queues())
+            self._consumed_tags = self._served_tags()
+            queues.extend(self.worker_activity_queues(self._consumed_tags))
             queues.append(self.names.session_queue(self.worker_id))  # activities of the sessions it owns
         if queues:
             self._worker = self.app.WorkController(
@@ -211,20 +212,15 @@ class Runtime:
         self._scheduler = threading.Thread(target=self._schedule_loop, name="duroxide-scheduler", daemon=True)
         self._scheduler.start()
 
-    def _activity_queues(self) -> list[str]:
-        """The activity queues this worker's tag filter names (each tag is its own queue)."""
-        names = [self.names.activities] if self.tag_filter.untagged else []
-        tags = self.tag_filter.tags if self.tag_filter.tags is not None else set(self.store.known_tags())
-        names.extend(self.names.activity_queue(t) for t in sorted(tags))
-        self._consumed_tags = set(tags)
-        return names
+    def _served_tags(self) -> set[str]:
+        """The tags this runtime's filter names; with TagFilter.ANY, every tag in use now."""
+        return set(self.tag_filter.tags) if self.tag_filter.tags is not None else set(self.store.known_tags())
 
-    def worker_activity_queues(self) -> list[str]:
+    def worker_activity_queues(self, tags: set[str] | None = None) -> list[str]:
         """The activity queues a worker with this runtime's tag filter consumes: `<prefix>.activities` if the filter
         accepts untagged work, `<prefix>.activities.<tag>` per tag it names (with TagFilter.ANY: every tag in use)."""
         names = [self.names.activities] if self.tag_filter.untagged else []
-        tags = self.tag_filter.tags if self.tag_filter.tags is not None else set(self.store.known_tags())
-        names.extend(self.names.activity_queue(t) for t in sorted(tags))
+        names.extend(self.names.activity_queue(t) for t in sorted(self._served_tags() if tags is None else tags))
         return names
 
     def _follow_new_tags(self) -> None:
