@@ -100,9 +100,11 @@ class PendingActivity:
 @dataclass
 class SessionBusy:
     """A claim refused for its session: `owner` holds it (publish there), or, with owner None, this worker is at
-    max_sessions_per_runtime (publish back to the claim path for another worker)."""
+    max_sessions_per_runtime (publish back to the claim path for another worker). `activity` is the refused row,
+    routed to `owner`, ready to publish again."""
 
     owner: str | None
+    activity: PendingActivity | None = None
 
 
 @dataclass
@@ -609,6 +611,7 @@ class Store:
                 if item.session_id is not None and policy is not None:
                     busy = self._claim_session(conn, item.session_id, owner, now, policy)
                     if busy is not None:
+                        busy.activity = PendingActivity(*key, item.name, item.session_id, item.tag, busy.owner)
                         raise _Refused(busy)
         except _Refused as refused:
             return refused.busy
@@ -673,14 +676,6 @@ class Store:
         """Give up every session `owner` holds (a worker shutting down without a stable node id)."""
         with self.lease_transaction() as conn:
             return conn.execute(delete(sessions).where(sessions.c.owner == owner)).rowcount
-
-    def work_item_route(self, key: tuple[str, int, int]) -> tuple[str, str | None, str | None] | None:
-        """(name, session id, tag) of an activity row, to publish it again; None if it is gone."""
-        with self.read() as conn:
-            row = conn.execute(
-                select(work_items.c.name, work_items.c.session_id, work_items.c.tag).where(_work_item_is(key))
-            ).first()
-        return (row[0], row[1], row[2]) if row else None
 
     def renew_work_items(
         self, keys: list[tuple[str, int, int]], owner: str, lease_ms: int

@@ -227,11 +227,10 @@ class ActivityExecutor:
     def _reroute(self, key: Key, busy: SessionBusy) -> None:
         """A session activity this worker may not run: hand it to the session's owner, or (at our session cap)
         back to the claim path after a short pause, for a worker with room."""
-        info = self.rt.store.work_item_route(key)
-        if info is None:
+        item = busy.activity
+        if item is None:
             return
-        name, session_id, tag = info
-        item = PendingActivity(key[0], key[1], key[2], name, session_id, tag, busy.owner)
+        name, session_id = item.name, item.session_id
         if busy.owner is not None:
             log.debug("activity %s#%s belongs to session %s of %s: rerouted", name, key[2], session_id, busy.owner)
             self.rt.publisher.activities([item])
