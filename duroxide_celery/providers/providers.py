@@ -74,9 +74,7 @@ class Provider:
                         self._store.lease_engine.dispose(close=False)
                     engine = self._create_engine()
                     upgrade(engine, self.schema)
-                    self._store = Store(
-                        engine, lease_engine=self._create_lease_engine(), serialize_all=self.in_memory
-                    )
+                    self._store = Store(engine, lease_engine=self._create_lease_engine(), serialize_all=self.in_memory)
                     self._pid = os.getpid()
         return self._store
 

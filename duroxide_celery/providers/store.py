@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..replay import events as ev
 from ..replay.events import HistoryEvent, error_details
+from . import hot_statements as hot
 from .fair_lock import FairRLock
 from .schema import executions, history, inbox, instances, kv, sessions, timers, work_items
 
@@ -47,7 +48,7 @@ def _delete_scheduled(conn: Connection, table: Any, instance_id: str, execution_
 
 def inbox_pending(conn: Connection, instance_id: str) -> bool:
     """Whether the instance has inbox messages (on the caller's connection)."""
-    return conn.execute(select(inbox.c.id).where(inbox.c.instance_id == instance_id).limit(1)).first() is not None
+    return conn.execute(hot.INBOX_PENDING, {"iid": instance_id}).first() is not None
 
 
 def now_ms() -> int:
@@ -247,15 +248,14 @@ class Store:
         self, conn: Connection, instance_id: str, kind: str, payload: dict[str, Any], now: int | None = None
     ) -> None:
         conn.execute(
-            insert(inbox).values(
-                instance_id=instance_id, kind=kind, payload=json.dumps(payload), created_at=now or now_ms()
-            )
+            hot.INSERT_INBOX,
+            {"instance_id": instance_id, "kind": kind, "payload": json.dumps(payload), "created_at": now or now_ms()},
         )
 
     def enqueue_many(self, conn: Connection, rows: list[tuple[str, str, dict[str, Any]]], now: int) -> None:
         if rows:
             conn.execute(
-                insert(inbox),
+                hot.INSERT_INBOX,
                 [{"instance_id": i, "kind": k, "payload": json.dumps(p), "created_at": now} for i, k, p in rows],
             )
 
@@ -278,27 +278,10 @@ class Store:
         """Lease the instance for a turn; None if another worker holds it, it is backed off, or (`require_inbox`)
         it has no pending message, which spares a duplicate poke any write."""
         now = now_ms()
-        conditions = [
-            instances.c.instance_id == instance_id,
-            or_(instances.c.lock_owner.is_(None), instances.c.locked_until < now),
-            instances.c.next_attempt_at <= now,
-        ]
-        if require_inbox:
-            conditions.append(select(inbox.c.id).where(inbox.c.instance_id == instance_id).exists())
+        statement = hot.ACQUIRE_WITH_INBOX if require_inbox else hot.ACQUIRE
+        params = {"iid": instance_id, "now": now, "owner": owner, "until": now + lease_ms}
         with self._writing(conn) as conn:
-            row = conn.execute(
-                update(instances)
-                .where(*conditions)
-                .values(lock_owner=owner, locked_until=now + lease_ms, attempt_count=instances.c.attempt_count + 1)
-                .returning(
-                    instances.c.current_execution_id,
-                    instances.c.orchestration_name,
-                    instances.c.status,
-                    instances.c.attempt_count,
-                    instances.c.next_attempt_at,
-                    instances.c.custom_status_version,
-                )
-            ).first()
+            row = conn.execute(statement, params).first()
         if row is None:
             return None
         return InstanceLease(instance_id, *row)
@@ -343,9 +326,10 @@ class Store:
         next_attempt_at: int = 0,
         consumed_ids: Iterable[int] = (),
         conn: Connection | None = None,
-    ) -> None:
+        check_more: bool = False,
+    ) -> bool:
         """Give the lease back without a turn; the consumed messages are deleted only while the lease is ours
-        (LeaseLost otherwise: whoever took over reads them)."""
+        (LeaseLost otherwise: whoever took over reads them). With `check_more`: whether other messages wait."""
         with self._writing(conn) as conn:
             values: dict[str, Any] = {"lock_owner": None, "locked_until": 0, "next_attempt_at": next_attempt_at}
             if reset_attempts:
@@ -356,10 +340,9 @@ class Store:
                 .values(**values)
             ).rowcount
             ids = list(consumed_ids)
-            if ids:
-                if not released:
-                    raise LeaseLost(instance_id)
-                conn.execute(delete(inbox).where(inbox.c.id.in_(ids)))
+            if ids and not released:
+                raise LeaseLost(instance_id)
+            return self.delete_inbox(conn, ids, more_of=instance_id if check_more else None)
 
     def load_turn(
         self, instance_id: str, execution_id: int, after_event_id: int = 0, conn: Connection | None = None
@@ -367,35 +350,15 @@ class Store:
         """History of the execution (events after `after_event_id`: the caller caches the prefix, which never
         changes), pending inbox messages (id, message) and the execution's KV snapshot."""
         with self._reading(conn) as conn:
-            msgs = conn.execute(
-                select(inbox.c.id, inbox.c.kind, inbox.c.payload)
-                .where(inbox.c.instance_id == instance_id)
-                .order_by(inbox.c.id)
-            ).all()
+            msgs = conn.execute(hot.INBOX_OF, {"iid": instance_id}).all()
             if not msgs:
                 return [], [], {}
             events = conn.execute(
-                select(
-                    history.c.event_id,
-                    history.c.kind,
-                    history.c.data,
-                    history.c.source_event_id,
-                    history.c.timestamp_ms,
-                )
-                .where(
-                    history.c.instance_id == instance_id,
-                    history.c.execution_id == execution_id,
-                    history.c.event_id > after_event_id,
-                )
-                .order_by(history.c.event_id)
+                hot.HISTORY_AFTER, {"iid": instance_id, "exec": execution_id, "after": after_event_id}
             ).all()
             snapshot_text = None
             if execution_id > 1:  # the first execution starts with no KV; later ones carry it from their predecessor
-                snapshot_text = conn.execute(
-                    select(executions.c.kv_snapshot).where(
-                        executions.c.instance_id == instance_id, executions.c.execution_id == execution_id
-                    )
-                ).scalar()
+                snapshot_text = conn.execute(hot.KV_SNAPSHOT, {"iid": instance_id, "exec": execution_id}).scalar()
         messages = []
         for msg_id, kind, payload in msgs:
             body = json.loads(payload)
@@ -420,7 +383,7 @@ class Store:
     def append_history(self, conn: Connection, instance_id: str, execution_id: int, events: list[HistoryEvent]) -> None:
         if events:
             conn.execute(
-                insert(history),
+                hot.INSERT_HISTORY,
                 [
                     {
                         "instance_id": instance_id,
@@ -435,9 +398,18 @@ class Store:
                 ],
             )
 
-    def delete_inbox(self, conn: Connection, ids: list[int]) -> None:
+    def delete_inbox(self, conn: Connection, ids: list[int], more_of: str | None = None) -> bool:
+        """Delete consumed messages. With `more_of` (an instance id): whether that instance has other messages,
+        read after the delete (on PostgreSQL in the same statement); else False."""
+        if more_of is None:
+            if ids:
+                conn.execute(hot.DELETE_INBOX, {"ids": ids})
+            return False
+        if ids and not self.is_sqlite:
+            return bool(conn.execute(hot.CONSUME_INBOX_AND_CHECK, {"ids": ids, "iid": more_of}).scalar())
         if ids:
-            conn.execute(delete(inbox).where(inbox.c.id.in_(ids)))
+            conn.execute(hot.DELETE_INBOX, {"ids": ids})
+        return inbox_pending(conn, more_of)
 
     def add_work_items(
         self,
@@ -453,7 +425,7 @@ class Store:
         deadline, after which it fails unless a worker has claimed it."""
         if items:
             conn.execute(
-                insert(work_items),
+                hot.INSERT_WORK_ITEMS,
                 [
                     {
                         "instance_id": instance_id,
@@ -555,11 +527,11 @@ class Store:
         instance until the commit, so a worker that takes over a lease that lapsed mid-turn waits for our commit
         instead of racing it. (A plain read as the fence once let a lapsed lease be taken between the check and
         the commit: tests/production/test_leases.py.)"""
-        finished = conn.execute(
-            update(instances)
-            .where(instances.c.instance_id == instance_id, instances.c.lock_owner == owner)
-            .values(lock_owner=None, locked_until=0, attempt_count=0, next_attempt_at=0, updated_at=now_ms(), **values)
-        ).rowcount
+        values["updated_at"] = now_ms()
+        columns = tuple(sorted(values))
+        params = {f"v_{c}": values[c] for c in columns}
+        params.update(iid=instance_id, owner=owner)
+        finished = conn.execute(hot.finish_instance(columns), params).rowcount
         if not finished:
             raise LeaseLost(instance_id)
 
@@ -582,28 +554,8 @@ class Store:
         try:
             with self.lease_transaction() as conn:
                 row = conn.execute(
-                    update(work_items)
-                    .where(
-                        _work_item_is(key),
-                        or_(work_items.c.lock_owner.is_(None), work_items.c.locked_until < now),
-                        work_items.c.visible_at <= now,
-                        or_(work_items.c.claim_deadline == 0, work_items.c.claim_deadline > now),
-                    )
-                    .values(
-                        lock_owner=owner,
-                        locked_until=now + lease_ms,
-                        attempt_count=work_items.c.attempt_count + 1,
-                        claim_deadline=0,  # picked up: its ttl no longer applies
-                    )
-                    .returning(
-                        work_items.c.name,
-                        work_items.c.input,
-                        work_items.c.session_id,
-                        work_items.c.tag,
-                        work_items.c.orchestration_name,
-                        work_items.c.orchestration_version,
-                        work_items.c.attempt_count,
-                    )
+                    hot.CLAIM_WORK_ITEM,
+                    {"iid": key[0], "exec": key[1], "eid": key[2], "now": now, "owner": owner, "until": now + lease_ms},
                 ).first()
                 if row is None:
                     return None
@@ -721,16 +673,17 @@ class Store:
     ) -> bool:
         """Record an activity's outcome at most once: delete our leased row and queue the completion, atomically.
         False when the row is gone or another worker holds it (the outcome is dropped)."""
+        params = {"iid": key[0], "exec": key[1], "eid": key[2], "owner": owner}
+        message = dict(payload, execution_id=key[1], event_id=key[2])
         with self.write() as conn:
-            deleted = conn.execute(
-                delete(work_items).where(
-                    _work_item_is(key),
-                    work_items.c.lock_owner == owner,
-                )
-            ).rowcount
-            if not deleted:
-                return False
-            self.enqueue(conn, key[0], kind, dict(payload, execution_id=key[1], event_id=key[2]))
+            if self.is_sqlite:  # no data-modifying WITH: delete, then queue
+                if not conn.execute(hot.DELETE_LEASED_WORK_ITEM, params).rowcount:
+                    return False
+                self.enqueue(conn, key[0], kind, message)
+            else:
+                params.update(kind=kind, payload=json.dumps(message), created=now_ms())
+                if not conn.execute(hot.COMPLETE_WORK_ITEM, params).rowcount:
+                    return False
             if session_id is not None:  # the session's idle clock starts now
                 conn.execute(
                     update(sessions)

@@ -15,7 +15,7 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ..providers.store import LeaseLost, PendingActivity, inbox_pending, now_ms
+from ..providers.store import LeaseLost, PendingActivity, now_ms
 from ..replay import events as ev
 from ..replay.engine import (
     REPLAY_VERSION,
@@ -120,20 +120,19 @@ class TurnExecutor:
                 history, messages, kv_snapshot = self._load(lease, conn)
             if not messages:
                 with store.write() as conn:
-                    store.release_instance(instance_id, owner, reset_attempts=True, conn=conn)
-                    return inbox_pending(conn, instance_id)
+                    return store.release_instance(instance_id, owner, reset_attempts=True, conn=conn, check_more=True)
             outcome = self._decide(lease, history, messages, kv_snapshot)
             if outcome is None:
                 return False
             result, msg_ids = outcome
             with store.write() as conn:
                 if result.status == "Idle":
-                    store.release_instance(instance_id, owner, reset_attempts=True, consumed_ids=msg_ids, conn=conn)
-                    return inbox_pending(conn, instance_id)
-                plan = self._write(conn, lease, result, msg_ids)
-                more = inbox_pending(conn, instance_id)
+                    return store.release_instance(
+                        instance_id, owner, reset_attempts=True, consumed_ids=msg_ids, conn=conn, check_more=True
+                    )
+                plan = self._write(conn, lease, result, msg_ids, check_inbox=True)
             self._after_commit(lease, history, result, plan)
-            return more
+            return plan["more"]
         except LeaseLost:
             log.warning("lease on %s lost during its turn; another worker redoes it", instance_id)
             return False
@@ -321,8 +320,11 @@ class TurnExecutor:
                 plan = self._write(new_conn, lease, result, msg_ids)
         self._after_commit(lease, history, result, plan)
 
-    def _write(self, conn: Any, lease: Any, result: TurnResult, msg_ids: list[int]) -> dict[str, Any]:
-        """Write everything the turn decided, in the caller's transaction; returns what to publish after it."""
+    def _write(
+        self, conn: Any, lease: Any, result: TurnResult, msg_ids: list[int], check_inbox: bool = False
+    ) -> dict[str, Any]:
+        """Write everything the turn decided, in the caller's transaction; returns what to publish after it, and
+        (`check_inbox`) whether more messages wait, read after the fence has row-locked the instance."""
         rt = self.rt
         store = rt.store
         instance_id, exec_id, owner = lease.instance_id, lease.execution_id, rt.worker_id
@@ -335,7 +337,7 @@ class TurnExecutor:
         # First: the fence (LeaseLost unless the lease is still ours) and the instance row lock until commit.
         store.finish_instance(conn, instance_id, owner, **inst_values)
         store.append_history(conn, instance_id, exec_id, result.new_events)
-        store.delete_inbox(conn, msg_ids)
+        more = store.delete_inbox(conn, msg_ids, more_of=instance_id if check_inbox else None)
         orch = (result.orchestration_name or "", result.orchestration_version or "")
         store.add_work_items(conn, instance_id, exec_id, orch, activities, now, rt.options.default_activity_ttl_ms)
         # Activities of a session some worker holds go straight to that worker's session queue.
@@ -406,6 +408,7 @@ class TurnExecutor:
             "timers": new_timers,
             "pokes": pokes,
             "started": started_fresh,
+            "more": more,
         }
 
     @staticmethod

@@ -1,0 +1,164 @@
+"""The hot path's statements (turns, activity claims and completions), built once with bound parameters.
+
+Building a Core statement per call (where clauses, coercions, its cache key) cost more CPU than PostgreSQL spent
+running it: a turn paid it for eight statements and an activity for three. A prebuilt statement keeps its
+memoized cache key, so executing it goes straight to the compiled-statement cache. Parameter names never repeat a
+column name that a statement sets (SQLAlchemy reserves those).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import BigInteger, String, Text, and_, bindparam, delete, insert, or_, select, update
+
+from .schema import executions, history, inbox, instances, work_items
+
+INSERT_INBOX = insert(inbox)
+INSERT_HISTORY = insert(history)
+INSERT_WORK_ITEMS = insert(work_items)
+
+#: One message of the instance, if any (parameter `iid`).
+INBOX_PENDING = select(inbox.c.id).where(inbox.c.instance_id == bindparam("iid")).limit(1)
+
+#: The instance's pending messages in arrival order (`iid`).
+INBOX_OF = (
+    select(inbox.c.id, inbox.c.kind, inbox.c.payload)
+    .where(inbox.c.instance_id == bindparam("iid"))
+    .order_by(inbox.c.id)
+)
+
+#: Consumed messages by id (`ids`, a list).
+DELETE_INBOX = delete(inbox).where(inbox.c.id.in_(bindparam("ids", expanding=True)))
+
+
+def _consume_inbox_and_check() -> Any:
+    consumed = (
+        delete(inbox).where(inbox.c.id.in_(bindparam("ids", expanding=True))).returning(inbox.c.id).cte("consumed")
+    )
+    # The query and its WITH share one snapshot: the consumed rows are still visible to the EXISTS, hence NOT IN.
+    others = select(inbox.c.id).where(
+        inbox.c.instance_id == bindparam("iid"), inbox.c.id.not_in(bindparam("ids", expanding=True))
+    )
+    return select(others.exists()).add_cte(consumed)
+
+
+#: PostgreSQL: DELETE_INBOX, and whether the instance (`iid`) has other messages, in one round trip.
+CONSUME_INBOX_AND_CHECK = _consume_inbox_and_check()
+
+#: History of an execution after a known prefix (`iid`, `exec`, `after`).
+HISTORY_AFTER = (
+    select(history.c.event_id, history.c.kind, history.c.data, history.c.source_event_id, history.c.timestamp_ms)
+    .where(
+        history.c.instance_id == bindparam("iid"),
+        history.c.execution_id == bindparam("exec"),
+        history.c.event_id > bindparam("after"),
+    )
+    .order_by(history.c.event_id)
+)
+
+#: The KV snapshot an execution started with (`iid`, `exec`).
+KV_SNAPSHOT = select(executions.c.kv_snapshot).where(
+    executions.c.instance_id == bindparam("iid"), executions.c.execution_id == bindparam("exec")
+)
+
+
+def _acquire(require_inbox: bool) -> Any:
+    conditions = [
+        instances.c.instance_id == bindparam("iid"),
+        or_(instances.c.lock_owner.is_(None), instances.c.locked_until < bindparam("now")),
+        instances.c.next_attempt_at <= bindparam("now"),
+    ]
+    if require_inbox:
+        conditions.append(select(inbox.c.id).where(inbox.c.instance_id == bindparam("iid")).exists())
+    return (
+        update(instances)
+        .where(*conditions)
+        .values(
+            lock_owner=bindparam("owner"),
+            locked_until=bindparam("until"),
+            attempt_count=instances.c.attempt_count + 1,
+        )
+        .returning(
+            instances.c.current_execution_id,
+            instances.c.orchestration_name,
+            instances.c.status,
+            instances.c.attempt_count,
+            instances.c.next_attempt_at,
+            instances.c.custom_status_version,
+        )
+    )
+
+
+#: Lease a free (or expired) instance that is not backed off (`iid`, `now`, `owner`, `until`); returns its state.
+ACQUIRE = _acquire(require_inbox=False)
+#: ACQUIRE, only when the instance has a pending message.
+ACQUIRE_WITH_INBOX = _acquire(require_inbox=True)
+
+
+@lru_cache(maxsize=64)
+def finish_instance(columns: tuple[str, ...]) -> Any:
+    """Release our lease and set `columns` (parameters `v_<column>`), only while `owner` holds it (`iid`)."""
+    values: dict[str, Any] = {"lock_owner": None, "locked_until": 0, "attempt_count": 0, "next_attempt_at": 0}
+    values.update({c: bindparam(f"v_{c}") for c in columns})
+    return (
+        update(instances)
+        .where(instances.c.instance_id == bindparam("iid"), instances.c.lock_owner == bindparam("owner"))
+        .values(**values)
+    )
+
+
+def _work_item_key() -> Any:
+    return and_(
+        work_items.c.instance_id == bindparam("iid"),
+        work_items.c.execution_id == bindparam("exec"),
+        work_items.c.event_id == bindparam("eid"),
+    )
+
+
+#: Lease an activity row that is free (or expired), visible and within its claim deadline (`iid`, `exec`,
+#: `eid`, `now`, `owner`, `until`); returns its routing and payload columns.
+CLAIM_WORK_ITEM = (
+    update(work_items)
+    .where(
+        _work_item_key(),
+        or_(work_items.c.lock_owner.is_(None), work_items.c.locked_until < bindparam("now")),
+        work_items.c.visible_at <= bindparam("now"),
+        or_(work_items.c.claim_deadline == 0, work_items.c.claim_deadline > bindparam("now")),
+    )
+    .values(
+        lock_owner=bindparam("owner"),
+        locked_until=bindparam("until"),
+        attempt_count=work_items.c.attempt_count + 1,
+        claim_deadline=0,  # picked up: its ttl no longer applies
+    )
+    .returning(
+        work_items.c.name,
+        work_items.c.input,
+        work_items.c.session_id,
+        work_items.c.tag,
+        work_items.c.orchestration_name,
+        work_items.c.orchestration_version,
+        work_items.c.attempt_count,
+    )
+)
+
+#: Delete an activity row we hold (`iid`, `exec`, `eid`, `owner`).
+DELETE_LEASED_WORK_ITEM = delete(work_items).where(_work_item_key(), work_items.c.lock_owner == bindparam("owner"))
+
+
+def _complete_work_item() -> Any:
+    done = DELETE_LEASED_WORK_ITEM.returning(work_items.c.instance_id).cte("done")
+    outcome = select(
+        done.c.instance_id,
+        bindparam("kind", type_=String),
+        bindparam("payload", type_=Text),
+        bindparam("created", type_=BigInteger),
+    )
+    return insert(inbox).from_select(["instance_id", "kind", "payload", "created_at"], outcome).add_cte(done)
+
+
+#: PostgreSQL: delete an activity row we hold and queue its outcome message (`kind`, `payload`, `created`) in one
+#: statement; inserts nothing (rowcount 0) when the row is gone or another worker holds it.
+COMPLETE_WORK_ITEM = _complete_work_item()
