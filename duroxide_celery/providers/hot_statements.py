@@ -12,12 +12,35 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import BigInteger, String, Text, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from .schema import executions, history, inbox, instances, work_items
 
 INSERT_INBOX = insert(inbox)
+INSERT_EXECUTION = insert(executions)
 INSERT_HISTORY = insert(history)
 INSERT_WORK_ITEMS = insert(work_items)
+
+#: The instance row (`iid`).
+INSTANCE = select(instances).where(instances.c.instance_id == bindparam("iid"))
+
+
+@lru_cache(maxsize=2)
+def insert_instance_if_absent(dialect_name: str) -> Any:
+    """INSERT of an instance row that silently skips an existing id (rowcount tells which happened)."""
+    dialect = sqlite if dialect_name == "sqlite" else postgresql
+    return dialect.insert(instances).on_conflict_do_nothing()
+
+
+@lru_cache(maxsize=64)
+def update_execution(columns: tuple[str, ...]) -> Any:
+    """Set `columns` (parameters `v_<column>`) of one execution (`iid`, `exec`)."""
+    return (
+        update(executions)
+        .where(executions.c.instance_id == bindparam("iid"), executions.c.execution_id == bindparam("exec"))
+        .values({c: bindparam(f"v_{c}") for c in columns})
+    )
+
 
 #: One message of the instance, if any (parameter `iid`).
 INBOX_PENDING = select(inbox.c.id).where(inbox.c.instance_id == bindparam("iid")).limit(1)

@@ -51,6 +51,14 @@ def inbox_pending(conn: Connection, instance_id: str) -> bool:
     return conn.execute(hot.INBOX_PENDING, {"iid": instance_id}).first() is not None
 
 
+def _set_clause(values: dict[str, Any], **where: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The column names a prebuilt UPDATE sets (its cache key) and its parameters (`v_<column>`, plus `where`)."""
+    columns = tuple(sorted(values))
+    params = {f"v_{c}": values[c] for c in columns}
+    params.update(where)
+    return columns, params
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -191,11 +199,6 @@ class Store:
     def _reading(self, conn: Connection | None) -> Any:
         return self._reusing(conn, self.read)
 
-    def _insert_ignore(self, table: Any) -> Any:
-        """INSERT that silently skips rows whose primary key exists (rowcount tells which happened)."""
-        dialect = sqlite_dialect if self.is_sqlite else pg_dialect
-        return dialect.insert(table).on_conflict_do_nothing()
-
     # -- starting instances -------------------------------------------------------------------------------------
     def create_instance(
         self,
@@ -211,32 +214,34 @@ class Store:
         (the first start wins)."""
         now = now or now_ms()
         created = conn.execute(
-            self._insert_ignore(instances).values(
-                instance_id=instance_id,
-                orchestration_name=name,
-                requested_version=version,
-                status="Running",
-                current_execution_id=1,
-                custom_status_version=0,
-                parent_instance_id=parent[0] if parent else None,
-                created_at=now,
-                updated_at=now,
-                locked_until=0,
-                attempt_count=0,
-                next_attempt_at=0,
-            )
+            hot.insert_instance_if_absent(self.engine.dialect.name),
+            {
+                "instance_id": instance_id,
+                "orchestration_name": name,
+                "requested_version": version,
+                "status": "Running",
+                "current_execution_id": 1,
+                "custom_status_version": 0,
+                "parent_instance_id": parent[0] if parent else None,
+                "created_at": now,
+                "updated_at": now,
+                "locked_until": 0,
+                "attempt_count": 0,
+                "next_attempt_at": 0,
+            },
         ).rowcount
         if not created:
             return False
         conn.execute(
-            insert(executions).values(
-                instance_id=instance_id,
-                execution_id=1,
-                status="Running",
-                started_at=now,
-                event_count=0,
-                kv_snapshot="{}",
-            )
+            hot.INSERT_EXECUTION,
+            {
+                "instance_id": instance_id,
+                "execution_id": 1,
+                "status": "Running",
+                "started_at": now,
+                "event_count": 0,
+                "kv_snapshot": "{}",
+            },
         )
         payload: dict[str, Any] = {"name": name, "input": input_json, "version": version}
         if parent:
@@ -501,11 +506,8 @@ class Store:
 
     def update_execution(self, conn: Connection, instance_id: str, execution_id: int, **values: Any) -> None:
         if values:  # most turns change nothing here: no statement for them
-            conn.execute(
-                update(executions)
-                .where(executions.c.instance_id == instance_id, executions.c.execution_id == execution_id)
-                .values(**values)
-            )
+            columns, params = _set_clause(values, iid=instance_id, exec=execution_id)
+            conn.execute(hot.update_execution(columns), params)
 
     def new_execution(
         self, conn: Connection, instance_id: str, execution_id: int, kv_state: dict[str, tuple[str, int]], now: int
@@ -528,9 +530,7 @@ class Store:
         instead of racing it. (A plain read as the fence once let a lapsed lease be taken between the check and
         the commit: tests/production/test_leases.py.)"""
         values["updated_at"] = now_ms()
-        columns = tuple(sorted(values))
-        params = {f"v_{c}": values[c] for c in columns}
-        params.update(iid=instance_id, owner=owner)
+        columns, params = _set_clause(values, iid=instance_id, owner=owner)
         finished = conn.execute(hot.finish_instance(columns), params).rowcount
         if not finished:
             raise LeaseLost(instance_id)
@@ -870,7 +870,7 @@ class Store:
     # -- reads for the client -----------------------------------------------------------------------------------
     def get_instance(self, instance_id: str) -> dict[str, Any] | None:
         with self.read() as conn:
-            row = conn.execute(select(instances).where(instances.c.instance_id == instance_id)).mappings().first()
+            row = conn.execute(hot.INSTANCE, {"iid": instance_id}).mappings().first()
         return dict(row) if row else None
 
     def list_executions(self, instance_id: str) -> list[dict[str, Any]]:
