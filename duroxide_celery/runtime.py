@@ -110,9 +110,11 @@ class Runtime:
         if not self.embedded:
             from celery.signals import worker_ready
 
+            from .broker_acks import skip_ack_emulation_in_own_workers
             from .worker_options import install_worker_options
 
             worker_ready.connect(self._on_worker_ready, weak=False, sender=None)
+            skip_ack_emulation_in_own_workers(app, self.names)
             install_worker_options(app)  # celery worker --duroxide-tag-filter/--duroxide-node-id
         self._worker: Any = None
         self._worker_thread: threading.Thread | None = None
@@ -250,8 +252,7 @@ class Runtime:
         if task_consumer is None:
             return
         consumed = {q.name for q in task_consumer.queues}
-        activities = self.names.activities
-        if not any(name == activities or name.startswith(activities + ".") for name in consumed):
+        if not any(self.names.is_activity_queue(name) for name in consumed):
             return
         name = self.names.session_queue(self.worker_id)
         if name not in consumed:

@@ -27,6 +27,14 @@ class QueueNames:
     def session_queue(self, node_id: str) -> str:
         return f"{self.prefix}.sessions.{node_id}"
 
+    def is_activity_queue(self, name: str) -> bool:
+        """The untagged activity queue or a tag's queue."""
+        return name == self.activities or name.startswith(self.activities + ".")
+
+    def is_ours(self, name: str) -> bool:
+        """Whether a queue carries only this runtime's messages (turns, timers, recovery, activities, sessions)."""
+        return name == self.orchestrator or self.is_activity_queue(name) or name.startswith(f"{self.prefix}.sessions.")
+
 
 @lru_cache(maxsize=4096)
 def queue(name: str) -> Queue:
