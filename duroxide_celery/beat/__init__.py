@@ -39,9 +39,9 @@ class TimerScheduler(beat.Scheduler):
     def setup_schedule(self) -> None:
         super().setup_schedule()
         interval = self._runtime.options.recovery_interval_s
-        self.merge_inplace({
-            "duroxide-recovery-sweep": {"task": RECOVERY_TASK, "schedule": interval, "options": {"expires": interval}}
-        })
+        self.merge_inplace(
+            {"duroxide-recovery-sweep": {"task": RECOVERY_TASK, "schedule": interval, "options": {"expires": interval}}}
+        )
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         wait = super().tick(*args, **kwargs)

@@ -41,8 +41,10 @@ def test_explicit_child_id_already_taken_fails_the_call_instead_of_hanging(runti
 def test_rolling_deploy_a_new_worker_with_the_handler_takes_over(runtime_factory, client, provider):
     old = runtime_factory({})  # the old worker does not know the orchestration yet
     client.start_orchestration("rolling-1", "NewWorkflow", 21)
-    wait_until(lambda: (client._store.get_instance("rolling-1") or {}).get("next_attempt_at", 0) > 0,
-               what="the old worker to back off")
+    wait_until(
+        lambda: (client._store.get_instance("rolling-1") or {}).get("next_attempt_at", 0) > 0,
+        what="the old worker to back off",
+    )
     old.shutdown()
     runtime_factory({"NewWorkflow": lambda ctx, x: (yield ctx.schedule_timer(1)) or x * 2})
     result = client.wait_for_orchestration("rolling-1", WAIT_MS)

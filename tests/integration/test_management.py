@@ -76,9 +76,7 @@ def _rows(provider, instance_ids) -> dict[str, int]:
 
 
 def _event_total(client, instance_ids) -> int:
-    return sum(
-        len(client.read_execution_history(i, e)) for i in instance_ids for e in client.list_executions(i)
-    )
+    return sum(len(client.read_execution_history(i, e)) for i in instance_ids for e in client.list_executions(i))
 
 
 def _grandchild(client) -> str:
@@ -307,9 +305,12 @@ def test_delete_instance_bulk_filters(runtime_factory, client):
     assert "bulk-a" not in client.list_all_instances()
 
     # Filters are ANDed: these two ids both finished after the cutoff.
-    assert client.delete_instance_bulk(
-        InstanceFilter(instance_ids=["bulk-failed", "bulk-parent"], completed_before=cutoff)
-    ) == DeleteInstanceResult()
+    assert (
+        client.delete_instance_bulk(
+            InstanceFilter(instance_ids=["bulk-failed", "bulk-parent"], completed_before=cutoff)
+        )
+        == DeleteInstanceResult()
+    )
     # completed_before alone: only the instance that finished before the cutoff.
     assert client.delete_instance_bulk(InstanceFilter(completed_before=cutoff)).instances_deleted == 1
     assert "bulk-old" not in client.list_all_instances()

@@ -95,8 +95,10 @@ def main(argv: list[str]) -> int:
                     stale.append(path.name)
             else:
                 path.write_text(text)
-                print(f"wrote {path.relative_to(GOLDEN_DIR.parents[2])}: {fixture['expect']['status']}, "
-                      f"{len(fixture['history'])} events")
+                print(
+                    f"wrote {path.relative_to(GOLDEN_DIR.parents[2])}: {fixture['expect']['status']}, "
+                    f"{len(fixture['history'])} events"
+                )
     if stale:
         print("out of date:", ", ".join(stale))
         return 1

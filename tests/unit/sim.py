@@ -226,11 +226,7 @@ class Sim:
 
     def ids(self, kind: str, **data: Any) -> list[int]:
         """Event ids of history events of `kind` whose data matches the given fields."""
-        return [
-            e.event_id
-            for e in self.history
-            if e.kind == kind and all(e.data.get(k) == v for k, v in data.items())
-        ]
+        return [e.event_id for e in self.history if e.kind == kind and all(e.data.get(k) == v for k, v in data.items())]
 
     def scheduled(self, name: str | None = None) -> list[int]:
         """Event ids of ActivityScheduled (optionally by name), in order."""

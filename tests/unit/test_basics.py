@@ -339,6 +339,7 @@ def test_is_replaying_is_true_only_for_steps_already_in_history(monkeypatch):
 
 def test_traces_are_suppressed_while_replaying(caplog, monkeypatch):
     monkeypatch.setattr(sim_module, "RESUME_CHECK", False)  # counts side effects of each run
+
     def orch(ctx, _):
         ctx.trace_info("before")
         yield ctx.schedule_activity("A")

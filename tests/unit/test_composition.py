@@ -480,8 +480,9 @@ def test_race_of_two_buffered_dequeues_picks_first_and_loses_no_message():
         ev.ORCHESTRATION_COMPLETED,
     ]
     cancelled = [e for e in sim.history if e.kind == ev.QUEUE_SUBSCRIPTION_CANCELLED]
-    assert [(e.source_event_id, e.data) for e in cancelled] == [(sim.ids(ev.QUEUE_SUBSCRIBED, name="b")[0],
-                                                                 {"reason": "dropped_future"})]
+    assert [(e.source_event_id, e.data) for e in cancelled] == [
+        (sim.ids(ev.QUEUE_SUBSCRIBED, name="b")[0], {"reason": "dropped_future"})
+    ]
     assert_replay_stable(sim)
 
 

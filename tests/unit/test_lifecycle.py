@@ -168,9 +168,7 @@ def test_sub_orchestration_auto_ids_after_continue_as_new():
     sim.turn()
     nxt = sim.next_execution()
     r = nxt.turn()
-    assert outgoing_of(r, StartOrchestration) == [
-        StartOrchestration("lp::sub::2_2", "child", "1", None, "lp", 2, 2)
-    ]
+    assert outgoing_of(r, StartOrchestration) == [StartOrchestration("lp::sub::2_2", "child", "1", None, "lp", 2, 2)]
     assert nxt.event(2).data["instance"] == "lp::sub::2_2"
     nxt.sub_completed(2, "c1")
     assert output_of(nxt.turn()) == "c1"
@@ -318,7 +316,10 @@ def test_canceled_child_reports_failure_to_parent():
     notes = outgoing_of(r, NotifyParent)
     assert notes == [
         NotifyParent(
-            "par", 1, 2, ev.MSG_SUB_FAILED,
+            "par",
+            1,
+            2,
+            ev.MSG_SUB_FAILED,
             details={"category": "Application", "message": "canceled: parent canceled", "kind": "Cancelled"},
         )
     ]

@@ -34,8 +34,12 @@ def test_replay_with_completions_in_history_reaches_the_same_point():
     sim.turn()
     r = sim.replay()
     assert r.status == "Running" and r.new_events == [] and r.outgoing == []
-    assert sim.kinds() == [ev.ORCHESTRATION_STARTED, ev.ACTIVITY_SCHEDULED, ev.ACTIVITY_COMPLETED,
-                           ev.ACTIVITY_SCHEDULED]
+    assert sim.kinds() == [
+        ev.ORCHESTRATION_STARTED,
+        ev.ACTIVITY_SCHEDULED,
+        ev.ACTIVITY_COMPLETED,
+        ev.ACTIVITY_SCHEDULED,
+    ]
 
 
 def test_rerunning_a_turn_from_the_same_history_and_messages_is_identical():
@@ -197,10 +201,12 @@ def test_wrong_activity_name():
         yield ctx.schedule_activity("C", 2)
 
     sim = record(a_then_b, [lambda s: s.complete(2, None)])
-    r = replay_with(sim, changed, [{"kind": ev.MSG_ACTIVITY_COMPLETED, "execution_id": 1, "event_id": 4,
-                                    "result": "null"}])
+    r = replay_with(
+        sim, changed, [{"kind": ev.MSG_ACTIVITY_COMPLETED, "execution_id": 1, "event_id": 4, "result": "null"}]
+    )
     assert_nondeterministic(
-        r, "schedule mismatch: action=ActivityScheduled{name: 'C', input: '2', session_id: None, tag: None}",
+        r,
+        "schedule mismatch: action=ActivityScheduled{name: 'C', input: '2', session_id: None, tag: None}",
         "vs event=ActivityScheduled#4{name: 'B', input: '2'}",
     )
 
