@@ -27,7 +27,7 @@ from .tagfilter import parse_filter
 from .tasks.install import install_tasks
 from .tasks.publish import Publisher
 from .tasks.queues import QueueNames, baseline_settings
-from .tasks.recovery import fire_timers, sweep
+from .tasks.recovery import fire_what_is_due, sweep
 from .tasks.thread_pool import AppBoundThreadPool
 
 log = logging.getLogger("duroxide_celery.runtime")
@@ -317,15 +317,12 @@ class Runtime:
         next_sweep = 0.0
         while not self._stop.is_set():
             try:
-                due = store.next_timer_due()
-                if due is not None and due <= now_ms():
-                    fire_timers(store, self.publisher)
                 if time.monotonic() >= next_sweep:
                     self._follow_new_tags()
                     sweep(store, self.publisher, threshold)
                     threshold = self.options.recovery_threshold
                     next_sweep = time.monotonic() + self.options.recovery_interval_s
-                due = store.next_timer_due()
+                due = fire_what_is_due(store, self.publisher)
             except Exception:  # noqa: BLE001 - keep the scheduler alive through database blips
                 log.exception("embedded scheduler round failed")
                 due = None

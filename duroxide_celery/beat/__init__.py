@@ -16,7 +16,7 @@ from celery import beat
 
 from ..providers.store import now_ms
 from ..tasks.queues import RECOVERY_TASK
-from ..tasks.recovery import fire_timers
+from ..tasks.recovery import fire_what_is_due
 
 log = logging.getLogger("duroxide_celery.runtime")
 
@@ -48,10 +48,7 @@ class TimerScheduler(beat.Scheduler):
         runtime = self._runtime
         try:
             # One cheap read while idle; the firing transaction only when something is due.
-            due = runtime.store.next_timer_due()
-            if due is not None and due <= now_ms():
-                fire_timers(runtime.store, runtime.publisher)
-                due = runtime.store.next_timer_due()
+            due = fire_what_is_due(runtime.store, runtime.publisher)
         except Exception:  # noqa: BLE001 - a database blip must not stop beat; the next tick retries
             log.exception("firing durable timers failed")
             return min(wait, 1.0)

@@ -11,10 +11,25 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import BigInteger, String, Text, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    String,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .schema import executions, history, inbox, instances, work_items
+from .schema import executions, history, inbox, instances, timers, work_items
 
 INSERT_INBOX = insert(inbox)
 INSERT_EXECUTION = insert(executions)
@@ -185,3 +200,43 @@ def _complete_work_item() -> Any:
 #: PostgreSQL: delete an activity row we hold and queue its outcome message (`kind`, `payload`, `created`) in one
 #: statement; inserts nothing (rowcount 0) when the row is gone or another worker holds it.
 COMPLETE_WORK_ITEM = _complete_work_item()
+
+
+#: When the next durable timer fires and when the next unclaimed activity reaches its claim deadline (either None).
+NEXT_DUE = select(
+    select(func.min(timers.c.fire_at_ms)).scalar_subquery(),
+    select(func.min(work_items.c.claim_deadline)).where(work_items.c.claim_deadline > 0).scalar_subquery(),
+)
+
+
+def _fire_due_timers() -> Any:
+    picked = (
+        select(timers.c.instance_id, timers.c.execution_id, timers.c.event_id)
+        .where(timers.c.fire_at_ms <= bindparam("now"))
+        .order_by(timers.c.fire_at_ms)
+        .limit(bindparam("limit"))
+        .with_for_update(skip_locked=True)  # two beats at once fire disjoint timers
+    )
+    fired = (
+        delete(timers)
+        .where(tuple_(timers.c.instance_id, timers.c.execution_id, timers.c.event_id).in_(picked))
+        .returning(timers.c.instance_id, timers.c.execution_id, timers.c.event_id, timers.c.fire_at_ms)
+        .cte("fired")
+    )
+    payload = func.json_build_object(
+        "execution_id", fired.c.execution_id, "event_id", fired.c.event_id, "fire_at_ms", fired.c.fire_at_ms
+    )
+    messages = select(
+        fired.c.instance_id, literal("TimerFired", String), cast(payload, Text), bindparam("now", type_=BigInteger)
+    ).order_by(fired.c.fire_at_ms, fired.c.event_id)
+    queued = insert(inbox).from_select(["instance_id", "kind", "payload", "created_at"], messages).cte("queued")
+    return (
+        select(fired.c.instance_id, instances.c.orchestration_name)
+        .join_from(fired, instances, instances.c.instance_id == fired.c.instance_id, isouter=True)
+        .add_cte(queued)
+    )
+
+
+#: PostgreSQL: delete up to `limit` timers due at `now` and queue their TimerFired messages, in one statement;
+#: returns (instance id, orchestration name) per fired timer.
+FIRE_DUE_TIMERS = _fire_due_timers()

@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import LargeBinary, and_, cast, delete, func, insert, or_, select, tuple_, union_all, update
+from sqlalchemy import LargeBinary, and_, cast, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
@@ -704,14 +704,12 @@ class Store:
             )
 
     # -- timers -------------------------------------------------------------------------------------------------
-    def next_timer_due(self) -> int | None:
-        """When the next durable timer fires or the next unclaimed activity reaches its claim deadline."""
-        both = union_all(
-            select(func.min(timers.c.fire_at_ms).label("due")),
-            select(func.min(work_items.c.claim_deadline).label("due")).where(work_items.c.claim_deadline > 0),
-        ).subquery()
-        with self.read() as conn:  # one round trip: beat and the embedded scheduler ask this on every tick
-            return conn.execute(select(func.min(both.c.due))).scalar()
+    def next_due(self) -> tuple[int | None, int | None]:
+        """When the next durable timer fires and when the next unclaimed activity reaches its claim deadline, in
+        one round trip: beat and the embedded scheduler ask this on every tick."""
+        with self.read() as conn:
+            timer, deadline = conn.execute(hot.NEXT_DUE).one()
+        return timer, deadline
 
     def expire_unclaimed(self, limit: int = 500) -> list[tuple[str, str | None]]:
         """Fail the activities that no worker claimed before their claim deadline (ttl_ms): each row is deleted and
@@ -764,11 +762,16 @@ class Store:
                 failed.append((instance_id, orch_name))
         return failed
 
-    def fire_due_timers(self, limit: int = 500) -> list[tuple[str, str | None]]:
-        """Move due timers into their instances' inboxes, in one transaction; returns the instances to poke, as
-        (instance id, orchestration name) so the pokes show in Flower as `orch:<Name>#<id>`, not `orch:#<id>`.
-        Idempotent: a timer row is deleted by exactly one firer, so it fires into history once."""
+    def fire_due_timers(self, limit: int = 500) -> tuple[list[tuple[str, str | None]], int]:
+        """Move up to `limit` due timers into their instances' inboxes, in one transaction; returns the instances
+        to poke, as (instance id, orchestration name) so the pokes show in Flower as `orch:<Name>#<id>`, not
+        `orch:#<id>`, and how many timers fired. Idempotent: a timer row is deleted by exactly one firer, so it
+        fires into history once."""
         now = now_ms()
+        if not self.is_sqlite:
+            with self.write() as conn:
+                rows = conn.execute(hot.FIRE_DUE_TIMERS, {"now": now, "limit": limit}).all()
+            return sorted(set(map(tuple, rows))), len(rows)  # type: ignore[arg-type]
         with self.write() as conn:
             query = (
                 select(timers.c.instance_id, timers.c.execution_id, timers.c.event_id, timers.c.fire_at_ms)
@@ -776,11 +779,9 @@ class Store:
                 .order_by(timers.c.fire_at_ms)
                 .limit(limit)
             )
-            if not self.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
             due = conn.execute(query).all()
             if not due:
-                return []
+                return [], 0
             conn.execute(
                 delete(timers).where(
                     tuple_(timers.c.instance_id, timers.c.execution_id, timers.c.event_id).in_(
@@ -804,7 +805,7 @@ class Store:
                     )
                 ).all()
             )
-        return [(i, names.get(i)) for i in fired]
+        return [(i, names.get(i)) for i in fired], len(due)
 
     # -- recovery -----------------------------------------------------------------------------------------------
     def stale_instances(self, older_than_ms: int, limit: int = 1000) -> list[tuple[str, str | None]]:

@@ -5,29 +5,48 @@ from __future__ import annotations
 
 import logging
 
-from ..providers.store import Store
+from ..providers.store import Store, now_ms
 from .publish import Publisher
 
 log = logging.getLogger("duroxide_celery.runtime")
 
 
-def fire_timers(store: Store, publisher: Publisher) -> int:
+#: Timers moved into inboxes per transaction.
+TIMER_BATCH = 500
+
+
+def fire_timers(store: Store, publisher: Publisher, *, timers: bool = True, deadlines: bool = True) -> int:
     """Fire every due timer (idempotently), fail the activities nobody claimed within their ttl, and poke the
     instances; returns how many instances were poked."""
     total = 0
-    while True:
-        targets = store.fire_due_timers()  # (instance id, orchestration name)
-        if not targets:
-            break
+    while timers:
+        targets, fired = store.fire_due_timers(TIMER_BATCH)  # (instance id, orchestration name)
         publisher.poke(targets)
         total += len(targets)
-    while True:
+        if fired < TIMER_BATCH:
+            break  # nothing else was due when this batch was taken: the next round looks again
+    while deadlines:
         expired = store.expire_unclaimed()
         if not expired:
-            return total
+            break
         log.warning("%d activities were not picked up within their ttl and failed", len(expired))
         publisher.poke(expired)
         total += len(expired)
+    return total
+
+
+def fire_what_is_due(store: Store, publisher: Publisher) -> int | None:
+    """One scheduler round (beat's tick, the embedded scheduler): fire what the store says is due, then return
+    when the next timer or claim deadline falls due (epoch ms; None if there is none). Three round trips when
+    something is due, one when nothing is."""
+    timer, deadline = store.next_due()
+    now = now_ms()
+    timers_due = timer is not None and timer <= now
+    deadlines_due = deadline is not None and deadline <= now
+    if timers_due or deadlines_due:
+        fire_timers(store, publisher, timers=timers_due, deadlines=deadlines_due)
+        timer, deadline = store.next_due()
+    return min((due for due in (timer, deadline) if due is not None), default=None)
 
 
 def sweep(store: Store, publisher: Publisher, older_than_ms: int) -> dict[str, int]:
