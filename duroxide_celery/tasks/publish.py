@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from celery import Celery
@@ -78,7 +79,7 @@ class Publisher:
             return
         self._hook()
         orchestrator_queue = queue(self.names.orchestrator)
-        with self.app.producer_or_acquire() as producer:
+        with self._producer() as producer:
             for instance_id, name in named.items():
                 self.app.send_task(
                     TURN_TASK,
@@ -95,7 +96,7 @@ class Publisher:
         if not items:
             return
         self._hook()
-        with self.app.producer_or_acquire() as producer:
+        with self._producer() as producer:
             for item in items:
                 args: list[Any] = [item.instance_id, item.execution_id, item.event_id]
                 self.app.send_task(
@@ -113,6 +114,15 @@ class Publisher:
     def timers_created(self, earliest_fire_at: int) -> None:
         if self.on_timer is not None:
             self.on_timer(earliest_fire_at)
+
+    @contextmanager
+    def _producer(self) -> Iterator[Any]:
+        """A pooled producer whose publishes go out together: on Redis (kombu >= 5.7's `Producer.batch`) a fan-out
+        of a thousand activities is one pipelined round trip, not a thousand; elsewhere each publishes at once."""
+        with self.app.producer_or_acquire() as producer:
+            batch = getattr(producer, "batch", None)
+            with batch() if batch is not None else nullcontext():
+                yield producer
 
     def _hook(self) -> None:
         if self.before_publish is not None:
