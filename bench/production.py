@@ -284,7 +284,7 @@ class Deployment:
 
 
 def _pg_engine(url: str) -> sa.Engine:
-    return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1), poolclass=sa.NullPool)
+    return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=sa.NullPool)
 
 
 def prepare_redis(cfg: argparse.Namespace) -> None:

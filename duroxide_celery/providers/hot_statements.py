@@ -42,9 +42,10 @@ INSTANCE = select(instances).where(instances.c.instance_id == bindparam("iid"))
 
 @lru_cache(maxsize=2)
 def insert_instance_if_absent(dialect_name: str) -> Any:
-    """INSERT of an instance row that silently skips an existing id (rowcount tells which happened)."""
+    """INSERT of an instance row that silently skips an existing id; returns the id only when it inserted (an
+    INSERT's rowcount is not reported by every driver: psycopg 3 under SQLAlchemy 2.1 gives -1)."""
     dialect = sqlite if dialect_name == "sqlite" else postgresql
-    return dialect.insert(instances).on_conflict_do_nothing()
+    return dialect.insert(instances).on_conflict_do_nothing().returning(instances.c.instance_id)
 
 
 @lru_cache(maxsize=64)
@@ -194,11 +195,16 @@ def _complete_work_item() -> Any:
         bindparam("payload", type_=Text),
         bindparam("created", type_=BigInteger),
     )
-    return insert(inbox).from_select(["instance_id", "kind", "payload", "created_at"], outcome).add_cte(done)
+    return (
+        insert(inbox)
+        .from_select(["instance_id", "kind", "payload", "created_at"], outcome)
+        .add_cte(done)
+        .returning(inbox.c.id)
+    )
 
 
 #: PostgreSQL: delete an activity row we hold and queue its outcome message (`kind`, `payload`, `created`) in one
-#: statement; inserts nothing (rowcount 0) when the row is gone or another worker holds it.
+#: statement; inserts (and returns) nothing when the row is gone or another worker holds it.
 COMPLETE_WORK_ITEM = _complete_work_item()
 
 

@@ -229,8 +229,8 @@ class Store:
                 "attempt_count": 0,
                 "next_attempt_at": 0,
             },
-        ).rowcount
-        if not created:
+        ).first()
+        if created is None:
             return False
         conn.execute(
             hot.INSERT_EXECUTION,
@@ -682,7 +682,7 @@ class Store:
                 self.enqueue(conn, key[0], kind, message)
             else:
                 params.update(kind=kind, payload=json.dumps(message), created=now_ms())
-                if not conn.execute(hot.COMPLETE_WORK_ITEM, params).rowcount:
+                if conn.execute(hot.COMPLETE_WORK_ITEM, params).first() is None:
                     return False
             if session_id is not None:  # the session's idle clock starts now
                 conn.execute(

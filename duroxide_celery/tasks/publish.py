@@ -79,7 +79,7 @@ class Publisher:
             return
         self._hook()
         orchestrator_queue = queue(self.names.orchestrator)
-        with self._producer() as producer:
+        with self._producer(len(named)) as producer:
             for instance_id, name in named.items():
                 self.app.send_task(
                     TURN_TASK,
@@ -96,7 +96,7 @@ class Publisher:
         if not items:
             return
         self._hook()
-        with self._producer() as producer:
+        with self._producer(len(items)) as producer:
             for item in items:
                 args: list[Any] = [item.instance_id, item.execution_id, item.event_id]
                 self.app.send_task(
@@ -116,11 +116,12 @@ class Publisher:
             self.on_timer(earliest_fire_at)
 
     @contextmanager
-    def _producer(self) -> Iterator[Any]:
-        """A pooled producer whose publishes go out together: on Redis (kombu >= 5.7's `Producer.batch`) a fan-out
-        of a thousand activities is one pipelined round trip, not a thousand; elsewhere each publishes at once."""
+    def _producer(self, messages: int) -> Iterator[Any]:
+        """A pooled producer whose `messages` publishes go out together: on Redis (kombu >= 5.7's `Producer.batch`)
+        a fan-out of a thousand activities is one pipelined round trip, not a thousand. A single message, or a
+        transport without batches, publishes at once (a batch of one only adds its setup)."""
         with self.app.producer_or_acquire() as producer:
-            batch = getattr(producer, "batch", None)
+            batch = getattr(producer, "batch", None) if messages > 1 else None
             with batch() if batch is not None else nullcontext():
                 yield producer
 

@@ -28,7 +28,7 @@ if DB not in ("sqlite", "postgres"):
 
 
 def _pg_engine() -> sa.Engine:
-    return sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg2://", 1), poolclass=sa.NullPool)
+    return sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=sa.NullPool)
 
 
 @pytest.fixture(scope="session")

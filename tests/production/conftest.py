@@ -60,7 +60,7 @@ def _service_missing(what: str, exc: BaseException) -> None:
 def _pg_engine(schema: str | None = None) -> sa.Engine:
     args = {"options": f"-csearch_path={schema}"} if schema else {}
     return sa.create_engine(
-        PG_URL.replace("postgresql://", "postgresql+psycopg2://", 1), poolclass=sa.NullPool, connect_args=args
+        PG_URL.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=sa.NullPool, connect_args=args
     )
 
 
