@@ -13,6 +13,7 @@ import os
 import random
 import threading
 import uuid
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from ..providers.store import LeaseLost, PendingActivity, now_ms
@@ -91,46 +92,46 @@ class TurnExecutor:
                 return
         self.rt.publisher.poke([instance_id])
 
-    # Returns True when the inbox may hold more work for this instance.
     def _turn(self, instance_id: str) -> bool:
-        store = self.rt.store
-        if store.is_sqlite:
-            if not store.has_inbox(instance_id):
-                return False  # a duplicate or late poke: nothing to do, and no write lock taken to learn it
-            return self._turn_in_one_transaction(instance_id)
-        return self._turn_with_lease(instance_id)
+        """One turn; True when the inbox may hold more work for this instance.
 
-    def _turn_with_lease(self, instance_id: str) -> bool:
-        """PostgreSQL: lease the instance and load its turn in one lease transaction, replay outside any
-        transaction, then commit the turn in one transaction whose first statement proves the lease is ours.
-
-        Two commits and about ten statements a turn. A message that arrives while we hold the lease finds its
-        poke refused; the commit transaction re-reads the inbox after it has row-locked the instance (any later
-        poke waits for our commit, then gets the lease), so such a message is never left behind."""
+        SQLite has one writer at a time anyway: lease, load, replay and commit run in one write transaction, which
+        halves the commits, and nothing can reach the inbox meanwhile. PostgreSQL: the lease and the load commit
+        in a lease transaction, the replay holds no transaction, and the turn commits in a second transaction
+        whose first statement proves the lease is still ours. A message that arrives while we hold the lease finds
+        its poke refused; that commit re-reads the inbox after it has row-locked the instance (any later poke
+        waits for our commit, then gets the lease), so such a message is never left behind."""
         rt = self.rt
         store = rt.store
         owner = rt.worker_id
+        single = store.is_sqlite
+        if single and not store.has_inbox(instance_id):
+            return False  # a duplicate or late poke: nothing to do, and no write lock taken to learn it
         try:
-            with store.lease_transaction() as conn:
+            with ExitStack() as transaction:
+                conn = transaction.enter_context(store.write() if single else store.lease_transaction())
                 lease = store.acquire_instance(
-                    instance_id, owner, rt.options.orchestrator_lock_ms, conn=conn, require_inbox=True
+                    instance_id, owner, rt.options.orchestrator_lock_ms, conn=conn, require_inbox=not single
                 )
                 if lease is None:
                     return False  # no message (a duplicate or late poke), or the lease holder re-reads the inbox
                 history, messages, kv_snapshot = self._load(lease, conn)
-            if not messages:
-                with store.write() as conn:
-                    return store.release_instance(instance_id, owner, reset_attempts=True, conn=conn, check_more=True)
-            outcome = self._decide(lease, history, messages, kv_snapshot)
-            if outcome is None:
-                return False
-            result, msg_ids = outcome
-            with store.write() as conn:
-                if result.status == "Idle":
+                if not single:
+                    transaction.close()  # the lease commits; the replay runs outside any transaction
+                if messages:
+                    outcome = self._decide(lease, history, messages, kv_snapshot, conn if single else None)
+                    if outcome is None:
+                        return False  # poisoned or backed off, and written
+                    result, msg_ids = outcome
+                else:
+                    result, msg_ids = None, []
+                if not single:
+                    conn = transaction.enter_context(store.write())
+                if result is None or result.status == "Idle":
                     return store.release_instance(
-                        instance_id, owner, reset_attempts=True, consumed_ids=msg_ids, conn=conn, check_more=True
+                        instance_id, owner, reset_attempts=True, consumed_ids=msg_ids, conn=conn, check_more=not single
                     )
-                plan = self._write(conn, lease, result, msg_ids, check_inbox=True)
+                plan = self._write(conn, lease, result, msg_ids, check_inbox=not single)
             self._after_commit(lease, history, result, plan)
             return plan["more"]
         except LeaseLost:
@@ -141,42 +142,13 @@ class TurnExecutor:
         except Exception:
             log.exception("turn of %s failed; it will be retried", instance_id, extra={"instance_id": instance_id})
             try:
-                store.release_instance(instance_id, owner, reset_attempts=False)
+                if single:  # the rollback undid the lease and its attempt count: count the attempt
+                    store.count_failed_attempt(instance_id)
+                else:  # the lease (and its attempt count) committed: give it back
+                    store.release_instance(instance_id, owner, reset_attempts=False)
             finally:
                 rt.publisher.poke([instance_id], countdown=1.0)
             return False
-
-    def _turn_in_one_transaction(self, instance_id: str) -> bool:
-        """SQLite has one writer at a time anyway: lease, load, replay and commit inside one write transaction,
-        which halves the commits of a turn. Nothing can reach the inbox meanwhile, so no re-check is needed."""
-        rt = self.rt
-        store = rt.store
-        owner = rt.worker_id
-        try:
-            with store.write() as conn:
-                lease = store.acquire_instance(instance_id, owner, rt.options.orchestrator_lock_ms, conn=conn)
-                if lease is None:
-                    return False
-                history, messages, kv_snapshot = self._load(lease, conn)
-                if not messages:
-                    store.release_instance(instance_id, owner, reset_attempts=True, conn=conn)
-                    return False
-                outcome = self._decide(lease, history, messages, kv_snapshot, conn)
-                if outcome is None:
-                    return False
-                result, msg_ids = outcome
-                if result.status == "Idle":
-                    store.release_instance(instance_id, owner, reset_attempts=True, consumed_ids=msg_ids, conn=conn)
-                    return False
-                plan = self._write(conn, lease, result, msg_ids)
-            self._after_commit(lease, history, result, plan)
-        except InjectedCrash:
-            return False  # a simulated crash: no retry poke either; only the recovery sweep may heal this
-        except Exception:
-            log.exception("turn of %s failed; it will be retried", instance_id, extra={"instance_id": instance_id})
-            store.count_failed_attempt(instance_id)
-            rt.publisher.poke([instance_id], countdown=1.0)
-        return False
 
     def _load(self, lease: Any, conn: Any = None) -> tuple[list[HistoryEvent], list[Any], dict[str, Any]]:
         """The execution's history, inbox and KV snapshot. A worker that ran this instance's last turn keeps its
