@@ -40,12 +40,62 @@ INSERT_WORK_ITEMS = insert(work_items)
 INSTANCE = select(instances).where(instances.c.instance_id == bindparam("iid"))
 
 
-@lru_cache(maxsize=2)
-def insert_instance_if_absent(dialect_name: str) -> Any:
-    """INSERT of an instance row that silently skips an existing id; returns the id only when it inserted (an
-    INSERT's rowcount is not reported by every driver: psycopg 3 under SQLAlchemy 2.1 gives -1)."""
-    dialect = sqlite if dialect_name == "sqlite" else postgresql
-    return dialect.insert(instances).on_conflict_do_nothing().returning(instances.c.instance_id)
+def _insert_new_instance(dialect: Any) -> Any:
+    """INSERT of a new instance row (`iid`, `name`, `version`, `parent`, `now`) that silently skips an existing
+    id; returns the id only when it inserted."""
+    return (
+        dialect.insert(instances)
+        .values(
+            instance_id=bindparam("iid"),
+            orchestration_name=bindparam("name"),
+            requested_version=bindparam("version", type_=String),
+            status="Running",
+            current_execution_id=1,
+            custom_status_version=0,
+            parent_instance_id=bindparam("parent", type_=String),
+            created_at=bindparam("now"),
+            updated_at=bindparam("now"),
+            locked_until=0,
+            attempt_count=0,
+            next_attempt_at=0,
+        )
+        .on_conflict_do_nothing()
+        .returning(instances.c.instance_id)
+    )
+
+
+#: SQLite (no data-modifying WITH): the instance row alone; see CREATE_INSTANCE.
+INSERT_NEW_INSTANCE = _insert_new_instance(sqlite)
+
+
+def _create_instance_pg() -> Any:
+    created = _insert_new_instance(postgresql).cte("created")
+    first_execution = insert(executions).from_select(
+        ["instance_id", "execution_id", "status", "started_at", "event_count", "kv_snapshot"],
+        select(
+            created.c.instance_id,
+            literal(1),
+            literal("Running", String),
+            bindparam("now", type_=BigInteger),
+            literal(0),
+            literal("{}", Text),
+        ),
+    )
+    start_message = insert(inbox).from_select(
+        ["instance_id", "kind", "payload", "created_at"],
+        select(
+            created.c.instance_id,
+            literal("StartOrchestration", String),
+            bindparam("payload", type_=Text),
+            bindparam("now", type_=BigInteger),
+        ),
+    )
+    return select(created.c.instance_id).add_cte(first_execution.cte("execution"), start_message.cte("message"))
+
+
+#: PostgreSQL: create an instance (`iid`, `name`, `version`, `parent`, `now`), its first execution and its
+#: StartOrchestration message (`payload`) in one statement; returns the id only when the id was new.
+CREATE_INSTANCE = _create_instance_pg()
 
 
 @lru_cache(maxsize=64)

@@ -213,24 +213,20 @@ class Store:
         """Insert an instance, its first execution and its StartOrchestration message. False if the id exists
         (the first start wins)."""
         now = now or now_ms()
-        created = conn.execute(
-            hot.insert_instance_if_absent(self.engine.dialect.name),
-            {
-                "instance_id": instance_id,
-                "orchestration_name": name,
-                "requested_version": version,
-                "status": "Running",
-                "current_execution_id": 1,
-                "custom_status_version": 0,
-                "parent_instance_id": parent[0] if parent else None,
-                "created_at": now,
-                "updated_at": now,
-                "locked_until": 0,
-                "attempt_count": 0,
-                "next_attempt_at": 0,
-            },
-        ).first()
-        if created is None:
+        payload: dict[str, Any] = {"name": name, "input": input_json, "version": version}
+        if parent:
+            payload.update(parent_instance_id=parent[0], parent_execution_id=parent[1], parent_event_id=parent[2])
+        params = {
+            "iid": instance_id,
+            "name": name,
+            "version": version,
+            "parent": parent[0] if parent else None,
+            "now": now,
+            "payload": json.dumps(payload),
+        }
+        if not self.is_sqlite:  # one statement: the instance, its first execution and its start message
+            return conn.execute(hot.CREATE_INSTANCE, params).first() is not None
+        if conn.execute(hot.INSERT_NEW_INSTANCE, params).first() is None:
             return False
         conn.execute(
             hot.INSERT_EXECUTION,
@@ -243,9 +239,6 @@ class Store:
                 "kv_snapshot": "{}",
             },
         )
-        payload: dict[str, Any] = {"name": name, "input": input_json, "version": version}
-        if parent:
-            payload.update(parent_instance_id=parent[0], parent_execution_id=parent[1], parent_event_id=parent[2])
         self.enqueue(conn, instance_id, "StartOrchestration", payload, now)
         return True
 
