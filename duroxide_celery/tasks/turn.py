@@ -107,6 +107,7 @@ class TurnExecutor:
         single = store.is_sqlite
         if single and not store.has_inbox(instance_id):
             return False  # a duplicate or late poke: nothing to do, and no write lock taken to learn it
+        name: str | None = None  # the orchestration's, once leased: the retry poke then reads orch:<Name>#<id>
         try:
             with ExitStack() as transaction:
                 conn = transaction.enter_context(store.write() if single else store.lease_transaction())
@@ -115,6 +116,7 @@ class TurnExecutor:
                 )
                 if lease is None:
                     return False  # no message (a duplicate or late poke), or the lease holder re-reads the inbox
+                name = lease.orchestration_name
                 history, messages, kv_snapshot = self._load(lease, conn)
                 if not single:
                     transaction.close()  # the lease commits; the replay runs outside any transaction
@@ -147,7 +149,7 @@ class TurnExecutor:
                 else:  # the lease (and its attempt count) committed: give it back
                     store.release_instance(instance_id, owner, reset_attempts=False)
             finally:
-                rt.publisher.poke([instance_id], countdown=1.0)
+                rt.publisher.poke([(instance_id, name)], countdown=1.0)
             return False
 
     def _load(self, lease: Any, conn: Any = None) -> tuple[list[HistoryEvent], list[Any], dict[str, Any]]:
