@@ -705,54 +705,43 @@ class Store:
         return timer, deadline
 
     def expire_unclaimed(self, limit: int = 500) -> list[tuple[str, str | None]]:
-        """Fail the activities that no worker claimed before their claim deadline (ttl_ms): each row is deleted and
-        an ActivityFailed queued for its instance, in one transaction; returns the instances to poke. A claim
+        """Fail the activities that no worker claimed before their claim deadline (ttl_ms): the rows are deleted
+        (one statement) and an ActivityFailed queued for each instance, in one transaction; returns the instances
+        to poke. A claim
         clears the deadline, and a row is deleted by one caller only, so this races safely with claims."""
         now = now_ms()
         is_due = and_(work_items.c.claim_deadline > 0, work_items.c.claim_deadline <= now)
         with self.read() as conn:  # the common case, nothing expired, takes no write lock (SQLite) to learn it
             if conn.execute(select(work_items.c.event_id).where(is_due).limit(1)).first() is None:
                 return []
+        key = (work_items.c.instance_id, work_items.c.execution_id, work_items.c.event_id)
+        picked = select(*key).where(is_due).limit(limit)
+        if not self.is_sqlite:
+            picked = picked.with_for_update(skip_locked=True)
         with self.write() as conn:
-            query = (
-                select(
-                    work_items.c.instance_id,
-                    work_items.c.execution_id,
-                    work_items.c.event_id,
+            expired = conn.execute(
+                delete(work_items)
+                .where(tuple_(*key).in_(picked), is_due)
+                .returning(
+                    *key,
                     work_items.c.name,
                     work_items.c.tag,
                     work_items.c.claim_deadline - work_items.c.created_at,
                     work_items.c.orchestration_name,
                 )
-                .where(is_due)
-                .limit(limit)
-            )
-            if not self.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
-            expired = conn.execute(query).all()
-            failed = []
+            ).all()
+            failed, messages = [], []
             for instance_id, execution_id, event_id, name, tag, ttl, orch_name in expired:
-                deleted = conn.execute(
-                    delete(work_items).where(
-                        _work_item_is((instance_id, execution_id, event_id)), work_items.c.claim_deadline > 0
-                    )
-                ).rowcount
-                if not deleted:
-                    continue
                 served = f"tag '{tag}'" if tag else "untagged activities"
                 message = (
                     f"activity '{name}' was not picked up by any worker within its ttl of {ttl} ms "
                     f"(no running worker serves {served})"
                 )
                 details = error_details(ev.APPLICATION, message, "NotPickedUp")  # catchable: the code may fall back
-                self.enqueue(
-                    conn,
-                    instance_id,
-                    ev.MSG_ACTIVITY_FAILED,
-                    {"execution_id": execution_id, "event_id": event_id, "details": details},
-                    now,
-                )
+                payload = {"execution_id": execution_id, "event_id": event_id, "details": details}
+                messages.append((instance_id, ev.MSG_ACTIVITY_FAILED, payload))
                 failed.append((instance_id, orch_name))
+            self.enqueue_many(conn, messages, now)
         return failed
 
     def fire_due_timers(self, limit: int = 500) -> tuple[list[tuple[str, str | None]], int]:
