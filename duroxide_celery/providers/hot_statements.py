@@ -233,8 +233,24 @@ CLAIM_WORK_ITEM = (
     )
 )
 
+
+def _held_work_item() -> Any:
+    """WHERE clause: the activity row (`iid`, `exec`, `eid`) while `owner` holds its lease."""
+    return and_(_work_item_key(), work_items.c.lock_owner == bindparam("owner"))
+
+
 #: Delete an activity row we hold (`iid`, `exec`, `eid`, `owner`).
-DELETE_LEASED_WORK_ITEM = delete(work_items).where(_work_item_key(), work_items.c.lock_owner == bindparam("owner"))
+DELETE_LEASED_WORK_ITEM = delete(work_items).where(_held_work_item())
+
+#: Extend the lease of an activity row we hold to `until`.
+RENEW_WORK_ITEM = update(work_items).where(_held_work_item()).values(locked_until=bindparam("until"))
+
+#: Give an activity row we hold back, visible again at `visible`.
+ABANDON_WORK_ITEM = (
+    update(work_items)
+    .where(_held_work_item())
+    .values(lock_owner=None, locked_until=0, visible_at=bindparam("visible"), published_at=bindparam("visible"))
+)
 
 
 def _complete_work_item() -> Any:

@@ -27,13 +27,6 @@ from .schema import executions, history, inbox, instances, kv, sessions, timers,
 TERMINAL_STATUSES = ("Completed", "Failed")
 
 
-def _work_item_is(key: tuple[str, int, int]) -> Any:
-    """WHERE clause naming one activity row by its key (instance, execution, scheduled event id)."""
-    return and_(
-        work_items.c.instance_id == key[0], work_items.c.execution_id == key[1], work_items.c.event_id == key[2]
-    )
-
-
 def _delete_scheduled(conn: Connection, table: Any, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
     """Delete an execution's activity rows or timers by their scheduled event ids (cancelled work)."""
     if event_ids:
@@ -57,6 +50,11 @@ def _set_clause(values: dict[str, Any], **where: Any) -> tuple[tuple[str, ...], 
     params = {f"v_{c}": values[c] for c in columns}
     params.update(where)
     return columns, params
+
+
+def _work_item_params(key: tuple[str, int, int], owner: str, **more: Any) -> dict[str, Any]:
+    """Parameters naming one activity row (hot_statements: `iid`, `exec`, `eid`) and the lease `owner`."""
+    return {"iid": key[0], "exec": key[1], "eid": key[2], "owner": owner, **more}
 
 
 def now_ms() -> int:
@@ -548,7 +546,7 @@ class Store:
             with self.lease_transaction() as conn:
                 row = conn.execute(
                     hot.CLAIM_WORK_ITEM,
-                    {"iid": key[0], "exec": key[1], "eid": key[2], "now": now, "owner": owner, "until": now + lease_ms},
+                    _work_item_params(key, owner, now=now, until=now + lease_ms),
                 ).first()
                 if row is None:
                     return None
@@ -630,15 +628,8 @@ class Store:
         until = now_ms() + lease_ms
         with self.lease_transaction() as conn:
             for key in keys:
-                renewed = conn.execute(
-                    update(work_items)
-                    .where(
-                        _work_item_is(key),
-                        work_items.c.lock_owner == owner,
-                    )
-                    .values(locked_until=until)
-                ).rowcount
-                if not renewed:
+                params = _work_item_params(key, owner, until=until)
+                if not conn.execute(hot.RENEW_WORK_ITEM, params).rowcount:
                     lost.add(key)
         return lost
 
@@ -666,7 +657,7 @@ class Store:
     ) -> bool:
         """Record an activity's outcome at most once: delete our leased row and queue the completion, atomically.
         False when the row is gone or another worker holds it (the outcome is dropped)."""
-        params = {"iid": key[0], "exec": key[1], "eid": key[2], "owner": owner}
+        params = _work_item_params(key, owner)
         message = dict(payload, execution_id=key[1], event_id=key[2])
         with self.write() as conn:
             if self.is_sqlite:  # no data-modifying WITH: delete, then queue
@@ -686,15 +677,9 @@ class Store:
             return True
 
     def abandon_work_item(self, key: tuple[str, int, int], owner: str, visible_at: int) -> None:
+        params = _work_item_params(key, owner, visible=visible_at)
         with self.write() as conn:
-            conn.execute(
-                update(work_items)
-                .where(
-                    _work_item_is(key),
-                    work_items.c.lock_owner == owner,
-                )
-                .values(lock_owner=None, locked_until=0, visible_at=visible_at, published_at=visible_at)
-            )
+            conn.execute(hot.ABANDON_WORK_ITEM, params)
 
     # -- timers -------------------------------------------------------------------------------------------------
     def next_due(self) -> tuple[int | None, int | None]:
