@@ -13,24 +13,12 @@ connection. A worker that also consumes the app's other queues keeps it, and an 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
 
 from .tasks.queues import QueueNames
 
 log = logging.getLogger("duroxide_celery.runtime")
-
-
-def skip_ack_emulation_in_own_workers(app: Celery, names: QueueNames) -> None:
-    """Connect the worker_init hook (it runs after `-Q` is applied and before the consumer connects)."""
-
-    def _on_worker_init(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is app:
-            apply_to_worker(app, names)
-
-    worker_init.connect(_on_worker_init, weak=False)
 
 
 def apply_to_worker(app: Celery, names: QueueNames) -> bool:

@@ -26,7 +26,7 @@ from .providers.store import Store, now_ms
 from .tagfilter import parse_filter
 from .tasks.install import install_tasks
 from .tasks.publish import Publisher
-from .tasks.queues import QueueNames, baseline_settings
+from .tasks.queues import QueueNames, embedded_settings
 from .tasks.recovery import fire_what_is_due, sweep
 from .tasks.thread_pool import AppBoundThreadPool
 
@@ -49,17 +49,16 @@ def _check_name(name: Any, what: str) -> str:
     return name
 
 
-def _user_configured(app: Celery, key: str) -> bool:
-    """Whether the app's own configuration (update(), config_from_object, a Django namespace) sets `key`; the
-    baseline fills in only what it does not."""
-    _ = app.conf.task_serializer  # load the pending configuration, so its sources are inspectable
-    names = {key, key.upper()}
-    if app.namespace:
-        names |= {f"{app.namespace}_{key}".upper(), f"{app.namespace}_{key}"}
-    for source in app.conf.maps[:-1]:  # the last map holds Celery's defaults
-        if any(name in source for name in names):
-            return True
-    return False
+def _check_host_app(app: Any) -> None:
+    """The engine's messages are JSON (DESIGN invariant 5): an app whose workers refuse JSON could never run them."""
+    if not isinstance(app, Celery):
+        raise TypeError(f"app must be a celery.Celery application, got {type(app).__name__}")
+    accepted = app.conf.accept_content
+    if accepted is not None and not any(c in ("json", "application/json") for c in accepted):
+        raise ValueError(
+            f"this Celery app's accept_content is {list(accepted)!r}: duroxide-celery sends JSON messages, so add "
+            "'json' to accept_content (e.g. accept_content=[..., 'json'])"
+        )
 
 
 class Runtime:
@@ -85,37 +84,48 @@ class Runtime:
         self._orchestrations: dict[str, dict[str, Callable[..., Any]]] = {}
         self.activities: dict[str, Callable[..., Any]] = {}
         prefix = self.options.prefix
+        #: The user's Celery app, untouched apart from the engine's own tasks (DESIGN invariant 8); None embedded.
+        self.host_app = app
+        #: With `task_always_eager` (a test setup) nothing runs in `celery worker` processes: the engine then runs
+        #: in this process, like the embedded default, and starts with the first message it sends.
+        self.eager = False
+        if app is not None:
+            _check_host_app(app)
+            self.eager = bool(app.conf.task_always_eager)
+            if self.eager:
+                log.info("task_always_eager is set on %s: duroxide runs orchestrations in this process", app.main)
+                self.embedded = True
         if self.embedded:
             # Broker queues live in process memory: name them after the store so two stores never share them.
             prefix = f"{prefix}-{provider.token}"
-            app = Celery(f"duroxide-embedded-{provider.token}", broker="memory://localhost//", set_as_current=False)
-            app.conf.update(baseline_settings(QueueNames(prefix)))
-            app.conf.update(
+            own = Celery(f"duroxide-embedded-{provider.token}", broker="memory://localhost//", set_as_current=False)
+            own.conf.update(embedded_settings(QueueNames(prefix)))
+            own.conf.update(
                 broker_transport="duroxide_celery.tasks.memory_transport:Transport",
                 broker_transport_options={"polling_interval": _EMBEDDED_POLLING_S},
                 worker_hijack_root_logger=False,
                 worker_send_task_events=False,
             )
-        else:
-            assert app is not None
-            for key, value in baseline_settings(QueueNames(prefix)).items():
-                if not _user_configured(app, key):
-                    app.conf[key] = value
+            own.duroxide_runtime = self
+            app = own
+        assert app is not None
         self.app: Celery = app
-        app.duroxide_runtime = self  # found by the beat TimerScheduler and the CLI
+        if self.host_app is not None:
+            self.host_app.duroxide_runtime = self  # found by the beat scheduler, the worker hooks, Client and CLI
         self.names = QueueNames(prefix)
         self.publisher = Publisher(app, self.names, coalesce=self.embedded)
+        if self.eager:
+            self.publisher.on_first_send = self.start
         self._activity_executor: Any = None
         install_tasks(app, self)
         if not self.embedded:
-            from celery.signals import worker_ready
-
-            from .broker_acks import skip_ack_emulation_in_own_workers
+            from .tasks.worker_start import install_worker_hooks
             from .worker_options import install_worker_options
 
-            worker_ready.connect(self._on_worker_ready, weak=False, sender=None)
-            skip_ack_emulation_in_own_workers(app, self.names)
+            install_worker_hooks(app, self)  # engine queues, store check, engine-only worker settings
             install_worker_options(app)  # celery worker --duroxide-tag-filter/--duroxide-node-id
+            # A Client(provider) in this process (a web view importing the Celery app) wakes workers at once.
+            provider.attach_publisher(self.publisher)
         self._worker: Any = None
         self._worker_thread: threading.Thread | None = None
         self._scheduler: threading.Thread | None = None

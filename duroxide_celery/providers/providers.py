@@ -52,7 +52,9 @@ class Provider:
 
     def attach_publisher(self, publisher: Any) -> None:
         with self._publishers_lock:
-            self._publishers.setdefault(self.token, []).append(publisher)
+            live = self._publishers.setdefault(self.token, [])
+            if publisher not in live:
+                live.append(publisher)
 
     def detach_publisher(self, publisher: Any) -> None:
         with self._publishers_lock:

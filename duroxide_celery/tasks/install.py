@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from celery import Celery
+from celery import Celery, Task
+from celery.app.routes import Router
 
 from .activity import ActivityExecutor
-from .queues import ACTIVITY_TASK, RECOVERY_TASK, TIMER_TASK, TURN_TASK
+from .queues import ACTIVITY_TASK, ENGINE_TASK_OPTIONS, RECOVERY_TASK, TIMER_TASK, TURN_TASK, queue
 from .recovery import fire_timers, sweep
 from .turn import TurnExecutor
 
@@ -15,12 +16,25 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
 
 
+class HousekeepingTask(Task):
+    """A housekeeping task sent by hand (`.delay()`) goes to the engine's orchestrator queue, never where the app's
+    `task_routes` would send it (the engine's workers might not consume that queue)."""
+
+    engine_queue: str = ""
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: Any = None, **options: Any) -> Any:
+        options.setdefault("queue", queue(self.engine_queue))
+        options.setdefault("router", Router(app=self.app))
+        options.setdefault("serializer", "json")
+        return super().apply_async(args, kwargs, task_id, **options)
+
+
 def install_tasks(app: Celery, runtime: Runtime) -> None:
     turns = TurnExecutor(runtime)
     activities = ActivityExecutor(runtime)
     runtime._activity_executor = activities
 
-    @app.task(name=TURN_TASK, ignore_result=True, acks_late=True, reject_on_worker_lost=True, shared=False)
+    @app.task(name=TURN_TASK, acks_late=True, shared=False, **ENGINE_TASK_OPTIONS)
     def turn(instance_id: str) -> None:
         """Run the pending turn(s) of one orchestration instance."""
         turns.run(instance_id)
@@ -30,17 +44,26 @@ def install_tasks(app: Celery, runtime: Runtime) -> None:
     # visibility timeout, and RabbitMQ's consumer_timeout closes the channel, which cancels the running activity
     # and redelivers it to hit the same wall again (DESIGN section 3). A worker that dies between the ack and its
     # claim leaves the row unclaimed; the recovery sweep republishes it (tests/production/test_deliveries.py).
-    @app.task(name=ACTIVITY_TASK, ignore_result=True, acks_late=False, shared=False)
+    @app.task(name=ACTIVITY_TASK, acks_late=False, shared=False, **ENGINE_TASK_OPTIONS)
     def activity(instance_id: str, execution_id: int, event_id: int) -> None:
         """Run one activity work item."""
         activities.run((instance_id, int(execution_id), int(event_id)))
 
-    @app.task(name=TIMER_TASK, ignore_result=True, shared=False)
+    # Housekeeping, callable by hand (`.delay()`); beat and the embedded scheduler run the same code in-process.
+    housekeeping = {
+        "base": HousekeepingTask,
+        "engine_queue": runtime.names.orchestrator,
+        "acks_late": True,
+        "shared": False,
+        **ENGINE_TASK_OPTIONS,
+    }
+
+    @app.task(name=TIMER_TASK, **housekeeping)
     def fire_due_timers() -> int:
         """Move due durable timers into their instances' inboxes."""
         return fire_timers(runtime.store, runtime.publisher)
 
-    @app.task(name=RECOVERY_TASK, ignore_result=True, shared=False)
+    @app.task(name=RECOVERY_TASK, **housekeeping)
     def recover(threshold_ms: int | None = None) -> dict[str, int]:
         """Republish work the store says is pending and undelivered for too long."""
         limit = runtime.options.recovery_threshold if threshold_ms is None else threshold_ms

@@ -13,9 +13,10 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from celery import Celery
+from celery.app.routes import Router
 
 from ..providers.store import PendingActivity
-from .queues import ACTIVITY_TASK, TURN_TASK, QueueNames, queue
+from .queues import ACTIVITY_TASK, NO_TIME_LIMIT_S, TURN_TASK, QueueNames, queue
 
 log = logging.getLogger("duroxide_celery.runtime")
 
@@ -55,15 +56,22 @@ class PendingPokes:
 
 
 class Publisher:
+    """Sends the engine's messages on the app's broker connection, to the engine's queues, with the engine's own
+    options: the app's `task_routes`, `task_default_queue`, serializer and time limits never apply to them."""
+
     def __init__(self, app: Celery, names: QueueNames, coalesce: bool = False):
         self.app = app
         self.names = names
+        # A router without routes: the explicit queue of each message is final (DESIGN invariant 8).
+        self._router = Router(app=app)
         #: Set for the embedded runtime only (see PendingPokes).
         self.pending = PendingPokes(names.prefix) if coalesce else None
         #: Called with the earliest new fire time after a turn creates timers (the embedded timer thread listens).
         self.on_timer: Callable[[int], None] | None = None
         #: Test hook: raise here to simulate a crash between a turn's commit and its publish.
         self.before_publish: Callable[[], None] | None = None
+        #: Called once before the first message (a runtime under `task_always_eager` starts its worker then).
+        self.on_first_send: Callable[[], None] | None = None
 
     def poke(
         self, targets: Iterable[str | tuple[str, str | None]], countdown: float | None = None, force: bool = False
@@ -81,14 +89,13 @@ class Publisher:
         orchestrator_queue = queue(self.names.orchestrator)
         with self._producer(len(named)) as producer:
             for instance_id, name in named.items():
-                self.app.send_task(
+                self._send(
                     TURN_TASK,
-                    args=[instance_id],
-                    queue=orchestrator_queue,
-                    producer=producer,
-                    countdown=countdown,
+                    [instance_id],
+                    orchestrator_queue,
+                    producer,
+                    countdown,
                     shadow=f"orch:{name or ''}#{instance_id}",
-                    argsrepr=repr([instance_id]),
                 )
 
     def activities(self, items: Iterable[PendingActivity], countdown: float | None = None) -> None:
@@ -98,18 +105,34 @@ class Publisher:
         self._hook()
         with self._producer(len(items)) as producer:
             for item in items:
-                args: list[Any] = [item.instance_id, item.execution_id, item.event_id]
-                self.app.send_task(
+                self._send(
                     ACTIVITY_TASK,
-                    args=args,
-                    queue=queue(
-                        self.names.session_queue(item.node) if item.node else self.names.activity_queue(item.tag)
-                    ),
-                    producer=producer,
-                    countdown=countdown,
+                    [item.instance_id, item.execution_id, item.event_id],
+                    queue(self.names.session_queue(item.node) if item.node else self.names.activity_queue(item.tag)),
+                    producer,
+                    countdown,
                     shadow=f"act:{item.name}#{item.instance_id}",
-                    argsrepr=repr(args),
                 )
+
+    def _send(
+        self, name: str, args: list[Any], target: Any, producer: Any, countdown: float | None, shadow: str
+    ) -> None:
+        """One engine message: ids only (argsrepr shows them, never payloads), a step name for Flower."""
+        self.app.send_task(
+            name,
+            args=args,
+            queue=target,
+            router=self._router,
+            producer=producer,
+            countdown=countdown,
+            shadow=shadow,
+            argsrepr=repr(args),
+            serializer="json",
+            ignore_result=True,  # no result-backend subscription per message (a Redis backend would SUBSCRIBE)
+            add_to_parent=False,
+            time_limit=NO_TIME_LIMIT_S,
+            soft_time_limit=NO_TIME_LIMIT_S,
+        )
 
     def timers_created(self, earliest_fire_at: int) -> None:
         if self.on_timer is not None:
@@ -126,5 +149,8 @@ class Publisher:
                 yield producer
 
     def _hook(self) -> None:
+        if self.on_first_send is not None:
+            starter, self.on_first_send = self.on_first_send, None
+            starter()
         if self.before_publish is not None:
             self.before_publish()

@@ -43,23 +43,36 @@ def queue(name: str) -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
-def baseline_settings(names: QueueNames) -> dict[str, Any]:
-    """Settings that keep work from being lost or duplicated by Celery's defaults; the app's own config wins."""
+#: What stands for "no time limit" on the engine's tasks. Celery has no way to say "none" per task: a task whose
+#: limit is unset inherits the app's global `task_time_limit`, and the prefork pool falls back to it for 0. An
+#: activity's time is bounded by its workflow (retry policy `timeout_ms`), never by the app's limit for its own tasks.
+NO_TIME_LIMIT_S = 10 * 365 * 24 * 3600
+
+#: Options of the engine's own tasks (DESIGN section 3), set on the tasks so that the app's global settings
+#: (`task_acks_late`, `task_ignore_result`, `task_time_limit`, `task_default_rate_limit`, ...) neither reach them
+#: nor have to change for them (DESIGN invariant 8).
+ENGINE_TASK_OPTIONS: dict[str, Any] = {
+    "ignore_result": True,
+    "store_errors_even_if_ignored": False,
+    "track_started": False,
+    "serializer": "json",
+    "time_limit": NO_TIME_LIMIT_S,
+    "soft_time_limit": NO_TIME_LIMIT_S,
+    "rate_limit": "0/s",  # Celery reads a zero rate as "no limit"; None would inherit task_default_rate_limit
+    "acks_on_failure_or_timeout": True,  # a failure is recorded in the store first: never redeliver it
+    "reject_on_worker_lost": True,
+}
+
+
+def embedded_settings(names: QueueNames) -> dict[str, Any]:
+    """Settings of the embedded runtime's own private Celery app (never applied to a user's app)."""
     return {
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_ignore_result": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,
         "task_queues": [queue(names.orchestrator), queue(names.activities)],
-        "task_routes": {
-            TURN_TASK: {"queue": names.orchestrator},
-            ACTIVITY_TASK: {"queue": names.activities},
-            TIMER_TASK: {"queue": names.orchestrator},
-            RECOVERY_TASK: {"queue": names.orchestrator},
-        },
     }

@@ -1,47 +1,145 @@
-"""Runtime(app=...) registers the engine on the user's Celery app and fills in the safe settings baseline only
-where the app's own configuration is silent (DESIGN section 3)."""
+"""Runtime(app=...) registers the engine's tasks on the user's Celery app and changes nothing else: the engine's
+tasks and messages carry their own options (DESIGN invariant 8). Real workers of a host app are exercised in
+tests/production/test_host_app.py; here the app and a WorkController are only constructed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import pytest
 from celery import Celery
 
 from duroxide_celery import Runtime, SqliteProvider
+from duroxide_celery.tasks.queues import NO_TIME_LIMIT_S
+
+pytestmark = pytest.mark.filterwarnings("ignore::celery.platforms.SecurityWarning")
+
+ENGINE_TASKS = {"duroxide.turn", "duroxide.activity", "duroxide.fire_timers", "duroxide.recover"}
 
 
-def test_baseline_applied_to_a_plain_app():
-    app = Celery("plain")
+class HostSettings:
+    """A production-like app: its own routes, limits, results and acknowledgement policy."""
+
+    broker_url = "memory://"
+    result_backend = "cache+memory://"
+    task_time_limit = 3
+    task_soft_time_limit = 2
+    task_default_rate_limit = "10/m"
+    task_acks_late = False
+    task_track_started = True
+    task_routes = {"*": {"queue": "app-queue"}}
+    task_default_queue = "app-default"
+    beat_schedule = {"tick": {"task": "host.tick", "schedule": 5.0}}
+
+
+def _host_app() -> Celery:
+    app = Celery("host", set_as_current=False)
+    app.config_from_object(HostSettings)
+
+    @app.task(name="host.add", shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    return app
+
+
+def _settings(app: Celery) -> dict[str, Any]:
+    return {key: repr(value) for key, value in app.conf.items() if key not in {"beat_schedule"}}
+
+
+def test_the_app_configuration_is_unchanged() -> None:
+    reference, app = _host_app(), _host_app()
     runtime = Runtime(SqliteProvider.in_memory(), app=app)
-    assert app.conf.task_serializer == "json" and app.conf.accept_content == ["json"]
-    assert (app.conf.task_acks_late, app.conf.worker_prefetch_multiplier) == (True, 1)
-    assert app.conf.task_reject_on_worker_lost is True
-    assert {"duroxide.turn", "duroxide.activity", "duroxide.fire_timers", "duroxide.recover"} <= set(app.tasks)
-    assert app.duroxide_runtime is runtime
+    assert _settings(app) == _settings(reference)
+    assert app.conf.beat_schedule == reference.conf.beat_schedule
+    assert ENGINE_TASKS <= set(app.tasks) and app.duroxide_runtime is runtime
+    add = app.tasks["host.add"]
+    assert (add.ignore_result, add.acks_late, add.time_limit, add.rate_limit) == (False, False, 3, "10/m")
+    assert add.track_started is True
 
 
-def test_user_settings_win_over_the_baseline():
-    class Settings:
-        task_acks_late = False
-        worker_prefetch_multiplier = 4
-
-    app = Celery("configured")
-    app.config_from_object(Settings)
+def test_engine_tasks_carry_their_own_options() -> None:
+    app = _host_app()
     Runtime(SqliteProvider.in_memory(), app=app)
-    assert (app.conf.task_acks_late, app.conf.worker_prefetch_multiplier) == (False, 4)
-    assert app.conf.task_serializer == "json"
+    turn, activity = app.tasks["duroxide.turn"], app.tasks["duroxide.activity"]
+    for task in (turn, activity):
+        assert task.ignore_result is True and task.serializer == "json"
+        assert task.time_limit == task.soft_time_limit == NO_TIME_LIMIT_S  # never the app's 3 s
+        assert task.reject_on_worker_lost is True and task.track_started is False
+    assert (turn.acks_late, activity.acks_late) == (True, False)
 
 
-def test_django_style_namespace_is_respected():
-    class DjangoSettings:
-        CELERY_TASK_ACKS_LATE = False
+def test_engine_messages_go_to_engine_queues_whatever_the_routes_say() -> None:
+    app = _host_app()
+    runtime = Runtime(SqliteProvider.in_memory(), app=app)
+    sent: list[dict[str, Any]] = []
+    original = app.send_task
 
-    app = Celery("django")
-    app.config_from_object(DjangoSettings, namespace="CELERY")
-    Runtime(SqliteProvider.in_memory(), app=app)
-    assert app.conf.task_acks_late is False
-    assert app.conf.task_reject_on_worker_lost is True
+    def spy(name: str, *args: Any, **kwargs: Any) -> Any:
+        options = app.amqp.router.route(dict(kwargs), name, kwargs.get("args"), {}) if "router" not in kwargs else {}
+        sent.append({"name": name, **kwargs, **options})
+        return original(name, *args, **kwargs)
+
+    app.send_task = spy  # type: ignore[method-assign]
+    runtime.publisher.poke([("i-1", "Flow")])
+    (message,) = sent
+    assert message["queue"].name == "duroxide.orchestrator"
+    assert message["router"].routes == []  # the app's task_routes are not consulted
+    assert message["shadow"] == "orch:Flow#i-1"
+    assert message["time_limit"] == NO_TIME_LIMIT_S and message["serializer"] == "json"
 
 
-def test_two_apps_in_one_process_keep_their_own_runtimes():
+def test_an_app_that_refuses_json_is_refused_at_construction() -> None:
+    app = Celery("pickle-only", set_as_current=False)
+    app.conf.accept_content = ["pickle"]
+    with pytest.raises(ValueError, match="accept_content"):
+        Runtime(SqliteProvider.in_memory(), app=app)
+    with pytest.raises(TypeError, match="celery.Celery"):
+        Runtime(SqliteProvider.in_memory(), app=object())  # type: ignore[arg-type]
+
+
+def test_a_plain_worker_consumes_the_app_queues_and_the_engine_queues(tmp_path: Path) -> None:
+    app = _host_app()
+    Runtime(SqliteProvider.open(str(tmp_path / "store.db")), app=app)
+    worker = app.Worker(pool_cls="solo", without_mingle=True, without_gossip=True, without_heartbeat=True)
+    consumed = set(app.amqp.queues.consume_from or app.amqp.queues)
+    assert {"app-default", "duroxide.orchestrator", "duroxide.activities"} <= consumed
+    assert worker.prefetch_multiplier == 4  # serves the app's queues too: the app's settings stand
+
+
+def test_q_narrows_a_worker_to_the_named_queues(tmp_path: Path) -> None:
+    app = _host_app()
+    Runtime(SqliteProvider.open(str(tmp_path / "store.db")), app=app)
+    worker = app.Worker(
+        queues=["duroxide.orchestrator"],
+        pool_cls="solo",
+        without_mingle=True,
+        without_gossip=True,
+        without_heartbeat=True,
+    )
+    assert set(app.amqp.queues.consume_from) == {"duroxide.orchestrator"}
+    assert worker.prefetch_multiplier == 1  # engine-only: one reserved message per process
+
+
+def test_a_worker_of_app_queues_only_does_not_touch_the_store(tmp_path: Path) -> None:
+    app = _host_app()
+    store_dir = tmp_path / "missing-dir"
+    provider = SqliteProvider(f"sqlite:///{store_dir}/store.db")  # unusable: its directory does not exist
+    Runtime(provider, app=app)
+    app.Worker(queues=["app-queue"], pool_cls="solo", without_mingle=True, without_gossip=True, without_heartbeat=True)
+    assert not store_dir.exists()
+    with pytest.raises(SystemExit, match="cannot use the duroxide store"):
+        app.Worker(
+            queues=["duroxide.orchestrator"],
+            pool_cls="solo",
+            without_mingle=True,
+            without_gossip=True,
+            without_heartbeat=True,
+        )
+
+
+def test_two_apps_in_one_process_keep_their_own_runtimes() -> None:
     first, second = Celery("one"), Celery("two")
     rt1 = Runtime(SqliteProvider.in_memory(), app=first)
     rt2 = Runtime(SqliteProvider.in_memory(), app=second)

@@ -33,7 +33,6 @@ def test_a_worker_of_duroxide_queues_on_redis_skips_ack_emulation(tmp_path: Path
         ["duroxide.orchestrator"],
         ["duroxide.activities", "duroxide.activities.gpu"],
         ["duroxide.sessions.node-1"],
-        None,  # no -Q: the runtime's baseline queues, the orchestrator and the untagged activities
     ):
         app = _app(tmp_path, "redis://127.0.0.1:6379/0", broker_transport_options={"visibility_timeout": 60})
         _build_worker(app, queues)
@@ -41,9 +40,10 @@ def test_a_worker_of_duroxide_queues_on_redis_skips_ack_emulation(tmp_path: Path
 
 
 def test_a_worker_that_also_consumes_other_queues_keeps_ack_emulation(tmp_path: Path) -> None:
-    app = _app(tmp_path, "redis://127.0.0.1:6379/0")
-    _build_worker(app, ["duroxide.orchestrator", "emails"])
-    assert "ack_emulation" not in app.conf.broker_transport_options
+    for queues in (["duroxide.orchestrator", "emails"], None):  # None: no -Q, the app's `celery` queue too
+        app = _app(tmp_path, "redis://127.0.0.1:6379/0")
+        _build_worker(app, queues)
+        assert "ack_emulation" not in app.conf.broker_transport_options, queues
 
 
 def test_an_app_that_sets_ack_emulation_itself_wins(tmp_path: Path) -> None:
