@@ -110,6 +110,7 @@ class Client:
             raise TypeError(f"Client needs a provider, got {provider!r}")
         self.provider = provider
         self._own_publisher: Publisher | None = None
+        self._warned_no_broker = False
         if app is not None:
             # The app's own runtime knows its queue names; a prefix given here would only risk a mismatch.
             runtime = getattr(app, "duroxide_runtime", None)
@@ -125,7 +126,16 @@ class Client:
     def _poke(self, instance_id: str, name: str | None = None) -> None:
         publisher = self._publisher()
         if publisher is None:
-            return  # no worker reachable from here: the recovery sweep delivers it
+            # No worker reachable from here: the recovery sweep delivers it, seconds later. Say so once.
+            if not self._warned_no_broker:
+                self._warned_no_broker = True
+                log.warning(
+                    "Client for %s has no Celery app to wake workers: instance %s starts when the recovery sweep "
+                    "finds it (pass Client(provider, app=your_celery_app) for an immediate start)",
+                    self.provider,
+                    instance_id,
+                )
+            return
         try:
             publisher.poke([(instance_id, name)])
         except Exception:  # noqa: BLE001 - the row is committed; the sweep heals a failed publish
@@ -181,8 +191,9 @@ class Client:
     def _signal(self, instance_id: str, kind: str, payload: dict[str, Any]) -> None:
         if not isinstance(instance_id, str) or not instance_id:
             raise ValueError(f"instance id must be a non-empty string, got {instance_id!r}")
-        if self._store.enqueue_if_running(instance_id, kind, payload):
-            self._poke(instance_id)
+        name = self._store.enqueue_if_running(instance_id, kind, payload)
+        if name is not None:
+            self._poke(instance_id, name)
         else:
             log.warning("%s for %s dropped: no such running instance", kind, instance_id)
 

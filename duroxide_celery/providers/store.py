@@ -255,17 +255,20 @@ class Store:
                 [{"instance_id": i, "kind": k, "payload": json.dumps(p), "created_at": now} for i, k, p in rows],
             )
 
-    def enqueue_if_running(self, instance_id: str, kind: str, payload: dict[str, Any]) -> bool:
-        """Queue a message for a live instance; False (nothing written) if it is unknown or already ended."""
+    def enqueue_if_running(self, instance_id: str, kind: str, payload: dict[str, Any]) -> str | None:
+        """Queue a message for a live instance and return its orchestration name (the wake-up's label); None
+        (nothing written) if it is unknown or already ended."""
         with self.write() as conn:
             # FOR UPDATE (PostgreSQL): a concurrent delete_tree either sees this message or makes us see no row.
-            status = conn.execute(
-                select(instances.c.status).where(instances.c.instance_id == instance_id).with_for_update()
-            ).scalar()
-            if status is None or status in TERMINAL_STATUSES:
-                return False
+            row = conn.execute(
+                select(instances.c.status, instances.c.orchestration_name)
+                .where(instances.c.instance_id == instance_id)
+                .with_for_update()
+            ).first()
+            if row is None or row[0] in TERMINAL_STATUSES:
+                return None
             self.enqueue(conn, instance_id, kind, payload)
-            return True
+            return str(row[1])
 
     # -- turns --------------------------------------------------------------------------------------------------
     def acquire_instance(
