@@ -222,9 +222,9 @@ class Cluster:
         self.db = _pg_engine(self.schema)
 
     # -- processes ----------------------------------------------------------------------------------------------
-    def _celery(self, name: str, args: list[str], extra_env: dict[str, str] | None) -> Proc:
+    def _celery(self, name: str, args: list[str], extra_env: dict[str, str] | None, app: str = "examples.shop") -> Proc:
         env = dict(self.env, **(extra_env or {}))
-        argv = [sys.executable, "-m", "celery", "-A", "examples.shop", *args]
+        argv = [sys.executable, "-m", "celery", "-A", app, *args]
         proc = Proc(name, argv, env, self.dir / f"{name}-{len(self.procs)}.log")
         self.procs.append(proc)
         return proc
@@ -251,14 +251,21 @@ class Cluster:
             proc.wait_for_log(" ready.")
         return proc
 
-    def beat(self, wait: bool = True) -> Proc:
+    def beat(self, wait: bool = True, app: str = "examples.shop", env: dict[str, str] | None = None) -> Proc:
         schedule = self.dir / f"beat-schedule-{len(self.procs)}"
         proc = self._celery(
-            "beat", ["beat", "-S", "duroxide_celery.beat:TimerScheduler", "-s", str(schedule), "-l", "INFO"], None
+            "beat",
+            ["beat", "-S", "duroxide_celery.beat:TimerScheduler", "-s", str(schedule), "-l", "INFO"],
+            env,
+            app,
         )
         if wait:
             proc.wait_for_log("beat: Starting")
         return proc
+
+    def run(self, name: str, args: list[str], app: str, env: dict[str, str] | None = None) -> Proc:
+        """Any `celery -A <app> ...` command, as an operator would type it."""
+        return self._celery(name, args, env, app)
 
     def flower(self, port: int) -> Proc:
         """Flower on 127.0.0.1:`port`, its HTTP API open without auth (loopback only, for the test)."""

@@ -76,13 +76,13 @@ def test_options_set_the_node_id_and_add_the_filter_queues_to_those_of_q(tmp_pat
 
 def test_without_q_a_filter_without_untagged_work_drops_the_untagged_queue(tmp_path: Path) -> None:
     _, queues = _worker(tmp_path, duroxide_tag_filter="gpu")
-    assert queues == ["duroxide.activities.gpu", "duroxide.orchestrator"]
+    assert queues == ["celery", "duroxide.activities.gpu", "duroxide.orchestrator"]  # the app's queue too
 
 
 def test_the_command_line_overrides_runtime_options(tmp_path: Path) -> None:
     options = RuntimeOptions(worker_tag_filter=TagFilter.tags(["cpu"]), worker_node_id="from-options")
     runtime, queues = _worker(tmp_path, options, duroxide_tag_filter="default_and:gpu", duroxide_node_id="cli")
-    assert queues == ["duroxide.activities", "duroxide.activities.gpu", "duroxide.orchestrator"]
+    assert queues == ["celery", "duroxide.activities", "duroxide.activities.gpu", "duroxide.orchestrator"]
     assert runtime.worker_id == "cli"
 
 
