@@ -1,58 +1,144 @@
-"""Celery beat scheduler that drives durable timers and the recovery sweep.
+"""Durable timers and the recovery sweep in Celery beat, with any scheduler class.
 
-Run: `celery -A proj beat -S duroxide_celery.beat:TimerScheduler` (or a worker with `-B -S ...`). It keeps beat's
-own periodic tasks working, and between them fires due timers straight from the store: it sleeps until the
-earliest timer (at most `max_timer_sleep` seconds, so timers created meanwhile are seen soon), moves due timers
-into their instances' inboxes in one transaction and pokes them. Firing is idempotent (each timer row is deleted
-by exactly one firer), so two beats, or a beat restarted mid-fire, never fire a timer twice into history.
+`DurableTimers` is a mixin for any `celery.beat.Scheduler` subclass. Beat keeps running the base scheduler's
+periodic tasks exactly as it would without the mixin (same entries, same entry model, ticked at the times the
+base scheduler asks for), and in between the mixin works straight on the store, in the beat process:
+
+- it fires due durable timers: sleeps until the earliest one (at most `max_timer_sleep` seconds, so timers that
+  turns create meanwhile are seen soon), moves due timers into their instances' inboxes in one transaction and
+  pokes them. Firing is idempotent (each timer row is deleted by exactly one firer), so two beats, or a beat
+  restarted mid-fire, never fire a timer twice into history;
+- every `RuntimeOptions.recovery_interval_ms` it runs the recovery sweep, which republishes work the store says is
+  pending and undelivered for longer than `recovery_threshold_ms` (the first sweep after beat starts republishes
+  everything pending). No beat entry and no Celery task message is involved: Flower's task list shows none.
+
+A database error is logged and retried at a later tick; it never stops beat, nor the base scheduler's entries.
+
+Ready-made combinations:
+
+    celery -A proj beat -S duroxide_celery.beat:TimerScheduler                  # celery's PersistentScheduler
+    celery -A proj worker -B -S duroxide_celery.beat:TimerScheduler             # beat embedded in a worker
+    celery -A proj beat -S duroxide_celery.beat.django:DatabaseScheduler        # django-celery-beat
+    celery -A proj beat -S duroxide_celery.beat.redbeat:RedBeatScheduler        # celery-redbeat
+
+Any other scheduler: `class MyScheduler(DurableTimers, TheirScheduler): pass` (the mixin first).
+
+The runtime is the one `Runtime(provider, options, app=app)` attached to the app that `celery -A` loads.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import beat
 
 from ..providers.store import now_ms
-from ..tasks.queues import RECOVERY_TASK
-from ..tasks.recovery import fire_what_is_due
+from ..tasks.recovery import fire_what_is_due, sweep
 
-log = logging.getLogger("duroxide_celery.runtime")
+log = logging.getLogger("duroxide_celery.beat")
 
-__all__ = ["TimerScheduler"]
+__all__ = ["DurableTimers", "TimerScheduler"]
 
 
-class TimerScheduler(beat.Scheduler):
+class DurableTimers:
+    """Mixin for a `celery.beat.Scheduler` subclass: fires durable timers and runs the recovery sweep in `tick`.
+
+    Use it first among the bases, `class MyScheduler(DurableTimers, TheirScheduler)`, so that its `tick` wraps
+    theirs. It touches neither the schedule nor its entries, so it works with any entry model.
+    """
+
     #: Longest sleep between looks at the timer table (seconds).
     max_timer_sleep = 0.1
+    #: After a failed store round, the next one comes this much later (seconds), doubling up to the maximum.
+    store_retry_s = 0.5
+    store_retry_max_s = 5.0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        if beat.Scheduler in mro and mro.index(beat.Scheduler) < mro.index(DurableTimers):
+            # Their tick would run instead of ours and timers would silently never fire.
+            raise TypeError(
+                f"{cls.__qualname__}: put DurableTimers before the scheduler class among the bases, "
+                f"e.g. class {cls.__name__}(DurableTimers, TheirScheduler)"
+            )
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any):
-        self._runtime = getattr(app, "duroxide_runtime", None)
-        if self._runtime is None:
+        runtime = getattr(app, "duroxide_runtime", None)
+        if runtime is None:
             raise RuntimeError(
-                "TimerScheduler needs a duroxide Runtime on this Celery app: create "
+                f"{type(self).__name__} needs a duroxide Runtime on this Celery app: create "
                 "Runtime(provider, options, app=app) in the module that `celery -A` loads"
             )
+        self._duroxide = runtime
+        #: When (time.monotonic) the base scheduler asked to be ticked next.
+        self._duroxide_base_due = 0.0
+        #: When the next recovery sweep is due; the first one (threshold 0) runs at the first tick.
+        self._duroxide_next_sweep = 0.0
+        self._duroxide_threshold_ms = 0
+        #: When the next store round may run (pushed back after a failure) and how many failed in a row.
+        self._duroxide_retry_at = 0.0
+        self._duroxide_failures = 0
         super().__init__(app, *args, **kwargs)
 
-    def setup_schedule(self) -> None:
-        super().setup_schedule()
-        interval = self._runtime.options.recovery_interval_s
-        self.merge_inplace(
-            {"duroxide-recovery-sweep": {"task": RECOVERY_TASK, "schedule": interval, "options": {"expires": interval}}}
-        )
-
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        wait = super().tick(*args, **kwargs)
-        runtime = self._runtime
+        now = time.monotonic()
+        if now >= self._duroxide_base_due:
+            # Ticked only when it asked to be: a scheduler that reads its schedule from a database or Redis on
+            # every tick (django-celery-beat, redbeat) is not polled at the timer rate.
+            base_wait = super().tick(*args, **kwargs)  # type: ignore[misc]
+            now = time.monotonic()
+            self._duroxide_base_due = now + max(0.0, base_wait or 0.0)
+        wait = self._duroxide_round(now)
+        return max(0.0, min(wait, self._duroxide_base_due - time.monotonic()))
+
+    def _duroxide_round(self, now: float) -> float:
+        """Sweep if due, fire due timers; returns how long beat may sleep as far as the store is concerned."""
+        if now < self._duroxide_retry_at:
+            return self._duroxide_retry_at - now
+        runtime = self._duroxide
         try:
+            if now >= self._duroxide_next_sweep:
+                sweep(runtime.store, runtime.publisher, self._duroxide_threshold_ms)
+                self._duroxide_threshold_ms = runtime.options.recovery_threshold
+                self._duroxide_next_sweep = now + runtime.options.recovery_interval_s
             # One cheap read while idle; the firing transaction only when something is due.
             due = fire_what_is_due(runtime.store, runtime.publisher)
-        except Exception:  # noqa: BLE001 - a database blip must not stop beat; the next tick retries
-            log.exception("firing durable timers failed")
-            return min(wait, 1.0)
-        wait = min(wait, self.max_timer_sleep)
+        except Exception as exc:  # noqa: BLE001 - a database or broker blip must not stop beat
+            self._duroxide_failures += 1
+            delay = min(self.store_retry_s * 2 ** (self._duroxide_failures - 1), self.store_retry_max_s)
+            self._duroxide_retry_at = now + delay
+            if self._duroxide_failures == 1:
+                log.exception("durable timers / recovery sweep failed; retrying in %.1f s", delay)
+            else:
+                log.warning(
+                    "durable timers / recovery sweep failed again (%d in a row): %s; retrying in %.1f s",
+                    self._duroxide_failures,
+                    exc,
+                    delay,
+                )
+            return delay
+        if self._duroxide_failures:
+            log.warning("durable timers / recovery sweep work again after %d failures", self._duroxide_failures)
+            self._duroxide_failures = 0
+        wait = self.max_timer_sleep
         if due is not None:
             wait = min(wait, max(0.0, (due - now_ms()) / 1000))
         return wait
+
+    @property
+    def info(self) -> str:
+        base = super().info  # type: ignore[misc]
+        runtime = self._duroxide
+        ours = (
+            f"    . durable timers -> {runtime.provider!r}, "
+            f"recovery sweep every {runtime.options.recovery_interval_s:g} s in this process"
+        )
+        return f"{base}\n{ours}" if base else ours
+
+
+class TimerScheduler(DurableTimers, beat.PersistentScheduler):
+    """Celery's default scheduler (the app's `beat_schedule`, kept in the `-s` shelve file) plus durable timers
+    and the recovery sweep: `celery -A proj beat -S duroxide_celery.beat:TimerScheduler`."""
