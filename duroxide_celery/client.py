@@ -208,6 +208,7 @@ class Client:
             error=row["error"],
             custom_status=row["custom_status"],
             custom_status_version=row["custom_status_version"],
+            waiting_reason=_waiting_reason(row),
         )
 
     def wait_for_orchestration(self, instance_id: str, timeout_ms: int = 30_000) -> OrchestrationResult:
@@ -282,6 +283,7 @@ class Client:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             parent_instance_id=row["parent_instance_id"],
+            waiting_reason=_waiting_reason(row),
         )
 
     def list_executions(self, instance_id: str) -> list[int]:
@@ -434,3 +436,8 @@ def _delete_result(counts: dict[str, int]) -> DeleteInstanceResult:
         events_deleted=counts.get("events", 0),
         queue_messages_deleted=counts.get("queue_messages", 0),
     )
+
+
+def _waiting_reason(row: dict[str, Any]) -> str | None:
+    """Why a running instance waits (a missing handler); a finished one waits for nothing."""
+    return row.get("waiting_reason") if row["status"] == "Running" else None

@@ -20,6 +20,8 @@ class OrchestrationResult:
     error: str | None = None
     custom_status: str | None = None
     custom_status_version: int = 0
+    #: Why a Running instance makes no progress (a handler no worker has registered), else None.
+    waiting_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class InstanceInfo:
     created_at: int
     updated_at: int
     parent_instance_id: str | None
+    #: Why a Running instance makes no progress (a handler no worker has registered), else None.
+    waiting_reason: str | None = None
 
 
 @dataclass(frozen=True)

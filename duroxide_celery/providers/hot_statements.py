@@ -188,8 +188,15 @@ ACQUIRE_WITH_INBOX = _acquire(require_inbox=True)
 
 @lru_cache(maxsize=64)
 def finish_instance(columns: tuple[str, ...]) -> Any:
-    """Release our lease and set `columns` (parameters `v_<column>`), only while `owner` holds it (`iid`)."""
-    values: dict[str, Any] = {"lock_owner": None, "locked_until": 0, "attempt_count": 0, "next_attempt_at": 0}
+    """Release our lease and set `columns` (parameters `v_<column>`), only while `owner` holds it (`iid`). A turn
+    that ran has its handler: the instance no longer waits for one (`waiting_reason`)."""
+    values: dict[str, Any] = {
+        "lock_owner": None,
+        "locked_until": 0,
+        "attempt_count": 0,
+        "next_attempt_at": 0,
+        "waiting_reason": None,
+    }
     values.update({c: bindparam(f"v_{c}") for c in columns})
     return (
         update(instances)

@@ -35,6 +35,8 @@ instances = Table(
     # Poison guard and unregistered-handler backoff (semantics.md 2.19).
     Column("attempt_count", Integer, nullable=False, default=0),
     Column("next_attempt_at", BigInteger, nullable=False, default=0),
+    # Why a running instance waits (a handler no worker has registered), for get_status; None otherwise.
+    Column("waiting_reason", Text),
     Index("ix_dx_instances_status", "status"),
     Index("ix_dx_instances_parent", "parent_instance_id"),
 )

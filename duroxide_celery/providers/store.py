@@ -323,14 +323,22 @@ class Store:
         *,
         reset_attempts: bool,
         next_attempt_at: int = 0,
+        waiting_reason: str | None = None,
         consumed_ids: Iterable[int] = (),
         conn: Connection | None = None,
         check_more: bool = False,
     ) -> bool:
         """Give the lease back without a turn; the consumed messages are deleted only while the lease is ours
-        (LeaseLost otherwise: whoever took over reads them). With `check_more`: whether other messages wait."""
+        (LeaseLost otherwise: whoever took over reads them). With `check_more`: whether other messages wait.
+        `waiting_reason` says why the instance waits (a backoff for a missing handler); any other release clears
+        it in the same UPDATE."""
         with self._writing(conn) as conn:
-            values: dict[str, Any] = {"lock_owner": None, "locked_until": 0, "next_attempt_at": next_attempt_at}
+            values: dict[str, Any] = {
+                "lock_owner": None,
+                "locked_until": 0,
+                "next_attempt_at": next_attempt_at,
+                "waiting_reason": waiting_reason,
+            }
             if reset_attempts:
                 values["attempt_count"] = 0
             released = conn.execute(
@@ -679,10 +687,24 @@ class Store:
                 )
             return True
 
-    def abandon_work_item(self, key: tuple[str, int, int], owner: str, visible_at: int) -> None:
+    def abandon_work_item(
+        self, key: tuple[str, int, int], owner: str, visible_at: int, waiting_reason: str | None = None
+    ) -> None:
+        """Give an activity row we hold back, visible again at `visible_at`. With `waiting_reason` (a backoff for
+        a missing handler), the running instance says why it waits until its next turn clears it."""
         params = _work_item_params(key, owner, visible=visible_at)
         with self.write() as conn:
-            conn.execute(hot.ABANDON_WORK_ITEM, params)
+            abandoned = conn.execute(hot.ABANDON_WORK_ITEM, params).rowcount
+            if abandoned and waiting_reason is not None:
+                conn.execute(
+                    update(instances)
+                    .where(
+                        instances.c.instance_id == key[0],
+                        instances.c.current_execution_id == key[1],
+                        instances.c.status == "Running",
+                    )
+                    .values(waiting_reason=waiting_reason)
+                )
 
     # -- timers -------------------------------------------------------------------------------------------------
     def next_due(self) -> tuple[int | None, int | None]:

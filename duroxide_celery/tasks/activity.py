@@ -15,6 +15,7 @@ from ..context import ActivityContext
 from ..providers.store import ClaimedWorkItem, PendingActivity, SessionBusy, SessionPolicy, now_ms
 from ..replay import events as ev
 from ..replay.events import dumps, error_details, loads
+from .failures import ActivityFailed, clip, when, worker_log
 from .turn import unregistered_backoff_ms
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ class ActivityExecutor:
                 f"poison: activity {item.name}#{item.event_id} exceeded {item.attempt_count} attempts "
                 f"(max {rt.options.max_attempts_value})"
             )
-            self._finish(item, ev.MSG_ACTIVITY_FAILED, {"details": error_details(ev.POISON, message, "Poison")})
+            self._fail(item, error_details(ev.POISON, message, "Poison"), f"Poison: {message}")
             return
         fn = rt.activities.get(item.name)
         if fn is None:
@@ -170,13 +171,27 @@ class ActivityExecutor:
                     f"activity '{item.name}' is not registered on any worker that took it "
                     f"({item.attempt_count} attempts)"
                 )
-                self._finish(
-                    item, ev.MSG_ACTIVITY_FAILED, {"details": error_details(ev.CONFIGURATION, message, "Unregistered")}
-                )
+                self._fail(item, error_details(ev.CONFIGURATION, message, "Unregistered"), f"Unregistered: {message}")
                 return
             delay = unregistered_backoff_ms(item.attempt_count)
-            log.warning("activity %r is not registered here; retrying in %d ms", item.name, delay)
-            rt.store.abandon_work_item(key, rt.worker_id, now_ms() + delay)
+            retry_at = when(now_ms() + delay)
+            worker_log.warning(
+                "instance %s (execution %d) waits: activity %r is not registered on this worker; retrying at %s "
+                "(attempt %d of %d)",
+                item.instance_id,
+                item.execution_id,
+                item.name,
+                retry_at,
+                item.attempt_count,
+                rt.options.max_attempts_value,
+                extra={
+                    "instance_id": item.instance_id,
+                    "execution_id": item.execution_id,
+                    "activity_name": item.name,
+                },
+            )
+            reason = f"activity '{item.name}' is not registered on any worker that took it; retrying at {retry_at}"
+            rt.store.abandon_work_item(key, rt.worker_id, now_ms() + delay, waiting_reason=reason)
             rt.publisher.activities(
                 [
                     PendingActivity(
@@ -204,25 +219,25 @@ class ActivityExecutor:
             _provider=rt.provider,
         )
         self.renewer.track(key, ctx)
+        error = ""
         try:
             value = fn(ctx, loads(item.input))
             try:
                 kind, payload = ev.MSG_ACTIVITY_COMPLETED, {"result": dumps(value)}
             except TypeError as exc:
-                kind, payload = (
-                    ev.MSG_ACTIVITY_FAILED,
-                    {
-                        "details": _failure(
-                            item.name, TypeError(f"activity returned a value that is not JSON-serializable ({exc})")
-                        )
-                    },
-                )
+                bad = TypeError(f"activity returned a value that is not JSON-serializable ({exc})")
+                error = f"TypeError: {bad}"
+                kind, payload = ev.MSG_ACTIVITY_FAILED, {"details": _failure(item.name, bad)}
         except Exception as exc:  # the activity's own failure, delivered to the orchestration as catchable
+            error = f"{type(exc).__name__}: {exc}"
             kind, payload = ev.MSG_ACTIVITY_FAILED, {"details": _failure(item.name, exc)}
         finally:
             self.renewer.untrack(key)
         rt.metrics.record_activity(kind == ev.MSG_ACTIVITY_COMPLETED, payload)
-        self._finish(item, kind, payload)
+        if kind == ev.MSG_ACTIVITY_FAILED:
+            self._fail(item, payload["details"], error)  # type: ignore[arg-type]
+        else:
+            self._finish(item, kind, payload)
 
     def _reroute(self, key: Key, busy: SessionBusy) -> None:
         """A session activity this worker may not run: hand it to the session's owner, or (at our session cap)
@@ -242,17 +257,49 @@ class ActivityExecutor:
             )
             self.rt.publisher.activities([item], countdown=SESSION_CAP_RETRY_S)
 
-    def _finish(self, item: ClaimedWorkItem, kind: str, payload: dict[str, object]) -> None:
+    def _finish(self, item: ClaimedWorkItem, kind: str, payload: dict[str, object]) -> bool:
+        """Record the outcome and wake the orchestration; False when the outcome was dropped."""
         key = (item.instance_id, item.execution_id, item.event_id)
         if self.rt.store.complete_work_item(key, self.rt.worker_id, kind, payload, item.session_id):
             self.rt.publisher.poke([(item.instance_id, item.orchestration_name)])
-        else:
-            log.info(
-                "outcome of activity %s#%s dropped: its work item was cancelled or taken over",
-                item.name,
-                item.event_id,
-                extra={"instance_id": item.instance_id, "activity_name": item.name},
-            )
+            return True
+        log.info(
+            "outcome of activity %s#%s dropped: its work item was cancelled or taken over",
+            item.name,
+            item.event_id,
+            extra={"instance_id": item.instance_id, "activity_name": item.name},
+        )
+        return False
+
+    def _fail(self, item: ClaimedWorkItem, details: dict[str, object], error: str) -> None:
+        """Record a failed activity and wake its orchestration, as for any outcome; then log it and raise
+        ActivityFailed, so that Celery marks the task FAILURE (acked at start: never redelivered). A failure
+        dropped with its work item (cancelled, or taken over after a lapsed lease) is nobody's news: no raise.
+        `error` reads `<error type>: <text>`; only its first line, clipped, reaches logs and task events."""
+        if not self._finish(item, ev.MSG_ACTIVITY_FAILED, {"details": details}):
+            return
+        error_type = error.split(":", 1)[0]
+        error = clip(error)
+        worker_log.warning(
+            "activity %r of instance %s (execution %d, event %d) failed: %s",
+            item.name,
+            item.instance_id,
+            item.execution_id,
+            item.event_id,
+            error,
+            extra={
+                "instance_id": item.instance_id,
+                "execution_id": item.execution_id,
+                "activity_name": item.name,
+                "orchestration_name": item.orchestration_name,
+                "error_type": error_type,
+            },
+        )
+        raise ActivityFailed(
+            f"{error} (activity '{item.name}' of instance {item.instance_id}, execution {item.execution_id}, event "
+            f"{item.event_id}; recorded: its orchestration handles the failure, and runs the activity again only "
+            "if its retry policy says so)"
+        )
 
 
 def _failure(name: str, exc: BaseException) -> dict[str, object]:

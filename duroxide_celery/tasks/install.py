@@ -8,6 +8,7 @@ from celery import Celery, Task
 from celery.app.routes import Router
 
 from .activity import ActivityExecutor
+from .failures import ActivityFailed, OrchestrationFailed
 from .queues import ACTIVITY_TASK, ENGINE_TASK_OPTIONS, RECOVERY_TASK, TIMER_TASK, TURN_TASK, queue
 from .recovery import fire_timers, sweep
 from .turn import TurnExecutor
@@ -34,7 +35,7 @@ def install_tasks(app: Celery, runtime: Runtime) -> None:
     activities = ActivityExecutor(runtime)
     runtime._activity_executor = activities
 
-    @app.task(name=TURN_TASK, acks_late=True, shared=False, **ENGINE_TASK_OPTIONS)
+    @app.task(name=TURN_TASK, acks_late=True, shared=False, throws=(OrchestrationFailed,), **ENGINE_TASK_OPTIONS)
     def turn(instance_id: str) -> None:
         """Run the pending turn(s) of one orchestration instance."""
         turns.run(instance_id)
@@ -44,7 +45,7 @@ def install_tasks(app: Celery, runtime: Runtime) -> None:
     # visibility timeout, and RabbitMQ's consumer_timeout closes the channel, which cancels the running activity
     # and redelivers it to hit the same wall again (DESIGN section 3). A worker that dies between the ack and its
     # claim leaves the row unclaimed; the recovery sweep republishes it (tests/production/test_deliveries.py).
-    @app.task(name=ACTIVITY_TASK, acks_late=False, shared=False, **ENGINE_TASK_OPTIONS)
+    @app.task(name=ACTIVITY_TASK, acks_late=False, shared=False, throws=(ActivityFailed,), **ENGINE_TASK_OPTIONS)
     def activity(instance_id: str, execution_id: int, event_id: int) -> None:
         """Run one activity work item."""
         activities.run((instance_id, int(execution_id), int(event_id)))

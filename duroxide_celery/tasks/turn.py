@@ -33,6 +33,7 @@ from ..replay.engine import (
 )
 from ..replay.events import HistoryEvent, error_details
 from .engine_cache import LruCache
+from .failures import OrchestrationFailed, clip, when, worker_log
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -78,19 +79,33 @@ def unregistered_backoff_ms(attempt: int) -> int:
     return min(1000 * 2 ** min(max(attempt, 1) - 1, 6), 60_000)
 
 
+class _TaskState(threading.local):
+    #: The failure of the orchestration that a turn of this task committed and published, raised at its end.
+    failed: OrchestrationFailed | None = None
+
+
 class TurnExecutor:
     def __init__(self, runtime: Runtime):
         self.rt = runtime
         self.engines: LruCache[ReplayEngine] = LruCache()
         self.fault = FaultAfterCommit.from_env()
+        self._task = _TaskState()  # one per pool thread: tasks of a thread pool share this executor
 
     def run(self, instance_id: str) -> None:
+        """The turns of one task. When one of them failed the orchestration, raise OrchestrationFailed once all
+        is committed and published, so that Celery marks the task FAILURE; the turn task acks failures, so this
+        never runs the turn again (and a later delivery would find nothing to do)."""
+        self._task.failed = None
         if self.rt.publisher.pending is not None:
             self.rt.publisher.pending.taken(instance_id)
         for _ in range(MAX_DRAINS_PER_TASK):
             if not self._turn(instance_id):
-                return
-        self.rt.publisher.poke([instance_id])
+                break
+        else:
+            self.rt.publisher.poke([instance_id])
+        failed, self._task.failed = self._task.failed, None
+        if failed is not None:
+            raise failed
 
     def _turn(self, instance_id: str) -> bool:
         """One turn; True when the inbox may hold more work for this instance.
@@ -217,19 +232,38 @@ class TurnExecutor:
         return result, msg_ids
 
     def _backoff(self, lease: Any, result: TurnResult, conn: Any = None) -> None:
+        """No worker that took this turn has the orchestration (a rolling deploy?): wait, say why, and retry."""
         name, version = result.unregistered or (lease.orchestration_name, None)
         delay = unregistered_backoff_ms(lease.attempt_count)
-        log.warning(
-            "orchestration %r (version %s) is not registered here; instance %s retries in %d ms (attempt %d of %d)",
+        retry_at = now_ms() + delay
+        worker_log.warning(
+            "instance %s (execution %d) waits: orchestration %r (version %s) is not registered on this worker; "
+            "retrying at %s (attempt %d of %d)",
+            lease.instance_id,
+            lease.execution_id,
             name,
             version or "latest",
-            lease.instance_id,
-            delay,
+            when(retry_at),
             lease.attempt_count,
             self.rt.options.max_attempts_value,
+            extra={
+                "instance_id": lease.instance_id,
+                "execution_id": lease.execution_id,
+                "orchestration_name": name,
+                "orchestration_version": version,
+            },
+        )
+        reason = (
+            f"orchestration '{name}' {version or '(latest version)'} is not registered on any worker that took "
+            f"this turn; retrying at {when(retry_at)}"
         )
         self.rt.store.release_instance(
-            lease.instance_id, self.rt.worker_id, reset_attempts=False, next_attempt_at=now_ms() + delay, conn=conn
+            lease.instance_id,
+            self.rt.worker_id,
+            reset_attempts=False,
+            next_attempt_at=retry_at,
+            waiting_reason=reason,
+            conn=conn,
         )
         self.rt.publisher.poke([(lease.instance_id, name)], countdown=delay / 1000 + 0.05)
 
@@ -428,6 +462,33 @@ class TurnExecutor:
         rt.publisher.poke(plan["pokes"])
         if plan["timers"]:
             rt.publisher.timers_created(min(t.fire_at_ms for t in plan["timers"]))
+        if result.status == "Failed":
+            self._report_failure(lease, result)
+
+    def _report_failure(self, lease: Any, result: TurnResult) -> None:
+        """Log an orchestration this turn failed, and have its task raise OrchestrationFailed at the end. A
+        cancellation was asked for: it is logged (INFO), not raised."""
+        details = result.error or {}
+        kind = str(details.get("kind") or details.get("category") or "Failed")
+        error = clip(str(details.get("message", "")))
+        name = result.orchestration_name or lease.orchestration_name
+        fields = {"instance_id": lease.instance_id, "execution_id": lease.execution_id, "orchestration_name": name}
+        if kind == "Cancelled":
+            log.info("instance %s (%s) was cancelled: %s", lease.instance_id, name, error, extra=fields)
+            return
+        worker_log.warning(
+            "orchestration %r of instance %s (execution %d) failed [%s]: %s",
+            name,
+            lease.instance_id,
+            lease.execution_id,
+            kind,
+            error,
+            extra={**fields, "error_type": kind},
+        )
+        self._task.failed = OrchestrationFailed(
+            f"orchestration '{name}' of instance {lease.instance_id} (execution {lease.execution_id}) failed "
+            f"[{kind}]: {error}"
+        )
 
 
 def _same_event(a: HistoryEvent, b: HistoryEvent) -> bool:
