@@ -71,8 +71,7 @@ def prepare_worker(worker: Any, runtime: Runtime) -> None:
     try:
         check_store(runtime.provider)
     except StoreNotReady as exc:
-        log.critical("%s", exc)
-        # worker_init's dispatcher swallows exceptions; SystemExit is not one, so the worker stops here.
+        # worker_init's dispatcher swallows exceptions; SystemExit is not one: the worker stops here, printing this.
         raise SystemExit(f"duroxide-celery: {exc}") from None
     if len(ours) == len(consumed):
         _engine_only_settings(worker, app)

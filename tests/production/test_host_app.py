@@ -96,7 +96,10 @@ def test_an_engine_worker_without_its_store_stops_with_the_reason(any_cluster: C
         "worker-nostore", ["worker", "-P", "solo", "-Q", f"{cluster.prefix}.orchestrator", "-l", "INFO"], HOST, env
     )
     assert proc.popen.wait(timeout=60) != 0
-    assert "cannot use the duroxide store at postgresql://postgres@127.0.0.1:1/nowhere" in proc.text()
+    assert (
+        "duroxide-celery: cannot use the duroxide store at postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
+        in proc.text()
+    )
     # A worker of the app's own queues does not need the store: it starts.
     app_only = cluster.run(
         "worker-apponly",
