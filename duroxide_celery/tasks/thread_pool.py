@@ -13,6 +13,10 @@ from celery.concurrency import thread
 
 
 class AppBoundThreadPool(thread.TaskPool):
+    #: Celery's Pool step copies this into a process-wide flag. The embedded worker shares the user's process, so
+    #: it must not make the user's own `AsyncResult.get()` refuse with "Never call result.get() within a task".
+    task_join_will_block = False
+
     def on_apply(
         self, target: Callable[..., Any], args: Any = None, kwargs: Any = None, *rest: Any, **opts: Any
     ) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from duroxide_celery import Runtime, SqliteProvider
+from duroxide_celery import Client, Runtime, SqliteProvider
 from duroxide_celery.tasks.queues import NO_TIME_LIMIT_S
 
 pytestmark = pytest.mark.filterwarnings("ignore::celery.platforms.SecurityWarning")
@@ -145,3 +145,32 @@ def test_two_apps_in_one_process_keep_their_own_runtimes() -> None:
     rt2 = Runtime(SqliteProvider.in_memory(), app=second)
     assert first.duroxide_runtime is rt1 and second.duroxide_runtime is rt2
     assert first.tasks["duroxide.turn"] is not second.tasks["duroxide.turn"]
+
+
+def test_task_always_eager_runs_workflows_in_this_process() -> None:
+    """A test setup with task_always_eager has no workers: the engine runs in process and starts by itself."""
+    app = Celery("eager", set_as_current=False)
+    app.conf.task_always_eager = True
+
+    @app.task(name="eager.add", shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    provider = SqliteProvider.in_memory()
+    runtime = Runtime(provider, app=app)
+    runtime.register_activity("Double", lambda ctx, x: x * 2)
+
+    def flow(ctx: Any, x: int) -> Any:
+        doubled = yield ctx.schedule_activity("Double", x)
+        yield ctx.schedule_timer(10)
+        return doubled + 1
+
+    runtime.register_orchestration("Flow", flow)
+    try:
+        client = Client(provider, app=app)
+        client.start_orchestration("eager-1", "Flow", 20)
+        result = client.wait_for_orchestration("eager-1", 10_000)
+        assert (result.status, result.output) == ("Completed", 41)
+        assert add.delay(2, 3).get() == 5  # the app's own eager tasks are untouched
+    finally:
+        runtime.shutdown(5_000)
