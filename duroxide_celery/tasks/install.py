@@ -17,7 +17,16 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
 
 
-class HousekeepingTask(Task):
+class EngineTask(Task):
+    """Base of the engine's tasks: the app's `task_annotations` (even `{"*": {...}}`) do not reach them, as its
+    global task settings do not; their options are set where they are declared (DESIGN invariant 8)."""
+
+    @classmethod
+    def annotate(cls) -> None:
+        return None
+
+
+class HousekeepingTask(EngineTask):
     """A housekeeping task sent by hand (`.delay()`) goes to the engine's orchestrator queue, never where the app's
     `task_routes` would send it (the engine's workers might not consume that queue)."""
 
@@ -35,7 +44,14 @@ def install_tasks(app: Celery, runtime: Runtime) -> None:
     activities = ActivityExecutor(runtime)
     runtime._activity_executor = activities
 
-    @app.task(name=TURN_TASK, acks_late=True, shared=False, throws=(OrchestrationFailed,), **ENGINE_TASK_OPTIONS)
+    @app.task(
+        name=TURN_TASK,
+        base=EngineTask,
+        acks_late=True,
+        shared=False,
+        throws=(OrchestrationFailed,),
+        **ENGINE_TASK_OPTIONS,
+    )
     def turn(instance_id: str) -> None:
         """Run the pending turn(s) of one orchestration instance."""
         turns.run(instance_id)
@@ -45,7 +61,14 @@ def install_tasks(app: Celery, runtime: Runtime) -> None:
     # visibility timeout, and RabbitMQ's consumer_timeout closes the channel, which cancels the running activity
     # and redelivers it to hit the same wall again (DESIGN section 3). A worker that dies between the ack and its
     # claim leaves the row unclaimed; the recovery sweep republishes it (tests/production/test_deliveries.py).
-    @app.task(name=ACTIVITY_TASK, acks_late=False, shared=False, throws=(ActivityFailed,), **ENGINE_TASK_OPTIONS)
+    @app.task(
+        name=ACTIVITY_TASK,
+        base=EngineTask,
+        acks_late=False,
+        shared=False,
+        throws=(ActivityFailed,),
+        **ENGINE_TASK_OPTIONS,
+    )
     def activity(instance_id: str, execution_id: int, event_id: int) -> None:
         """Run one activity work item."""
         activities.run((instance_id, int(execution_id), int(event_id)))

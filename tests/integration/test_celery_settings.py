@@ -31,6 +31,7 @@ class HostSettings:
     task_routes = {"*": {"queue": "app-queue"}}
     task_default_queue = "app-default"
     beat_schedule = {"tick": {"task": "host.tick", "schedule": 5.0}}
+    task_annotations = {"*": {"rate_limit": "1/s", "max_retries": 1}}
 
 
 def _host_app() -> Celery:
@@ -55,7 +56,7 @@ def test_the_app_configuration_is_unchanged() -> None:
     assert app.conf.beat_schedule == reference.conf.beat_schedule
     assert ENGINE_TASKS <= set(app.tasks) and app.duroxide_runtime is runtime
     add = app.tasks["host.add"]
-    assert (add.ignore_result, add.acks_late, add.time_limit, add.rate_limit) == (False, False, 3, "10/m")
+    assert (add.ignore_result, add.acks_late, add.time_limit, add.rate_limit) == (False, False, 3, "1/s")
     assert add.track_started is True
 
 
@@ -67,6 +68,7 @@ def test_engine_tasks_carry_their_own_options() -> None:
         assert task.ignore_result is True and task.serializer == "json"
         assert task.time_limit == task.soft_time_limit == NO_TIME_LIMIT_S  # never the app's 3 s
         assert task.reject_on_worker_lost is True and task.track_started is False
+        assert task.rate_limit == "0/s"  # neither task_default_rate_limit nor a "*" annotation reaches it
     assert (turn.acks_late, activity.acks_late) == (True, False)
 
 
