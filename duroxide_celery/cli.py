@@ -1,62 +1,202 @@
-"""`duroxide-celery`: operate on the store from a shell (migrate, start, inspect, signal, cancel).
+"""`duroxide-celery`: operate on the store from a shell (migrate, start, inspect, signal, cancel, delete, prune).
 
-The database comes from `--db URL` or the DUROXIDE_DB_URL environment variable (sqlite:///path or
-postgresql://...). Bad input (unknown id, invalid JSON, unreachable database) prints one clear line and exits 1.
-Commands write to the store only; workers pick the work up through the recovery sweep, or at once with
-`--broker URL` (your Celery broker) to publish the wake-up.
+Where the store is:
+
+- `--app MODULE` (or DUROXIDE_APP): your Celery app, named as `celery -A` takes it (`proj`, `proj.celery:app`).
+  The CLI uses the store and queue prefix of the app's Runtime (`Runtime(provider, options, app=app)`) and wakes
+  workers through the app's broker at once.
+- `--db URL` (or DUROXIDE_DB_URL): `sqlite:///path` or `postgresql://...`, with `--schema NAME` (or
+  DUROXIDE_DB_SCHEMA) for a PostgreSQL schema; `--broker URL` (or DUROXIDE_BROKER_URL) wakes workers at once,
+  else the recovery sweep delivers the work a little later.
+
+Every command but `db upgrade` checks the store first and never creates one: a `sqlite:///` path with no file is
+an error, not a new empty store. Exit status: 0 success, 1 an operational failure (one line on stderr: unknown
+instance, finished instance, unusable store...), 2 a usage error. `--json` prints machine-readable output.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from .client import Client
-from .providers import Provider, provider_from_url
+from .client import (
+    CannotDeleteSubOrchestration,
+    Client,
+    InstanceNotFound,
+    InstanceStillRunning,
+    OperationTimedOut,
+    _check_instance_id,
+)
+from .providers import PostgresProvider, Provider, SqliteProvider
+from .providers.check import StoreNotReady, check_store
 from .providers.migrate import upgrade
+from .providers.store import TERMINAL_STATUSES
+from .types import InstanceFilter, PruneOptions
+
+_MANAGEMENT_ERRORS = (InstanceNotFound, InstanceStillRunning, CannotDeleteSubOrchestration, OperationTimedOut)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file a `sqlite:` URL names, resolved as SqliteProvider.open does; None for an in-memory database."""
+    if url in ("sqlite://", "sqlite:///:memory:"):
+        return None
+    text = re.sub(r"^sqlite:(//)?/?", "", url) if not url.startswith("sqlite:////") else url[9:]
+    return Path(text.split("?", 1)[0]).expanduser().resolve()
 
 
 class Ctx:
-    def __init__(self, db: str | None, broker: str | None, prefix: str):
-        self.db, self.broker, self.prefix = db, broker, prefix
+    """The global options; the store, the app and the client are resolved when a command needs them."""
 
-    def provider(self) -> Provider:
-        if not self.db:
-            raise click.ClickException("no database: pass --db URL or set DUROXIDE_DB_URL")
+    def __init__(
+        self,
+        db: str | None,
+        schema: str | None,
+        app: str | None,
+        broker: str | None,
+        prefix: str,
+        as_json: bool,
+        explicit: set[str],
+    ):
+        self.db, self.schema, self.app_spec, self.broker, self.prefix = db, schema, app, broker, prefix
+        self.json = as_json
+        #: Options given on the command line (as opposed to the environment or their defaults).
+        self.explicit = explicit
+        self._app: Any = None
+        self._provider: Provider | None = None
+
+    # -- the Celery app -----------------------------------------------------------------------------------------
+    def app(self) -> Any:
+        """The `--app` Celery app (imported once), or None."""
+        if self.app_spec is None or self._app is not None:
+            return self._app
+        from celery import Celery
+        from celery.app.utils import find_app
+
         try:
-            return provider_from_url(self.db)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
+            app = find_app(self.app_spec)
+        except (ImportError, AttributeError) as exc:
+            raise click.BadParameter(f"cannot load Celery app {self.app_spec!r}: {exc}", param_hint="--app") from None
+        except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+            raise click.ClickException(
+                f"importing Celery app {self.app_spec!r} failed: {type(exc).__name__}: {exc}"
+            ) from None
+        if not isinstance(app, Celery):
+            raise click.BadParameter(
+                f"{self.app_spec!r} is a {type(app).__name__}, not a Celery app", param_hint="--app"
+            )
+        runtime = getattr(app, "duroxide_runtime", None)
+        if runtime is not None:
+            # The app's Runtime says where its store and queues are; a second answer could only disagree.
+            for name, flag in (("db", "--db"), ("schema", "--schema"), ("queue_prefix", "--queue-prefix")):
+                if name in self.explicit:
+                    raise click.UsageError(f"{flag} cannot be combined with --app: the app's Runtime names its store")
+        if "broker" in self.explicit:
+            raise click.UsageError("--broker cannot be combined with --app: workers are woken through the app")
+        self._app = app
+        return app
+
+    def runtime(self) -> Any:
+        app = self.app()
+        return None if app is None else getattr(app, "duroxide_runtime", None)
+
+    # -- the store ----------------------------------------------------------------------------------------------
+    def provider(self, create: bool = False) -> Provider:
+        """The store's provider. Unless `create` (db upgrade), a SQLite file that does not exist is an error, and
+        nothing (file or directory) is created."""
+        if self._provider is not None:
+            return self._provider
+        runtime = self.runtime()
+        if runtime is not None:
+            provider = runtime.provider
+            if isinstance(provider, SqliteProvider):
+                self._sqlite_guard(provider.url, create)
+        else:
+            provider = self._provider_from_options(create)
+        self._provider = provider
+        return provider
+
+    def _provider_from_options(self, create: bool) -> Provider:
+        url = self.db
+        if not url:
+            raise click.ClickException("no database: pass --db URL or --app MODULE, or set DUROXIDE_DB_URL")
+        try:
+            if url.startswith("sqlite"):
+                if self.schema:
+                    raise click.UsageError("--schema is for PostgreSQL; a SQLite database has no schemas")
+                self._sqlite_guard(url, create)
+                return SqliteProvider.open(url)
+            if url.startswith("postgres"):
+                if self.schema:
+                    try:
+                        return PostgresProvider.connect_with_schema(url, self.schema)
+                    except ValueError as exc:
+                        raise click.BadParameter(str(exc), param_hint="--schema") from None
+                return PostgresProvider.connect(url)
+        except OSError as exc:
+            raise click.ClickException(f"cannot open {url}: {exc}") from None
+        raise click.BadParameter(
+            f"unsupported database URL {url!r}: use sqlite:///path or postgresql://...", param_hint="--db"
+        )
+
+    @staticmethod
+    def _sqlite_guard(url: str, create: bool) -> None:
+        path = _sqlite_file(url)
+        if path is None:
+            raise click.ClickException(
+                f"{url} is an in-memory database, empty in every process: give a file (sqlite:///path)"
+            )
+        if not create and not path.exists():
+            raise click.ClickException(f"no database file at {path} (run 'duroxide-celery db upgrade' to create one)")
+
+    def close(self) -> None:
+        """Close the store's pooled connections (the process may go on: tests, or a program calling main)."""
+        if self._provider is not None:
+            self._provider.dispose()
 
     def client(self) -> Client:
-        app = None
-        if self.broker:
+        """A Client on a checked store, waking workers through --app or --broker when given."""
+        provider = self.provider()
+        try:
+            check_store(provider)
+        except StoreNotReady as exc:
+            raise click.ClickException(str(exc)) from None
+        app = self.app()
+        if app is None and self.broker:
             from celery import Celery
 
             app = Celery("duroxide-cli", broker=self.broker, set_as_current=False)
             app.conf.update(task_serializer="json", accept_content=["json"])
-        return Client(self.provider(), app=app, queue_prefix=self.prefix)
+        return Client(provider, app=app, queue_prefix=self.prefix)
 
 
 def _store_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn database failures into one readable line and exit status 1."""
+    """Turn database and management failures into one readable line and exit status 1."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except StoreNotReady as exc:
+            raise click.ClickException(str(exc)) from None
+        except _MANAGEMENT_ERRORS as exc:
+            raise click.ClickException(str(exc)) from None
         except OperationalError as exc:
             raise click.ClickException(f"database unreachable or unusable: {exc.orig}") from None
         except SQLAlchemyError as exc:
             raise click.ClickException(f"database error: {exc}") from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OSError) as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper
@@ -71,9 +211,42 @@ def _json_arg(text: str | None, what: str) -> Any:
         raise click.BadParameter(f"{what} is not valid JSON: {exc}") from None
 
 
-def _require_instance(client: Client, instance_id: str) -> None:
-    if client.get_instance_info(instance_id) is None:
-        raise click.ClickException(f"no instance {instance_id!r}")
+def _instance_id_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--id`: absent means a new UUID; an empty, blank or otherwise invalid id is a usage error."""
+    if value is None:
+        return None
+    try:
+        return _check_instance_id(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_AGE = re.compile(r"^(\d+)\s*(ms|s|m|h|d|w)$")
+_AGE_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+class When(click.ParamType):
+    """A point in time as epoch milliseconds: an integer (epoch ms), an ISO-8601 time (UTC unless it has an
+    offset), or an age such as 30m, 12h, 7d (that long ago)."""
+
+    name = "WHEN"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if text.isdigit():
+            return int(text)
+        age = _AGE.match(text)
+        if age:
+            return int(time.time() * 1000) - int(age.group(1)) * _AGE_MS[age.group(2)]
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{value!r} is not epoch ms, an ISO-8601 time or an age like 7d, 12h, 30m", param, ctx)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1000)
 
 
 def _when(ms: int | None) -> str:
@@ -82,14 +255,82 @@ def _when(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-@click.group()
-@click.option("--db", envvar="DUROXIDE_DB_URL", help="Database URL (or DUROXIDE_DB_URL).")
-@click.option("--broker", envvar="DUROXIDE_BROKER_URL", help="Celery broker URL, to wake workers at once.")
-@click.option("--queue-prefix", default="duroxide", show_default=True, help="Queue name prefix of the workers.")
+def _require_instance(client: Client, instance_id: str) -> Any:
+    info = client.get_instance_info(instance_id)
+    if info is None:
+        raise click.ClickException(f"no instance {instance_id!r}")
+    return info
+
+
+def _require_running(client: Client, instance_id: str, what: str) -> Any:
+    info = _require_instance(client, instance_id)
+    if info.status in TERMINAL_STATUSES:
+        raise click.ClickException(f"instance {instance_id} is {info.status}: {what}")
+    return info
+
+
+def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON (same as the global --json).")(fn)
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+
+
+def _rows(rows: list[tuple[str, Any]]) -> None:
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--app",
+    "-A",
+    "app",
+    envvar="DUROXIDE_APP",
+    metavar="MODULE",
+    help="Your Celery app, as `celery -A` takes it; its Runtime names the store (or DUROXIDE_APP).",
+)
+@click.option("--db", envvar="DUROXIDE_DB_URL", metavar="URL", help="Database URL (or DUROXIDE_DB_URL).")
+@click.option(
+    "--schema",
+    envvar="DUROXIDE_DB_SCHEMA",
+    metavar="NAME",
+    help="PostgreSQL schema of the store (or DUROXIDE_DB_SCHEMA).",
+)
+@click.option(
+    "--broker",
+    envvar="DUROXIDE_BROKER_URL",
+    metavar="URL",
+    help="Celery broker URL, to wake workers at once (or DUROXIDE_BROKER_URL).",
+)
+@click.option(
+    "--queue-prefix",
+    envvar="DUROXIDE_QUEUE_PREFIX",
+    default="duroxide",
+    show_default=True,
+    help="Queue name prefix of the workers, with --broker (or DUROXIDE_QUEUE_PREFIX).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (status, list, history, tree, metrics, ...).")
 @click.pass_context
-def main(ctx: click.Context, db: str | None, broker: str | None, queue_prefix: str) -> None:
+def main(
+    ctx: click.Context,
+    app: str | None,
+    db: str | None,
+    schema: str | None,
+    broker: str | None,
+    queue_prefix: str,
+    as_json: bool,
+) -> None:
     """Operate duroxide-celery orchestrations."""
-    ctx.obj = Ctx(db, broker, queue_prefix)
+    explicit = {
+        name
+        for name in ("app", "db", "schema", "broker", "queue_prefix")
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    }
+    ctx.obj = Ctx(db or None, schema or None, app or None, broker or None, queue_prefix, as_json, explicit)
+    ctx.call_on_close(ctx.obj.close)
 
 
 @main.group()
@@ -101,45 +342,77 @@ def db() -> None:
 @click.pass_obj
 @_store_errors
 def db_upgrade(obj: Ctx) -> None:
-    """Create or migrate the schema to the newest revision."""
-    provider = obj.provider()
-    upgrade(provider._create_engine(), provider.schema)
+    """Create or migrate the schema to the newest revision (creates a SQLite file if missing)."""
+    provider = obj.provider(create=True)
+    engine = provider._create_engine()
+    try:
+        upgrade(engine, provider.schema)
+    finally:
+        engine.dispose()
     click.echo("schema is up to date")
 
 
 @main.command()
 @click.argument("name")
-@click.option("--id", "instance_id", help="Instance id (default: a new UUID).")
+@click.option("--id", "instance_id", callback=_instance_id_option, help="Instance id (default: a new UUID).")
 @click.option("--input", "input_json", help="Input as JSON.")
 @click.option("--version", help="Pin an exact orchestration version.")
 @click.pass_obj
 @_store_errors
 def start(obj: Ctx, name: str, instance_id: str | None, input_json: str | None, version: str | None) -> None:
-    """Start orchestration NAME."""
+    """Start orchestration NAME; prints the instance id. An id that exists already is an error."""
     import uuid
 
     value = _json_arg(input_json, "--input")
     client = obj.client()
     instance_id = instance_id or str(uuid.uuid4())
+    existing = client.get_instance_info(instance_id)
+    if existing is not None:
+        raise click.ClickException(f"instance {instance_id} already exists (status {existing.status})")
+    before = int(time.time() * 1000)
     if version:
         client.start_orchestration_versioned(instance_id, name, value, version)
     else:
         client.start_orchestration(instance_id, name, value)
+    # Client.start_orchestration ignores a duplicate: another start may have won the race since the check above.
+    info = client.get_instance_info(instance_id)
+    if info is not None and (info.created_at < before or info.orchestration_name != name):
+        raise click.ClickException(f"instance {instance_id} already exists (status {info.status})")
     click.echo(instance_id)
+
+
+def _status_document(info: Any, result: Any) -> dict[str, Any]:
+    return {
+        "instance_id": info.instance_id,
+        "orchestration_name": info.orchestration_name,
+        "orchestration_version": info.orchestration_version,
+        "status": result.status,
+        "execution_id": info.current_execution_id,
+        "parent_instance_id": info.parent_instance_id,
+        "created_at": info.created_at,
+        "updated_at": info.updated_at,
+        "custom_status": result.custom_status,
+        "custom_status_version": result.custom_status_version,
+        "output": result.output,
+        "error": result.error,
+        "waiting_reason": getattr(result, "waiting_reason", None),
+    }
 
 
 @main.command()
 @click.argument("instance_id")
+@_json_option
 @click.pass_obj
 @_store_errors
-def status(obj: Ctx, instance_id: str) -> None:
+def status(obj: Ctx, instance_id: str, as_json: bool) -> None:
     """Show an instance's status."""
     client = obj.client()
-    info = client.get_instance_info(instance_id)
-    if info is None:
-        raise click.ClickException(f"no instance {instance_id!r}")
+    info = _require_instance(client, instance_id)
     result = client.get_status(instance_id)
-    rows = [
+    if as_json or obj.json:
+        _emit_json(_status_document(info, result))
+        return
+    rows: list[tuple[str, Any]] = [
         ("instance", info.instance_id),
         ("orchestration", f"{info.orchestration_name} {info.orchestration_version or ''}".strip()),
         ("status", result.status),
@@ -152,22 +425,39 @@ def status(obj: Ctx, instance_id: str) -> None:
     ]
     if info.parent_instance_id:
         rows.insert(1, ("parent", info.parent_instance_id))
-    for key, value in rows:
-        click.echo(f"{key:<14} {value}")
+    waiting = getattr(result, "waiting_reason", None)
+    if waiting is not None:
+        rows.append(("waiting reason", waiting))
+    _rows(rows)
 
 
 @main.command()
 @click.argument("instance_id")
-@click.option("--execution", type=int, help="Execution id (default: the current one).")
+@click.option("--execution", type=click.IntRange(min=1), help="Execution id (default: the current one).")
+@_json_option
 @click.pass_obj
 @_store_errors
-def history(obj: Ctx, instance_id: str, execution: int | None) -> None:
+def history(obj: Ctx, instance_id: str, execution: int | None, as_json: bool) -> None:
     """Print an execution's history as a table."""
     client = obj.client()
-    info = client.get_instance_info(instance_id)
-    if info is None:
-        raise click.ClickException(f"no instance {instance_id!r}")
-    events = client.read_execution_history(instance_id, execution or info.current_execution_id)
+    info = _require_instance(client, instance_id)
+    if execution is None:
+        execution = info.current_execution_id
+    else:
+        executions = client.list_executions(instance_id)
+        if execution not in executions:
+            have = ", ".join(str(e) for e in executions) or "none"
+            raise click.ClickException(f"instance {instance_id} has no execution {execution} (executions: {have})")
+    events = client.read_execution_history(instance_id, execution)
+    if as_json or obj.json:
+        _emit_json(
+            {
+                "instance_id": instance_id,
+                "execution_id": execution,
+                "events": [dataclasses.asdict(e) for e in events],
+            }
+        )
+        return
     click.echo(f"{'id':>4}  {'src':>4}  {'time (UTC)':<23}  {'kind':<32}  data")
     for e in events:
         data = (e.data or "")[:100]
@@ -185,9 +475,24 @@ def raise_event(obj: Ctx, instance_id: str, event_name: str, data: str | None) -
     """Raise event EVENT_NAME on a running instance."""
     value = _json_arg(data, "--data")
     client = obj.client()
-    _require_instance(client, instance_id)
+    _require_running(client, instance_id, "the event was not delivered")
     client.raise_event(instance_id, event_name, value)
     click.echo("event raised")
+
+
+@main.command("enqueue-event")
+@click.argument("instance_id")
+@click.argument("queue_name")
+@click.option("--data", help="Message data as JSON.")
+@click.pass_obj
+@_store_errors
+def enqueue_event(obj: Ctx, instance_id: str, queue_name: str, data: str | None) -> None:
+    """Append a message to QUEUE_NAME of a running instance (read by ctx.dequeue_event)."""
+    value = _json_arg(data, "--data")
+    client = obj.client()
+    _require_running(client, instance_id, "the message was not delivered")
+    client.enqueue_event(instance_id, queue_name, value)
+    click.echo("event enqueued")
 
 
 @main.command()
@@ -198,21 +503,176 @@ def raise_event(obj: Ctx, instance_id: str, event_name: str, data: str | None) -
 def cancel(obj: Ctx, instance_id: str, reason: str) -> None:
     """Cancel a running instance (and its sub-orchestrations)."""
     client = obj.client()
-    _require_instance(client, instance_id)
+    _require_running(client, instance_id, "nothing to cancel")
     client.cancel_instance(instance_id, reason)
     click.echo("cancel requested")
 
 
 @main.command("list")
 @click.option("--status", "status_filter", type=click.Choice(["Running", "Completed", "Failed"]))
+@_json_option
 @click.pass_obj
 @_store_errors
-def list_instances(obj: Ctx, status_filter: str | None) -> None:
+def list_instances(obj: Ctx, status_filter: str | None, as_json: bool) -> None:
     """List instance ids (optionally by status)."""
     client = obj.client()
     ids = client.list_instances_by_status(status_filter) if status_filter else client.list_all_instances()
+    if as_json or obj.json:
+        _emit_json(ids)
+        return
     for instance_id in ids:
         click.echo(instance_id)
+
+
+def _tree_rows(client: Client, root: str, all_ids: list[str]) -> list[dict[str, Any]]:
+    """The tree's instances, depth first from the root, each with its parent and depth."""
+    infos = {i: client.get_instance_info(i) for i in all_ids}
+    children: dict[str | None, list[str]] = {}
+    for i in all_ids:
+        info = infos[i]
+        if i != root and info is not None:
+            children.setdefault(info.parent_instance_id, []).append(i)
+    out: list[dict[str, Any]] = []
+
+    def visit(instance_id: str, depth: int) -> None:
+        info = infos.get(instance_id)
+        out.append(
+            {
+                "instance_id": instance_id,
+                "parent_instance_id": None if info is None else info.parent_instance_id,
+                "orchestration_name": None if info is None else info.orchestration_name,
+                "status": "NotFound" if info is None else info.status,
+                "depth": depth,
+            }
+        )
+        for child in sorted(children.get(instance_id, []), key=lambda c: (infos[c].created_at, c)):
+            visit(child, depth + 1)
+
+    visit(root, 0)
+    seen = {row["instance_id"] for row in out}
+    for orphan in (i for i in all_ids if i not in seen):  # deleted or re-parented meanwhile: still shown
+        visit(orphan, 1)
+    return out
+
+
+@main.command()
+@click.argument("instance_id")
+@_json_option
+@click.pass_obj
+@_store_errors
+def tree(obj: Ctx, instance_id: str, as_json: bool) -> None:
+    """Show an instance and its sub-orchestrations, indented."""
+    client = obj.client()
+    _require_instance(client, instance_id)
+    found = client.get_instance_tree(instance_id)
+    rows = _tree_rows(client, found.root_id, list(found.all_ids))
+    if as_json or obj.json:
+        _emit_json({"root_id": found.root_id, "size": found.size, "instances": rows})
+        return
+    for row in rows:
+        click.echo(f"{'  ' * row['depth']}{row['instance_id']}  {row['orchestration_name']}  {row['status']}")
+
+
+@main.command()
+@_json_option
+@click.pass_obj
+@_store_errors
+def metrics(obj: Ctx, as_json: bool) -> None:
+    """Instance, execution and event counts, and the backlog of the store's queues."""
+    client = obj.client()
+    system = dataclasses.asdict(client.get_system_metrics())
+    depths = dataclasses.asdict(client.get_queue_depths())
+    if as_json or obj.json:
+        _emit_json({"system": system, "queue_depths": depths})
+        return
+    _rows([(key.replace("_", " "), value) for key, value in {**system, **depths}.items()])
+
+
+def _counts(result: Any, as_json: bool, verb: str) -> None:
+    fields = dataclasses.asdict(result)
+    if as_json:
+        _emit_json(fields)
+    else:
+        click.echo(f"{verb}: " + ", ".join(f"{value} {key.replace('_', ' ')}" for key, value in fields.items()))
+
+
+@main.command()
+@click.argument("instance_id", required=False)
+@click.option("--force", is_flag=True, help="Delete even if the instance (or one of its children) is running.")
+@click.option("--finished", is_flag=True, help="Instead of one id: every finished root instance (bulk).")
+@click.option("--completed-before", type=When(), help="With --finished: only instances that finished before WHEN.")
+@click.option("--limit", type=click.IntRange(min=0), help="With --finished: at most this many roots (default 1000).")
+@_json_option
+@click.pass_obj
+@_store_errors
+def delete(
+    obj: Ctx,
+    instance_id: str | None,
+    force: bool,
+    finished: bool,
+    completed_before: int | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """Delete INSTANCE_ID with its sub-orchestrations, or with --finished every finished root instance.
+
+    WHEN is epoch ms, an ISO-8601 time (UTC unless it has an offset), or an age like 30m, 12h, 7d."""
+    if finished == (instance_id is not None):
+        raise click.UsageError("give an INSTANCE_ID or --finished (not both)")
+    if instance_id is not None and (completed_before is not None or limit is not None):
+        raise click.UsageError("--completed-before and --limit go with --finished")
+    if finished and force:
+        raise click.UsageError("--force goes with an INSTANCE_ID (--finished deletes only finished instances)")
+    client = obj.client()
+    if instance_id is not None:
+        result = client.delete_instance(instance_id, force=force)
+    else:
+        result = client.delete_instance_bulk(InstanceFilter(completed_before=completed_before, limit=limit))
+    _counts(result, as_json or obj.json, "deleted")
+
+
+@main.command()
+@click.argument("instance_ids", nargs=-1, metavar="[INSTANCE_ID]...")
+@click.option("--all", "all_instances", is_flag=True, help="Instead of ids: every instance (bulk).")
+@click.option("--keep-last", type=click.IntRange(min=0), help="Keep this many newest executions (default 1).")
+@click.option("--completed-before", type=When(), help="Only executions that completed before WHEN.")
+@click.option("--instances-completed-before", type=When(), help="With --all: only instances that finished before WHEN.")
+@click.option("--limit", type=click.IntRange(min=0), help="With --all: at most this many instances (default 1000).")
+@_json_option
+@click.pass_obj
+@_store_errors
+def prune(
+    obj: Ctx,
+    instance_ids: tuple[str, ...],
+    all_instances: bool,
+    keep_last: int | None,
+    completed_before: int | None,
+    instances_completed_before: int | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """Delete old executions (left by continue-as-new) and their history. The current execution always stays.
+
+    WHEN is epoch ms, an ISO-8601 time (UTC unless it has an offset), or an age like 30m, 12h, 7d."""
+    if all_instances == bool(instance_ids):
+        raise click.UsageError("give INSTANCE_IDs or --all (not both)")
+    if instance_ids and (instances_completed_before is not None or limit is not None):
+        raise click.UsageError("--instances-completed-before and --limit go with --all")
+    options = PruneOptions(keep_last=keep_last, completed_before=completed_before)
+    client = obj.client()
+    if all_instances:
+        flt = InstanceFilter(completed_before=instances_completed_before, limit=limit)
+        result = client.prune_executions_bulk(flt, options)
+    else:
+        for instance_id in instance_ids:  # all of them exist, or nothing is pruned
+            _require_instance(client, instance_id)
+        totals = dict.fromkeys(("instances_processed", "executions_deleted", "events_deleted"), 0)
+        for instance_id in instance_ids:
+            one = client.prune_executions(instance_id, options)
+            for key in totals:
+                totals[key] += getattr(one, key)
+        result = type(one)(**totals)
+    _counts(result, as_json or obj.json, "pruned")
 
 
 if __name__ == "__main__":  # pragma: no cover
