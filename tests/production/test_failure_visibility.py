@@ -1,0 +1,204 @@
+"""Failures are visible to Celery's tooling (issue 10 item 5), with real `celery worker -E` processes on Redis and
+PostgreSQL: an activity that raises ends its task as FAILURE (a `task-failed` event for `act:<Name>#<id>`, error
+text included), and so does the turn that fails its orchestration (`orch:<Name>#<id>`); an orchestration that
+handles the failure completes and its turns succeed. Nothing runs twice (no Celery retry, no redelivery), and the
+workers log a WARNING naming the instance. An instance whose orchestration no worker registered says why it
+waits.
+
+Task events are read with Celery's own event receiver, the stream Flower consumes. The app is
+tests/production/failureapp.py; its activity counts its runs in Redis.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from .conftest import REDIS_URL, Cluster, Proc
+from .helpers import histories
+
+APP = "tests.production.failureapp"
+
+
+class FailureCluster(Cluster):
+    """conftest's Cluster running failureapp, with workers that send task events (-E)."""
+
+    def _celery(self, name: str, args: list[str], extra_env: dict[str, str] | None) -> Proc:
+        env = dict(self.env, **(extra_env or {}))
+        argv = [sys.executable, "-m", "celery", "-A", APP, *args]
+        proc = Proc(name, argv, env, self.dir / f"{name}-{len(self.procs)}.log")
+        self.procs.append(proc)
+        return proc
+
+    def event_worker(self, role: str, pool: str) -> Proc:
+        queue = {"orch": f"{self.prefix}.orchestrator", "act": f"{self.prefix}.activities"}[role]
+        node = f"{role}{len(self.procs)}-{self.prefix}@%h"
+        # With heartbeats (unlike conftest's workers): their worker-online event shows the receiver is listening.
+        argv = ["worker", "-E", "-Q", queue, "-P", pool, "-c", "2", "-n", node, "-l", "INFO"]
+        proc = self._celery(f"worker-{role}", argv + ["--without-mingle", "--without-gossip"], None)
+        proc.wait_for_log(" ready.")
+        return proc
+
+
+class TaskEvents:
+    """Every task and worker event on the broker, captured in a thread by Celery's event receiver."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._receiver: Any = None
+        self._listening = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="task-events", daemon=True)
+
+    def _run(self) -> None:
+        listening = self._listening
+        base = self.app.events.Receiver
+
+        class Receiver(base):  # type: ignore[misc, valid-type]
+            def on_consume_ready(self, *args: Any, **kwargs: Any) -> None:
+                super().on_consume_ready(*args, **kwargs)
+                listening.set()
+
+        with self.app.connection_for_read() as conn:
+            self._receiver = Receiver(conn, handlers={"*": self._on_event})
+            self._receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def start(self) -> None:
+        self._thread.start()
+        assert self._listening.wait(30), "the event receiver did not start"
+
+    def stop(self) -> None:
+        if self._receiver is not None:
+            self._receiver.should_stop = True
+        self._thread.join(timeout=10)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.events)
+
+    def names(self) -> dict[str, str]:
+        """Task id -> the name it was received under (the shadow: `act:<Name>#<id>`, `orch:<Name>#<id>`)."""
+        return {e["uuid"]: e.get("name") or "" for e in self.snapshot() if e["type"] == "task-received"}
+
+    def of(self, kind: str, name: str) -> list[dict[str, Any]]:
+        """Events of type `kind` (e.g. task-failed) of the tasks received as `name`."""
+        names = self.names()
+        return [e for e in self.snapshot() if e["type"] == kind and names.get(e.get("uuid")) == name]
+
+    def workers_online(self) -> set[str]:
+        return {e["hostname"] for e in self.snapshot() if e["type"] == "worker-online"}
+
+
+@pytest.fixture
+def failure_cluster(postgres: None, redis_db: int, tmp_path: Path) -> Iterator[FailureCluster]:
+    cluster = FailureCluster("redis", f"{REDIS_URL}/{redis_db}", tmp_path)
+    cluster.redis = redis.Redis.from_url(f"{REDIS_URL}/{redis_db}")  # type: ignore[attr-defined]
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def task_events(failure_cluster: FailureCluster) -> Iterator[TaskEvents]:
+    events = TaskEvents(failure_cluster.app)
+    events.start()
+    yield events
+    events.stop()
+
+
+def _runs(cluster: FailureCluster, instance_id: str) -> int:
+    """How many times the failing activity ran for this instance (failureapp.run_counter_key)."""
+    return int(cluster.redis.get(f"{cluster.prefix}:charge-runs:{instance_id}") or 0)  # type: ignore[attr-defined]
+
+
+def test_failed_activity_and_failed_orchestration_show_as_failure(
+    failure_cluster: FailureCluster, task_events: TaskEvents
+) -> None:
+    cluster = failure_cluster
+    orch = cluster.event_worker("orch", pool="threads")
+    act = cluster.event_worker("act", pool="prefork")  # the exception crosses the pool's process boundary
+    cluster.wait_for(lambda: len(task_events.workers_online()) >= 2, "both workers' worker-online events")
+
+    handled, failed = "fv-handled", "fv-failed"
+    cluster.client.start_orchestration(handled, "ChargeOrRefund", "card-4242-secret")
+    cluster.client.start_orchestration(failed, "ChargeOrFail", "card-4242-secret")
+    cluster.wait_all_terminal([handled, failed])
+
+    # The instances ended as their code says, with the activity's error.
+    done = cluster.client.get_status(handled)
+    assert done.status == "Completed", done.error
+    assert done.output == {
+        "refunded": True,
+        "why": "Activity 'Charge' call failed: ValueError: card declined (attempt at Charge)",
+    }
+    broken = cluster.client.get_status(failed)
+    assert broken.status == "Failed"
+    assert broken.error.startswith("Activity 'Charge' call failed: ValueError: card declined (attempt at Charge)")
+    kinds = {i: [k for _, k, _ in h[1]] for i, h in histories(cluster, [handled, failed]).items()}
+    assert kinds[handled] == ["OrchestrationStarted", "ActivityScheduled", "ActivityFailed", "OrchestrationCompleted"]
+    assert kinds[failed] == ["OrchestrationStarted", "ActivityScheduled", "ActivityFailed", "OrchestrationFailed"]
+
+    # Each failing activity ran exactly once: neither Celery nor the broker ran it again.
+    assert (_runs(cluster, handled), _runs(cluster, failed)) == (1, 1)
+
+    # Celery's events: FAILURE for both activity tasks and for the turn that failed its orchestration.
+    for instance_id in (handled, failed):
+        name = f"act:Charge#{instance_id}"
+        (event,) = cluster.wait_for(lambda n=name: task_events.of("task-failed", n), f"task-failed of {name}")
+        assert event["exception"].startswith('ActivityFailed("ValueError: card declined'), event["exception"]
+        assert instance_id in event["exception"] and "card-4242" not in event["exception"]
+        assert not task_events.of("task-succeeded", name)
+    (turn_failed,) = cluster.wait_for(
+        lambda: task_events.of("task-failed", f"orch:ChargeOrFail#{failed}"), "task-failed of the failing turn"
+    )
+    assert turn_failed["exception"].startswith(
+        f"OrchestrationFailed(\"orchestration 'ChargeOrFail' of instance {failed} (execution 1) failed "
+        "[OrchestrationFailed]: Activity 'Charge' call failed: ValueError: card declined"
+    ), turn_failed["exception"]
+    # The orchestration that handled the failure: its turns all succeeded.
+    assert task_events.of("task-succeeded", f"orch:ChargeOrRefund#{handled}")
+    assert not task_events.of("task-failed", f"orch:ChargeOrRefund#{handled}")
+    # Exactly one failed turn (the failure was acked, never redelivered) and one failure outcome in history.
+    assert len(task_events.of("task-failed", f"orch:ChargeOrFail#{failed}")) == 1
+
+    # The workers logged our WARNING with the ids; Celery logged its expected error without a traceback.
+    cluster.wait_for(lambda: f"activity 'Charge' of instance {failed} (execution 1" in act.text(), "the warning")
+    act_warnings = [line for line in act.text().splitlines() if "WARNING" in line and "activity 'Charge'" in line]
+    assert {i for i in (handled, failed) if any(f"instance {i} " in line for line in act_warnings)} == {
+        handled,
+        failed,
+    }, act.tail()
+    assert all("card-4242" not in line for line in act_warnings)
+    assert "raised expected: ActivityFailed" in act.text() and "Traceback" not in act.text(), act.tail()
+    orch_warnings = [line for line in orch.text().splitlines() if "WARNING" in line and f"instance {failed}" in line]
+    assert orch_warnings and "orchestration 'ChargeOrFail'" in orch_warnings[0], orch.tail()
+    assert "raised expected: OrchestrationFailed" in orch.text() and "Traceback" not in orch.text(), orch.tail()
+
+
+def test_unregistered_orchestration_says_why_it_waits(failure_cluster: FailureCluster) -> None:
+    cluster = failure_cluster
+    orch = cluster.event_worker("orch", pool="threads")
+    cluster.client.start_orchestration("fv-nobody", "NobodyHasThis", 1)
+    reason = cluster.wait_for(
+        lambda: cluster.client.get_status("fv-nobody").waiting_reason, "the instance to say why it waits"
+    )
+    assert reason.startswith("orchestration 'NobodyHasThis' (latest version) is not registered on any worker"), reason
+    assert cluster.client.get_instance_info("fv-nobody").waiting_reason == reason
+    assert cluster.client.get_status("fv-nobody").status == "Running"
+    cluster.wait_for(
+        lambda: any(
+            "WARNING" in line and "instance fv-nobody" in line and "'NobodyHasThis'" in line and "retrying at" in line
+            for line in orch.text().splitlines()
+        ),
+        "the backoff's WARNING in the worker log",
+    )
