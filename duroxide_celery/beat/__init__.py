@@ -17,11 +17,15 @@ A database error is logged and retried at a later tick; it never stops beat, nor
 Ready-made combinations:
 
     celery -A proj beat -S duroxide_celery.beat:TimerScheduler                  # celery's PersistentScheduler
-    celery -A proj worker -B -S duroxide_celery.beat:TimerScheduler             # beat embedded in a worker
+    celery -A proj worker -B --scheduler duroxide_celery.beat:TimerScheduler    # beat embedded in a worker
     celery -A proj beat -S duroxide_celery.beat.django:DatabaseScheduler        # django-celery-beat
     celery -A proj beat -S duroxide_celery.beat.redbeat:RedBeatScheduler        # celery-redbeat
 
 Any other scheduler: `class MyScheduler(DurableTimers, TheirScheduler): pass` (the mixin first).
+
+For `celery worker`, `-S` means `--statedb`: `worker -B -S duroxide_celery.beat:TimerScheduler` creates a state file
+of that name and runs celery's default scheduler, without durable timers. Spell it `--scheduler`, or set the app's
+`beat_scheduler` setting.
 
 The runtime is the one `Runtime(provider, options, app=app)` attached to the app that `celery -A` loads.
 """
