@@ -188,6 +188,17 @@ def test_poisoned_activity_is_a_failed_task_too(runtime_factory, client, outcome
     assert str(failure).startswith("Poison: poison: activity Never#2 exceeded 3 attempts")
 
 
+def test_an_orchestration_that_never_found_its_handler_fails_its_last_turn(runtime_factory, client, outcomes):
+    """The unregistered-handler backoff ends in poison: that turn fails the orchestration, so its task fails."""
+    runtime_factory({}, options=RuntimeOptions(max_attempts=1))
+    client.start_orchestration("fv-never", "NeverRegistered", None)
+    result = client.wait_for_orchestration("fv-never", WAIT_MS)
+    assert result.status == "Failed" and "'NeverRegistered' (version latest) is not registered" in result.error
+    (failure,) = wait_until(lambda: outcomes.failed(TURN_TASK, "fv-never"), what="the poisoning turn's failure")
+    assert str(failure).startswith("orchestration 'NeverRegistered' of instance fv-never (execution 1) failed [Poison]")
+    assert result.waiting_reason is None
+
+
 # -- waiting_reason --------------------------------------------------------------------------------------------
 def test_unregistered_orchestration_says_why_it_waits_until_a_turn_runs(runtime_factory, client, caplog):
     caplog.set_level(logging.WARNING, logger="duroxide_celery.worker")
