@@ -1,5 +1,6 @@
 """A plain `pip install .` (no extras, no dev packages) in a fresh virtualenv runs a production-mode workflow on
-Redis: a real `celery -A app worker` from that venv, a Client(provider, app=app) start, and the CLI's `--app`.
+Redis and on RabbitMQ: a real `celery -A app worker` from that venv, a Client(provider, app=app) start, and the
+CLI's `--app`. The venv is built once for both brokers.
 
 The virtualenv has no system site packages, and everything runs from a directory outside the checkout, so only
 what pip installed from pyproject's dependencies is importable. pip reaches the package index (or its cache).
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REDIS_URL, ROOT
+from .conftest import AMQP_URL, REDIS_URL, ROOT, _delete_amqp_entities
 
 #: pip may download the dependencies (celery, SQLAlchemy, psycopg, ...) when its cache is cold.
 INSTALL_TIMEOUT_S = 240
@@ -38,9 +39,10 @@ from duroxide_celery import Runtime, RuntimeOptions, SqliteProvider
 
 app = Celery("pkgapp", broker=os.environ["PKG_BROKER_URL"])
 app.conf.broker_connection_retry_on_startup = True
-runtime = Runtime(
-    SqliteProvider.open(os.environ["PKG_DB"]), RuntimeOptions(queue_prefix=os.environ["PKG_PREFIX"]), app=app
-)
+if app.conf.broker_url.startswith("amqp"):
+    app.conf.broker_transport_options = {"confirm_publish": True}
+options = RuntimeOptions(queue_prefix=os.environ["PKG_PREFIX"], worker_node_id=os.environ["PKG_NODE"])
+runtime = Runtime(SqliteProvider.open(os.environ["PKG_DB"]), options, app=app)
 
 
 def greet(ctx, name):
@@ -111,8 +113,10 @@ def workers() -> Iterator[list[Worker]]:
         worker.kill()
 
 
-def _venv(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv (no system site packages) with `pip install <copy of the checkout>`."""
+    tmp_path = tmp_path_factory.mktemp("packaging")
     source = tmp_path / "src"
     shutil.copytree(
         ROOT,
@@ -148,9 +152,23 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, str]]:
+    """(broker URL, queue prefix, worker node id); RabbitMQ's queues and exchanges are deleted afterwards."""
+    prefix, node = f"dxpkg{uuid.uuid4().hex[:10]}", f"pkg-{uuid.uuid4().hex[:8]}"
+    if request.param == "redis":
+        yield f"{REDIS_URL}/{request.getfixturevalue('redis_db')}", prefix, node
+        return
+    request.getfixturevalue("rabbitmq")
+    yield AMQP_URL, prefix, node
+    _delete_amqp_entities(prefix, ("orchestrator", "activities", f"sessions.{node}"))
+
+
 @pytest.mark.timeout(INSTALL_TIMEOUT_S + 2 * START_TIMEOUT_S + 60)
-def test_plain_pip_install_runs_a_workflow_on_redis(tmp_path: Path, redis_db: int, workers: list[Worker]) -> None:
-    venv = _venv(tmp_path)
+def test_plain_pip_install_runs_a_workflow(
+    venv: Path, broker: tuple[str, str, str], tmp_path: Path, workers: list[Worker]
+) -> None:
+    broker_url, prefix, node = broker
     bin_dir = venv / "bin"
     python = bin_dir / "python"
 
@@ -175,9 +193,10 @@ def test_plain_pip_install_runs_a_workflow_on_redis(tmp_path: Path, redis_db: in
     (app_dir / "driver.py").write_text(DRIVER)
     db = tmp_path / "store.db"
     env = _clean_env(
-        PKG_BROKER_URL=f"{REDIS_URL}/{redis_db}",
+        PKG_BROKER_URL=broker_url,
         PKG_DB=str(db),
-        PKG_PREFIX=f"dxpkg{uuid.uuid4().hex[:10]}",
+        PKG_PREFIX=prefix,
+        PKG_NODE=node,
         PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     )
 
@@ -199,6 +218,9 @@ def test_plain_pip_install_runs_a_workflow_on_redis(tmp_path: Path, redis_db: in
             "-A",
             "pkgapp",
             "worker",
+            # Only this test's engine queues: the broker's shared `celery` queue may hold other tests' messages.
+            "-Q",
+            f"{prefix}.orchestrator,{prefix}.activities",
             "-P",
             "prefork",
             "-c",
@@ -206,7 +228,7 @@ def test_plain_pip_install_runs_a_workflow_on_redis(tmp_path: Path, redis_db: in
             "-l",
             "INFO",
             "-n",
-            f"pkg-{uuid.uuid4().hex[:8]}@%h",
+            f"{node}@%h",
             "--without-mingle",
             "--without-gossip",
             "--without-heartbeat",
@@ -218,7 +240,7 @@ def test_plain_pip_install_runs_a_workflow_on_redis(tmp_path: Path, redis_db: in
     workers.append(worker)
     worker.wait_ready()
 
-    # No beat runs here, so no recovery sweep: these complete only because the wake-ups went out on Redis.
+    # No beat runs here, so no recovery sweep: these complete only because the wake-ups went out on the broker.
     started = subprocess.run(
         [str(bin_dir / "duroxide-celery"), "--app", "pkgapp", "start", "Greet", "--id", "cli-1", "--input", '"cli"'],
         capture_output=True,
