@@ -53,13 +53,6 @@ class HostCluster(Cluster):
         self.marks = tmp_path / "marks.txt"
         self.env["BEAT_HOST_MARKS"] = str(self.marks)
 
-    def _celery(self, name: str, args: list[str], extra_env: dict[str, str] | None) -> Proc:
-        env = dict(self.env, **(extra_env or {}))
-        argv = [sys.executable, "-m", "celery", "-A", APP, *args]
-        proc = Proc(name, argv, env, self.dir / f"{name}-{len(self.procs)}.log")
-        self.procs.append(proc)
-        return proc
-
     def _schedule_file(self) -> str:
         return str(self.dir / f"beat-schedule-{len(self.procs)}")
 
@@ -72,12 +65,12 @@ class HostCluster(Cluster):
             # `--scheduler`, not `-S`: for `celery worker`, -S is --statedb (a file name), and beat would silently
             # run celery's default scheduler without durable timers.
             args += ["-B", "--scheduler", beat_scheduler, "-s", self._schedule_file()]
-        proc = self._celery("worker", args, None)
+        proc = self.run("worker", args, APP)
         proc.wait_for_log(" ready.")
         return proc
 
     def host_beat(self, scheduler: str = TIMER_SCHEDULER, env: dict[str, str] | None = None) -> Proc:
-        proc = self._celery("beat", ["beat", "-S", scheduler, "-s", self._schedule_file(), "-l", "INFO"], env)
+        proc = self.run("beat", ["beat", "-S", scheduler, "-s", self._schedule_file(), "-l", "INFO"], APP, env)
         proc.wait_for_log("beat: Starting")
         return proc
 
