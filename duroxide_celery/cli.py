@@ -178,7 +178,21 @@ class Ctx:
 
             app = Celery("duroxide-cli", broker=self.broker, set_as_current=False)
             app.conf.update(task_serializer="json", accept_content=["json"])
-        return Client(provider, app=app, queue_prefix=self.prefix)
+        client = Client(provider, app=app, queue_prefix=self.prefix)
+        if app is None and provider.publisher is None:
+            # Nothing here can wake a worker: say so in CLI terms (the Client's own warning names Python code).
+            client._warned_no_broker = True
+            self.no_wake_up = True
+        return client
+
+    no_wake_up = False
+
+    def note_no_wake_up(self) -> None:
+        """After a write that needs a worker: tell how it will be delivered when no wake-up could be sent."""
+        if self.no_wake_up:
+            click.echo(
+                "note: no --app or --broker: workers pick this up at their next recovery sweep (seconds)", err=True
+            )
 
 
 def _store_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -379,6 +393,7 @@ def start(obj: Ctx, name: str, instance_id: str | None, input_json: str | None, 
     if info is not None and (info.created_at < before or info.orchestration_name != name):
         raise click.ClickException(f"instance {instance_id} already exists (status {info.status})")
     click.echo(instance_id)
+    obj.note_no_wake_up()
 
 
 def _status_document(info: Any, result: Any) -> dict[str, Any]:
@@ -478,6 +493,7 @@ def raise_event(obj: Ctx, instance_id: str, event_name: str, data: str | None) -
     _require_running(client, instance_id, "the event was not delivered")
     client.raise_event(instance_id, event_name, value)
     click.echo("event raised")
+    obj.note_no_wake_up()
 
 
 @main.command("enqueue-event")
@@ -493,6 +509,7 @@ def enqueue_event(obj: Ctx, instance_id: str, queue_name: str, data: str | None)
     _require_running(client, instance_id, "the message was not delivered")
     client.enqueue_event(instance_id, queue_name, value)
     click.echo("event enqueued")
+    obj.note_no_wake_up()
 
 
 @main.command()
@@ -506,6 +523,7 @@ def cancel(obj: Ctx, instance_id: str, reason: str) -> None:
     _require_running(client, instance_id, "nothing to cancel")
     client.cancel_instance(instance_id, reason)
     click.echo("cancel requested")
+    obj.note_no_wake_up()
 
 
 @main.command("list")
@@ -522,6 +540,7 @@ def list_instances(obj: Ctx, status_filter: str | None, as_json: bool) -> None:
         return
     for instance_id in ids:
         click.echo(instance_id)
+    obj.note_no_wake_up()
 
 
 def _tree_rows(client: Client, root: str, all_ids: list[str]) -> list[dict[str, Any]]:
@@ -625,6 +644,7 @@ def delete(
         raise click.UsageError("--force goes with an INSTANCE_ID (--finished deletes only finished instances)")
     client = obj.client()
     if instance_id is not None:
+        _require_instance(client, instance_id)
         result = client.delete_instance(instance_id, force=force)
     else:
         result = client.delete_instance_bulk(InstanceFilter(completed_before=completed_before, limit=limit))
