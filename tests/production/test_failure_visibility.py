@@ -11,7 +11,6 @@ tests/production/failureapp.py; its activity counts its runs in Redis.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,21 +26,14 @@ APP = "tests.production.failureapp"
 
 
 class FailureCluster(Cluster):
-    """conftest's Cluster running failureapp, with workers that send task events (-E)."""
-
-    def _celery(self, name: str, args: list[str], extra_env: dict[str, str] | None) -> Proc:
-        env = dict(self.env, **(extra_env or {}))
-        argv = [sys.executable, "-m", "celery", "-A", APP, *args]
-        proc = Proc(name, argv, env, self.dir / f"{name}-{len(self.procs)}.log")
-        self.procs.append(proc)
-        return proc
+    """conftest's Cluster with workers of failureapp that send task events (-E)."""
 
     def event_worker(self, role: str, pool: str) -> Proc:
         queue = {"orch": f"{self.prefix}.orchestrator", "act": f"{self.prefix}.activities"}[role]
         node = f"{role}{len(self.procs)}-{self.prefix}@%h"
         # With heartbeats (unlike conftest's workers): their worker-online event shows the receiver is listening.
         argv = ["worker", "-E", "-Q", queue, "-P", pool, "-c", "2", "-n", node, "-l", "INFO"]
-        proc = self._celery(f"worker-{role}", argv + ["--without-mingle", "--without-gossip"], None)
+        proc = self.run(f"worker-{role}", argv + ["--without-mingle", "--without-gossip"], APP)
         proc.wait_for_log(" ready.")
         return proc
 
