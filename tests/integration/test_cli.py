@@ -604,8 +604,13 @@ def test_app_names_the_store_and_queues(tmp_path: Path, store: Store) -> None:
     duplicate = _run(["-A", f"{name}:app", "start", "Greeter", "--id", "a1"], env, elsewhere)
     assert duplicate.returncode == 1 and duplicate.stdout == ""
     assert duplicate.stderr.splitlines() == ["Error: instance a1 already exists (status Running)"]
-    by_env = _run(["status", "a1", "--json"], {**env, "DUROXIDE_APP": name}, elsewhere)
+    # DUROXIDE_APP works like --app; the app's Runtime wins over a store named only by the environment.
+    other = tmp_path / "other" / "x.db"
+    by_env = _run(
+        ["status", "a1", "--json"], {**env, "DUROXIDE_APP": name, "DUROXIDE_DB_URL": f"sqlite:///{other}"}, elsewhere
+    )
     assert by_env.returncode == 0 and json.loads(by_env.stdout)["orchestration_name"] == "Greeter"
+    assert not other.parent.exists()
 
     provider = store.open()
     info = Client(provider).get_instance_info("a1")
@@ -647,7 +652,14 @@ def test_app_usage_errors(tmp_path: Path, store: Store, monkeypatch: pytest.Monk
     Cli(["--app", "no_such_module_xyz"]).fails(2, "cannot load Celery app 'no_such_module_xyz'", "list")
     Cli(["--app", name, "--db", "sqlite:///x.db"]).fails(2, "--db cannot be combined with --app", "list")
     Cli(["--app", name, "--broker", "memory://"]).fails(2, "--broker cannot be combined with --app", "list")
+    Cli(["--app", name, "--queue-prefix", "x"]).fails(2, "--queue-prefix cannot be combined with --app", "list")
     Cli(["--app", "json"]).fails(2, "cannot load Celery app 'json'", "list")
+    (tmp_path / f"{name}_broken.py").write_text("raise RuntimeError('bad settings')\n")
+    Cli(["--app", f"{name}_broken"]).fails(
+        1, f"importing Celery app '{name}_broken' failed: RuntimeError: bad settings", "list"
+    )
+    (tmp_path / f"{name}_number.py").write_text("app = 3\n")
+    Cli(["--app", f"{name}_number:app"]).fails(2, f"'{name}_number:app' is a int, not a Celery app", "list")
     # An app without a Runtime only wakes workers: the store comes from --db.
     (tmp_path / f"{name}_plain.py").write_text("from celery import Celery\napp = Celery('plain', broker='memory://')\n")
     plain = Cli(["--app", f"{name}_plain", *store_args(store)])
