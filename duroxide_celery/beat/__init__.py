@@ -43,7 +43,7 @@ from ..tasks.recovery import fire_what_is_due, sweep
 
 log = logging.getLogger("duroxide_celery.beat")
 
-__all__ = ["DurableTimers", "TimerScheduler"]
+__all__ = ["DurableTimers", "TimerScheduler", "warn_without_durable_timers"]
 
 
 class DurableTimers:
@@ -146,3 +146,26 @@ class DurableTimers:
 class TimerScheduler(DurableTimers, beat.PersistentScheduler):
     """Celery's default scheduler (the app's `beat_schedule`, kept in the `-s` shelve file) plus durable timers
     and the recovery sweep: `celery -A proj beat -S duroxide_celery.beat:TimerScheduler`."""
+
+
+def warn_without_durable_timers(sender: Any = None, **_: Any) -> None:
+    """A `celery.signals.beat_init` handler: a beat (standalone or `worker -B`) of an app that has a duroxide Runtime,
+    whose scheduler lacks DurableTimers, fires no durable timer and runs no recovery sweep. Say so, and how to fix
+    it (the usual cause: `celery worker -B -S ...`, where -S is --statedb). Connect it once:
+    `beat_init.connect(warn_without_durable_timers, weak=False, dispatch_uid="duroxide-beat-check")`."""
+    app = getattr(sender, "app", None)
+    if getattr(app, "duroxide_runtime", None) is None:
+        return
+    scheduler = getattr(sender, "scheduler", None)
+    if scheduler is None or isinstance(scheduler, DurableTimers):
+        return
+    cls = type(scheduler)
+    log.warning(
+        "beat runs %s.%s, which has no durable timers: no timer fires and no recovery sweep runs in this beat. Use "
+        "`celery -A proj beat -S duroxide_celery.beat:TimerScheduler` or `celery -A proj worker -B --scheduler "
+        "duroxide_celery.beat:TimerScheduler` (for `celery worker`, -S means --statedb), or combine your scheduler: "
+        "class MyScheduler(DurableTimers, %s)",
+        cls.__module__,
+        cls.__qualname__,
+        cls.__name__,
+    )

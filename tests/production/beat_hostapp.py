@@ -20,9 +20,14 @@ if os.environ.get("DJANGO_SETTINGS_MODULE"):
 
     django.setup()
 
+from celery.signals import beat_init  # noqa: E402
+
+from duroxide_celery.beat import warn_without_durable_timers  # noqa: E402
 from tests.production.app_env import production_runtime  # noqa: E402
 
 app, runtime = production_runtime("beat_hostapp")
+# A beat without durable timers says so (same dispatch_uid as the Runtime's, should it connect the check itself).
+beat_init.connect(warn_without_durable_timers, weak=False, dispatch_uid="duroxide-beat-check")
 prefix = runtime.names.prefix
 
 # The host app's own settings, which adding the Runtime must leave alone.

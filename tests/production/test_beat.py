@@ -204,6 +204,23 @@ def test_worker_with_embedded_beat_runs_the_apps_entries_and_durable_timers(host
     assert_no_recover_messages(worker)
 
 
+def test_worker_dash_s_is_statedb_and_the_beat_without_timers_says_so(host_redis: HostCluster) -> None:
+    """`celery worker -B -S <scheduler>` is a trap: -S is --statedb for a worker, so beat runs celery's default
+    scheduler. The app's entries run, durable timers do not, and beat logs a WARNING saying how to fix it."""
+    cluster = host_redis
+    statedb = "duroxide_celery.beat:TimerScheduler"  # relative: the worker creates it in its working directory
+    try:
+        args = ["worker", "-Q", f"{cluster.prefix}.host", "-P", "threads", "-B", "-S", statedb]
+        args += ["-s", cluster._schedule_file(), "-l", "INFO", "--without-mingle", "--without-gossip"]
+        worker = cluster.run("worker", args, APP)
+        worker.wait_for_log(" ready.")
+        cluster.wait_for(lambda: "which has no durable timers" in worker.text(), "beat's warning")
+        assert "--scheduler duroxide_celery.beat:TimerScheduler" in worker.text()
+    finally:
+        for leftover in ROOT.glob(statedb + "*"):
+            leftover.unlink()
+
+
 def test_redbeat_scheduler_with_durable_timers(host_redis: HostCluster) -> None:
     pytest.importorskip("redbeat", reason="celery-redbeat is not installed (pip install -e '.[dev]')")
     cluster = host_redis
@@ -362,3 +379,20 @@ def test_combination_without_its_package_names_what_to_install(
     monkeypatch.setitem(sys.modules, missing, None)  # import of it fails as if it were not installed
     with pytest.raises(ImportError, match=f"pip install {package}"):
         importlib.import_module(module)
+
+
+def test_a_beat_without_durable_timers_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    from duroxide_celery.beat import TimerScheduler, warn_without_durable_timers
+
+    app = fake_app(FakeStore())
+    plain = SimpleNamespace(app=app, scheduler=beat.PersistentScheduler(app=app, lazy=True))
+    ours = SimpleNamespace(app=app, scheduler=TimerScheduler(app=app, lazy=True))
+    no_runtime = SimpleNamespace(app=Celery("plain", set_as_current=False), scheduler=plain.scheduler)
+    with caplog.at_level(logging.WARNING, logger="duroxide_celery.beat"):
+        warn_without_durable_timers(sender=ours)
+        warn_without_durable_timers(sender=no_runtime)
+        assert not caplog.records
+        warn_without_durable_timers(sender=plain)
+    (record,) = caplog.records
+    assert "celery.beat.PersistentScheduler, which has no durable timers" in record.getMessage()
+    assert "--scheduler duroxide_celery.beat:TimerScheduler" in record.getMessage()
