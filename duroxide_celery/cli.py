@@ -19,15 +19,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import click
+import sqlalchemy as sa
 from click.core import ParameterSource
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -40,8 +43,8 @@ from .client import (
     _check_instance_id,
 )
 from .providers import PostgresProvider, Provider, SqliteProvider
-from .providers.check import StoreNotReady, check_store
-from .providers.migrate import upgrade
+from .providers.check import StoreNotReady, check_store, describe
+from .providers.migrate import VERSION_TABLE, upgrade
 from .providers.store import TERMINAL_STATUSES
 from .types import InstanceFilter, PruneOptions
 
@@ -169,6 +172,7 @@ class Ctx:
         """A Client on a checked store, waking workers through --app or --broker when given."""
         provider = self.provider()
         try:
+            _require_existing_store(provider)
             check_store(provider)
         except StoreNotReady as exc:
             raise click.ClickException(str(exc)) from None
@@ -193,6 +197,37 @@ class Ctx:
             click.echo(
                 "note: no --app or --broker: workers pick this up at their next recovery sweep (seconds)", err=True
             )
+
+
+def _require_existing_store(provider: Provider) -> None:
+    """Refuse a store nobody created (a mistyped schema or database), before check_store's first use would create
+    it: only `db upgrade` creates stores."""
+    where = describe(provider)
+
+    def unusable(reason: object) -> StoreNotReady:
+        return StoreNotReady(f"cannot use the duroxide store at {where}: {str(reason).strip().splitlines()[0]}")
+
+    if isinstance(provider, SqliteProvider):
+        path = _sqlite_file(provider.url)
+        assert path is not None  # in-memory stores are refused before
+        try:  # read-only: the provider's own connections would switch the file to WAL, writing to it
+            with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as conn:
+                query = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
+                exists = conn.execute(query, (VERSION_TABLE,)).fetchone()[0] > 0
+        except sqlite3.Error as exc:
+            raise unusable(exc) from exc
+    else:
+        engine = provider._create_engine()
+        try:
+            with engine.connect() as conn:
+                exists = conn.execute(sa.text(f"SELECT to_regclass('{VERSION_TABLE}')")).scalar() is not None
+        except SQLAlchemyError as exc:
+            raise unusable(getattr(exc, "orig", None) or exc) from exc
+        finally:
+            engine.dispose()
+    if not exists:
+        in_schema = f"schema {provider.schema} of " if provider.schema else ""
+        raise StoreNotReady(f"no duroxide store in {in_schema}{where} (run 'duroxide-celery db upgrade' to create one)")
 
 
 def _store_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -370,6 +370,36 @@ def test_a_mistyped_sqlite_path_creates_nothing(tmp_path: Path) -> None:
     assert runner.ok("list") == "" and runner.ok("--json", "list").strip() == "[]"
 
 
+def test_a_store_nobody_created_is_not_created(tmp_path: Path, store: Store) -> None:
+    """An empty SQLite file, a mistyped PostgreSQL schema: every command but db upgrade refuses, creating nothing."""
+    if store.kind == "sqlite":
+        empty = tmp_path / "empty.db"
+        empty.touch()
+        runner = Cli(["--db", f"sqlite:///{empty}"])
+        message = f"no duroxide store in sqlite:///{empty} (run 'duroxide-celery db upgrade' to create one)"
+    else:
+        runner = Cli(["--db", PG_URL, "--schema", store.location])  # the fixture's schema: not created yet
+        where = PG_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+        message = (
+            f"no duroxide store in schema {store.location} of {where} (run 'duroxide-celery db upgrade' to create one)"
+        )
+    for args in ALL_COMMANDS:
+        runner.fails(1, message, *args)
+    if store.kind == "sqlite":
+        assert empty.stat().st_size == 0
+    else:
+        engine = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=sa.NullPool)
+        with engine.connect() as conn:
+            found = conn.execute(
+                sa.text("SELECT count(*) FROM information_schema.schemata WHERE schema_name = :s"),
+                {"s": store.location},
+            ).scalar()
+        engine.dispose()
+        assert found == 0
+    runner.ok("db", "upgrade")
+    assert runner.ok("list") == ""
+
+
 def test_an_unusable_store_exits_1_with_the_reason(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database" * 100)
