@@ -9,9 +9,10 @@ Where the store is:
   DUROXIDE_DB_SCHEMA) for a PostgreSQL schema; `--broker URL` (or DUROXIDE_BROKER_URL) wakes workers at once,
   else the recovery sweep delivers the work a little later.
 
-Every command but `db upgrade` checks the store first and never creates one: a `sqlite:///` path with no file is
-an error, not a new empty store. Exit status: 0 success, 1 an operational failure (one line on stderr: unknown
-instance, finished instance, unusable store...), 2 a usage error. `--json` prints machine-readable output.
+Every command but `db upgrade` checks the store first and never creates one: a `sqlite:///` path with no file,
+an empty file, or a PostgreSQL schema or database without duroxide's tables is an error, not a new empty store.
+Exit status: 0 success, 1 an operational failure (one line on stderr: unknown instance, finished instance,
+unusable store...), 2 a usage error. `--json` prints machine-readable output.
 """
 
 from __future__ import annotations
