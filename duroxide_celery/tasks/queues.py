@@ -59,7 +59,11 @@ ENGINE_TASK_OPTIONS: dict[str, Any] = {
     "time_limit": NO_TIME_LIMIT_S,
     "soft_time_limit": NO_TIME_LIMIT_S,
     "rate_limit": "0/s",  # Celery reads a zero rate as "no limit"; None would inherit task_default_rate_limit
-    "acks_on_failure_or_timeout": True,  # a failure is recorded in the store first: never redeliver it
+    # A failure is recorded in the store first: never redeliver it (the narrower two are Celery >= 5.6's; an app's
+    # task_acks_on_failure would otherwise reach the engine's tasks through them).
+    "acks_on_failure_or_timeout": True,
+    "acks_on_failure": True,
+    "acks_on_timeout": True,
     "reject_on_worker_lost": True,
 }
 

@@ -9,7 +9,6 @@ process remembers of the session.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,12 +24,8 @@ SESSION_LOCK_MS = 2000
 class SessionCluster(Cluster):
     """conftest's Cluster running sessionapp: an orchestrator worker, beat, and activity workers with node ids."""
 
-    def _celery(self, name: str, args: list[str], extra_env: dict[str, str] | None) -> Proc:
-        env = dict(self.env, **(extra_env or {}))
-        argv = [sys.executable, "-m", "celery", "-A", APP, *args]
-        proc = Proc(name, argv, env, self.dir / f"{name}-{len(self.procs)}.log")
-        self.procs.append(proc)
-        return proc
+    def _celery(self, name: str, args: list[str], extra_env: dict[str, str] | None, app: str = "examples.shop") -> Proc:
+        return super()._celery(name, args, extra_env, APP)
 
     def session_worker(self, node: str, **env: str) -> Proc:
         argv = ["worker", "-Q", f"{self.prefix}.activities", "-P", "threads", "-c", "4", "-l", "INFO"]
