@@ -291,8 +291,8 @@ class Store:
             rows = conn.execute(select(work_items.c.tag).where(work_items.c.tag.is_not(None)).distinct()).all()
         return [r[0] for r in rows]
 
-    def wake_backed_off(self, orchestration_names: list[str]) -> list[str]:
-        """End the unregistered-handler backoff of instances of these orchestrations; returns their ids."""
+    def wake_backed_off(self, orchestration_names: list[str]) -> list[tuple[str, str]]:
+        """End the unregistered-handler backoff of instances of these orchestrations; returns (id, name) of each."""
         now = now_ms()
         with self.write() as conn:
             rows = conn.execute(
@@ -303,9 +303,9 @@ class Store:
                     instances.c.status == "Running",
                 )
                 .values(next_attempt_at=0)
-                .returning(instances.c.instance_id)
+                .returning(instances.c.instance_id, instances.c.orchestration_name)
             ).all()
-        return [r[0] for r in rows]
+        return [(r[0], r[1]) for r in rows]
 
     def count_failed_attempt(self, instance_id: str) -> None:
         """Record a turn that crashed before committing, so a turn that always crashes ends as poison."""
