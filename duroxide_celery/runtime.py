@@ -119,10 +119,12 @@ class Runtime:
         self._activity_executor: Any = None
         install_tasks(app, self)
         if not self.embedded:
+            from .beat import connect_beat_check as warn_beat_without_timers
             from .tasks.worker_start import install_worker_hooks
             from .worker_options import install_worker_options
 
             install_worker_hooks(app, self)  # engine queues, store check, engine-only worker settings
+            warn_beat_without_timers()  # a beat of this app whose scheduler fires no durable timers says so
             install_worker_options(app)  # celery worker --duroxide-tag-filter/--duroxide-node-id
             # A Client(provider) in this process (a web view importing the Celery app) wakes workers at once.
             provider.attach_publisher(self.publisher)

@@ -169,3 +169,10 @@ def warn_without_durable_timers(sender: Any = None, **_: Any) -> None:
         cls.__qualname__,
         cls.__name__,
     )
+
+
+def connect_beat_check() -> None:
+    """Connect warn_without_durable_timers to beat_init (idempotent: one handler per process)."""
+    from celery.signals import beat_init
+
+    beat_init.connect(warn_without_durable_timers, weak=False, dispatch_uid="duroxide-beat-check")

@@ -28,13 +28,8 @@ APP = "tests.production.tagapp"
 class TagCluster(Cluster):
     """conftest's Cluster running tagapp instead of examples.shop, with workers started from explicit options."""
 
-    def _celery(self, name: str, args: list[str], extra_env: dict[str, str] | None) -> Proc:
-        env = dict(self.env, **(extra_env or {}))
-        proc = Proc(
-            name, [sys.executable, "-m", "celery", "-A", APP, *args], env, self.dir / f"{name}-{len(self.procs)}.log"
-        )
-        self.procs.append(proc)
-        return proc
+    def _celery(self, name: str, args: list[str], extra_env: dict[str, str] | None, app: str = "examples.shop") -> Proc:
+        return super()._celery(name, args, extra_env, APP)
 
     def tag_worker(self, name: str, *options: str, queues: list[str] | None = None, pool: str = "threads") -> Proc:
         """A worker (not yet ready: call wait_for_log) with `-Q queues` (suffixes of the prefix) and `options`."""
