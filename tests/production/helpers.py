@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from typing import Any
 
@@ -77,3 +78,57 @@ def outputs(cluster: Cluster, ids: list[str]) -> dict[str, Any]:
         assert status == "Completed", f"{inst} ended {status}: {error}"
         result[inst] = json.loads(output)
     return result
+
+
+class TaskEvents:
+    """Every task and worker event on the broker, captured in a thread by Celery's event receiver."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._receiver: Any = None
+        self._listening = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="task-events", daemon=True)
+
+    def _run(self) -> None:
+        listening = self._listening
+        base = self.app.events.Receiver
+
+        class Receiver(base):  # type: ignore[misc, valid-type]
+            def on_consume_ready(self, *args: Any, **kwargs: Any) -> None:
+                super().on_consume_ready(*args, **kwargs)
+                listening.set()
+
+        with self.app.connection_for_read() as conn:
+            self._receiver = Receiver(conn, handlers={"*": self._on_event})
+            self._receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def start(self) -> None:
+        self._thread.start()
+        assert self._listening.wait(30), "the event receiver did not start"
+
+    def stop(self) -> None:
+        if self._receiver is not None:
+            self._receiver.should_stop = True
+        self._thread.join(timeout=10)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.events)
+
+    def names(self) -> dict[str, str]:
+        """Task id -> the name it was received under (the shadow: `act:<Name>#<id>`, `orch:<Name>#<id>`)."""
+        return {e["uuid"]: e.get("name") or "" for e in self.snapshot() if e["type"] == "task-received"}
+
+    def of(self, kind: str, name: str) -> list[dict[str, Any]]:
+        """Events of type `kind` (e.g. task-failed) of the tasks received as `name`."""
+        names = self.names()
+        return [e for e in self.snapshot() if e["type"] == kind and names.get(e.get("uuid")) == name]
+
+    def workers_online(self) -> set[str]:
+        return {e["hostname"] for e in self.snapshot() if e["type"] == "worker-online"}

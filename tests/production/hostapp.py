@@ -100,3 +100,8 @@ def charge_or_refund(ctx: Any, amount: int) -> Any:
 def nap(ctx: Any, ms: int) -> Any:
     yield ctx.schedule_timer(ms)
     return "rested"
+
+
+@runtime.register_orchestration("Doomed")
+def doomed(ctx: Any, amount: int) -> Any:
+    return (yield ctx.schedule_activity("Charge", amount))  # the failure is not caught: the orchestration fails

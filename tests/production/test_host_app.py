@@ -12,6 +12,7 @@ from celery import Celery
 from duroxide_celery import Client
 
 from .conftest import REDIS_URL, Cluster
+from .helpers import TaskEvents
 
 HOST = "tests.production.hostapp"
 
@@ -47,6 +48,8 @@ def test_a_plain_worker_runs_the_apps_tasks_and_the_workflows(any_cluster: Clust
     cluster = any_cluster
     heartbeats = redis.Redis.from_url(f"{REDIS_URL}/{redis_db}")
     heartbeats.delete("hostapp:heartbeats")
+    events = TaskEvents(cluster.app)  # Celery's task events, the stream Flower shows (the app sends them)
+    events.start()
     worker = _plain_worker(cluster, redis_db)
     banner = worker.text()
     for queue in ("celery", "host-routed", f"{cluster.prefix}.orchestrator", f"{cluster.prefix}.activities"):
@@ -64,7 +67,8 @@ def test_a_plain_worker_runs_the_apps_tasks_and_the_workflows(any_cluster: Clust
     client.start_orchestration("slow-1", "SlowStep", 5)
     client.start_orchestration("charge-1", "ChargeOrRefund", 7)
     client.start_orchestration("nap-1", "Nap", 300)
-    cluster.wait_all_terminal(["slow-1", "charge-1", "nap-1"])
+    client.start_orchestration("doomed-1", "Doomed", 9)
+    cluster.wait_all_terminal(["slow-1", "charge-1", "nap-1", "doomed-1"])
     slow = client.get_status("slow-1")
     assert (slow.status, slow.output) == ("Completed", "slept 5"), (slow, cluster.logs())
     charge = client.get_status("charge-1")
@@ -73,6 +77,19 @@ def test_a_plain_worker_runs_the_apps_tasks_and_the_workflows(any_cluster: Clust
     assert client.get_status("nap-1").output == "rested"
     kinds = [e.kind for e in client.read_execution_history("slow-1", 1)]
     assert kinds.count("ActivityCompleted") == 1 and "ActivityFailed" not in kinds
+
+    doomed = client.get_status("doomed-1")
+    assert doomed.status == "Failed" and "card declined for 9" in (doomed.error or ""), doomed
+
+    # Celery's events (and so Flower): the failed activities and the failing turn are FAILURE, with the error text.
+    try:
+        for name in ("act:Charge#charge-1", "act:Charge#doomed-1", "orch:Doomed#doomed-1"):
+            (failed,) = cluster.wait_for(lambda n=name: events.of("task-failed", n), f"task-failed of {name}")
+            assert "card declined for" in failed["exception"], failed
+        assert events.of("task-succeeded", "orch:ChargeOrRefund#charge-1")  # it handled the failure
+        assert events.of("task-succeeded", "act:Slow#slow-1")
+    finally:
+        events.stop()
 
     # The app's beat schedule runs next to the durable timers.
     cluster.wait_for(lambda: int(heartbeats.get("hostapp:heartbeats") or 0) >= 2, "the app's beat entry to run")
