@@ -90,12 +90,12 @@ def test_heterogeneous_workers_run_each_step_on_the_node_serving_its_tag(any_tag
     cluster = any_tag_cluster
     p = cluster.prefix
     orch = cluster.tag_worker("orch", queues=["orchestrator"])
-    # No -Q: Celery would consume every task queue; the gpu filter must leave the untagged activities alone.
+    # No -Q: the app's own queue and the engine's; the gpu filter must leave the untagged activities alone.
     gpu = cluster.tag_worker("gpu", "--duroxide-tag-filter", "gpu", "--duroxide-node-id", "gpu-1", pool="prefork")
     cpu = cluster.tag_worker("cpu", "--duroxide-tag-filter", "cpu", queues=["orchestrator"])
     plain = cluster.tag_worker("plain", "--duroxide-node-id", "plain-1", queues=["activities"])
     ready(orch, gpu, cpu, plain)
-    assert banner_queues(gpu) == {f"{p}.orchestrator", f"{p}.activities.gpu"}
+    assert banner_queues(gpu) == {"celery", f"{p}.orchestrator", f"{p}.activities.gpu"}
     assert banner_queues(cpu) == {f"{p}.orchestrator", f"{p}.activities.cpu"}
     assert banner_queues(plain) == {f"{p}.activities"}
 
