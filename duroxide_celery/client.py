@@ -18,6 +18,16 @@ from .providers import Provider
 from .providers.store import TERMINAL_STATUSES, Store
 from .replay import events as ev
 from .replay.events import dumps, loads
+from .replay.limits import (
+    MAX_INSTANCE_ID_CHARS,
+    MAX_KV_KEY_CHARS,
+    MAX_NAME_CHARS,
+    MAX_VERSION_CHARS,
+    check_int64,
+    check_length,
+    check_storable,
+    check_timeout_ms,
+)
 from .tasks.publish import Publisher
 from .tasks.queues import QueueNames
 from .types import (
@@ -38,7 +48,6 @@ from .types import (
 log = logging.getLogger("duroxide_celery.runtime")
 
 SUB_ORCHESTRATION_MARKER = "::sub::"
-MAX_INSTANCE_ID_CHARS = 512
 #: How many instances a bulk delete or prune handles when the filter sets no limit (duroxide's default).
 DEFAULT_BULK_LIMIT = 1000
 
@@ -59,11 +68,21 @@ class CannotDeleteSubOrchestration(RuntimeError):
     """delete_instance on a sub-orchestration: only whole trees are deleted, from their root."""
 
 
+# Every Client call checks its arguments here, before any database access, with the store's limits
+# (replay/limits.py): both stores then refuse (or accept) the same input with the same clear error, instead of
+# PostgreSQL raising a raw database error on input SQLite would take.
 def _management_id(instance_id: Any) -> str:
-    """Ids given to the management calls name existing instances, so only their type is checked here."""
+    """Ids given to reads and management calls name existing instances: any str the store could hold (an id that
+    is too long simply names no instance)."""
     if not isinstance(instance_id, str):
         raise TypeError(f"instance id must be a str, got {type(instance_id).__name__}")
-    return instance_id
+    return check_storable(instance_id, "instance id")
+
+
+def _read_text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    return check_storable(value, what)
 
 
 def _option(value: Any, cls: type, what: str) -> Any:
@@ -84,14 +103,16 @@ def _check_instance_id(instance_id: Any) -> str:
             f"Invalid input: instance id {instance_id!r} contains the reserved sub-orchestration marker "
             f"'{SUB_ORCHESTRATION_MARKER}'"
         )
-    if len(instance_id) > MAX_INSTANCE_ID_CHARS:
-        raise ValueError(f"instance id is {len(instance_id)} characters; the limit is {MAX_INSTANCE_ID_CHARS}")
-    return instance_id
+    check_storable(instance_id, "instance id")
+    return check_length(instance_id, "instance id", MAX_INSTANCE_ID_CHARS)
 
 
-def _check_name(name: Any, what: str) -> str:
+def _check_name(name: Any, what: str, max_chars: int | None = None) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{what} must be a non-empty string, got {name!r}")
+    check_storable(name, what)
+    if max_chars is not None:
+        check_length(name, what, max_chars)
     return name
 
 
@@ -152,14 +173,14 @@ class Client:
         self, instance_id: str, orchestration_name: str, input: Any, version: str
     ) -> None:
         """Start an instance pinned to an exact registered version."""
-        _check_name(version, "version")
+        _check_name(version, "version", MAX_VERSION_CHARS)
         self._start(instance_id, orchestration_name, input, version)
 
     start_orchestration_versioned_typed = start_orchestration_versioned
 
     def _start(self, instance_id: str, name: str, input: Any, version: str | None) -> None:
         _check_instance_id(instance_id)
-        _check_name(name, "orchestration name")
+        _check_name(name, "orchestration name", MAX_NAME_CHARS)
         payload = _encode(input, "orchestration input")
         with self._store.write() as conn:
             created = self._store.create_instance(conn, instance_id, name, payload, version)
@@ -186,11 +207,14 @@ class Client:
 
     def cancel_instance(self, instance_id: str, reason: str | None = None) -> None:
         """Cancel a running instance (and its sub-orchestrations). No-op for unknown or finished instances."""
-        self._signal(instance_id, ev.MSG_CANCEL, {"reason": "" if reason is None else str(reason)})
+        text = "" if reason is None else str(reason)
+        # The reason becomes the instance's error text ("canceled: <reason>"), stored as-is.
+        self._signal(instance_id, ev.MSG_CANCEL, {"reason": check_storable(text, "cancel reason")})
 
     def _signal(self, instance_id: str, kind: str, payload: dict[str, Any]) -> None:
         if not isinstance(instance_id, str) or not instance_id:
             raise ValueError(f"instance id must be a non-empty string, got {instance_id!r}")
+        check_storable(instance_id, "instance id")
         name = self._store.enqueue_if_running(instance_id, kind, payload)
         if name is not None:
             self._poke(instance_id, name)
@@ -199,6 +223,7 @@ class Client:
 
     # -- status -------------------------------------------------------------------------------------------------
     def get_status(self, instance_id: str) -> OrchestrationResult:
+        _management_id(instance_id)
         row = self._store.get_instance(instance_id)
         if row is None:
             return OrchestrationResult(status="NotFound")
@@ -213,6 +238,7 @@ class Client:
 
     def wait_for_orchestration(self, instance_id: str, timeout_ms: int = 30_000) -> OrchestrationResult:
         """Block until the instance is Completed or Failed; raises OperationTimedOut (a TimeoutError)."""
+        _management_id(instance_id)
         return self._poll(instance_id, timeout_ms, lambda r: r.status in TERMINAL_STATUSES)
 
     def wait_for_orchestration_typed(self, instance_id: str, timeout_ms: int = 30_000) -> Any:
@@ -225,15 +251,18 @@ class Client:
         self, instance_id: str, last_seen_version: int = 0, poll_interval_ms: int = 200, timeout_ms: int = 30_000
     ) -> OrchestrationResult:
         """Return once custom_status_version exceeds `last_seen_version` or the instance has ended."""
+        _management_id(instance_id)
+        check_int64(last_seen_version, "last_seen_version")
+        interval_ms = check_timeout_ms(poll_interval_ms, "poll_interval_ms")
         return self._poll(
             instance_id,
             timeout_ms,
             lambda r: r.custom_status_version > last_seen_version or r.status in TERMINAL_STATUSES,
-            max_interval_s=max(poll_interval_ms, 1) / 1000,
+            max_interval_s=max(interval_ms, 1) / 1000,
         )
 
     def _poll(self, instance_id: str, timeout_ms: int, done: Any, max_interval_s: float = 0.1) -> OrchestrationResult:
-        deadline = time.monotonic() + timeout_ms / 1000
+        deadline = time.monotonic() + check_timeout_ms(timeout_ms) / 1000
         interval = 0.005
         while True:
             result = self.get_status(instance_id)
@@ -247,6 +276,10 @@ class Client:
 
     # -- KV -----------------------------------------------------------------------------------------------------
     def get_kv_value(self, instance_id: str, key: str) -> str | None:
+        _management_id(instance_id)
+        _read_text(key, "KV key")
+        if len(key) > MAX_KV_KEY_CHARS:
+            return None  # no such key can exist
         return self._store.get_kv(instance_id, key)
 
     def get_kv_value_typed(self, instance_id: str, key: str) -> Any:
@@ -254,7 +287,9 @@ class Client:
         return None if value is None else json.loads(value)
 
     def wait_for_kv_value(self, instance_id: str, key: str, timeout_ms: int = 30_000) -> str:
-        deadline = time.monotonic() + timeout_ms / 1000
+        _management_id(instance_id)
+        _read_text(key, "KV key")
+        deadline = time.monotonic() + check_timeout_ms(timeout_ms) / 1000
         interval = 0.005
         while True:
             value = self.get_kv_value(instance_id, key)
@@ -270,6 +305,7 @@ class Client:
 
     # -- inspection ---------------------------------------------------------------------------------------------
     def get_instance_info(self, instance_id: str) -> InstanceInfo | None:
+        _management_id(instance_id)
         row = self._store.get_instance(instance_id)
         if row is None:
             return None
@@ -287,9 +323,12 @@ class Client:
         )
 
     def list_executions(self, instance_id: str) -> list[int]:
+        _management_id(instance_id)
         return [r["execution_id"] for r in self._store.list_executions(instance_id)]
 
     def get_execution_info(self, instance_id: str, execution_id: int) -> ExecutionInfo | None:
+        _management_id(instance_id)
+        check_int64(execution_id, "execution_id")
         for r in self._store.list_executions(instance_id):
             if r["execution_id"] == execution_id:
                 return ExecutionInfo(
@@ -303,12 +342,15 @@ class Client:
         return None
 
     def read_execution_history(self, instance_id: str, execution_id: int) -> list[Event]:
+        _management_id(instance_id)
+        check_int64(execution_id, "execution_id")
         return [Event.from_history(e) for e in self._store.read_history(instance_id, execution_id)]
 
     def list_all_instances(self) -> list[str]:
         return self._store.list_instances()
 
     def list_instances_by_status(self, status: str) -> list[str]:
+        _read_text(status, "status")
         return self._store.list_instances(status)
 
     # -- management: trees, deletion, pruning, metrics (semantics.md 2.21) ---------------------------------------

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .replay.events import HistoryEvent
+from .replay.limits import INT64_MAX, check_storable
 
 STATUSES = ("Running", "Completed", "Failed", "NotFound", "ContinuedAsNew")
 
@@ -79,11 +80,15 @@ def _check_count(value: Any, what: str) -> None:
         raise TypeError(f"{what} must be an int or None, got {type(value).__name__}")
     if value < 0:
         raise ValueError(f"{what} must not be negative, got {value}")
+    if value > INT64_MAX:
+        raise ValueError(f"{what} is out of the 64-bit integer range, got {value}")
 
 
 def _check_ms(value: Any, what: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise TypeError(f"{what} must be epoch milliseconds (an int) or None, got {type(value).__name__}")
+    if value is not None and not -INT64_MAX - 1 <= value <= INT64_MAX:
+        raise ValueError(f"{what} is out of the 64-bit integer range, got {value}")
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,8 @@ class InstanceFilter:
             bad = [i for i in ids if not isinstance(i, str)]
             if bad:
                 raise TypeError(f"instance ids must be str, got {type(bad[0]).__name__}")
+            for i in ids:
+                check_storable(i, "instance id")
             object.__setattr__(self, "instance_ids", ids)
         _check_ms(self.completed_before, "completed_before")
         _check_count(self.limit, "limit")

@@ -10,6 +10,16 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .events import dumps
+from .limits import (
+    MAX_INSTANCE_ID_CHARS,
+    MAX_KV_KEY_CHARS,
+    MAX_NAME_CHARS,
+    MAX_SESSION_ID_CHARS,
+    MAX_VERSION_CHARS,
+    check_delay_ms,
+    check_length,
+    check_storable,
+)
 from .tasks import (
     ActivityTask,
     AllTask,
@@ -43,32 +53,51 @@ def _encode(value: Any, what: str) -> str:
 
 def _typed_input(value: Any, what: str) -> str:
     """`*_typed` calls pass a str through as JSON text, without encoding it again (duroxide-python 1.6)."""
-    return value if isinstance(value, str) else _encode(value, what)
+    return check_storable(value, what) if isinstance(value, str) else _encode(value, what)
 
 
-def _require_name(value: Any, what: str) -> str:
+# Every check below raises at the context call, inside the orchestration code, so a try/except around the call
+# (or around the `yield` of what it returns) catches it like any other error; uncaught, it fails the instance
+# with the message. Limits are the store's (replay/limits.py), the same on SQLite and PostgreSQL.
+def _require_name(value: Any, what: str, max_chars: int | None = None) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    check_storable(value, what)
+    if max_chars is not None:
+        check_length(value, what, max_chars)
     return value
-
-
-#: Session ids are stored in a 256-character column.
-MAX_SESSION_ID_CHARS = 256
 
 
 def _require_session_id(value: Any) -> str:
-    _require_name(value, "session_id")
-    if len(value) > MAX_SESSION_ID_CHARS:
-        raise ValueError(f"session_id is {len(value)} characters; the limit is {MAX_SESSION_ID_CHARS}")
-    return value
+    return _require_name(value, "session_id", MAX_SESSION_ID_CHARS)
+
+
+def _require_version(value: Any, what: str = "version") -> str | None:
+    if value is None:
+        return None
+    return _require_name(value, what, MAX_VERSION_CHARS)
+
+
+def _kv_key(key: Any) -> str:
+    text = str(key)
+    check_storable(text, "KV key")
+    return check_length(text, "KV key", MAX_KV_KEY_CHARS)
 
 
 def _check_retry(policy: Any) -> dict[str, Any]:
     if not isinstance(policy, dict):
         raise TypeError(f"retry policy must be a dict, got {type(policy).__name__}")
     max_attempts = policy.get("max_attempts", 3)
-    if not isinstance(max_attempts, int) or max_attempts < 1:
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise ValueError(f"retry policy max_attempts must be an integer >= 1, got {max_attempts!r}")
+    for key in ("timeout_ms", "total_timeout_ms"):
+        if policy.get(key):  # None and 0 mean "no timeout"
+            check_delay_ms(policy[key], f"retry policy {key}")
+    backoff = policy.get("backoff")
+    if isinstance(backoff, dict):
+        for key in ("base_ms", "delay_ms", "max_ms"):
+            if backoff.get(key) is not None:
+                check_delay_ms(backoff[key], f"retry policy backoff {key}")
     return dict(policy)
 
 
@@ -124,7 +153,7 @@ class OrchestrationContext(TraceMethods):
     ) -> ActivityTask:
         """An activity; `session_id` pins it to the worker owning that session, `ttl_ms` fails it if no worker
         claims it in time (also `.with_tag()`, `.with_ttl()`)."""
-        _require_name(name, "activity name")
+        _require_name(name, "activity name", MAX_NAME_CHARS)
         if session_id is not None:
             _require_session_id(session_id)
         task = ActivityTask(name, _encode(input, f"input of activity '{name}'"), session_id=session_id)
@@ -148,9 +177,7 @@ class OrchestrationContext(TraceMethods):
 
     # -- timers and events ------------------------------------------------------------------------------------
     def schedule_timer(self, delay_ms: int) -> TimerTask:
-        if isinstance(delay_ms, bool) or not isinstance(delay_ms, int | float) or delay_ms < 0:
-            raise ValueError(f"timer delay must be a non-negative number of milliseconds, got {delay_ms!r}")
-        return TimerTask(int(delay_ms))
+        return TimerTask(check_delay_ms(delay_ms, "timer delay"))
 
     def wait_for_event(self, name: str) -> WaitEventTask:
         return WaitEventTask(_require_name(name, "event name"))
@@ -167,34 +194,34 @@ class OrchestrationContext(TraceMethods):
     # -- orchestrations ---------------------------------------------------------------------------------------
     def schedule_sub_orchestration(self, name: str, input: Any = None) -> SubOrchestrationTask:
         return SubOrchestrationTask(
-            _require_name(name, "orchestration name"), _encode(input, "sub-orchestration input")
+            _require_name(name, "orchestration name", MAX_NAME_CHARS), _encode(input, "sub-orchestration input")
         )
 
     def schedule_sub_orchestration_with_id(
         self, name: str, instance_id: str, input: Any = None
     ) -> SubOrchestrationTask:
         task = self.schedule_sub_orchestration(name, input)
-        task.instance_id = _require_name(instance_id, "sub-orchestration instance id")
+        task.instance_id = _require_name(instance_id, "sub-orchestration instance id", MAX_INSTANCE_ID_CHARS)
         return task
 
     def schedule_sub_orchestration_versioned(
         self, name: str, version: str | None = None, input: Any = None
     ) -> SubOrchestrationTask:
         task = self.schedule_sub_orchestration(name, input)
-        task.version = version
+        task.version = _require_version(version)
         return task
 
     def schedule_sub_orchestration_versioned_with_id(
         self, name: str, version: str | None, instance_id: str, input: Any = None
     ) -> SubOrchestrationTask:
         task = self.schedule_sub_orchestration_with_id(name, instance_id, input)
-        task.version = version
+        task.version = _require_version(version)
         return task
 
     def start_orchestration(self, name: str, instance_id: str, input: Any = None) -> DetachedStartTask:
         return DetachedStartTask(
-            _require_name(name, "orchestration name"),
-            _require_name(instance_id, "instance id"),
+            _require_name(name, "orchestration name", MAX_NAME_CHARS),
+            _require_name(instance_id, "instance id", MAX_INSTANCE_ID_CHARS),
             _encode(input, "orchestration input"),
         )
 
@@ -202,14 +229,14 @@ class OrchestrationContext(TraceMethods):
         self, name: str, version: str | None, instance_id: str, input: Any = None
     ) -> DetachedStartTask:
         task = self.start_orchestration(name, instance_id, input)
-        task.version = version
+        task.version = _require_version(version)
         return task
 
     def continue_as_new(self, input: Any = None) -> ContinueAsNewTask:
         return ContinueAsNewTask(_encode(input, "continue_as_new input"))
 
     def continue_as_new_versioned(self, input: Any = None, version: str | None = None) -> ContinueAsNewTask:
-        return ContinueAsNewTask(_encode(input, "continue_as_new input"), version)
+        return ContinueAsNewTask(_encode(input, "continue_as_new input"), _require_version(version))
 
     # -- composition ------------------------------------------------------------------------------------------
     def all(self, tasks: list[Task]) -> AllTask:
@@ -265,7 +292,7 @@ class OrchestrationContext(TraceMethods):
         self, name: str, version: str | None, instance_id: str, input: Any = None
     ) -> DetachedStartTask:
         task = self.start_orchestration_typed(name, instance_id, input)
-        task.version = version
+        task.version = _require_version(version)
         return task
 
     def continue_as_new_typed(self, input: Any = None) -> ContinueAsNewTask:
@@ -295,6 +322,7 @@ class OrchestrationContext(TraceMethods):
     def set_custom_status(self, status: str) -> None:
         if not isinstance(status, str):
             raise TypeError(f"custom status must be a str, got {type(status).__name__}")
+        check_storable(status, "custom status")
         self._engine.record_custom_status(status)
 
     def reset_custom_status(self) -> None:
@@ -305,7 +333,9 @@ class OrchestrationContext(TraceMethods):
 
     # -- KV ---------------------------------------------------------------------------------------------------
     def set_kv_value(self, key: str, value: Any) -> None:
-        self._engine.record_kv_set(str(key), str(value))
+        text = str(value)
+        check_storable(text, f"KV value for key {str(key)[:80]!r}")
+        self._engine.record_kv_set(_kv_key(key), text)
 
     def get_kv_value(self, key: str) -> str | None:
         entry = self._engine.kv.get(str(key))
@@ -321,7 +351,7 @@ class OrchestrationContext(TraceMethods):
         return len(self._engine.kv)
 
     def clear_kv_value(self, key: str) -> None:
-        self._engine.record_kv_clear(str(key))
+        self._engine.record_kv_clear(_kv_key(key))
 
     def clear_all_kv_values(self) -> None:
         self._engine.record_kv_clear_all()
@@ -335,6 +365,10 @@ class OrchestrationContext(TraceMethods):
     def get_kv_value_from_instance(self, instance_id: str, key: str) -> ActivityTask:
         from .events import SYSCALL_PREFIX
 
+        if not isinstance(instance_id, str) or not isinstance(key, str):
+            raise TypeError("get_kv_value_from_instance takes a str instance id and a str key")
+        check_storable(instance_id, "instance id")
+        check_storable(key, "KV key")
         return ActivityTask(SYSCALL_PREFIX + "get_kv_value", dumps([instance_id, key]))
 
     # -- tracing (silent while replaying, so a trace appears once per real step) ------------------------------

@@ -15,6 +15,7 @@ more machinery than a generator API that awaits one thing at a time needs.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import traceback
 from collections import deque
@@ -26,6 +27,7 @@ from . import events as ev
 from .context import MAX_CUSTOM_STATUS_BYTES, OrchestrationContext
 from .events import HistoryEvent, dumps, error_details, loads
 from .futures import AllWaiter, Future, RaceWaiter, SingleWaiter, Waiter
+from .limits import MAX_DELAY_MS, MAX_INSTANCE_ID_CHARS, MAX_QUEUE_NAME_BYTES
 from .retry import ActivityTimeout, retry_loop
 from .tasks import (
     ActivityTask,
@@ -135,6 +137,14 @@ class TurnInput:
     clock: Callable[[], int] | None = None
     kv_snapshot: dict[str, tuple[str, int]] = field(default_factory=dict)
     kv_reader: Callable[[str, str], str | None] | None = None
+    #: The untagged activity queue (`<prefix>.activities`); a tagged activity goes to `<activity_queue>.<tag>`,
+    #: which must fit AMQP's 255-byte queue names. None: assume the longest default name, the embedded runtime's
+    #: `duroxide-<12 hex digits>.activities` (a tag of at most 222 bytes).
+    activity_queue: str | None = None
+
+
+#: What the tag check assumes when the turn does not name its activity queue (see TurnInput.activity_queue).
+DEFAULT_ACTIVITY_QUEUE_ASSUMED = "duroxide-" + "0" * 12 + ".activities"
 
 
 @dataclass
@@ -205,6 +215,9 @@ class ReplayEngine:
         # (set_custom_status, KV) is raised inside user code, where a bare `except:` could swallow it and let a
         # changed orchestration replay on; the driver re-raises the latched error at the next step instead.
         self._nondeterminism: Nondeterminism | None = None
+        # The same for a fire-and-forget call that must fail the instance (the custom status limit): it is latched
+        # here, so the instance fails even when the code's bare `except:` swallowed the exception.
+        self._fatal: _Terminate | None = None
         self._scheduled: dict[int, str] | None = None
         self._closed: set[int] = set()
         self._cancel_seen = False
@@ -371,6 +384,10 @@ class ReplayEngine:
     def _raise_latched(self) -> None:
         if self._nondeterminism is not None:
             raise self._nondeterminism
+        if self._fatal is not None:
+            for gen in reversed(self._stack):
+                self._close(gen)
+            raise self._fatal
 
     def _drive(self, handler: Handler, ctx: OrchestrationContext, input_value: Any) -> None:
         try:
@@ -516,6 +533,7 @@ class ReplayEngine:
             self._waiter = RaceWaiter([self._schedule(t) for t in members])
             return None
         if isinstance(task, Task):
+            self._check_storable_task(task)
             self._waiter = SingleWaiter(self._schedule(task))
             return None
         raise TypeError(
@@ -523,8 +541,22 @@ class ReplayEngine:
             "ctx.schedule_*/wait_for_event/all/race call returns"
         )
 
-    @staticmethod
-    def _check_members(tasks: list[Any], what: str) -> list[Task]:
+    def _check_storable_task(self, task: Task) -> None:
+        """Checks that need the turn's context (the context checked everything else at the call); raised into the
+        code at its `yield`, before anything of the task (or of any member of its all/race) is recorded."""
+        if isinstance(task, ActivityTask) and task.tag is not None:
+            base = self.inp.activity_queue or DEFAULT_ACTIVITY_QUEUE_ASSUMED
+            size = len(f"{base}.{task.tag}".encode())
+            if size > MAX_QUEUE_NAME_BYTES:
+                raise ValueError(
+                    f"activity tag {task.tag[:40]!r}... is too long for its broker queue: "
+                    f"'{base}.<tag>' would be {size} bytes; the limit is {MAX_QUEUE_NAME_BYTES} bytes, so a tag "
+                    f"may have at most {MAX_QUEUE_NAME_BYTES - len(base.encode()) - 1} bytes here"
+                )
+        if isinstance(task, TimerTask) and not 0 <= task.delay_ms <= MAX_DELAY_MS:
+            raise ValueError(f"timer delay is {task.delay_ms} ms; it must be between 0 and {MAX_DELAY_MS} ms")
+
+    def _check_members(self, tasks: list[Any], what: str) -> list[Task]:
         for t in tasks:
             if isinstance(t, AllTask | RaceTask):
                 # Fix (unit tests): duroxide's exact text (semantics.md 2.6) names the outer call join/select.
@@ -534,6 +566,7 @@ class ReplayEngine:
                 raise ValueError(f"an activity with a retry policy cannot be a member of {what}")
             if not isinstance(t, ActivityTask | TimerTask | WaitEventTask | DequeueTask | SubOrchestrationTask):
                 raise TypeError(f"{what}() takes tasks to wait on; got {t!r} (type {type(t).__name__})")
+            self._check_storable_task(t)
         return list(tasks)
 
     def _schedule(self, task: Task) -> Future:
@@ -643,9 +676,14 @@ class ReplayEngine:
         return event
 
     def _auto_child_id(self, event_id: int) -> str:
-        if self.execution_id == 1:
-            return f"{self.instance_id}::sub::{event_id}"
-        return f"{self.instance_id}::sub::{self.execution_id}_{event_id}"
+        suffix = f"::sub::{event_id}" if self.execution_id == 1 else f"::sub::{self.execution_id}_{event_id}"
+        if len(self.instance_id) + len(suffix) <= MAX_INSTANCE_ID_CHARS:
+            return f"{self.instance_id}{suffix}"
+        # The parent id is too long to prefix the child's (instance ids are at most 512 characters): keep its start
+        # and add a digest of the whole id, so the child id is deterministic, unique to this parent and fits.
+        digest = hashlib.sha256(self.instance_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        keep = MAX_INSTANCE_ID_CHARS - len(suffix) - len(digest) - 1
+        return f"{self.instance_id[:keep]}~{digest}{suffix}"
 
     def _register(self, fut: Future) -> Future:
         self._futures[fut.schedule_id] = fut
@@ -744,8 +782,10 @@ class ReplayEngine:
     # -- fire-and-forget state --------------------------------------------------------------------------------
     def record_custom_status(self, status: str | None) -> None:
         if status is not None and len(status.encode()) > MAX_CUSTOM_STATUS_BYTES:
-            # semantics.md 2.16: past the limit the instance fails (not an error the code could swallow).
-            raise _Terminate(
+            # semantics.md 2.16: past the limit the instance fails (not an error the code could swallow). The
+            # _Terminate raised here is a BaseException, which a bare `except:` still catches; it is latched, so
+            # the engine raises it again at the code's next step (yield, return or raise) whatever the code did.
+            self._fatal = self._fatal or _Terminate(
                 ev.ORCHESTRATION_FAILED,
                 {
                     "details": error_details(
@@ -755,6 +795,7 @@ class ReplayEngine:
                     )
                 },
             )
+            raise self._fatal
         event = self._emit(ev.CUSTOM_STATUS_UPDATED, {"status": status}, ())
         if event.event_id > self.old_count:
             self.custom_status_changed = True

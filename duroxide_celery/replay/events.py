@@ -142,12 +142,57 @@ def error_details(category: str, message: str, kind: str | None = None) -> dict[
     return details
 
 
+#: How deeply JSON payloads may nest (objects and arrays). Deeper values are refused where they are given: the
+#: stdlib decoder a worker runs on them recurses once per level, so a value a Client could encode could still fail
+#: every turn that reads it.
+MAX_JSON_DEPTH = 256
+
+
+def _check_json_shape(value: Any) -> None:
+    """Refuse what json.dumps would encode lossily or decode badly: non-str object keys (1 and "1", None and
+    "null" would collide), and nesting deeper than MAX_JSON_DEPTH. Called after json.dumps succeeded, so the value
+    is acyclic and the walk costs no more than the encoding did."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise TypeError(f"nested deeper than {MAX_JSON_DEPTH} levels (the limit for JSON payloads)")
+        if isinstance(obj, dict):
+            for key, item in obj.items():
+                if not isinstance(key, str):
+                    raise TypeError(
+                        f"dict key {key!r} is of type {type(key).__name__}; JSON object keys must be str "
+                        "(a non-str key would be converted and could collide with a str key)"
+                    )
+                if isinstance(item, dict | list | tuple):
+                    stack.append((item, depth + 1))
+        else:
+            for item in obj:
+                if isinstance(item, dict | list | tuple):
+                    stack.append((item, depth + 1))
+
+
 def dumps(value: Any) -> str:
-    """Encode a user value as compact JSON; raises TypeError naming the offending type."""
+    """Encode a user value as compact JSON; raises TypeError naming the offending type, key or depth.
+
+    Every payload the engine stores goes through here (Client inputs and event data, activity inputs and
+    results, orchestration inputs and outputs, continue-as-new input), so all share one set of rules: JSON types
+    only, no NaN or infinity, str object keys only, at most MAX_JSON_DEPTH levels. NUL characters inside strings
+    are fine (encoded as \\u0000)."""
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        raise TypeError(
+            f"value is not JSON-serializable: nested deeper than {MAX_JSON_DEPTH} levels (the limit for JSON payloads)"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise TypeError(f"value is not JSON-serializable: {exc}") from None
+    if isinstance(value, dict | list | tuple):
+        try:
+            _check_json_shape(value)
+        except TypeError as exc:
+            raise TypeError(f"value is not JSON-serializable: {exc}") from None
+    return text
 
 
 def loads(text: str | None) -> Any:

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .limits import MAX_DELAY_MS
+
 MAX_TAG_NAME_BYTES = 256
 _TAG = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
@@ -16,7 +18,7 @@ def check_tag(tag: object) -> str:
         raise ValueError(f"activity tag must be a non-empty string, got {tag!r}")
     if len(tag.encode()) > MAX_TAG_NAME_BYTES:
         raise ValueError(f"activity tag is {len(tag.encode())} bytes; the limit is {MAX_TAG_NAME_BYTES}")
-    if not _TAG.match(tag):
+    if not _TAG.fullmatch(tag):  # fullmatch: `$` alone would let a trailing newline through
         raise ValueError(f"activity tag {tag!r} may contain only letters, digits and _ . : -")
     return tag
 
@@ -54,6 +56,8 @@ class ActivityTask(Task):
 def check_ttl(ttl_ms: object) -> int:
     if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or ttl_ms <= 0:
         raise ValueError(f"activity ttl_ms must be a positive int (milliseconds), got {ttl_ms!r}")
+    if ttl_ms > MAX_DELAY_MS:
+        raise ValueError(f"activity ttl_ms is {ttl_ms} ms; the limit is {MAX_DELAY_MS} ms (100 years)")
     return ttl_ms
 
 
