@@ -1,0 +1,1 @@
+"""Integrations with frameworks around Celery (`duroxide_celery.contrib.django`)."""

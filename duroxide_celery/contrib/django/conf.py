@@ -1,0 +1,59 @@
+"""The one `DUROXIDE` Django setting, read and checked in one place.
+
+DUROXIDE = {
+    "DATABASE": "default",            # a DATABASES alias: the store lives in that database (and follows it
+                                      # to the test database under Django's test runner)
+    # "URL": "postgresql://...",      # or a database URL of its own (then DATABASE is ignored)
+    "SCHEMA": "duroxide",             # PostgreSQL schema of the store's tables (None: the search path)
+    "CELERY_APP": "proj.celery:app",  # the Celery app, as `celery -A` takes it (default: the current app)
+    "OPTIONS": {},                    # RuntimeOptions keywords, e.g. {"queue_prefix": "orders"}
+    "WORKFLOWS_MODULE": "workflows",  # the module imported from every installed app
+}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+_KEYS = {"DATABASE", "URL", "SCHEMA", "CELERY_APP", "OPTIONS", "WORKFLOWS_MODULE"}
+
+
+@dataclass(frozen=True)
+class DuroxideSettings:
+    database: str = "default"
+    url: str | None = None
+    schema: str | None = "duroxide"
+    celery_app: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    workflows_module: str = "workflows"
+
+
+def load() -> DuroxideSettings:
+    """settings.DUROXIDE with defaults; ImproperlyConfigured names the key that is wrong."""
+    raw = getattr(settings, "DUROXIDE", None) or {}
+    if not isinstance(raw, dict):
+        raise ImproperlyConfigured(f"settings.DUROXIDE must be a dict, got {type(raw).__name__}")
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise ImproperlyConfigured(f"settings.DUROXIDE has unknown keys {sorted(unknown)}; known: {sorted(_KEYS)}")
+    conf = DuroxideSettings(
+        database=raw.get("DATABASE", "default"),
+        url=raw.get("URL"),
+        schema=raw.get("SCHEMA", "duroxide"),
+        celery_app=raw.get("CELERY_APP"),
+        options=dict(raw.get("OPTIONS") or {}),
+        workflows_module=raw.get("WORKFLOWS_MODULE", "workflows"),
+    )
+    if conf.url is None and conf.database not in settings.DATABASES:
+        raise ImproperlyConfigured(
+            f"settings.DUROXIDE['DATABASE'] is {conf.database!r}, which is not in settings.DATABASES "
+            f"({sorted(settings.DATABASES)})"
+        )
+    for key, value in (("URL", conf.url), ("SCHEMA", conf.schema), ("CELERY_APP", conf.celery_app)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ImproperlyConfigured(f"settings.DUROXIDE[{key!r}] must be a non-empty string or None")
+    return conf

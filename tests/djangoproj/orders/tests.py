@@ -1,0 +1,36 @@
+"""Run by Django's own test runner (`manage.py test orders`), with CELERY_TASK_ALWAYS_EAGER: the engine runs in
+the test process, on the test database."""
+
+from django.db import connection, transaction
+from django.test import TransactionTestCase
+
+from duroxide_celery.contrib.django import get_client, get_runtime
+
+from .models import Order
+
+
+class PlaceOrderTests(TransactionTestCase):
+    def test_the_store_follows_the_test_database(self):
+        url = get_runtime().provider.store.engine.url
+        self.assertEqual(url.database, connection.settings_dict["NAME"])
+
+    def test_an_order_placed_through_the_view_is_reserved(self):
+        response = self.client.post("/orders/", data={"item": "book", "quantity": 2}, content_type="application/json")
+        self.assertEqual(response.status_code, 201)
+        instance = response.json()["instance"]
+        result = get_client().wait_for_orchestration(instance, 20_000)
+        self.assertEqual(result.status, "Completed", result.error)
+        self.assertEqual(result.output["item"], "book")
+        self.assertEqual(Order.objects.get(pk=response.json()["order"]).status, "reserved")
+
+    def test_a_start_in_a_rolled_back_transaction_never_happens(self):
+        class Rollback(Exception):
+            pass
+
+        try:
+            with transaction.atomic():
+                get_client().start_orchestration("never-1", "PlaceOrder", 1)
+                raise Rollback
+        except Rollback:
+            pass
+        self.assertEqual(get_client().get_status("never-1").status, "NotFound")

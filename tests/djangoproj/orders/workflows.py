@@ -1,0 +1,19 @@
+"""Discovered by duroxide_celery.contrib.django (each app's workflows.py); no import from proj needed."""
+
+from duroxide_celery.contrib.django import activity, orchestration
+
+from .models import Order
+
+
+@activity("ReserveStock")
+def reserve_stock(ctx, order_id):
+    order = Order.objects.get(pk=order_id)  # the row the view wrote: the start waited for its commit
+    order.status = "reserved"
+    order.save(update_fields=["status"])
+    return {"item": order.item, "quantity": order.quantity}
+
+
+@orchestration("PlaceOrder")
+def place_order(ctx, order_id):
+    reserved = yield ctx.schedule_activity("ReserveStock", order_id)
+    return {"order": order_id, **reserved}
