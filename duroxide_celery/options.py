@@ -5,16 +5,37 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+#: The shortest activity or session lease the renewer can honour: it wakes at least every third of the lease (and
+#: every 0.5 s), so a renewal lands by two thirds of it; shorter leases would leave no margin for a slow database.
+MIN_LOCK_TIMEOUT_MS = 1000
+#: The engine cache's default bound (engine_cache_max_bytes).
+DEFAULT_ENGINE_CACHE_BYTES = 64 * 1024 * 1024
+
+
+def renewal_interval_ms(lock_ms: int, renew_ms: float) -> float:
+    """When to renew a lease of `lock_ms` that would be renewed after `renew_ms`: never later than 2 s before expiry
+    (or a third of a lease under 6 s), since the renewer wakes up to 0.5 s late; never more often than every
+    second (or a third of a lease under 3 s)."""
+    latest = max(lock_ms / 3, lock_ms - 2000)
+    earliest = min(1000, lock_ms / 3)
+    return max(earliest, min(renew_ms, latest))
+
 
 @dataclass(kw_only=True)
 class RuntimeOptions:
     """Runtime settings. Unknown keywords raise TypeError. `None` means the default in brackets.
 
     - orchestration_concurrency [4], worker_concurrency [8]: threads of the embedded worker for turns and
-      activities (the embedded worker runs one thread pool sized to their sum). With your own Celery app, use
-      `celery worker --concurrency` instead. `orchestration_concurrency=0` makes an activity-only node.
+      activities. They are separate pools (one consumer of the orchestrator queue, one of the activity queues), so
+      activities, however many or slow, never take the threads turns need. With your own Celery app, run
+      separate `celery worker` processes for the orchestrator and activity queues, each with its own
+      `--concurrency`. `orchestration_concurrency=0` makes an activity-only node, `worker_concurrency=0` a
+      turn-only one.
     - orchestrator_lock_timeout_ms [5000], worker_lock_timeout_ms [30000]: instance and activity leases;
-      worker_lock_renewal_buffer_ms [5000] sets how long before expiry running activities renew.
+      worker_lock_renewal_buffer_ms [5000] sets how long before expiry running activities renew (never later than
+      2 s before expiry; for leases under 15 s, every half lease as duroxide does, at most every third of it).
+      worker_lock_timeout_ms and session_lock_timeout_ms must be at least 1000 (MIN_LOCK_TIMEOUT_MS): the
+      renewer wakes every few hundred ms and could not renew a shorter lease before it lapses.
     - max_attempts [10]: poison threshold for orchestration turns and activity deliveries.
     - max_sessions_per_runtime [10], session_idle_timeout_ms [300000], session_lock_timeout_ms [30000],
       session_lock_renewal_buffer_ms [5000], worker_node_id, worker_tag_filter: sessions and tags.
@@ -26,7 +47,11 @@ class RuntimeOptions:
     activity_cancellation_grace_period_ms [10000]: a cancelled activity still running after this is named in a
     warning (Python threads cannot be stopped; its result is dropped when it returns);
     default_activity_ttl_ms [none]: the claim deadline of activities scheduled without their own ttl_ms (an
-    activity no worker picks up in time fails with a catchable "not picked up" error instead of waiting forever).
+    activity no worker picks up in time fails with a catchable "not picked up" error instead of waiting forever);
+    engine_cache_max_bytes [64 MiB]: each worker process keeps the replay engines of instances waiting mid-run so
+    their next turn replays nothing; this bounds that cache by the estimated size of the histories and KV the
+    engines hold (payload text counted twice: stored and decoded), evicting the least recently used. 0 disables
+    the cache (every turn replays its history).
     """
 
     orchestration_concurrency: int | None = None
@@ -52,6 +77,7 @@ class RuntimeOptions:
     recovery_threshold_ms: int | None = None
     activity_cancellation_grace_period_ms: int | None = None
     default_activity_ttl_ms: int | None = None
+    engine_cache_max_bytes: int | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -66,6 +92,13 @@ class RuntimeOptions:
                 raise ValueError(f"RuntimeOptions.{f.name} must be >= 0, got {value}")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError("RuntimeOptions.max_attempts must be >= 1")
+        for name in ("worker_lock_timeout_ms", "session_lock_timeout_ms"):
+            value = getattr(self, name)
+            if value is not None and value < MIN_LOCK_TIMEOUT_MS:
+                raise ValueError(
+                    f"RuntimeOptions.{name} must be at least {MIN_LOCK_TIMEOUT_MS} ms, got {value}: the lease renewer "
+                    "could not renew a shorter lease before it lapses, and the work would run as concurrent copies"
+                )
 
     # Resolved values ------------------------------------------------------------------------------------------
     @property
@@ -87,9 +120,12 @@ class RuntimeOptions:
     @property
     def worker_renewal_interval_s(self) -> float:
         timeout = self.worker_lock_ms
-        if timeout >= 15_000:
-            return (timeout - (self.worker_lock_renewal_buffer_ms or 5000)) / 1000
-        return max(1.0, math.ceil(timeout / 2000))
+        if timeout >= 15_000:  # duroxide: `timeout - buffer` for long leases, `ceil(timeout/2)` (>= 1 s) otherwise
+            buffer = self.worker_lock_renewal_buffer_ms
+            renew = timeout - (5000 if buffer is None else buffer)
+        else:
+            renew = max(1000, math.ceil(timeout / 2000) * 1000)
+        return renewal_interval_ms(timeout, renew) / 1000
 
     @property
     def cancellation_grace_s(self) -> float:
@@ -113,9 +149,13 @@ class RuntimeOptions:
     def session_renewal_interval_s(self) -> float:
         """Session heartbeats (renewal, and release of idle sessions) run this often."""
         lock = self.session_lock_ms
-        buffer = self.session_lock_renewal_buffer_ms or 5000
-        renew_ms = lock - buffer if lock > buffer else lock / 2
+        buffer = 5000 if self.session_lock_renewal_buffer_ms is None else self.session_lock_renewal_buffer_ms
+        renew_ms = renewal_interval_ms(lock, lock - buffer if lock > buffer else lock / 2)
         return max(0.2, min(renew_ms, self.session_idle_ms / 2) / 1000)
+
+    @property
+    def engine_cache_bytes(self) -> int:
+        return DEFAULT_ENGINE_CACHE_BYTES if self.engine_cache_max_bytes is None else self.engine_cache_max_bytes
 
     @property
     def max_attempts_value(self) -> int:

@@ -24,11 +24,12 @@ from .options import RuntimeOptions
 from .providers import Provider
 from .providers.store import Store, now_ms
 from .tagfilter import parse_filter
+from .tasks import engine_cache
 from .tasks.install import install_tasks
-from .tasks.publish import Publisher
+from .tasks.publish import Publisher, Unpublishable
 from .tasks.queues import QueueNames, embedded_settings
 from .tasks.recovery import fire_what_is_due, sweep
-from .tasks.thread_pool import AppBoundThreadPool
+from .tasks.thread_pool import AppBoundThreadPool, OwnQueuesConsumer
 
 log = logging.getLogger("duroxide_celery.runtime")
 
@@ -116,8 +117,12 @@ class Runtime:
         self.publisher = Publisher(app, self.names, coalesce=self.embedded)
         if self.eager:
             self.publisher.on_first_send = self.start
+        self.publisher.on_unpublishable = self._fail_unpublishable
         self._activity_executor: Any = None
-        install_tasks(app, self)
+        with engine_cache.budget(self.options.engine_cache_bytes) as caches:  # the turn executor's live engines
+            install_tasks(app, self)
+        #: This process's cache of suspended replay engines (bounded by options.engine_cache_max_bytes).
+        self.engine_cache: engine_cache.LruCache[Any] | None = caches[0] if caches else None
         if not self.embedded:
             from .beat import connect_beat_check as warn_beat_without_timers
             from .tasks.worker_start import install_worker_hooks
@@ -128,8 +133,12 @@ class Runtime:
             install_worker_options(app)  # celery worker --duroxide-tag-filter/--duroxide-node-id
             # A Client(provider) in this process (a web view importing the Celery app) wakes workers at once.
             provider.attach_publisher(self.publisher)
-        self._worker: Any = None
-        self._worker_thread: threading.Thread | None = None
+        #: The embedded workers: one consumes the orchestrator queue with orchestration_concurrency threads, the
+        #: other the activity queues with worker_concurrency threads, so activities can never take every thread
+        #: and starve turns (timers, timeouts and new instances would then wait for the slowest activity).
+        self._turn_worker: Any = None
+        self._activity_worker: Any = None
+        self._worker_threads: list[threading.Thread] = []
         self._scheduler: threading.Thread | None = None
         self._stop = threading.Event()
         self._timer_wake = threading.Event()
@@ -200,31 +209,52 @@ class Runtime:
         self._wake_backed_off()
         if not self.embedded:
             return
+        # A start after shutdown() starts everything afresh: stop flags cleared, new workers and threads.
+        self._stop.clear()
+        self._timer_wake.clear()
+        self._renew_leases_again()
         if self.publisher.pending is not None:
             self.publisher.pending.reset()
-        queues = []
+        self._worker_threads = []
         if self.options.orchestration_threads > 0:
-            queues.append(self.names.orchestrator)
+            turn_queues = [self.names.orchestrator]
+            self._turn_worker = self._start_worker("turns", turn_queues, self.options.orchestration_threads)
         if self.options.activity_threads > 0:
             self._consumed_tags = self._served_tags()
-            queues.extend(self.worker_activity_queues(self._consumed_tags))
+            queues = self.worker_activity_queues(self._consumed_tags)
             queues.append(self.names.session_queue(self.worker_id))  # activities of the sessions it owns
-        if queues:
-            self._worker = self.app.WorkController(
-                pool_cls=AppBoundThreadPool,
-                concurrency=max(1, self.options.orchestration_threads + self.options.activity_threads),
-                queues=queues,
-                hostname=f"duroxide-{self.worker_id}@embedded",
-                without_heartbeat=True,
-                without_mingle=True,
-                without_gossip=True,
-                loglevel="WARNING",
-            )
-            self._worker_thread = threading.Thread(target=self._worker.start, name="duroxide-worker", daemon=True)
-            self._worker_thread.start()
+            self._activity_worker = self._start_worker("activities", queues, self.options.activity_threads)
         self.publisher.on_timer = lambda _fire_at: self._timer_wake.set()
         self._scheduler = threading.Thread(target=self._schedule_loop, name="duroxide-scheduler", daemon=True)
         self._scheduler.start()
+
+    def _start_worker(self, role: str, queues: list[str], threads: int) -> Any:
+        """An in-process Celery worker with its own thread pool, consuming `queues`."""
+        worker = self.app.WorkController(
+            pool_cls=AppBoundThreadPool,
+            consumer_cls=OwnQueuesConsumer,
+            concurrency=threads,
+            queues=queues,
+            hostname=f"duroxide-{role}-{self.worker_id}@embedded",
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            loglevel="WARNING",
+        )
+        worker.duroxide_queues = list(queues)  # the selection is app-wide: OwnQueuesConsumer keeps to these
+        thread = threading.Thread(target=worker.start, name=f"duroxide-worker-{role}", daemon=True)
+        thread.start()
+        self._worker_threads.append(thread)
+        return worker
+
+    def _renew_leases_again(self) -> None:
+        """shutdown() stopped the activity lease renewer for good: a restarted runtime needs a fresh one."""
+        executor = self._activity_executor
+        if executor is None or not getattr(executor.renewer, "_stopped", False):
+            return
+        from .tasks.activity import LeaseRenewer
+
+        executor.renewer = LeaseRenewer(self)
 
     def _served_tags(self) -> set[str]:
         """The tags this runtime's filter names; with TagFilter.ANY, every tag in use now."""
@@ -239,9 +269,9 @@ class Runtime:
 
     def _follow_new_tags(self) -> None:
         """TagFilter.ANY also serves tags first used after this worker started: consume their queues too."""
-        if self._worker is None or not self.tag_filter.any_tag or self.options.activity_threads == 0:
+        if self._activity_worker is None or not self.tag_filter.any_tag or self.options.activity_threads == 0:
             return
-        consumer = getattr(self._worker, "consumer", None)
+        consumer = getattr(self._activity_worker, "consumer", None)
         if consumer is None:
             return
         for tag in set(self.store.known_tags()) - self._consumed_tags:
@@ -290,15 +320,19 @@ class Runtime:
         if self._activity_executor is not None:
             self._activity_executor.renewer.stop()
         deadline = time.monotonic() + (timeout_ms / 1000 if timeout_ms is not None else 30.0)
-        if self._worker is not None:
-            # Celery's pool stop waits for running tasks without a limit; an activity stuck in user code must not
-            # hold shutdown past timeout_ms (its lease lapses and another worker redoes it).
-            stopper = threading.Thread(
-                target=self._worker.stop, kwargs={"in_sighandler": False}, name="duroxide-stop", daemon=True
-            )
+        # Celery's pool stop waits for running tasks without a limit; an activity stuck in user code must not
+        # hold shutdown past timeout_ms (its lease lapses and another worker redoes it). Both workers stop at once.
+        stoppers = [
+            threading.Thread(target=worker.stop, kwargs={"in_sighandler": False}, name="duroxide-stop", daemon=True)
+            for worker in (self._turn_worker, self._activity_worker)
+            if worker is not None
+        ]
+        for stopper in stoppers:
             stopper.start()
+        for stopper in stoppers:
             stopper.join(max(0.0, deadline - time.monotonic()))
-        for thread in (self._worker_thread, self._scheduler):
+        self._turn_worker = self._activity_worker = None
+        for thread in (*self._worker_threads, self._scheduler):
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
         self._release_sessions()
@@ -318,6 +352,37 @@ class Runtime:
             return
         if released:
             log.info("released %d sessions of %s at shutdown", released, self.worker_id)
+
+    def _fail_unpublishable(self, failed: list[Unpublishable]) -> None:
+        """Activities no message can carry (e.g. a tag whose queue name is over AMQP's 255 bytes) would be
+        republished and refused forever: record each as a failure its orchestration can catch, through the same
+        claim and completion a worker uses, and wake the orchestration."""
+        from .providers.store import ClaimedWorkItem, SessionPolicy
+        from .replay import events as ev
+        from .replay.events import error_details
+
+        store = self.store
+        policy = SessionPolicy(self.options.session_lock_ms, self.options.max_sessions)
+        for bad in failed:
+            item = bad.item
+            key = (item.instance_id, item.execution_id, item.event_id)
+            try:
+                claimed = store.claim_work_item(key, self.worker_id, self.options.worker_lock_ms, policy)
+                if not isinstance(claimed, ClaimedWorkItem):
+                    continue  # already done, cancelled, or held by someone (a session owner)
+                message = f"activity '{item.name}' cannot be delivered to a worker: {bad.reason}"
+                details = error_details(ev.CONFIGURATION, message, "Undeliverable")
+                payload = {"details": details}
+                if store.complete_work_item(key, self.worker_id, ev.MSG_ACTIVITY_FAILED, payload, claimed.session_id):
+                    self.publisher.poke([(item.instance_id, claimed.orchestration_name)])
+            except Exception:  # noqa: BLE001 - the sweep offers it again; other rows are unaffected
+                log.exception(
+                    "could not record undeliverable activity %s#%d of instance %s as failed",
+                    item.name,
+                    item.event_id,
+                    item.instance_id,
+                    extra={"instance_id": item.instance_id, "activity_name": item.name},
+                )
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         return self.metrics.snapshot()

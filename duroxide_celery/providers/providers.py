@@ -22,7 +22,11 @@ from sqlalchemy.pool import StaticPool
 from .migrate import upgrade
 from .store import Store
 
-_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: A conservative PostgreSQL identifier (matched in full: `$` would also accept a trailing newline).
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+#: Every engine hides bound parameters from its errors and logs: they carry payloads, which may hold secrets (a
+#: database error in a turn would otherwise print an activity's input in the log line of every retry).
+_ENGINE_ARGS: dict[str, Any] = {"hide_parameters": True}
 
 
 class Provider:
@@ -144,9 +148,13 @@ class SqliteProvider(Provider):
 
     def _create_engine(self) -> Engine:
         if self.in_memory:
-            engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+            engine = create_engine(
+                "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}, **_ENGINE_ARGS
+            )
         else:
-            engine = create_engine(self.url, pool_size=16, max_overflow=16, connect_args={"timeout": 30})
+            engine = create_engine(
+                self.url, pool_size=16, max_overflow=16, connect_args={"timeout": 30}, **_ENGINE_ARGS
+            )
         _sqlite_pragmas(engine)
         return engine
 
@@ -162,8 +170,11 @@ class PostgresProvider(Provider):
     @classmethod
     def connect_with_schema(cls, url: str, schema: str) -> PostgresProvider:
         """Keep all tables in `schema` (created if missing), e.g. to share one database between apps."""
-        if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
-            raise ValueError(f"invalid PostgreSQL schema name {schema!r}: use letters, digits and _ (max 63)")
+        if not isinstance(schema, str) or not _SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(
+                f"invalid PostgreSQL schema name {schema!r}: use letters, digits and _, starting with a letter or _ "
+                "(at most 63 characters)"
+            )
         return cls(_normalize_pg_url(url), schema=schema)
 
     def _create_engine(self) -> Engine:
@@ -178,7 +189,7 @@ class PostgresProvider(Provider):
         if self.schema:
             options = (f"-csearch_path={self.schema}", *options)
         connect_args: dict[str, Any] = {"options": " ".join(options)} if options else {}
-        engine = create_engine(self.url, pool_size=10, max_overflow=20, connect_args=connect_args)
+        engine = create_engine(self.url, pool_size=10, max_overflow=20, connect_args=connect_args, **_ENGINE_ARGS)
         _ping_when_idle(engine)
         return engine
 

@@ -10,15 +10,49 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 from celery.app.routes import Router
+from kombu.exceptions import OperationalError
 
 from ..providers.store import PendingActivity
 from .queues import ACTIVITY_TASK, NO_TIME_LIMIT_S, TURN_TASK, QueueNames, queue
 
 log = logging.getLogger("duroxide_celery.runtime")
+
+#: AMQP's limit on queue, exchange and routing-key names (a short string: one length byte).
+AMQP_NAME_LIMIT = 255
+
+
+@dataclass
+class Unpublishable:
+    """An activity row no message can carry, and why (the runtime records it as a catchable failure)."""
+
+    item: PendingActivity
+    queue: str
+    reason: str
+
+
+def _broker_down(exc: BaseException, producer: Any) -> bool:
+    """A failure of the broker connection (every message would fail alike), not of one message."""
+    if isinstance(exc, OperationalError | OSError):
+        return True
+    connection = getattr(producer, "connection", None)
+    errors = tuple(getattr(connection, "connection_errors", ())) + tuple(getattr(connection, "channel_errors", ()))
+    return bool(errors) and isinstance(exc, errors)
+
+
+def _reason(exc: Exception, queue_name: str) -> str:
+    size = len(queue_name.encode())
+    if size > AMQP_NAME_LIMIT:
+        return (
+            f"its queue name {queue_name[:40]!r}... is {size} bytes, over the broker's {AMQP_NAME_LIMIT}-byte limit "
+            "for queue names (shorten the activity tag)"
+        )
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 class PendingPokes:
@@ -72,6 +106,9 @@ class Publisher:
         self.before_publish: Callable[[], None] | None = None
         #: Called once before the first message (a runtime under `task_always_eager` starts its worker then).
         self.on_first_send: Callable[[], None] | None = None
+        #: Called with the activities a publish refused for themselves (not for a broker outage), after the others
+        #: went out; the runtime records them as failures, so they are not republished forever.
+        self.on_unpublishable: Callable[[list[Unpublishable]], None] | None = None
 
     def poke(
         self, targets: Iterable[str | tuple[str, str | None]], countdown: float | None = None, force: bool = False
@@ -89,30 +126,63 @@ class Publisher:
         orchestrator_queue = queue(self.names.orchestrator)
         with self._producer(len(named)) as producer:
             for instance_id, name in named.items():
-                self._send(
-                    TURN_TASK,
-                    [instance_id],
-                    orchestrator_queue,
-                    producer,
-                    countdown,
-                    shadow=f"orch:{name or ''}#{instance_id}",
-                )
+                try:
+                    self._send(
+                        TURN_TASK,
+                        [instance_id],
+                        orchestrator_queue,
+                        producer,
+                        countdown,
+                        shadow=f"orch:{name or ''}#{instance_id}",
+                    )
+                except Exception as exc:
+                    if _broker_down(exc, producer):
+                        raise
+                    # One bad message must not hold back the others; the recovery sweep pokes it again.
+                    if self.pending is not None:
+                        self.pending.taken(instance_id)
+                    log.warning(
+                        "could not publish a wake-up of instance %s: %s",
+                        instance_id,
+                        _reason(exc, orchestrator_queue.name),
+                        extra={"instance_id": instance_id},
+                    )
 
     def activities(self, items: Iterable[PendingActivity], countdown: float | None = None) -> None:
         items = list(items)
         if not items:
             return
         self._hook()
+        refused: list[Unpublishable] = []
         with self._producer(len(items)) as producer:
             for item in items:
-                self._send(
-                    ACTIVITY_TASK,
-                    [item.instance_id, item.execution_id, item.event_id],
-                    queue(self.names.session_queue(item.node) if item.node else self.names.activity_queue(item.tag)),
-                    producer,
-                    countdown,
-                    shadow=f"act:{item.name}#{item.instance_id}",
-                )
+                name = self.names.session_queue(item.node) if item.node else self.names.activity_queue(item.tag)
+                try:
+                    self._send(
+                        ACTIVITY_TASK,
+                        [item.instance_id, item.execution_id, item.event_id],
+                        queue(name),
+                        producer,
+                        countdown,
+                        shadow=f"act:{item.name}#{item.instance_id}",
+                    )
+                except Exception as exc:
+                    if _broker_down(exc, producer):
+                        raise
+                    # This row's message cannot be sent (e.g. its queue name is too long for AMQP): the rest of the
+                    # batch (a fan-out, or the recovery sweep's other instances) still goes out.
+                    reason = _reason(exc, name)
+                    log.warning(
+                        "activity %s#%d of instance %s cannot be published: %s",
+                        item.name,
+                        item.event_id,
+                        item.instance_id,
+                        reason,
+                        extra={"instance_id": item.instance_id, "activity_name": item.name},
+                    )
+                    refused.append(Unpublishable(item, name, reason))
+        if refused and self.on_unpublishable is not None:
+            self.on_unpublishable(refused)
 
     def _send(
         self, name: str, args: list[Any], target: Any, producer: Any, countdown: float | None, shadow: str

@@ -53,9 +53,18 @@ def sweep(store: Store, publisher: Publisher, older_than_ms: int) -> dict[str, i
     """Poke instances whose inbox holds old messages and republish activities nobody holds. Duplicates are
     harmless: every handler is idempotent against the store."""
     instances = store.stale_instances(older_than_ms)
-    publisher.poke(instances, force=True)
+    failure: Exception | None = None
+    try:
+        publisher.poke(instances, force=True)
+    except Exception as exc:  # noqa: BLE001 - the activities below are still due; raised after them
+        log.warning("recovery sweep could not republish %d instance pokes: %s", len(instances), exc)
+        failure = exc
     activities = store.stale_work_items(older_than_ms)
+    # Rows the broker refuses one by one (e.g. a queue name too long for AMQP) are isolated and failed by the
+    # publisher (Publisher.on_unpublishable): one bad row never stops the sweep for the other instances.
     publisher.activities(activities)
+    if failure is not None:
+        raise failure
     if instances or activities:
         log.info("recovery sweep republished %d instance pokes and %d activities", len(instances), len(activities))
     return {"instances": len(instances), "activities": len(activities)}
