@@ -17,3 +17,13 @@ def reserve_stock(ctx, order_id):
 def place_order(ctx, order_id):
     reserved = yield ctx.schedule_activity("ReserveStock", order_id)
     return {"order": order_id, **reserved}
+
+
+@orchestration("AwaitApproval")
+def await_approval(ctx, order_id):
+    """Waits for an "Approve" event (raised from a view, the admin or `manage.py duroxide raise-event`)."""
+    ctx.set_custom_status("waiting for approval")
+    ctx.set_kv_value("order", order_id)
+    approval = yield ctx.wait_for_event("Approve")
+    ctx.set_custom_status("approved")
+    return {"order": order_id, "approval": approval}
