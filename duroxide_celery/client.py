@@ -46,6 +46,7 @@ from .types import (
 )
 
 log = logging.getLogger("duroxide_celery.runtime")
+INT32_MAX = 2**31 - 1
 
 SUB_ORCHESTRATION_MARKER = "::sub::"
 #: How many instances a bulk delete or prune handles when the filter sets no limit (duroxide's default).
@@ -344,6 +345,8 @@ class Client:
     def read_execution_history(self, instance_id: str, execution_id: int) -> list[Event]:
         _management_id(instance_id)
         check_int64(execution_id, "execution_id")
+        if not 0 <= execution_id <= INT32_MAX:
+            return []  # execution ids are stored as 32-bit integers: there is no such execution
         return [Event.from_history(e) for e in self._store.read_history(instance_id, execution_id)]
 
     def list_all_instances(self) -> list[str]:

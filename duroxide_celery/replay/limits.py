@@ -72,12 +72,11 @@ def check_delay_ms(value: Any, what: str, *, minimum: int = 0) -> int:
             raise ValueError(f"{what} must be a finite number of milliseconds, got {value!r}")
         if not value.is_integer():
             raise ValueError(f"{what} must be a whole number of milliseconds, got {value!r}")
-        value = int(value)
     if value < minimum:
         raise ValueError(f"{what} must be at least {minimum} ms, got {value!r}")
     if value > MAX_DELAY_MS:
-        raise ValueError(f"{what} is {value} ms; the limit is {MAX_DELAY_MS} ms (100 years)")
-    return value
+        raise ValueError(f"{what} is {value!r} ms; the limit is {MAX_DELAY_MS} ms (100 years)")
+    return int(value)
 
 
 def check_timeout_ms(value: Any, what: str = "timeout_ms") -> float:
