@@ -1,0 +1,300 @@
+"""The durable workflows admin (duroxide_celery.contrib.django.admin) in a real browser: the Django test project
+(tests/djangoproj) under `manage.py runserver`, PostgreSQL, a superuser made with `createsuperuser --noinput`, and
+headless Chromium driven by Selenium through Debian's chromium-driver.
+
+Workflows run in the web process (CELERY_TASK_ALWAYS_EAGER through PROJ_EAGER=1): an order placed through the
+project's view, and AwaitApproval instances started with `manage.py duroxide start`; the admin raises their
+"Approve" event and cancels one. A missing Chromium, chromedriver or selenium skips loudly, or fails when CI is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from .conftest import Proc, _pg_engine, _service_missing
+
+pytest.importorskip("django", reason="Django is not installed (pip install -e '.[dev]')")
+
+PROJECT = Path(__file__).resolve().parents[1] / "djangoproj"
+CHROMIUM = os.environ.get("DUROXIDE_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("DUROXIDE_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
+PASSWORD = "admin-test-password"
+WAIT_S = 30
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROJ_", "DJANGO_"))}
+    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(PROJECT), **extra)
+    return env
+
+
+def _manage(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, f"manage.py {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.fixture
+def project_db(postgres: None) -> Iterator[str]:
+    name = f"djadmin_{uuid.uuid4().hex[:10]}"
+    engine = _pg_engine().execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield name
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as exc:
+        _service_missing("selenium (pip install selenium)", exc)
+    if missing:
+        _service_missing(f"{' and '.join(missing)} (apt-get install -y chromium chromium-driver)", FileNotFoundError())
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _eventually(check: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception:  # noqa: BLE001 - the page may be between loads
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class Admin:
+    """The admin pages, through the browser."""
+
+    def __init__(self, driver: Any, base: str):
+        from selenium.webdriver.common.by import By
+
+        self.driver, self.base, self.by = driver, base, By
+
+    def get(self, path: str) -> None:
+        self.driver.get(self.base + path)
+
+    def find(self, css: str) -> Any:
+        return self.driver.find_element(self.by.CSS_SELECTOR, css)
+
+    def find_all(self, css: str) -> list[Any]:
+        return self.driver.find_elements(self.by.CSS_SELECTOR, css)
+
+    def text(self, css: str) -> str:
+        return self.find(css).text
+
+    def link(self, text: str) -> Any:
+        return self.driver.find_element(self.by.LINK_TEXT, text)
+
+    def listed(self) -> dict[str, str]:
+        """Instance id -> status of the rows of the instances list."""
+        return {
+            row.find_element(self.by.CSS_SELECTOR, ".field-instance_id").text: row.find_element(
+                self.by.CSS_SELECTOR, ".field-status"
+            ).text
+            for row in self.find_all("tr.dx-instance")
+        }
+
+    def submit(self, form_id: str, **fields: str) -> None:
+        form = self.find(f"#{form_id}")
+        for name, value in fields.items():
+            element = form.find_element(self.by.NAME, name)
+            if element.get_attribute("type") == "checkbox":
+                if element.is_selected() != bool(value):
+                    element.click()
+            else:
+                element.clear()
+                element.send_keys(value)
+        form.find_element(self.by.CSS_SELECTOR, "input[type=submit]").click()
+
+    def messages(self) -> str:
+        return " ".join(m.text for m in self.find_all("ul.messagelist li"))
+
+
+def test_the_admin_lists_shows_and_operates_workflow_instances_in_a_browser(
+    project_db: str, browser: Any, tmp_path: Path
+) -> None:
+    env = _env(PROJ_PG_NAME=project_db, PROJ_EAGER="1")
+    _manage(env, "migrate", "--noinput")
+    _manage(env, "duroxide", "migrate")
+    _manage(
+        {**env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
+        "createsuperuser",
+        "--noinput",
+        "--username",
+        "admin",
+        "--email",
+        "admin@example.com",
+    )
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    web = Proc(
+        "web",
+        [sys.executable, str(PROJECT / "manage.py"), "runserver", f"127.0.0.1:{port}", "--noreload", "--insecure"],
+        env,
+        tmp_path / "web.log",
+    )
+    try:
+        web.wait_for_log("Quit the server")
+        _run_admin_scenario(env, base, Admin(browser, base), web)
+    finally:
+        web.kill()
+
+
+def _run_admin_scenario(env: dict[str, str], base: str, admin: Admin, web: Proc) -> None:
+    # An order through the project's view: it completes in the web process (eager).
+    request = urllib.request.Request(
+        f"{base}/orders/",
+        data=json.dumps({"item": "lamp", "quantity": 3}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        order = json.load(response)["instance"]
+    for instance in ("approve-1", "cancel-1"):
+        started = _manage(env, "duroxide", "start", "AwaitApproval", "--id", instance, "--input", "7")
+        assert started.stdout.split() == [instance], started.stdout
+
+    # The admin is for logged-in staff only.
+    with urllib.request.urlopen(f"{base}/admin/duroxide/instance/", timeout=30) as response:
+        assert "/admin/login/" in response.url
+
+    admin.get("/admin/login/?next=/admin/")
+    admin.find("#id_username").send_keys("admin")
+    admin.find("#id_password").send_keys(PASSWORD)
+    admin.find("#login-form input[type=submit]").click()
+    _eventually(lambda: admin.link("Workflow instances"), "the admin index")
+    admin.link("Workflow instances").click()
+
+    # The list: the completed order and the two waiting instances.
+    listed = _eventually(lambda: admin.listed() if len(admin.listed()) == 3 else None, "three instances listed")
+    assert listed == {order: "Completed", "approve-1": "Running", "cancel-1": "Running"}, (listed, web.tail())
+
+    # Filter by status (the filter sidebar) and search by id.
+    admin.link("Running (2)").click()
+    _eventually(lambda: admin.listed() == {"approve-1": "Running", "cancel-1": "Running"}, "the Running filter")
+    admin.link("Completed (1)").click()
+    _eventually(lambda: admin.listed() == {order: "Completed"}, "the Completed filter")
+    admin.find("#changelist-filter-extra-actions a").click()  # clear all filters
+    _eventually(lambda: len(admin.listed()) == 3, "all instances again")
+    admin.link("AwaitApproval (2)").click()
+    _eventually(lambda: set(admin.listed()) == {"approve-1", "cancel-1"}, "the orchestration name filter")
+    admin.link("Today").click()  # created today (and still AwaitApproval)
+    _eventually(lambda: set(admin.listed()) == {"approve-1", "cancel-1"}, "the created-today filter")
+    admin.get("/admin/duroxide/instance/")
+    search = admin.find("#searchbar")
+    search.send_keys("APPROVE")  # case-insensitive, part of the id
+    search.submit()
+    _eventually(lambda: admin.listed() == {"approve-1": "Running"}, "the search by id")
+    admin.get("/admin/duroxide/instance/?q=no-such-instance")
+    assert admin.listed() == {} and "0 results" in admin.text("#result-count")
+
+    # The order's page: status, output and its history table.
+    admin.get("/admin/duroxide/instance/")
+    admin.link(order).click()
+    _eventually(lambda: admin.text("#dx-instance-id") == order, "the order's page")
+    assert admin.text("#dx-status") == "Completed"
+    assert '"item": "lamp"' in admin.text("#dx-output") or '"item":"lamp"' in admin.text("#dx-output")
+    kinds = [cell.text for cell in admin.find_all("#dx-history td.dx-kind")]
+    assert kinds[0] == "OrchestrationStarted" and "ActivityScheduled" in kinds and "ActivityCompleted" in kinds, kinds
+    assert "OrchestrationCompleted" in kinds, kinds
+    assert "ReserveStock" in admin.text("#dx-history")
+    assert [n.text.split()[0] for n in admin.find_all("#dx-tree li.dx-node")] == [order]
+
+    # The waiting instance: custom status and KV; an invalid JSON event is a form error (not a 500).
+    admin.get("/admin/duroxide/instance/approve-1/change/")
+    assert admin.text("#dx-status") == "Running"
+    assert "waiting for approval" in admin.text("#dx-custom-status")
+    assert [row.text.split()[:2] for row in admin.find_all("#dx-kv tr.dx-kv")] == [["order", "7"]]
+    admin.submit("dx-raise-event", **{"raise_event-event_name": "Approve", "raise_event-data": '{"by": "ann"'})
+    errors = _eventually(lambda: admin.text("#dx-raise-event .errorlist"), "the invalid JSON error")
+    assert "Enter valid JSON" in errors, errors
+    assert admin.text("#dx-status") == "Running"
+    assert admin.find("#dx-raise-event textarea").get_attribute("value") == '{"by": "ann"'  # kept to correct it
+
+    # A valid one (with markup in it, which must show as text): the instance completes with it.
+    hostile = "<img src=x onerror=document.title='pwned'>"
+    admin.submit(
+        "dx-raise-event", **{"raise_event-event_name": "Approve", "raise_event-data": json.dumps({"by": hostile})}
+    )
+    _eventually(lambda: "Event 'Approve' raised on approve-1" in admin.messages(), "the raise-event message")
+
+    def completed() -> bool:
+        admin.get("/admin/duroxide/instance/approve-1/change/")
+        return admin.text("#dx-status") == "Completed"
+
+    _eventually(completed, "approve-1 to complete")
+    assert hostile in admin.text("#dx-output")  # shown as text: escaped
+    assert not admin.find_all("#dx-output img") and admin.driver.title != "pwned"
+    assert "approved" in admin.text("#dx-custom-status")
+    kinds = [cell.text for cell in admin.find_all("#dx-history td.dx-kind")]
+    assert "ExternalEvent" in kinds, kinds
+    assert not admin.find_all("#dx-raise-event")  # no signals for a finished instance
+
+    # Cancel the other one: it ends Failed, with the cancellation as its error.
+    admin.get("/admin/duroxide/instance/cancel-1/change/")
+    admin.submit("dx-cancel", **{"cancel-reason": "not needed"})
+    _eventually(lambda: "Cancellation requested for cancel-1" in admin.messages(), "the cancel message")
+
+    def failed() -> bool:
+        admin.get("/admin/duroxide/instance/cancel-1/change/")
+        return admin.text("#dx-status") == "Failed"
+
+    _eventually(failed, "cancel-1 to end Failed")
+    assert "canceled: not needed" in admin.text("#dx-error")
+
+    # Delete needs the confirmation box (required: the browser does not submit without it); then the instance is
+    # gone from the list.
+    assert admin.find("#dx-delete input[name='delete-confirm']").get_attribute("required") is not None
+    admin.submit("dx-delete", **{"delete-confirm": "on"})
+    _eventually(lambda: "Deleted cancel-1" in admin.messages(), "the delete message")
+    assert set(admin.listed()) == {order, "approve-1"}
+    admin.get("/admin/duroxide/instance/cancel-1/change/")
+    assert "Not Found" in admin.driver.page_source
