@@ -2,9 +2,10 @@
 (tests/djangoproj) under `manage.py runserver`, PostgreSQL, a superuser made with `createsuperuser --noinput`, and
 headless Chromium driven by Selenium through Debian's chromium-driver.
 
-Workflows run in the web process (CELERY_TASK_ALWAYS_EAGER through PROJ_EAGER=1): an order placed through the
-project's view, and AwaitApproval instances started with `manage.py duroxide start`; the admin raises their
-"Approve" event and cancels one. A missing Chromium, chromedriver or selenium skips loudly, or fails when CI is set.
+Workflows run on a real prefork `celery worker` (Redis): an order placed through the project's view, and
+AwaitApproval instances started with `manage.py duroxide start`; the admin raises their "Approve" event, cancels
+one, enqueues messages, prunes executions, deletes, and refuses users without the permissions. A missing
+Chromium, chromedriver or selenium skips loudly, or fails when CI is set.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from .conftest import Proc, _pg_engine, _service_missing
+from .conftest import REDIS_URL, Proc, _pg_engine, _service_missing
 
 pytest.importorskip("django", reason="Django is not installed (pip install -e '.[dev]')")
 
@@ -159,9 +160,10 @@ class Admin:
 
 
 def test_the_admin_lists_shows_and_operates_workflow_instances_in_a_browser(
-    project_db: str, browser: Any, tmp_path: Path
+    project_db: str, redis_db: int, browser: Any, tmp_path: Path
 ) -> None:
-    env = _env(PROJ_PG_NAME=project_db, PROJ_EAGER="1")
+    prefix = f"dja{uuid.uuid4().hex[:8]}"
+    env = _env(PROJ_PG_NAME=project_db, PROJ_BROKER_URL=f"{REDIS_URL}/{redis_db}", PROJ_QUEUE_PREFIX=prefix)
     _manage(env, "migrate", "--noinput")
     _manage(env, "duroxide", "migrate")
     _manage(
@@ -175,21 +177,32 @@ def test_the_admin_lists_shows_and_operates_workflow_instances_in_a_browser(
     )
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    web = Proc(
-        "web",
-        [sys.executable, str(PROJECT / "manage.py"), "runserver", f"127.0.0.1:{port}", "--noreload", "--insecure"],
-        env,
-        tmp_path / "web.log",
-    )
+    procs = [
+        Proc(
+            "worker",
+            [sys.executable, "-m", "celery", "-A", "proj", "worker", "-P", "prefork", "-c", "2", "-l", "INFO"]
+            + ["-n", f"{prefix}@%h", "--without-mingle", "--without-gossip", "--without-heartbeat"],
+            env,
+            tmp_path / "worker.log",
+        ),
+        Proc(
+            "web",
+            [sys.executable, str(PROJECT / "manage.py"), "runserver", f"127.0.0.1:{port}", "--noreload", "--insecure"],
+            env,
+            tmp_path / "web.log",
+        ),
+    ]
     try:
-        web.wait_for_log("Quit the server")
-        _run_admin_scenario(env, base, Admin(browser, base), web)
+        procs[0].wait_for_log(" ready.")
+        procs[1].wait_for_log("Quit the server")
+        _run_admin_scenario(env, base, Admin(browser, base), procs)
     finally:
-        web.kill()
+        for proc in procs:
+            proc.kill()
 
 
-def _run_admin_scenario(env: dict[str, str], base: str, admin: Admin, web: Proc) -> None:
-    # An order through the project's view: it completes in the web process (eager).
+def _run_admin_scenario(env: dict[str, str], base: str, admin: Admin, procs: list[Proc]) -> None:
+    # An order through the project's view.
     request = urllib.request.Request(
         f"{base}/orders/",
         data=json.dumps({"item": "lamp", "quantity": 3}).encode(),
@@ -198,7 +211,7 @@ def _run_admin_scenario(env: dict[str, str], base: str, admin: Admin, web: Proc)
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         order = json.load(response)["instance"]
-    for instance in ("approve-1", "cancel-1"):
+    for instance in ("approve-1", "cancel-1", "approve-2"):
         started = _manage(env, "duroxide", "start", "AwaitApproval", "--id", instance, "--input", "7")
         assert started.stdout.split() == [instance], started.stdout
 
@@ -213,24 +226,32 @@ def _run_admin_scenario(env: dict[str, str], base: str, admin: Admin, web: Proc)
     _eventually(lambda: admin.link("Workflow instances"), "the admin index")
     admin.link("Workflow instances").click()
 
-    # The list: the completed order and the two waiting instances.
-    listed = _eventually(lambda: admin.listed() if len(admin.listed()) == 3 else None, "three instances listed")
-    assert listed == {order: "Completed", "approve-1": "Running", "cancel-1": "Running"}, (listed, web.tail())
+    # The list: the completed order and the three waiting instances.
+    def four_listed() -> dict[str, str] | None:
+        admin.get("/admin/duroxide/instance/")
+        listed = admin.listed()
+        return listed if len(listed) == 4 and "Running" not in listed.get(order, "Running") else None
+
+    listed = _eventually(four_listed, "four instances listed, the order done")
+    assert listed == {order: "Completed", "approve-1": "Running", "cancel-1": "Running", "approve-2": "Running"}, (
+        listed,
+        [p.tail() for p in procs],
+    )
 
     # Filter by status (the filter sidebar) and search by id.
-    admin.link("Running (2)").click()
-    _eventually(lambda: admin.listed() == {"approve-1": "Running", "cancel-1": "Running"}, "the Running filter")
+    admin.link("Running (3)").click()
+    _eventually(lambda: set(admin.listed()) == {"approve-1", "cancel-1", "approve-2"}, "the Running filter")
     admin.link("Completed (1)").click()
     _eventually(lambda: admin.listed() == {order: "Completed"}, "the Completed filter")
     admin.find("#changelist-filter-extra-actions a").click()  # clear all filters
-    _eventually(lambda: len(admin.listed()) == 3, "all instances again")
-    admin.link("AwaitApproval (2)").click()
-    _eventually(lambda: set(admin.listed()) == {"approve-1", "cancel-1"}, "the orchestration name filter")
+    _eventually(lambda: len(admin.listed()) == 4, "all instances again")
+    admin.link("AwaitApproval (3)").click()
+    _eventually(lambda: set(admin.listed()) == {"approve-1", "cancel-1", "approve-2"}, "the orchestration filter")
     admin.link("Today").click()  # created today (and still AwaitApproval)
-    _eventually(lambda: set(admin.listed()) == {"approve-1", "cancel-1"}, "the created-today filter")
+    _eventually(lambda: len(admin.listed()) == 3, "the created-today filter")
     admin.get("/admin/duroxide/instance/")
     search = admin.find("#searchbar")
-    search.send_keys("APPROVE")  # case-insensitive, part of the id
+    search.send_keys("APPROVE-1")  # case-insensitive, part of the id
     search.submit()
     _eventually(lambda: admin.listed() == {"approve-1": "Running"}, "the search by id")
     admin.get("/admin/duroxide/instance/?q=no-such-instance")
@@ -295,6 +316,126 @@ def _run_admin_scenario(env: dict[str, str], base: str, admin: Admin, web: Proc)
     assert admin.find("#dx-delete input[name='delete-confirm']").get_attribute("required") is not None
     admin.submit("dx-delete", **{"delete-confirm": "on"})
     _eventually(lambda: "Deleted cancel-1" in admin.messages(), "the delete message")
-    assert set(admin.listed()) == {order, "approve-1"}
+    assert set(admin.listed()) == {order, "approve-1", "approve-2"}
     admin.get("/admin/duroxide/instance/cancel-1/change/")
     assert "Not Found" in admin.driver.page_source
+
+    _sub_orchestrations_queues_and_pruning(env, admin)
+    _permissions(env, admin)
+
+
+def _executions(admin: Admin) -> int:
+    return len(admin.find_all("#dx-executions tr.dx-execution"))
+
+
+def _sub_orchestrations_queues_and_pruning(env: dict[str, str], admin: Admin) -> None:
+    _manage(env, "duroxide", "start", "InboxParent", "--id", "inbox-parent", "--input", '"inbox-child"')
+    admin.get("/admin/duroxide/instance/inbox-parent/change/")
+    nodes = [n.text for n in admin.find_all("#dx-tree li.dx-node")]
+    assert [n.split()[0] for n in nodes] == ["inbox-parent", "inbox-child"], nodes
+    admin.link("inbox-child").click()
+    _eventually(lambda: admin.text("#dx-instance-id") == "inbox-child", "the child's page")
+    assert admin.link("inbox-parent")  # the parent, linked
+    # A long KV value: a short head; the whole behind "show all".
+
+    def kv_written() -> bool:
+        admin.get("/admin/duroxide/instance/inbox-child/change/")
+        return bool(admin.find_all("#dx-kv details.dx-payload"))
+
+    _eventually(kv_written, "the child's KV value", timeout=10)
+    value = admin.find("#dx-kv details.dx-payload")
+    assert "x" * 300 not in value.text
+    value.find_element(admin.by.TAG_NAME, "summary").click()
+    assert "x" * 300 + " after 0 messages" in value.find_element(admin.by.CSS_SELECTOR, "pre").text
+    assert _executions(admin) == 1
+
+    # Two queue messages: two more executions (continue-as-new).
+    for n in (1, 2):
+        admin.submit("dx-enqueue-event", **{"enqueue_event-queue_name": "items", "enqueue_event-data": str(n)})
+        _eventually(lambda: "Message enqueued on 'items' of inbox-child" in admin.messages(), "the enqueue message")
+
+        def executions(count: int = n + 1) -> bool:
+            admin.get("/admin/duroxide/instance/inbox-child/change/")
+            return _executions(admin) == count
+
+        _eventually(executions, f"execution {n + 1}")
+    assert "QueueEventDelivered" not in [c.text for c in admin.find_all("#dx-history td.dx-kind")]  # a new one
+
+    admin.submit("dx-prune", **{"prune-keep_last": "1"})
+    _eventually(lambda: "Pruned 2 executions" in admin.messages(), "the prune message")
+    assert _executions(admin) == 1
+
+    # Only a whole tree is deleted: the Client's refusal is a form error.
+    admin.submit("dx-delete", **{"delete-confirm": "on", "delete-force": "on"})
+    errors = _eventually(lambda: admin.text("#dx-delete .errorlist"), "the delete refusal")
+    assert "Cannot delete sub-orchestration inbox-child" in errors, errors
+
+    admin.submit("dx-enqueue-event", **{"enqueue_event-queue_name": "items", "enqueue_event-data": '"stop"'})
+
+    def parent_completed() -> bool:
+        admin.get("/admin/duroxide/instance/inbox-parent/change/")
+        return admin.text("#dx-status") == "Completed"
+
+    _eventually(parent_completed, "inbox-parent to complete")
+    assert admin.text("#dx-output") == "2"
+
+
+def _post_from_page(admin: Admin, path: str, body: str, csrf: bool = True) -> int:
+    """POST with fetch() from the logged-in page, with or without the CSRF token; the HTTP status."""
+    return admin.driver.execute_script(
+        """
+        const [path, body, csrf] = arguments;
+        const cookie = document.cookie.split('; ').find(c => c.startsWith('csrftoken='));
+        const headers = {'Content-Type': 'application/x-www-form-urlencoded'};
+        if (csrf) headers['X-CSRFToken'] = cookie.split('=')[1];
+        return fetch(path, {method: 'POST', headers, body, credentials: 'same-origin', redirect: 'manual'})
+            .then(r => r.status);
+        """,
+        path,
+        body,
+        csrf,
+    )
+
+
+def _login(admin: Admin, username: str) -> None:
+    admin.driver.delete_all_cookies()
+    admin.get("/admin/login/?next=/admin/")
+    admin.find("#id_username").send_keys(username)
+    admin.find("#id_password").send_keys(PASSWORD)
+    admin.find("#login-form input[type=submit]").click()
+    _eventually(lambda: "/admin/login/" not in admin.driver.current_url, f"{username} to log in")
+
+
+def _permissions(env: dict[str, str], admin: Admin) -> None:
+    script = (
+        "from django.contrib.auth.models import Permission, User\n"
+        f"viewer = User.objects.create_user('viewer', password={PASSWORD!r}, is_staff=True)\n"
+        "viewer.user_permissions.add(Permission.objects.get(content_type__app_label='duroxide', "
+        "codename='view_instance'))\n"
+        f"User.objects.create_user('nobody', password={PASSWORD!r}, is_staff=True)\n"
+    )
+    _manage(env, "shell", "-c", script)
+    cancel = "_action=cancel&cancel-reason=x"
+
+    # The superuser's POST without the CSRF token is refused.
+    admin.get("/admin/duroxide/instance/approve-2/change/")
+    assert _post_from_page(admin, "/admin/duroxide/instance/approve-2/change/", cancel, csrf=False) == 403
+
+    # view_instance: the pages, without action forms; a POST is refused.
+    _login(admin, "viewer")
+    admin.get("/admin/duroxide/instance/")
+    assert "approve-2" in admin.listed()
+    admin.get("/admin/duroxide/instance/approve-2/change/")
+    assert admin.text("#dx-status") == "Running"
+    assert not admin.find_all("#dx-actions form")
+    assert "You may view this instance, not change it." in admin.text("#dx-actions")
+    assert _post_from_page(admin, "/admin/duroxide/instance/approve-2/change/", cancel) == 403
+    admin.get("/admin/duroxide/instance/approve-2/change/")
+    assert admin.text("#dx-status") == "Running"
+
+    # A staff user without the permission sees nothing.
+    _login(admin, "nobody")
+    admin.get("/admin/duroxide/instance/")
+    assert "403 Forbidden" in admin.driver.page_source
+    admin.get("/admin/duroxide/instance/approve-2/change/")
+    assert "403 Forbidden" in admin.driver.page_source

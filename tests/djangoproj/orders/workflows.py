@@ -27,3 +27,19 @@ def await_approval(ctx, order_id):
     approval = yield ctx.wait_for_event("Approve")
     ctx.set_custom_status("approved")
     return {"order": order_id, "approval": approval}
+
+
+@orchestration("Inbox")
+def inbox(ctx, count):
+    """Takes one message from its "items" queue per execution (continue-as-new) until one is "stop"."""
+    ctx.set_kv_value("log", "x" * 300 + f" after {count} messages")  # a long value: the admin shows it truncated
+    item = yield ctx.dequeue_event("items")
+    if item == "stop":
+        return count
+    yield ctx.continue_as_new(count + 1)
+
+
+@orchestration("InboxParent")
+def inbox_parent(ctx, child_id):
+    """Runs an Inbox as its sub-orchestration (the admin shows the tree)."""
+    return (yield ctx.schedule_sub_orchestration_with_id("Inbox", child_id, 0))
