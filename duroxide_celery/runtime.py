@@ -210,7 +210,7 @@ class Runtime:
         if not self.embedded:
             return
         # A start after shutdown() starts everything afresh: stop flags cleared, new workers and threads.
-        self._stop.clear()
+        self._stop = threading.Event()  # a scheduler thread left over from before (stuck past shutdown) keeps its own
         self._timer_wake.clear()
         self._renew_leases_again()
         if self.publisher.pending is not None:
@@ -225,7 +225,9 @@ class Runtime:
             queues.append(self.names.session_queue(self.worker_id))  # activities of the sessions it owns
             self._activity_worker = self._start_worker("activities", queues, self.options.activity_threads)
         self.publisher.on_timer = lambda _fire_at: self._timer_wake.set()
-        self._scheduler = threading.Thread(target=self._schedule_loop, name="duroxide-scheduler", daemon=True)
+        self._scheduler = threading.Thread(
+            target=self._schedule_loop, args=(self._stop,), name="duroxide-scheduler", daemon=True
+        )
         self._scheduler.start()
 
     def _start_worker(self, role: str, queues: list[str], threads: int) -> Any:
@@ -371,7 +373,7 @@ class Runtime:
                 if not isinstance(claimed, ClaimedWorkItem):
                     continue  # already done, cancelled, or held by someone (a session owner)
                 message = f"activity '{item.name}' cannot be delivered to a worker: {bad.reason}"
-                details = error_details(ev.CONFIGURATION, message, "Undeliverable")
+                details = error_details(ev.APPLICATION, message, "Undeliverable")  # catchable
                 payload = {"details": details}
                 if store.complete_work_item(key, self.worker_id, ev.MSG_ACTIVITY_FAILED, payload, claimed.session_id):
                     self.publisher.poke([(item.instance_id, claimed.orchestration_name)])
@@ -388,11 +390,11 @@ class Runtime:
         return self.metrics.snapshot()
 
     # -- embedded scheduler: the same timer and recovery code beat runs in production ---------------------------
-    def _schedule_loop(self) -> None:
+    def _schedule_loop(self, stop: threading.Event) -> None:
         store = self.store
         threshold = 0  # the first sweep republishes everything a previous runtime left pending
         next_sweep = 0.0
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 if time.monotonic() >= next_sweep:
                     self._follow_new_tags()

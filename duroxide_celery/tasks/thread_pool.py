@@ -1,4 +1,5 @@
-"""Celery's thread pool, with each task run under its own app; and a consumer that keeps to its worker's queues.
+"""Celery's thread pool, with each task run under its own app and one turn per instance at a time; and a consumer
+that keeps to its worker's queues.
 
 Celery finds the app of a task through a thread-local `current_app`; pool threads would fall back to the
 process default app, so two embedded runtimes (two apps) in one process would run each other's tasks wrongly.
@@ -6,6 +7,8 @@ process default app, so two embedded runtimes (two apps) in one process would ru
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +16,20 @@ from celery import bootsteps
 from celery.concurrency import thread
 from celery.worker.consumer import Consumer
 
-from .queues import queue
+from .queues import TURN_TASK, queue
+
+
+def _turn_instance(args: Any) -> str | None:
+    """The instance id of a turn task's message (Celery hands the pool the task name and the raw JSON body)."""
+    try:
+        if args[0] != TURN_TASK:
+            return None
+        body = args[3]
+        decoded = json.loads(body) if isinstance(body, str | bytes | bytearray | memoryview) else body
+        instance_id = decoded[0][0]
+        return instance_id if isinstance(instance_id, str) else None
+    except Exception:  # noqa: BLE001 - an unexpected shape: run it unserialized, as Celery would
+        return None
 
 
 class AppBoundThreadPool(thread.TaskPool):
@@ -25,12 +41,51 @@ class AppBoundThreadPool(thread.TaskPool):
         self, target: Callable[..., Any], args: Any = None, kwargs: Any = None, *rest: Any, **opts: Any
     ) -> Any:
         app = self.app
+        instance_id = _turn_instance(args)
 
         def run_under_app(*a: Any, **kw: Any) -> Any:
             app.set_current()
-            return target(*a, **kw)
+            if instance_id is None:
+                return target(*a, **kw)
+            # Turns of one instance run one after the other: a second poke taken while a turn of its instance runs
+            # waits for it, instead of contending for the instance lease on another thread and then running a turn
+            # of one message. While it waits its poke still counts as pending (PendingPokes), so the completions
+            # arriving meanwhile add no pokes and the next turn takes them all at once.
+            with self._instance_lock(instance_id):
+                return target(*a, **kw)
 
         return super().on_apply(run_under_app, args, kwargs, *rest, **opts)
+
+    def _instance_lock(self, instance_id: str) -> _InstanceLock:
+        guard = self.__dict__.setdefault("_locks_guard", threading.Lock())
+        with guard:
+            locks: dict[str, _InstanceLock] = self.__dict__.setdefault("_instance_locks", {})
+            lock = locks.get(instance_id)
+            if lock is None:
+                lock = locks[instance_id] = _InstanceLock(instance_id, locks, guard)
+            lock.users += 1
+            return lock
+
+
+class _InstanceLock:
+    """A lock per instance with turns running or waiting; forgotten when the last of them is done."""
+
+    def __init__(self, instance_id: str, table: dict[str, _InstanceLock], guard: threading.Lock):
+        self.instance_id = instance_id
+        self.users = 0
+        self._lock = threading.Lock()
+        self._table = table
+        self._guard = guard
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()
+        with self._guard:
+            self.users -= 1
+            if self.users == 0:
+                self._table.pop(self.instance_id, None)
 
 
 class OwnQueues(bootsteps.StartStopStep):
