@@ -28,8 +28,31 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from .schema import executions, history, inbox, instances, timers, work_items
+
+
+class db_now_ms(FunctionElement[int]):  # noqa: N801 - reads as the SQL function it stands for
+    """The database's clock in epoch milliseconds, read when the statement runs. Lease expiries are computed from
+    it and compared against it, so clock skew between worker machines can never hand out a lease that has already
+    expired, or take over one that has not (duroxide's own PostgreSQL provider had this bug: a poison livelock ran
+    for days). SQLite's clock is the machine's: the same behaviour, from one clock."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+@compiles(db_now_ms, "postgresql")
+def _db_now_ms_pg(element: Any, compiler: Any, **kw: Any) -> str:
+    return "CAST(floor(extract(epoch from clock_timestamp()) * 1000) AS BIGINT)"
+
+
+@compiles(db_now_ms)
+def _db_now_ms_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+
 
 INSERT_INBOX = insert(inbox)
 INSERT_EXECUTION = insert(executions)
@@ -156,8 +179,8 @@ KV_SNAPSHOT = select(executions.c.kv_snapshot).where(
 def _acquire(require_inbox: bool) -> Any:
     conditions = [
         instances.c.instance_id == bindparam("iid"),
-        or_(instances.c.lock_owner.is_(None), instances.c.locked_until < bindparam("now")),
-        instances.c.next_attempt_at <= bindparam("now"),
+        or_(instances.c.lock_owner.is_(None), instances.c.locked_until < db_now_ms()),
+        instances.c.next_attempt_at <= bindparam("now"),  # set from a worker's clock: compared with one
     ]
     if require_inbox:
         conditions.append(select(inbox.c.id).where(inbox.c.instance_id == bindparam("iid")).exists())
@@ -166,7 +189,7 @@ def _acquire(require_inbox: bool) -> Any:
         .where(*conditions)
         .values(
             lock_owner=bindparam("owner"),
-            locked_until=bindparam("until"),
+            locked_until=db_now_ms() + bindparam("lease_ms", type_=BigInteger),
             attempt_count=instances.c.attempt_count + 1,
         )
         .returning(
@@ -176,14 +199,23 @@ def _acquire(require_inbox: bool) -> Any:
             instances.c.attempt_count,
             instances.c.next_attempt_at,
             instances.c.custom_status_version,
+            instances.c.waiting_reason,
         )
     )
 
 
-#: Lease a free (or expired) instance that is not backed off (`iid`, `now`, `owner`, `until`); returns its state.
+#: Lease a free (or expired) instance that is not backed off (`iid`, `now`, `owner`, `lease_ms`); returns its
+#: state. The lease runs `lease_ms` from the database's clock (`db_now_ms`).
 ACQUIRE = _acquire(require_inbox=False)
 #: ACQUIRE, only when the instance has a pending message.
 ACQUIRE_WITH_INBOX = _acquire(require_inbox=True)
+
+#: Extend the lease `owner` holds on an instance (`iid`) to `lease_ms` from now (a long turn); no row when lost.
+RENEW_INSTANCE = (
+    update(instances)
+    .where(instances.c.instance_id == bindparam("iid"), instances.c.lock_owner == bindparam("owner"))
+    .values(locked_until=db_now_ms() + bindparam("lease_ms", type_=BigInteger))
+)
 
 
 @lru_cache(maxsize=64)
@@ -214,18 +246,18 @@ def _work_item_key() -> Any:
 
 
 #: Lease an activity row that is free (or expired), visible and within its claim deadline (`iid`, `exec`,
-#: `eid`, `now`, `owner`, `until`); returns its routing and payload columns.
+#: `eid`, `now`, `owner`, `lease_ms`: from the database's clock); returns its routing and payload columns.
 CLAIM_WORK_ITEM = (
     update(work_items)
     .where(
         _work_item_key(),
-        or_(work_items.c.lock_owner.is_(None), work_items.c.locked_until < bindparam("now")),
+        or_(work_items.c.lock_owner.is_(None), work_items.c.locked_until < db_now_ms()),
         work_items.c.visible_at <= bindparam("now"),
         or_(work_items.c.claim_deadline == 0, work_items.c.claim_deadline > bindparam("now")),
     )
     .values(
         lock_owner=bindparam("owner"),
-        locked_until=bindparam("until"),
+        locked_until=db_now_ms() + bindparam("lease_ms", type_=BigInteger),
         attempt_count=work_items.c.attempt_count + 1,
         claim_deadline=0,  # picked up: its ttl no longer applies
     )
@@ -249,8 +281,12 @@ def _held_work_item() -> Any:
 #: Delete an activity row we hold (`iid`, `exec`, `eid`, `owner`).
 DELETE_LEASED_WORK_ITEM = delete(work_items).where(_held_work_item())
 
-#: Extend the lease of an activity row we hold to `until`.
-RENEW_WORK_ITEM = update(work_items).where(_held_work_item()).values(locked_until=bindparam("until"))
+#: Extend the lease of an activity row we hold to `lease_ms` from now (the database's clock).
+RENEW_WORK_ITEM = (
+    update(work_items)
+    .where(_held_work_item())
+    .values(locked_until=db_now_ms() + bindparam("lease_ms", type_=BigInteger))
+)
 
 #: Give an activity row we hold back, visible again at `visible`.
 ABANDON_WORK_ITEM = (

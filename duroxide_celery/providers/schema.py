@@ -6,9 +6,53 @@ carries wake-up hints about these rows.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
+
+#: Marks a stored text that `NulSafeText` escaped (a Unicode noncharacter: never part of ordinary text).
+_NUL_MARK = "\ufdd0"
+_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def escape_nul(text: str) -> str:
+    """PostgreSQL text cannot hold U+0000: a text that has one (or that starts with the mark, so that decoding
+    stays unambiguous) is stored marked, with backslashes doubled and NUL as `\\0`. Everything else is stored
+    as it is, so existing rows and ordinary texts read back unchanged."""
+    if "\x00" not in text and not text.startswith(_NUL_MARK):
+        return text
+    return _NUL_MARK + text.replace("\\", "\\\\").replace("\x00", "\\0")
+
+
+def unescape_nul(text: str) -> str:
+    if not text.startswith(_NUL_MARK):
+        return text
+    return _UNESCAPE.sub(lambda m: "\x00" if m.group(1) == "0" else m.group(1), text[len(_NUL_MARK) :])
+
+
+class NulSafeText(TypeDecorator[str]):
+    """Text written from user-derived strings (error messages, custom status, KV values): on PostgreSQL, a NUL
+    character is escaped on the way in and restored on the way out (`escape_nul`), so both stores record and
+    return the same text. A NUL once failed every retry of a turn's commit on PostgreSQL and ended the instance
+    as poison with its real error lost (issue 11 item 2). JSON columns need none of this: JSON escapes NUL."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is None or dialect.name != "postgresql" or not isinstance(value, str):
+            return value
+        return escape_nul(value)
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        if value is None or dialect.name != "postgresql":
+            return value
+        return unescape_nul(value)
+
 
 #: An autoincrementing 64-bit key that SQLite also treats as its rowid.
 AutoId = BigInteger().with_variant(Integer, "sqlite")
@@ -23,8 +67,8 @@ instances = Table(
     Column("status", String(32), nullable=False),
     Column("current_execution_id", Integer, nullable=False, default=1),
     Column("output", Text),
-    Column("error", Text),
-    Column("custom_status", Text),
+    Column("error", NulSafeText),
+    Column("custom_status", NulSafeText),
     Column("custom_status_version", Integer, nullable=False, default=0),
     Column("parent_instance_id", String(512)),
     Column("created_at", BigInteger, nullable=False),
@@ -36,7 +80,7 @@ instances = Table(
     Column("attempt_count", Integer, nullable=False, default=0),
     Column("next_attempt_at", BigInteger, nullable=False, default=0),
     # Why a running instance waits (a handler no worker has registered), for get_status; None otherwise.
-    Column("waiting_reason", Text),
+    Column("waiting_reason", NulSafeText),
     Index("ix_dx_instances_status", "status"),
     Index("ix_dx_instances_parent", "parent_instance_id"),
 )
@@ -49,7 +93,7 @@ executions = Table(
     Column("status", String(32), nullable=False),
     Column("orchestration_version", String(64)),
     Column("output", Text),
-    Column("error", Text),
+    Column("error", NulSafeText),
     Column("started_at", BigInteger, nullable=False),
     Column("completed_at", BigInteger),
     Column("event_count", Integer, nullable=False, default=0),  # unused: counted from history when read
@@ -131,6 +175,6 @@ kv = Table(
     metadata,
     Column("instance_id", String(512), primary_key=True),
     Column("key", String(512), primary_key=True),
-    Column("value", Text, nullable=False),
+    Column("value", NulSafeText, nullable=False),
     Column("last_updated_at_ms", BigInteger, nullable=False),
 )

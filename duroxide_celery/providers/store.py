@@ -61,6 +61,10 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+#: An activity row and the lease owner holding it.
+HeldWorkItem = tuple[tuple[str, int, int], str]
+
+
 class LeaseLost(Exception):
     """The instance lease expired and was taken over while a turn ran; its work is discarded."""
 
@@ -74,6 +78,11 @@ class InstanceLease:
     attempt_count: int
     next_attempt_at: int
     custom_status_version: int
+    #: Why the instance waited, or what its last failed attempt raised (what a poison decision names as its cause).
+    waiting_reason: str | None = None
+    #: This lease's holder: unique per turn (`Store.acquire_instance`'s caller makes it), so a turn whose lease was
+    #: taken over, even by another thread of its own process, fails every owner-guarded write.
+    owner: str = ""
 
 
 @dataclass
@@ -88,6 +97,8 @@ class ClaimedWorkItem:
     orchestration_name: str | None
     orchestration_version: str | None
     attempt_count: int
+    #: This claim's lease holder (the claimer's, unique per execution): the outcome is recorded only under it.
+    owner: str = ""
 
 
 @dataclass
@@ -275,15 +286,22 @@ class Store:
         self, instance_id: str, owner: str, lease_ms: int, conn: Connection | None = None, require_inbox: bool = False
     ) -> InstanceLease | None:
         """Lease the instance for a turn; None if another worker holds it, it is backed off, or (`require_inbox`)
-        it has no pending message, which spares a duplicate poke any write."""
-        now = now_ms()
+        it has no pending message, which spares a duplicate poke any write. The lease runs `lease_ms` from the
+        database's clock, and only a lease expired by that clock can be taken over."""
         statement = hot.ACQUIRE_WITH_INBOX if require_inbox else hot.ACQUIRE
-        params = {"iid": instance_id, "now": now, "owner": owner, "until": now + lease_ms}
+        params = {"iid": instance_id, "now": now_ms(), "owner": owner, "lease_ms": lease_ms}
         with self._writing(conn) as conn:
             row = conn.execute(statement, params).first()
         if row is None:
             return None
-        return InstanceLease(instance_id, *row)
+        return InstanceLease(instance_id, *row, owner=owner)
+
+    def renew_instance(self, instance_id: str, owner: str, lease_ms: int) -> bool:
+        """Extend a turn's instance lease (a turn that runs long); False when `owner` no longer holds it."""
+        with self.lease_transaction() as conn:
+            return bool(
+                conn.execute(hot.RENEW_INSTANCE, {"iid": instance_id, "owner": owner, "lease_ms": lease_ms}).rowcount
+            )
 
     def known_tags(self) -> list[str]:
         """Activity tags of pending work (workers with TagFilter.ANY consume each one's queue)."""
@@ -307,13 +325,14 @@ class Store:
             ).all()
         return [(r[0], r[1]) for r in rows]
 
-    def count_failed_attempt(self, instance_id: str) -> None:
-        """Record a turn that crashed before committing, so a turn that always crashes ends as poison."""
+    def count_failed_attempt(self, instance_id: str, cause: str | None = None) -> None:
+        """Record a turn that crashed before committing, so a turn that always crashes ends as poison; `cause`
+        (what it raised) is kept in `waiting_reason` for the poison decision to name."""
         with self.write() as conn:
             conn.execute(
                 update(instances)
-                .where(instances.c.instance_id == instance_id)
-                .values(attempt_count=instances.c.attempt_count + 1)
+                .where(instances.c.instance_id == instance_id, instances.c.status == "Running")
+                .values(attempt_count=instances.c.attempt_count + 1, waiting_reason=cause)
             )
 
     def release_instance(
@@ -546,24 +565,29 @@ class Store:
 
     # -- activities ---------------------------------------------------------------------------------------------
     def claim_work_item(
-        self, key: tuple[str, int, int], owner: str, lease_ms: int, policy: SessionPolicy | None = None
+        self,
+        key: tuple[str, int, int],
+        owner: str,
+        lease_ms: int,
+        policy: SessionPolicy | None = None,
+        node: str | None = None,
     ) -> ClaimedWorkItem | SessionBusy | None:
-        """Take the lease of an activity row; None if it is done, cancelled, past its claim deadline, or held by
-        a live worker. A session activity also claims (or renews) its session for `owner`, in the same
-        transaction; SessionBusy (and no claim) when another live worker owns the session, or when `owner`
-        already holds `policy.max_sessions` sessions."""
+        """Take the lease of an activity row for `owner` (one execution of it); None if it is done, cancelled,
+        past its claim deadline, or held by a live lease. A session activity also claims (or renews) its session
+        for the worker `node` (default: `owner`), in the same transaction; SessionBusy (and no claim) when another
+        live worker owns the session, or when `node` already holds `policy.max_sessions` sessions."""
         now = now_ms()
         try:
             with self.lease_transaction() as conn:
                 row = conn.execute(
                     hot.CLAIM_WORK_ITEM,
-                    _work_item_params(key, owner, now=now, until=now + lease_ms),
+                    _work_item_params(key, owner, now=now, lease_ms=lease_ms),
                 ).first()
                 if row is None:
                     return None
-                item = ClaimedWorkItem(key[0], key[1], key[2], *row)
+                item = ClaimedWorkItem(key[0], key[1], key[2], *row, owner=owner)
                 if item.session_id is not None and policy is not None:
-                    busy = self._claim_session(conn, item.session_id, owner, now, policy)
+                    busy = self._claim_session(conn, item.session_id, node or owner, now, policy)
                     if busy is not None:
                         busy.activity = PendingActivity(*key, item.name, item.session_id, item.tag, busy.owner)
                         raise _Refused(busy)
@@ -631,32 +655,30 @@ class Store:
         with self.lease_transaction() as conn:
             return conn.execute(delete(sessions).where(sessions.c.owner == owner)).rowcount
 
-    def renew_work_items(
-        self, keys: list[tuple[str, int, int]], owner: str, lease_ms: int
-    ) -> set[tuple[str, int, int]]:
-        """Extend the leases we hold; returns the keys whose row is gone or was taken (cancelled or lost)."""
-        lost: set[tuple[str, int, int]] = set()
-        until = now_ms() + lease_ms
+    def renew_work_items(self, held: list[HeldWorkItem], lease_ms: int) -> set[HeldWorkItem]:
+        """Extend the leases we hold, given as (activity row, its lease owner); returns those whose row is gone or
+        was taken by another lease holder (cancelled or lost)."""
+        lost: set[HeldWorkItem] = set()
         with self.lease_transaction() as conn:
-            for key in keys:
-                params = _work_item_params(key, owner, until=until)
+            for key, owner in held:
+                params = _work_item_params(key, owner, lease_ms=lease_ms)
                 if not conn.execute(hot.RENEW_WORK_ITEM, params).rowcount:
-                    lost.add(key)
+                    lost.add((key, owner))
         return lost
 
-    def owned_work_items(self, keys: list[tuple[str, int, int]], owner: str) -> set[tuple[str, int, int]]:
-        """Which of these activity rows still exist and are leased by `owner` (a read: no lock taken)."""
-        if not keys:
+    def owned_work_items(self, held: list[HeldWorkItem]) -> set[HeldWorkItem]:
+        """Which of these (activity row, lease owner) still exist under that owner (a read: no lock taken)."""
+        if not held:
             return set()
-        instance_ids = sorted({k[0] for k in keys})
+        instance_ids = sorted({key[0] for key, _ in held})
+        owners = sorted({owner for _, owner in held})
         with self.read() as conn:
             rows = conn.execute(
-                select(work_items.c.instance_id, work_items.c.execution_id, work_items.c.event_id).where(
-                    work_items.c.instance_id.in_(instance_ids), work_items.c.lock_owner == owner
-                )
+                select(
+                    work_items.c.instance_id, work_items.c.execution_id, work_items.c.event_id, work_items.c.lock_owner
+                ).where(work_items.c.instance_id.in_(instance_ids), work_items.c.lock_owner.in_(owners))
             ).all()
-        wanted = set(keys)
-        return {(r[0], r[1], r[2]) for r in rows} & wanted
+        return {((r[0], r[1], r[2]), r[3]) for r in rows} & set(held)
 
     def complete_work_item(
         self,
@@ -665,9 +687,11 @@ class Store:
         kind: str,
         payload: dict[str, Any],
         session_id: str | None = None,
+        node: str | None = None,
     ) -> bool:
         """Record an activity's outcome at most once: delete our leased row and queue the completion, atomically.
-        False when the row is gone or another worker holds it (the outcome is dropped)."""
+        False when the row is gone or another lease holder has it (the outcome is dropped). `node` (default
+        `owner`): the worker whose session's idle clock restarts."""
         params = _work_item_params(key, owner)
         message = dict(payload, execution_id=key[1], event_id=key[2])
         with self.write() as conn:
@@ -682,7 +706,7 @@ class Store:
             if session_id is not None:  # the session's idle clock starts now
                 conn.execute(
                     update(sessions)
-                    .where(sessions.c.session_id == session_id, sessions.c.owner == owner)
+                    .where(sessions.c.session_id == session_id, sessions.c.owner == (node or owner))
                     .values(last_activity_at=now_ms())
                 )
             return True

@@ -15,7 +15,7 @@ from ..context import ActivityContext
 from ..providers.store import ClaimedWorkItem, PendingActivity, SessionBusy, SessionPolicy, now_ms
 from ..replay import events as ev
 from ..replay.events import dumps, error_details, loads
-from .failures import ActivityFailed, clip, when, worker_log
+from .failures import ActivityFailed, clip, describe, lease_owner, raised_by_user_code, when, worker_log
 from .turn import unregistered_backoff_ms
 
 if TYPE_CHECKING:
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("duroxide_celery.activity")
 
 Key = tuple[str, int, int]
+#: A running activity execution: its row and its own lease owner (two executions of one row may overlap in one
+#: process when a lease lapsed and another thread took the row over).
+Held = tuple[Key, str]
 
 #: How often running activities learn that their work item was cancelled or taken (seconds).
 CANCEL_CHECK_S = 0.5
@@ -37,13 +40,13 @@ class LeaseRenewer:
 
     def __init__(self, runtime: Runtime):
         self.rt = runtime
-        self._running: dict[Key, ActivityContext] = {}
+        self._running: dict[Held, ActivityContext] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped = False
-        self._cancelled_at: dict[Key, float] = {}
-        self._overdue: set[Key] = set()
+        self._cancelled_at: dict[Held, float] = {}
+        self._overdue: set[Held] = set()
         #: Whether this worker may hold sessions (set on a session claim; cleared when renewal finds none left).
         self.holds_sessions = False
         self._session_claims = 0  # counts claims, so a renewal that raced a claim does not clear the flag
@@ -60,14 +63,14 @@ class LeaseRenewer:
             self._thread = threading.Thread(target=self._loop, name="duroxide-lease-renewer", daemon=True)
             self._thread.start()
 
-    def track(self, key: Key, ctx: ActivityContext) -> None:
+    def track(self, held: Held, ctx: ActivityContext) -> None:
         with self._lock:
-            self._running[key] = ctx
+            self._running[held] = ctx
             self._ensure_thread()
 
-    def untrack(self, key: Key) -> None:
+    def untrack(self, held: Held) -> None:
         with self._lock:
-            self._running.pop(key, None)
+            self._running.pop(held, None)
 
     def stop(self) -> None:
         self._stopped = True
@@ -92,13 +95,13 @@ class LeaseRenewer:
             if not running:
                 next_renewal = time.monotonic() + renew_every
                 continue
-            store, owner = self.rt.store, self.rt.worker_id
+            store = self.rt.store
             try:
                 if time.monotonic() >= next_renewal:
-                    lost = store.renew_work_items(list(running), owner, self.rt.options.worker_lock_ms)
+                    lost = store.renew_work_items(list(running), self.rt.options.worker_lock_ms)
                     next_renewal = time.monotonic() + renew_every
                 else:
-                    lost = set(running) - store.owned_work_items(list(running), owner)
+                    lost = set(running) - store.owned_work_items(list(running))
             except Exception:  # noqa: BLE001 - a database blip: try again next round
                 log.exception("activity lease renewal failed")
                 continue
@@ -108,7 +111,7 @@ class LeaseRenewer:
                 self._cancelled_at.setdefault(key, now)
             self._report_overdue(running, now)
 
-    def _renew_sessions(self, running: dict[Key, ActivityContext]) -> None:
+    def _renew_sessions(self, running: dict[Held, ActivityContext]) -> None:
         opts = self.rt.options
         busy = [ctx.session_id for ctx in running.values() if ctx.session_id]
         with self._lock:
@@ -123,7 +126,7 @@ class LeaseRenewer:
                 if self._session_claims == claims_before:  # no claim since the renewal read the store
                     self.holds_sessions = False
 
-    def _report_overdue(self, running: dict[Key, ActivityContext], now: float) -> None:
+    def _report_overdue(self, running: dict[Held, ActivityContext], now: float) -> None:
         """Python cannot stop a thread: an activity that ignores is_cancelled() past the grace period is named in
         a warning (its result will be dropped when it returns), so an operator can see the stuck work."""
         grace = self.rt.options.cancellation_grace_s
@@ -135,9 +138,9 @@ class LeaseRenewer:
                 log.warning(
                     "activity %s of %s is still running %.0f s after it was cancelled; its result will be dropped",
                     running[key].activity_name,
-                    key[0],
+                    key[0][0],
                     now - since,
-                    extra={"instance_id": key[0], "activity_name": running[key].activity_name},
+                    extra={"instance_id": key[0][0], "activity_name": running[key].activity_name},
                 )
 
 
@@ -149,7 +152,9 @@ class ActivityExecutor:
     def run(self, key: Key) -> None:
         rt = self.rt
         policy = SessionPolicy(rt.options.session_lock_ms, rt.options.max_sessions)
-        item = rt.store.claim_work_item(key, rt.worker_id, rt.options.worker_lock_ms, policy)
+        # This execution's own lease owner; its session (if any) is the worker node's.
+        owner = lease_owner(rt.worker_id)
+        item = rt.store.claim_work_item(key, owner, rt.options.worker_lock_ms, policy, node=rt.worker_id)
         if item is None:
             return  # already done, cancelled, expired, or running on a live worker
         if isinstance(item, SessionBusy):
@@ -191,7 +196,7 @@ class ActivityExecutor:
                 },
             )
             reason = f"activity '{item.name}' is not registered on any worker that took it; retrying at {retry_at}"
-            rt.store.abandon_work_item(key, rt.worker_id, now_ms() + delay, waiting_reason=reason)
+            rt.store.abandon_work_item(key, owner, now_ms() + delay, waiting_reason=reason)
             rt.publisher.activities(
                 [
                     PendingActivity(
@@ -218,21 +223,27 @@ class ActivityExecutor:
             _tag=item.tag,
             _provider=rt.provider,
         )
-        self.renewer.track(key, ctx)
+        held = (key, owner)
+        self.renewer.track(held, ctx)
         error = ""
         try:
             value = fn(ctx, loads(item.input))
             try:
                 kind, payload = ev.MSG_ACTIVITY_COMPLETED, {"result": dumps(value)}
-            except TypeError as exc:
-                bad = TypeError(f"activity returned a value that is not JSON-serializable ({exc})")
+            except Exception as exc:  # noqa: BLE001 - any value that does not serialize fails the activity
+                bad = TypeError(f"activity returned a value that is not JSON-serializable ({describe(exc)})")
                 error = f"TypeError: {bad}"
                 kind, payload = ev.MSG_ACTIVITY_FAILED, {"details": _failure(item.name, bad)}
-        except Exception as exc:  # the activity's own failure, delivered to the orchestration as catchable
-            error = f"{type(exc).__name__}: {exc}"
+        except BaseException as exc:
+            # The activity's own failure, delivered to the orchestration as catchable, once: an Exception, or a
+            # SystemExit/KeyboardInterrupt/GeneratorExit its code raised (re-running it would repeat its side
+            # effects, then poison it). A stop of the worker process itself propagates: the row is run again.
+            if not isinstance(exc, Exception) and not raised_by_user_code(exc):
+                raise
+            error = describe(exc)
             kind, payload = ev.MSG_ACTIVITY_FAILED, {"details": _failure(item.name, exc)}
         finally:
-            self.renewer.untrack(key)
+            self.renewer.untrack(held)
         rt.metrics.record_activity(kind == ev.MSG_ACTIVITY_COMPLETED, payload)
         if kind == ev.MSG_ACTIVITY_FAILED:
             self._fail(item, payload["details"], error)  # type: ignore[arg-type]
@@ -260,7 +271,7 @@ class ActivityExecutor:
     def _finish(self, item: ClaimedWorkItem, kind: str, payload: dict[str, object]) -> bool:
         """Record the outcome and wake the orchestration; False when the outcome was dropped."""
         key = (item.instance_id, item.execution_id, item.event_id)
-        if self.rt.store.complete_work_item(key, self.rt.worker_id, kind, payload, item.session_id):
+        if self.rt.store.complete_work_item(key, item.owner, kind, payload, item.session_id, node=self.rt.worker_id):
             self.rt.publisher.poke([(item.instance_id, item.orchestration_name)])
             return True
         log.info(
@@ -303,6 +314,4 @@ class ActivityExecutor:
 
 
 def _failure(name: str, exc: BaseException) -> dict[str, object]:
-    return error_details(
-        ev.APPLICATION, f"Activity '{name}' call failed: {type(exc).__name__}: {exc}", "ActivityFailed"
-    )
+    return error_details(ev.APPLICATION, f"Activity '{name}' call failed: {describe(exc)}", "ActivityFailed")

@@ -12,6 +12,8 @@ import logging
 import os
 import random
 import threading
+import time
+import traceback
 import uuid
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
@@ -33,7 +35,7 @@ from ..replay.engine import (
 )
 from ..replay.events import HistoryEvent, error_details
 from .engine_cache import LruCache
-from .failures import OrchestrationFailed, clip, when, worker_log
+from .failures import OrchestrationFailed, clip, describe, lease_owner, raised_by_user_code, when, worker_log
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -79,6 +81,62 @@ def unregistered_backoff_ms(attempt: int) -> int:
     return min(1000 * 2 ** min(max(attempt, 1) - 1, 6), 60_000)
 
 
+class TurnLeases:
+    """Renews the instance leases of turns that run long (PostgreSQL, where a turn's replay runs outside any
+    transaction): a turn still running a third of its lease after it took it gets its lease extended, so a slow
+    replay is not taken over and redone by another worker, over and over. A normal turn is done long before:
+    tracking it costs two dict operations and no statement. A turn that lost its lease anyway changes nothing
+    (its commit's fence compares the lease owner, unique per turn). SQLite needs none of this: a turn holds the
+    database's only write transaction from its lease to its commit."""
+
+    #: The renewal thread exits after this long with no turn to watch (seconds); the next turn starts it again.
+    IDLE_EXIT_S = 30.0
+
+    def __init__(self, runtime: Runtime):
+        self.rt = runtime
+        self._held: dict[tuple[str, str], float] = {}  # (instance id, lease owner) -> when the lease was taken
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, instance_id: str, owner: str, taken_at: float) -> None:
+        with self._cond:
+            self._held[(instance_id, owner)] = taken_at
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="duroxide-turn-leases", daemon=True)
+                self._thread.start()
+
+    def drop(self, instance_id: str, owner: str) -> None:
+        with self._cond:
+            self._held.pop((instance_id, owner), None)
+
+    def _loop(self) -> None:
+        lease_s = self.rt.options.orchestrator_lock_ms / 1000
+        every = min(max(lease_s / 3, 0.05), 1.0)
+        idle_since = time.monotonic()
+        while True:
+            with self._cond:
+                self._cond.wait(every)
+                now = time.monotonic()
+                if not self._held and now - idle_since > self.IDLE_EXIT_S:
+                    self._thread = None
+                    return
+                if self._held:
+                    idle_since = now
+                due = [key for key, renewed in self._held.items() if now - renewed >= lease_s / 3]
+            for instance_id, owner in due:
+                try:
+                    held = self.rt.store.renew_instance(instance_id, owner, self.rt.options.orchestrator_lock_ms)
+                except Exception:  # noqa: BLE001 - a database blip: the next round tries again
+                    log.exception("renewing the lease of a long turn of %s failed", instance_id)
+                    continue
+                with self._cond:
+                    if (instance_id, owner) in self._held:
+                        if held:
+                            self._held[(instance_id, owner)] = time.monotonic()
+                        else:  # committed meanwhile, or taken over: its commit's fence decides
+                            del self._held[(instance_id, owner)]
+
+
 class _TaskState(threading.local):
     #: The failure of the orchestration that a turn of this task committed and published, raised at its end.
     failed: OrchestrationFailed | None = None
@@ -89,6 +147,7 @@ class TurnExecutor:
         self.rt = runtime
         self.engines: LruCache[ReplayEngine] = LruCache()
         self.fault = FaultAfterCommit.from_env()
+        self.leases = TurnLeases(runtime)
         self._task = _TaskState()  # one per pool thread: tasks of a thread pool share this executor
 
     def run(self, instance_id: str) -> None:
@@ -118,7 +177,7 @@ class TurnExecutor:
         waits for our commit, then gets the lease), so such a message is never left behind."""
         rt = self.rt
         store = rt.store
-        owner = rt.worker_id
+        owner = lease_owner(rt.worker_id)  # this turn's own: a turn that lost its lease fails every owner check
         single = store.is_sqlite
         if single and not store.has_inbox(instance_id):
             return False  # a duplicate or late poke: nothing to do, and no write lock taken to learn it
@@ -135,6 +194,8 @@ class TurnExecutor:
                 history, messages, kv_snapshot = self._load(lease, conn)
                 if not single:
                     transaction.close()  # the lease commits; the replay runs outside any transaction
+                    self.leases.hold(instance_id, owner, time.monotonic())
+                    transaction.callback(self.leases.drop, instance_id, owner)
                 if messages:
                     outcome = self._decide(lease, history, messages, kv_snapshot, conn if single else None)
                     if outcome is None:
@@ -156,16 +217,30 @@ class TurnExecutor:
             return False
         except InjectedCrash:
             return False  # a simulated crash: no retry poke either; only the recovery sweep may heal this
-        except Exception:
+        except Exception as exc:
             log.exception("turn of %s failed; it will be retried", instance_id, extra={"instance_id": instance_id})
             try:
-                if single:  # the rollback undid the lease and its attempt count: count the attempt
-                    store.count_failed_attempt(instance_id)
-                else:  # the lease (and its attempt count) committed: give it back
-                    store.release_instance(instance_id, owner, reset_attempts=False)
+                self._count_failed_attempt(instance_id, owner, exc)
             finally:
                 rt.publisher.poke([(instance_id, name)], countdown=1.0)
             return False
+        except BaseException as exc:
+            # The worker process is being stopped (orchestration code's own BaseExceptions are recorded failures,
+            # see _decide): count the attempt and give the lease back, then let the stop proceed.
+            try:
+                self._count_failed_attempt(instance_id, owner, exc)
+            except Exception:  # noqa: BLE001 - best effort on the way out; the lease lapses anyway
+                pass
+            raise
+
+    def _count_failed_attempt(self, instance_id: str, owner: str, exc: BaseException) -> None:
+        """A turn failed before its commit: keep its attempt counted (the poison bound) and its cause (which the
+        poison decision names), and give back the lease if it is still ours, never another holder's."""
+        cause = clip(f"turn attempt failed: {describe(exc)}")
+        if self.rt.store.is_sqlite:  # the rollback undid the lease and its attempt count: count the attempt
+            self.rt.store.count_failed_attempt(instance_id, cause)
+        else:  # the lease (and its attempt count) committed: give it back
+            self.rt.store.release_instance(instance_id, owner, reset_attempts=False, waiting_reason=cause)
 
     def _load(self, lease: Any, conn: Any = None) -> tuple[list[HistoryEvent], list[Any], dict[str, Any]]:
         """The execution's history, inbox and KV snapshot. A worker that ran this instance's last turn keeps its
@@ -221,10 +296,21 @@ class TurnExecutor:
             and len(engine.history) == len(history)
             and (not history or _same_event(engine.history[-1], history[-1]))
         ):
-            result = engine.resume(inp)  # hot instance: no replay, only the new messages
+            replay = engine.resume  # hot instance: no replay, only the new messages
         else:
             engine = ReplayEngine(inp, rt.resolve_orchestration)
-            result = engine.run()
+            replay = engine.run
+        try:
+            result = replay()
+        except Exception:
+            raise  # the engine's own failure (not user code's: the engine records those): the turn is retried
+        except BaseException as exc:
+            if not raised_by_user_code(exc):
+                raise
+            # SystemExit, KeyboardInterrupt, GeneratorExit raised by the orchestration's code: deterministic, so
+            # another attempt would raise it again. Fail the orchestration with it now, once.
+            self._end_as_failed(lease, history, bodies, msg_ids, conn, _base_exception_failure(exc))
+            return None
         result.engine = engine
         if result.status == "Unregistered":
             self._backoff(lease, result, conn)
@@ -259,7 +345,7 @@ class TurnExecutor:
         )
         self.rt.store.release_instance(
             lease.instance_id,
-            self.rt.worker_id,
+            lease.owner,
             reset_attempts=False,
             next_attempt_at=retry_at,
             waiting_reason=reason,
@@ -272,15 +358,42 @@ class TurnExecutor:
     ) -> None:
         """Fail an instance whose turns keep failing (or whose handler never appeared), with a clear reason."""
         rt = self.rt
-        start = next((b for b in bodies if b["kind"] in (ev.MSG_START, ev.MSG_CONTINUE_AS_NEW)), None)
-        name = history[0].data["name"] if history else (start or {}).get("name", lease.orchestration_name)
-        version = history[0].data.get("version") if history else (start or {}).get("version")
+        name, version = self._identity(lease, history, bodies)
         registered = rt.resolve_orchestration(name, version) is not None
-        reason = "" if registered else f": orchestration '{name}' (version {version or 'latest'}) is not registered"
+        if not registered:
+            reason = f": orchestration '{name}' (version {version or 'latest'}) is not registered"
+        elif lease.waiting_reason:
+            reason = f"; last attempt: {lease.waiting_reason}"  # what the failed attempts raised
+        else:
+            reason = ""
         message = (
             f"poison: orchestration {lease.instance_id} exceeded {lease.attempt_count} attempts "
             f"(max {rt.options.max_attempts_value}){reason}"
         )
+        self._end_as_failed(lease, history, bodies, msg_ids, conn, error_details(ev.POISON, message, "Poison"))
+        # Only now that it committed (a poison decision that fails to commit is retried, and not counted).
+        log.error(message, extra={"instance_id": lease.instance_id, "orchestration_name": name})
+
+    @staticmethod
+    def _identity(lease: Any, history: list[HistoryEvent], bodies: list[dict[str, Any]]) -> tuple[str, str | None]:
+        start = next((b for b in bodies if b["kind"] in (ev.MSG_START, ev.MSG_CONTINUE_AS_NEW)), None)
+        name = history[0].data["name"] if history else (start or {}).get("name", lease.orchestration_name)
+        version = history[0].data.get("version") if history else (start or {}).get("version")
+        return name, version
+
+    def _end_as_failed(
+        self,
+        lease: Any,
+        history: list[HistoryEvent],
+        bodies: list[dict[str, Any]],
+        msg_ids: list[int],
+        conn: Any,
+        details: dict[str, Any],
+    ) -> None:
+        """Fail the orchestration with `details`, decided without its code (poison, or its code raised a
+        BaseException): consume the messages, add OrchestrationStarted if it never started, tell its parent."""
+        start = next((b for b in bodies if b["kind"] in (ev.MSG_START, ev.MSG_CONTINUE_AS_NEW)), None)
+        name, version = self._identity(lease, history, bodies)
         now = now_ms()
         new_events: list[HistoryEvent] = []
         parent = None
@@ -307,7 +420,6 @@ class TurnExecutor:
         elif history[0].data.get("parent_instance"):
             d = history[0].data
             parent = (d["parent_instance"], d.get("parent_execution_id"), d.get("parent_id"))
-        details = error_details(ev.POISON, message, "Poison")
         new_events.append(
             HistoryEvent(len(history) + len(new_events) + 1, ev.ORCHESTRATION_FAILED, {"details": details}, None, now)
         )
@@ -320,7 +432,6 @@ class TurnExecutor:
         )
         if parent:
             result.outgoing.append(NotifyParent(parent[0], parent[1], parent[2], ev.MSG_SUB_FAILED, details=details))
-        log.error(message, extra={"instance_id": lease.instance_id, "orchestration_name": name})
         if conn is not None:
             plan = self._write(conn, lease, result, msg_ids)
         else:
@@ -335,7 +446,7 @@ class TurnExecutor:
         (`check_inbox`) whether more messages wait, read after the fence has row-locked the instance."""
         rt = self.rt
         store = rt.store
-        instance_id, exec_id, owner = lease.instance_id, lease.execution_id, rt.worker_id
+        instance_id, exec_id, owner = lease.instance_id, lease.execution_id, lease.owner
         now = now_ms()
         activities = [o for o in result.outgoing if isinstance(o, ScheduleActivity)]
         new_timers = [o for o in result.outgoing if isinstance(o, ScheduleTimer)]
@@ -489,6 +600,17 @@ class TurnExecutor:
             f"orchestration '{name}' of instance {lease.instance_id} (execution {lease.execution_id}) failed "
             f"[{kind}]: {error}"
         )
+
+
+def _base_exception_failure(exc: BaseException) -> dict[str, Any]:
+    """The failure of an orchestration whose code raised a BaseException: what the engine records for an Exception
+    (`<type>: <message>`, then the traceback), catchable by a parent like any other failure."""
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    except Exception:  # noqa: BLE001 - a broken __str__ can break the traceback's formatting too
+        text = ""
+    message = describe(exc) + (f"\n{text}" if text else "")
+    return error_details(ev.APPLICATION, message, "OrchestrationFailed")
 
 
 def _same_event(a: HistoryEvent, b: HistoryEvent) -> bool:
