@@ -20,7 +20,7 @@ from duroxide_celery.providers.store import LeaseLost, PendingActivity
 from duroxide_celery.replay import events as ev
 
 from .conftest import DB
-from .helpers import WAIT_MS, kinds
+from .helpers import WAIT_MS, kinds, wait_until
 
 BASE_EXCEPTIONS = [
     pytest.param(lambda: SystemExit("bye"), "SystemExit: bye", id="SystemExit"),
@@ -370,3 +370,38 @@ def test_poison_decision_that_fails_to_commit_is_retried_and_counted_once(runtim
     poison_logs = [r for r in caplog.records if r.getMessage().startswith("poison: orchestration poisoned")]
     assert len(poison_logs) == 1, "only the poison decision that committed is reported"
     assert rt.metrics.snapshot()["orch_poison"] == 1
+
+
+@pytest.mark.skipif(
+    DB != "postgres", reason="SQLite: a turn holds the only write transaction from lease to commit (no renewal)"
+)
+def test_a_long_turn_renews_its_instance_lease(runtime_factory, client):
+    """A replay that outlives the orchestrator lease keeps it: another poke finds it held, the code runs once."""
+    blocked, release = threading.Event(), threading.Event()
+    runs = itertools.count(1)
+    seen: list[int] = []
+
+    def orch(ctx: Any, _: Any) -> Any:
+        seen.append(next(runs))
+        if len(seen) == 1:
+            blocked.set()
+            release.wait(WAIT_MS / 1000)
+        return "done"
+        yield
+
+    rt = runtime_factory({"Slow": orch, "Probe": _probe}, options=RuntimeOptions(orchestrator_lock_timeout_ms=1000))
+    client.start_orchestration("long-turn", "Slow", None)
+    assert blocked.wait(WAIT_MS / 1000)
+    first = rt.store.get_instance("long-turn")
+    # Renewed past its first expiry, under the same owner, while the code still runs.
+    renewed = wait_until(
+        lambda: (row := rt.store.get_instance("long-turn"))["locked_until"] > first["locked_until"] + 500 and row,
+        what="the lease of the long turn to be renewed",
+    )
+    assert renewed["lock_owner"] == first["lock_owner"]
+    client.raise_event("long-turn", "nudge", None)  # a poke while the turn runs: it must not take the lease
+    _assert_others_complete(client, "long-turn")
+    release.set()
+    result = client.wait_for_orchestration("long-turn", WAIT_MS)
+    assert (result.status, result.output) == ("Completed", "done")
+    assert seen == [1]
