@@ -18,6 +18,10 @@ from celery.worker.consumer import Consumer
 
 from .queues import TURN_TASK, queue
 
+#: How long a turn waits for the running turn of its instance before it runs anyway (and, finding the instance
+#: leased, leaves it to the holder): a turn stuck in orchestration code must not pile up waiting threads.
+TURN_WAIT_S = 1.0
+
 
 def _turn_instance(args: Any) -> str | None:
     """The instance id of a turn task's message (Celery hands the pool the task name and the raw JSON body)."""
@@ -50,9 +54,14 @@ class AppBoundThreadPool(thread.TaskPool):
             # Turns of one instance run one after the other: a second poke taken while a turn of its instance runs
             # waits for it, instead of contending for the instance lease on another thread and then running a turn
             # of one message. While it waits its poke still counts as pending (PendingPokes), so the completions
-            # arriving meanwhile add no pokes and the next turn takes them all at once.
-            with self._instance_lock(instance_id):
+            # arriving meanwhile add no pokes and the next turn takes them all at once. Only one turn waits per
+            # instance, for at most TURN_WAIT_S; any other runs at once, as without this.
+            lock = self._instance_lock(instance_id)
+            held = lock.acquire()
+            try:
                 return target(*a, **kw)
+            finally:
+                lock.done(held)
 
         return super().on_apply(run_under_app, args, kwargs, *rest, **opts)
 
@@ -77,11 +86,15 @@ class _InstanceLock:
         self._table = table
         self._guard = guard
 
-    def __enter__(self) -> None:
-        self._lock.acquire()
+    def acquire(self) -> bool:
+        """Wait for the instance's running turn (unless another turn already waits); True if now held."""
+        with self._guard:
+            may_wait = self.users <= 2  # the running turn and this one
+        return self._lock.acquire(timeout=TURN_WAIT_S) if may_wait else self._lock.acquire(blocking=False)
 
-    def __exit__(self, *exc: Any) -> None:
-        self._lock.release()
+    def done(self, held: bool) -> None:
+        if held:
+            self._lock.release()
         with self._guard:
             self.users -= 1
             if self.users == 0:
