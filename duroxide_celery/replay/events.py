@@ -172,6 +172,20 @@ def _check_json_shape(value: Any) -> None:
                     stack.append((item, depth + 1))
 
 
+#: The JSON encoder class for user values (None: the standard one). A process-wide choice, set once at start-up
+#: (e.g. Django's DjangoJSONEncoder by the Django integration) so every process of a deployment encodes alike.
+_encoder: type[json.JSONEncoder] | None = None
+
+
+def set_json_encoder(encoder: type[json.JSONEncoder] | None) -> None:
+    """Encode user values with `encoder` (a json.JSONEncoder subclass whose `default` turns extra types, such as
+    Decimal or datetime, into JSON types); None restores the standard encoder. Values come back as JSON types."""
+    global _encoder
+    if encoder is not None and not (isinstance(encoder, type) and issubclass(encoder, json.JSONEncoder)):
+        raise TypeError(f"a JSON encoder must be a json.JSONEncoder subclass, got {encoder!r}")
+    _encoder = encoder
+
+
 def dumps(value: Any) -> str:
     """Encode a user value as compact JSON; raises TypeError naming the offending type, key or depth.
 
@@ -180,7 +194,7 @@ def dumps(value: Any) -> str:
     only, no NaN or infinity, str object keys only, at most MAX_JSON_DEPTH levels. NUL characters inside strings
     are fine (encoded as \\u0000)."""
     try:
-        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False, cls=_encoder)
     except RecursionError:
         raise TypeError(
             f"value is not JSON-serializable: nested deeper than {MAX_JSON_DEPTH} levels (the limit for JSON payloads)"

@@ -17,4 +17,6 @@ class DuroxideConfig(AppConfig):
 
         from . import conf
 
-        autodiscover_modules(conf.load().workflows_module)
+        settings = conf.load()
+        conf.apply_json_encoder(settings)  # also in processes that never call install()
+        autodiscover_modules(settings.workflows_module)

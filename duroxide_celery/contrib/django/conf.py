@@ -19,7 +19,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-_KEYS = {"DATABASE", "URL", "SCHEMA", "CELERY_APP", "OPTIONS", "WORKFLOWS_MODULE"}
+_KEYS = {"DATABASE", "URL", "SCHEMA", "CELERY_APP", "OPTIONS", "WORKFLOWS_MODULE", "JSON_ENCODER"}
+DEFAULT_JSON_ENCODER = "django.core.serializers.json.DjangoJSONEncoder"
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class DuroxideSettings:
     celery_app: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     workflows_module: str = "workflows"
+    json_encoder: str | None = DEFAULT_JSON_ENCODER
 
 
 def load() -> DuroxideSettings:
@@ -47,13 +49,33 @@ def load() -> DuroxideSettings:
         celery_app=raw.get("CELERY_APP"),
         options=dict(raw.get("OPTIONS") or {}),
         workflows_module=raw.get("WORKFLOWS_MODULE", "workflows"),
+        json_encoder=raw.get("JSON_ENCODER", DEFAULT_JSON_ENCODER),
     )
     if conf.url is None and conf.database not in settings.DATABASES:
         raise ImproperlyConfigured(
             f"settings.DUROXIDE['DATABASE'] is {conf.database!r}, which is not in settings.DATABASES "
             f"({sorted(settings.DATABASES)})"
         )
-    for key, value in (("URL", conf.url), ("SCHEMA", conf.schema), ("CELERY_APP", conf.celery_app)):
+    named = (
+        ("URL", conf.url),
+        ("SCHEMA", conf.schema),
+        ("CELERY_APP", conf.celery_app),
+        ("JSON_ENCODER", conf.json_encoder),
+    )
+    for key, value in named:
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ImproperlyConfigured(f"settings.DUROXIDE[{key!r}] must be a non-empty string or None")
     return conf
+
+
+def apply_json_encoder(conf: DuroxideSettings) -> None:
+    """Make the engine encode user values with settings.DUROXIDE['JSON_ENCODER'] in this process."""
+    from django.utils.module_loading import import_string
+
+    from ...replay.events import set_json_encoder
+
+    try:
+        encoder = import_string(conf.json_encoder) if conf.json_encoder else None
+        set_json_encoder(encoder)
+    except (ImportError, TypeError) as exc:
+        raise ImproperlyConfigured(f"settings.DUROXIDE['JSON_ENCODER']: {exc}") from None

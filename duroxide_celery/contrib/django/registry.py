@@ -71,6 +71,7 @@ def install(app: Celery) -> Runtime:
                 raise RuntimeError("duroxide_celery.contrib.django.install() already ran with another Celery app")
             return _runtime
         settings = conf.load()
+        conf.apply_json_encoder(settings)
         if settings.url is not None:
             from ...providers import provider_from_url
 

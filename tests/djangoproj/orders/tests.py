@@ -1,6 +1,10 @@
 """Run by Django's own test runner (`manage.py test orders`), with CELERY_TASK_ALWAYS_EAGER: the engine runs in
 the test process, on the test database."""
 
+import datetime
+import decimal
+import uuid
+
 from django.db import connection, transaction
 from django.test import TransactionTestCase
 
@@ -34,3 +38,15 @@ class PlaceOrderTests(TransactionTestCase):
         except Rollback:
             pass
         self.assertEqual(get_client().get_status("never-1").status, "NotFound")
+
+    def test_everyday_django_values_are_encoded_with_djangos_json_encoder(self):
+        order_uuid = uuid.UUID("12345678-1234-5678-1234-567812345678")
+        value = {
+            "price": decimal.Decimal("9.99"),
+            "at": datetime.datetime(2026, 12, 1, 8, 30, tzinfo=datetime.UTC),
+            "id": order_uuid,
+        }
+        get_client().start_orchestration("echo-1", "Echo", value)
+        result = get_client().wait_for_orchestration("echo-1", 20_000)
+        self.assertEqual(result.status, "Completed", result.error)
+        self.assertEqual(result.output, {"price": "9.99", "at": "2026-12-01T08:30:00Z", "id": str(order_uuid)})

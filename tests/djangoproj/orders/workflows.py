@@ -43,3 +43,8 @@ def inbox(ctx, count):
 def inbox_parent(ctx, child_id):
     """Runs an Inbox as its sub-orchestration (the admin shows the tree)."""
     return (yield ctx.schedule_sub_orchestration_with_id("Inbox", child_id, 0))
+
+
+@orchestration("Echo")
+def echo(ctx, value):
+    return value
