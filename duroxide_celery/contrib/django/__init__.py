@@ -14,7 +14,7 @@ from typing import Any
 
 from .registry import activity, get_runtime, install, orchestration
 
-__all__ = ["DjangoClient", "activity", "get_client", "get_runtime", "install", "orchestration"]
+__all__ = ["DjangoClient", "activity", "get_client", "get_harness", "get_runtime", "install", "orchestration"]
 
 
 def get_client() -> Any:
@@ -23,6 +23,14 @@ def get_client() -> Any:
 
     runtime = get_runtime()
     return DjangoClient(runtime.provider, app=runtime.host_app if runtime.host_app is not None else None)
+
+
+def get_harness() -> Any:
+    """A WorkflowHarness (duroxide_celery.testing) over the project's registrations, for tests: orchestrations run
+    in the test's thread, so activities see a TestCase's uncommitted rows; timers skip forward on a virtual clock."""
+    from ...testing import WorkflowHarness
+
+    return WorkflowHarness(get_runtime())
 
 
 def __getattr__(name: str) -> Any:

@@ -6,9 +6,9 @@ import decimal
 import uuid
 
 from django.db import connection, transaction
-from django.test import TransactionTestCase
+from django.test import TestCase, TransactionTestCase
 
-from duroxide_celery.contrib.django import get_client, get_runtime
+from duroxide_celery.contrib.django import get_client, get_harness, get_runtime
 
 from .models import Order
 
@@ -50,3 +50,15 @@ class PlaceOrderTests(TransactionTestCase):
         result = get_client().wait_for_orchestration("echo-1", 20_000)
         self.assertEqual(result.status, "Completed", result.error)
         self.assertEqual(result.output, {"price": "9.99", "at": "2026-12-01T08:30:00Z", "id": str(order_uuid)})
+
+
+class PlaceOrderHarnessTests(TestCase):
+    """A plain TestCase: the harness runs the workflow in the test's thread and transaction."""
+
+    def test_the_activity_sees_the_tests_uncommitted_row(self):
+        order = Order.objects.create(item="pen", quantity=4)
+        result = get_harness().run("PlaceOrder", order.pk)
+        self.assertEqual(result.status, "Completed", result.error)
+        self.assertEqual(result.output, {"order": order.pk, "item": "pen", "quantity": 4})
+        order.refresh_from_db()
+        self.assertEqual(order.status, "reserved")
