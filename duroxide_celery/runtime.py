@@ -24,7 +24,7 @@ from .options import RuntimeOptions
 from .providers import Provider
 from .providers.store import Store, now_ms
 from .tagfilter import parse_filter
-from .tasks import engine_cache
+from .tasks.engine_cache import LruCache
 from .tasks.install import install_tasks
 from .tasks.publish import Publisher, Unpublishable
 from .tasks.queues import QueueNames, embedded_settings
@@ -99,7 +99,11 @@ class Runtime:
         if self.embedded:
             # Broker queues live in process memory: name them after the store so two stores never share them.
             prefix = f"{prefix}-{provider.token}"
-            own = Celery(f"duroxide-embedded-{provider.token}", broker="memory://localhost//", set_as_current=False)
+            # No fixups: Celery's Django fixup would close this process's Django connections when the in-process
+            # worker starts (a TestCase's own connection among them).
+            own = Celery(
+                f"duroxide-embedded-{provider.token}", broker="memory://localhost//", set_as_current=False, fixups=[]
+            )
             own.conf.update(embedded_settings(QueueNames(prefix)))
             own.conf.update(
                 broker_transport="duroxide_celery.tasks.memory_transport:Transport",
@@ -119,10 +123,9 @@ class Runtime:
             self.publisher.on_first_send = self.start
         self.publisher.on_unpublishable = self._fail_unpublishable
         self._activity_executor: Any = None
-        with engine_cache.budget(self.options.engine_cache_bytes) as caches:  # the turn executor's live engines
-            install_tasks(app, self)
         #: This process's cache of suspended replay engines (bounded by options.engine_cache_max_bytes).
-        self.engine_cache: engine_cache.LruCache[Any] | None = caches[0] if caches else None
+        self.engine_cache: LruCache[Any] | None = None
+        install_tasks(app, self)
         if not self.embedded:
             from .beat import connect_beat_check as warn_beat_without_timers
             from .tasks.worker_start import install_worker_hooks

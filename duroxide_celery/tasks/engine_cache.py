@@ -18,9 +18,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ..options import DEFAULT_ENGINE_CACHE_BYTES
@@ -33,21 +31,6 @@ EVENT_OVERHEAD = 200
 ENGINE_OVERHEAD = 4096
 #: Payload text is held twice: as stored (history) and decoded (the orchestration's own variables).
 PAYLOAD_FACTOR = 2
-
-#: The byte budget of caches created inside `budget()` (the runtime sets it around installing its tasks), and the
-#: list that collects them.
-_budget: ContextVar[tuple[int, list[Any]] | None] = ContextVar("duroxide_engine_cache_budget", default=None)
-
-
-@contextmanager
-def budget(max_bytes: int) -> Iterator[list[Any]]:
-    """Caches created in this block take `max_bytes` as their default size bound; yields the list of them."""
-    made: list[Any] = []
-    token = _budget.set((max_bytes, made))
-    try:
-        yield made
-    finally:
-        _budget.reset(token)
 
 
 def _text_size(value: Any) -> int:
@@ -100,11 +83,6 @@ class LruCache(Generic[V]):
     def __init__(
         self, capacity: int = 1000, max_bytes: int | None = None, sizer: Callable[[V], int] | None = None
     ) -> None:
-        configured = _budget.get()
-        if configured is not None:
-            configured[1].append(self)
-            if max_bytes is None:
-                max_bytes = configured[0]
         self.capacity = capacity
         self.max_bytes = DEFAULT_ENGINE_CACHE_BYTES if max_bytes is None else max_bytes
         self._sizer: Callable[[V], int] = sizer if sizer is not None else EngineSizer()

@@ -43,6 +43,7 @@ def install_tasks(app: Celery, runtime: Runtime) -> None:
     turns = TurnExecutor(runtime)
     activities = ActivityExecutor(runtime)
     runtime._activity_executor = activities
+    runtime.engine_cache = turns.engines
 
     @app.task(
         name=TURN_TASK,

@@ -145,7 +145,7 @@ class _TaskState(threading.local):
 class TurnExecutor:
     def __init__(self, runtime: Runtime):
         self.rt = runtime
-        self.engines: LruCache[ReplayEngine] = LruCache()
+        self.engines: LruCache[ReplayEngine] = LruCache(max_bytes=runtime.options.engine_cache_bytes)
         self.fault = FaultAfterCommit.from_env()
         self.leases = TurnLeases(runtime)
         self._task = _TaskState()  # one per pool thread: tasks of a thread pool share this executor
@@ -288,6 +288,7 @@ class TurnExecutor:
             clock=now_ms,
             kv_snapshot=kv_snapshot,
             kv_reader=lambda other, key: rt.store.get_kv(other, key, conn=conn),
+            activity_queue=rt.names.activities,  # tags are checked against this runtime's real queue names
         )
         engine = self.engines.take((lease.instance_id, lease.execution_id))
         if (
