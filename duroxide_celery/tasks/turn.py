@@ -16,6 +16,7 @@ import time
 import traceback
 import uuid
 from contextlib import ExitStack
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..providers.store import LeaseLost, PendingActivity, now_ms
@@ -297,7 +298,7 @@ class TurnExecutor:
             and len(engine.history) == len(history)
             and (not history or _same_event(engine.history[-1], history[-1]))
         ):
-            replay = engine.resume  # hot instance: no replay, only the new messages
+            replay = partial(engine.resume, inp)  # hot instance: no replay, only the new messages
         else:
             engine = ReplayEngine(inp, rt.resolve_orchestration)
             replay = engine.run
