@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
-from .conftest import REDIS_URL, Proc, _pg_engine, _service_missing
+from .conftest import REDIS_URL, Proc, _service_missing
+from .django_support import free_port, fresh_database, manage, project_env
 
 pytest.importorskip("django", reason="Django is not installed (pip install -e '.[dev]')")
 
@@ -37,35 +36,18 @@ PASSWORD = "admin-test-password"
 WAIT_S = 30
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROJ_", "DJANGO_"))}
-    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(PROJECT), **extra)
-    return env
+    return project_env(PROJECT, "PROJ_", **extra)
 
 
 def _manage(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert done.returncode == 0, f"manage.py {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    return done
+    return manage(PROJECT, env, *args, timeout=timeout)
 
 
 @pytest.fixture
 def project_db(postgres: None) -> Iterator[str]:
-    name = f"djadmin_{uuid.uuid4().hex[:10]}"
-    engine = _pg_engine().execution_options(isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield name
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database("djadmin") as name:
+        yield name
 
 
 @pytest.fixture
@@ -175,7 +157,7 @@ def test_the_admin_lists_shows_and_operates_workflow_instances_in_a_browser(
         "--email",
         "admin@example.com",
     )
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     procs = [
         Proc(

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
-from .conftest import REDIS_URL, Proc, _pg_engine
+from .conftest import REDIS_URL, Proc
+from .django_support import databases, free_port, fresh_database, manage, project_env
 
 pytest.importorskip("django", reason="Django is not installed (pip install -e '.[dev]')")
 
@@ -31,53 +29,24 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "django"
 PASSWORD = "example-admin-password"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _databases() -> set[str]:
-    with _pg_engine().connect() as conn:
-        return {r[0] for r in conn.execute(sa.text("SELECT datname FROM pg_database"))}
-
-
 @pytest.fixture
 def shop_db(postgres: None) -> Iterator[str]:
-    name = f"shopsite_{uuid.uuid4().hex[:10]}"
-    engine = _pg_engine().execution_options(isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield name
-    with engine.connect() as conn:
-        for db in (name, f"test_{name}"):
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+    with fresh_database("shopsite") as name:
+        yield name
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")}
-    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(EXAMPLE), **extra)
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    return env
+    return project_env(EXAMPLE, "SHOP_", **extra)
 
 
 def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLE / "manage.py"), *args],
-        cwd=EXAMPLE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, f"manage.py {' '.join(args)}:\n{done.stdout}{done.stderr}"
-    return done
+    return manage(EXAMPLE, env, *args)
 
 
 def test_the_examples_own_tests_pass_under_djangos_runner(shop_db: str) -> None:
     done = _manage(_env(SHOP_DB_NAME=shop_db), "test", "-v", "2")
     assert "Ran 4 tests" in done.stderr and "\nOK" in done.stderr, done.stderr
-    assert f"test_{shop_db}" not in _databases()
+    assert f"test_{shop_db}" not in databases()
 
 
 class Browser:
@@ -122,7 +91,7 @@ def test_orders_flow_through_views_workers_beat_and_the_admin(shop_db: str, redi
     _manage(env, "duroxide", "migrate")
     _manage(env, "shell", "-c", "from orders.models import Product; Product.objects.create(sku='lamp', stock=10)")
     _manage(env, "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com")
-    port = _free_port()
+    port = free_port()
     celery = [sys.executable, "-m", "celery", "-A", "shopsite"]
     procs = [
         Proc(

@@ -5,8 +5,6 @@ Django's own test runner on the test database, and the flow over HTTP with a rea
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,47 +16,26 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from .conftest import PG_URL, REDIS_URL, Proc, _pg_engine
+from .conftest import PG_URL, REDIS_URL, Proc
+from .django_support import databases, free_port, fresh_database, manage, project_env
 
 pytest.importorskip("django", reason="Django is not installed (pip install -e '.[dev]')")
 
 PROJECT = Path(__file__).resolve().parents[1] / "djangoproj"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _databases() -> set[str]:
-    with _pg_engine().connect() as conn:
-        return {r[0] for r in conn.execute(sa.text("SELECT datname FROM pg_database"))}
-
-
 @pytest.fixture
 def project_db(postgres: None) -> Iterator[str]:
-    name = f"djproj_{uuid.uuid4().hex[:10]}"
-    engine = _pg_engine().execution_options(isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield name
-    with engine.connect() as conn:
-        for db in (name, f"test_{name}"):
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+    with fresh_database("djproj") as name:
+        yield name
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROJ_")}
-    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(PROJECT), **extra)
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    return env
+    return project_env(PROJECT, "PROJ_", **extra)
 
 
 def _manage(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return manage(PROJECT, env, *args, check=False, timeout=timeout)
 
 
 def test_djangos_test_runner_runs_the_projects_workflow_tests_on_the_test_database(project_db: str) -> None:
@@ -67,7 +44,7 @@ def test_djangos_test_runner_runs_the_projects_workflow_tests_on_the_test_databa
     assert "Ran 5 tests" in done.stderr and "OK" in done.stderr, done.stderr
     # The store's pools closed before the runner dropped the test database: no leftover, no "being accessed".
     assert "being accessed by other users" not in done.stderr
-    assert f"test_{project_db}" not in _databases()
+    assert f"test_{project_db}" not in databases()
 
 
 def test_pytest_django_users_get_the_workflow_harness_fixture(project_db: str) -> None:
@@ -82,7 +59,7 @@ def test_pytest_django_users_get_the_workflow_harness_fixture(project_db: str) -
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout, done.stdout
-    assert f"test_{project_db}" not in _databases()
+    assert f"test_{project_db}" not in databases()
 
 
 def test_an_order_flows_over_http_through_real_workers(project_db: str, redis_db: int, tmp_path: Path) -> None:
@@ -101,7 +78,7 @@ def test_an_order_flows_over_http_through_real_workers(project_db: str, redis_db
             tmp_path / "worker.log",
         )
         procs.append(worker)
-        port = _free_port()
+        port = free_port()
         web = Proc(
             "web",
             [sys.executable, str(PROJECT / "manage.py"), "runserver", f"127.0.0.1:{port}", "--noreload"],

@@ -105,6 +105,9 @@ def _close_before_test_database_drops(alias: str, provider: Provider) -> None:
     original = cls.destroy_test_db
 
     def destroy_test_db(self: Any, *args: Any, **kwargs: Any) -> Any:
+        from .registry import stop_in_process_runtime
+
+        stop_in_process_runtime()  # its threads hold connections that dispose() cannot close
         for each in _ON_ALIAS.get(self.connection.alias, []):
             each.dispose()
         return original(self, *args, **kwargs)

@@ -104,3 +104,12 @@ def get_runtime() -> Runtime:
     if existing is not None and _runtime is None:
         return existing
     return install(app)
+
+
+def stop_in_process_runtime() -> None:
+    """Shut down the project's Runtime if it runs the engine in this process (task_always_eager), e.g. before the
+    test runner drops the test database its threads are connected to."""
+    with _lock:
+        runtime = _runtime
+    if runtime is not None and runtime.embedded:
+        runtime.shutdown(timeout_ms=5000)
