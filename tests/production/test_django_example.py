@@ -49,6 +49,21 @@ def test_the_examples_own_tests_pass_under_djangos_runner(shop_db: str) -> None:
     assert f"test_{shop_db}" not in databases()
 
 
+def test_the_examples_tests_pass_under_pytest_django(shop_db: str) -> None:
+    pytest.importorskip("pytest_django", reason="pytest-django is not installed (pip install -e '.[dev]')")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q"],
+        cwd=EXAMPLE,
+        env=_env(SHOP_DB_NAME=shop_db),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 passed" in done.stdout, done.stdout
+    assert f"test_{shop_db}" not in databases()
+
+
 class Browser:
     """An HTTP client with cookies, logged into the admin like a person would (CSRF token from the form)."""
 
