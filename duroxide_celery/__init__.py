@@ -3,8 +3,18 @@
 The public names match duroxide-python, so its programs port by changing imports.
 """
 
-from .client import Client, OperationTimedOut
+from . import errors
+from .client import Client
 from .context import ActivityContext, OrchestrationContext
+from .errors import (
+    ActivityFailed,
+    CannotDeleteSubOrchestration,
+    InstanceNotFound,
+    InstanceStillRunning,
+    OperationTimedOut,
+    OrchestrationFailed,
+    StoreNotReady,
+)
 from .metrics import MetricsSnapshot
 from .options import RuntimeOptions
 from .providers import PostgresProvider, SqliteProvider
@@ -33,16 +43,21 @@ __all__ = [
     "MAX_TAG_NAME_BYTES",
     "MAX_WORKER_TAGS",
     "ActivityContext",
+    "ActivityFailed",
+    "CannotDeleteSubOrchestration",
     "Client",
     "DeleteInstanceResult",
     "Event",
     "ExecutionInfo",
     "InstanceFilter",
     "InstanceInfo",
+    "InstanceNotFound",
+    "InstanceStillRunning",
     "InstanceTree",
     "MetricsSnapshot",
     "OperationTimedOut",
     "OrchestrationContext",
+    "OrchestrationFailed",
     "OrchestrationResult",
     "PostgresProvider",
     "PruneOptions",
@@ -51,9 +66,11 @@ __all__ = [
     "Runtime",
     "RuntimeOptions",
     "SqliteProvider",
+    "StoreNotReady",
     "SystemMetrics",
     "SystemStats",
     "TagFilter",
+    "errors",
     "init_tracing",
     "parse_result",
 ]

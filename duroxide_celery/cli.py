@@ -35,14 +35,8 @@ import sqlalchemy as sa
 from click.core import ParameterSource
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from .client import (
-    CannotDeleteSubOrchestration,
-    Client,
-    InstanceNotFound,
-    InstanceStillRunning,
-    OperationTimedOut,
-    _check_instance_id,
-)
+from .client import Client, _check_instance_id
+from .errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, OperationTimedOut
 from .providers import PostgresProvider, Provider, SqliteProvider
 from .providers.check import StoreNotReady, check_store, describe
 from .providers.migrate import VERSION_TABLE, upgrade

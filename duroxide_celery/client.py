@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Celery
 
+from .errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, OperationTimedOut
 from .providers import Provider
 from .providers.store import TERMINAL_STATUSES, Store
 from .replay import events as ev
@@ -51,22 +52,6 @@ INT32_MAX = 2**31 - 1
 SUB_ORCHESTRATION_MARKER = "::sub::"
 #: How many instances a bulk delete or prune handles when the filter sets no limit (duroxide's default).
 DEFAULT_BULK_LIMIT = 1000
-
-
-class OperationTimedOut(TimeoutError, RuntimeError):
-    """A wait_* call ran out of time: both a TimeoutError and, as duroxide raises it, a RuntimeError."""
-
-
-class InstanceNotFound(LookupError, RuntimeError):
-    """A management call named an instance that does not exist (duroxide raises a RuntimeError)."""
-
-
-class InstanceStillRunning(RuntimeError):
-    """delete_instance without force=True on an instance (or sub-orchestration of it) that is still running."""
-
-
-class CannotDeleteSubOrchestration(RuntimeError):
-    """delete_instance on a sub-orchestration: only whole trees are deleted, from their root."""
 
 
 # Every Client call checks its arguments here, before any database access, with the store's limits

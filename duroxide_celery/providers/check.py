@@ -9,13 +9,10 @@ from __future__ import annotations
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..errors import StoreNotReady
 from .providers import Provider
 
 __all__ = ["StoreNotReady", "check_store"]
-
-
-class StoreNotReady(RuntimeError):
-    """The store cannot be used: unreachable, or its schema is not one this version knows."""
 
 
 def describe(provider: Provider) -> str:

@@ -12,10 +12,11 @@ import time
 from typing import TYPE_CHECKING
 
 from ..context import ActivityContext
+from ..errors import ActivityFailed
 from ..providers.store import ClaimedWorkItem, PendingActivity, SessionBusy, SessionPolicy, now_ms
 from ..replay import events as ev
 from ..replay.events import dumps, error_details, loads
-from .failures import ActivityFailed, clip, describe, lease_owner, raised_by_user_code, when, worker_log
+from .failures import clip, describe, lease_owner, raised_by_user_code, when, worker_log
 from .turn import unregistered_backoff_ms
 
 if TYPE_CHECKING:

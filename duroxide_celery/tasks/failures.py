@@ -84,16 +84,3 @@ def lease_owner(node: str) -> str:
     if _owner_process[0] != pid:
         _owner_process = (pid, uuid.uuid4().hex[:8])
     return f"{node[:200]}:{pid}.{_owner_process[1]}:{next(_owner_count)}"
-
-
-class StepFailed(Exception):
-    """A workflow step failed, and its failure is recorded in the store."""
-
-
-class ActivityFailed(StepFailed):
-    """An activity raised (or returned a value that is not JSON, ran out of attempts, or has no handler on any
-    worker); the failure is recorded and its orchestration was woken to handle it."""
-
-
-class OrchestrationFailed(StepFailed):
-    """A turn ended its orchestration as Failed; the failure is committed and published."""

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery, Task
 from celery.app.routes import Router
 
+from ..errors import ActivityFailed, OrchestrationFailed
 from .activity import ActivityExecutor
-from .failures import ActivityFailed, OrchestrationFailed
 from .queues import ACTIVITY_TASK, ENGINE_TASK_OPTIONS, RECOVERY_TASK, TIMER_TASK, TURN_TASK, queue
 from .recovery import fire_timers, sweep
 from .turn import TurnExecutor

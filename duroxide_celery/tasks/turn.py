@@ -19,6 +19,7 @@ from contextlib import ExitStack
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from ..errors import OrchestrationFailed
 from ..providers.store import LeaseLost, PendingActivity, now_ms
 from ..replay import events as ev
 from ..replay.engine import (
@@ -36,7 +37,7 @@ from ..replay.engine import (
 )
 from ..replay.events import HistoryEvent, error_details
 from .engine_cache import LruCache
-from .failures import OrchestrationFailed, clip, describe, lease_owner, raised_by_user_code, when, worker_log
+from .failures import clip, describe, lease_owner, raised_by_user_code, when, worker_log
 
 if TYPE_CHECKING:
     from ..runtime import Runtime

@@ -18,8 +18,9 @@ from alembic import command
 from celery import signals
 
 from duroxide_celery import RuntimeOptions
+from duroxide_celery.errors import ActivityFailed, OrchestrationFailed
 from duroxide_celery.providers.migrate import _config, current_revision, head_revision
-from duroxide_celery.tasks.failures import ActivityFailed, OrchestrationFailed, clip
+from duroxide_celery.tasks.failures import clip
 from duroxide_celery.tasks.queues import ACTIVITY_TASK, TURN_TASK
 
 from .helpers import WAIT_MS, assert_well_formed, wait_for_kind, wait_until

@@ -20,7 +20,7 @@ from duroxide_celery import (
     SystemMetrics,
     SystemStats,
 )
-from duroxide_celery.client import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning
+from duroxide_celery.errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning
 
 from .helpers import WAIT_MS, kinds, wait_for_kind, wait_until
 
