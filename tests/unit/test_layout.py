@@ -54,9 +54,6 @@ KNOWN_DEFERRED_IMPORT_CYCLES: tuple[frozenset[str], ...] = (
             f"{PACKAGE}.worker_options",
         }
     ),
-    # contrib/django/registry.py imports provider_for_alias at module level; provider.py imports
-    # stop_in_process_runtime from the registry inside a function.
-    frozenset({f"{PACKAGE}.contrib.django.provider", f"{PACKAGE}.contrib.django.registry"}),
 )
 
 

@@ -7,6 +7,7 @@ the test database, the store's pools are closed first (PostgreSQL refuses to dro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import URL
@@ -91,6 +92,9 @@ def provider_for_alias(alias: str, schema: str | None) -> Provider:
 
 #: Providers on each Django alias, closed before that alias's test database is dropped.
 _ON_ALIAS: dict[str, list[Provider]] = {}
+#: Called before any test database is dropped (the registry stops an in-process runtime here: its threads hold
+#: connections that dispose() cannot close).
+BEFORE_TEST_DATABASE_DROPS: list[Callable[[], None]] = []
 
 
 def _close_before_test_database_drops(alias: str, provider: Provider) -> None:
@@ -105,9 +109,8 @@ def _close_before_test_database_drops(alias: str, provider: Provider) -> None:
     original = cls.destroy_test_db
 
     def destroy_test_db(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from .registry import stop_in_process_runtime
-
-        stop_in_process_runtime()  # its threads hold connections that dispose() cannot close
+        for hook in BEFORE_TEST_DATABASE_DROPS:
+            hook()
         for each in _ON_ALIAS.get(self.connection.alias, []):
             each.dispose()
         return original(self, *args, **kwargs)

@@ -15,7 +15,7 @@ from celery import Celery
 from ...options import RuntimeOptions
 from ...runtime import Runtime
 from . import conf
-from .provider import provider_for_alias
+from .provider import BEFORE_TEST_DATABASE_DROPS, provider_for_alias
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -113,3 +113,6 @@ def stop_in_process_runtime() -> None:
         runtime = _runtime
     if runtime is not None and runtime.embedded:
         runtime.shutdown(timeout_ms=5000)
+
+
+BEFORE_TEST_DATABASE_DROPS.append(stop_in_process_runtime)
