@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from .replay.tasks import MAX_TAG_NAME_BYTES, check_tag
+from .replay.limits import MAX_TAG_NAME_BYTES, MAX_WORKER_TAGS
+from .replay.tasks import check_tag
 
-MAX_WORKER_TAGS = 5
 __all__ = ["MAX_TAG_NAME_BYTES", "MAX_WORKER_TAGS", "ParsedFilter", "TagFilter", "check_tag", "parse_filter"]
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from celery import Celery, bootsteps
 
+from .replay.limits import MAX_NODE_ID_CHARS
 from .tagfilter import TagFilter, parse_filter
 from .tasks.queues import queue
 
@@ -37,7 +38,6 @@ log = logging.getLogger("duroxide_celery.worker")
 
 TAG_FILTER_OPTION = "--duroxide-tag-filter"
 NODE_ID_OPTION = "--duroxide-node-id"
-MAX_NODE_ID_CHARS = 200
 _NODE_ID = re.compile(r"^[A-Za-z0-9_.@-]+$")
 _DEFAULT_AND = "default_and:"
 #: How often a worker with the `any` filter looks for tags first used after it started, and how often its consumer

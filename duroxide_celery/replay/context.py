@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("duroxide_celery.orchestration")
 
-MAX_CUSTOM_STATUS_BYTES = 256 * 1024
-
 
 def _encode(value: Any, what: str) -> str:
     try:

@@ -24,10 +24,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import events as ev
-from .context import MAX_CUSTOM_STATUS_BYTES, OrchestrationContext
+from .context import OrchestrationContext
 from .events import HistoryEvent, dumps, error_details, loads
 from .futures import AllWaiter, Future, RaceWaiter, SingleWaiter, Waiter
-from .limits import MAX_DELAY_MS, MAX_INSTANCE_ID_CHARS, MAX_QUEUE_NAME_BYTES
+from .limits import (
+    MAX_CARRY_FORWARD,
+    MAX_CUSTOM_STATUS_BYTES,
+    MAX_DELAY_MS,
+    MAX_INSTANCE_ID_CHARS,
+    MAX_KV_KEYS,
+    MAX_KV_VALUE_BYTES,
+    MAX_QUEUE_NAME_BYTES,
+)
 from .retry import ActivityTimeout, retry_loop
 from .tasks import (
     ActivityTask,
@@ -48,10 +56,6 @@ from .tasks import (
 #: Version of the replay behaviour, recorded on each execution so later engines can replay old histories.
 REPLAY_VERSION = 1
 
-MAX_KV_KEYS = 150
-#: Undelivered queue messages a continue-as-new may carry into the next execution (duroxide: 20 or 100, silently).
-MAX_CARRY_FORWARD = 1000
-MAX_KV_VALUE_BYTES = 65536
 
 Handler = Callable[[OrchestrationContext, Any], Any]
 #: resolve(name, version or None) -> (version, handler), or None when this worker does not have it.

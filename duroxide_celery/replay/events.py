@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .limits import MAX_JSON_DEPTH
+
 # Orchestration lifecycle
 ORCHESTRATION_STARTED = "OrchestrationStarted"
 ORCHESTRATION_COMPLETED = "OrchestrationCompleted"
@@ -140,12 +142,6 @@ def error_details(category: str, message: str, kind: str | None = None) -> dict[
     if kind:
         details["kind"] = kind
     return details
-
-
-#: How deeply JSON payloads may nest (objects and arrays). Deeper values are refused where they are given: the
-#: stdlib decoder a worker runs on them recurses once per level, so a value a Client could encode could still fail
-#: every turn that reads it.
-MAX_JSON_DEPTH = 256
 
 
 def _check_json_shape(value: Any) -> None:

@@ -1,4 +1,5 @@
-"""What the store can hold, checked where a value is given (Client calls and context calls), never at commit.
+"""Every limit (`MAX_*`) in one place, and what the store can hold, checked where a value is given (Client calls
+and context calls), never at commit.
 
 The same checks run for SQLite and PostgreSQL, so a value is refused (or accepted) identically on both: SQLite would
 store an over-long id or a NUL character that PostgreSQL refuses, and both refuse a lone surrogate or an integer
@@ -28,6 +29,22 @@ MAX_VERSION_CHARS = 64
 MAX_DELAY_MS = 100 * 365 * 24 * 3600 * 1000
 #: AMQP's limit on a queue name (a shortstr), in bytes.
 MAX_QUEUE_NAME_BYTES = 255
+#: Keys an instance's KV store may hold, and bytes per value (duroxide's limits).
+MAX_KV_KEYS = 150
+MAX_KV_VALUE_BYTES = 65536
+#: Undelivered queue messages a continue-as-new may carry into the next execution (duroxide: 20 or 100, silently).
+MAX_CARRY_FORWARD = 1000
+#: A custom status's size in bytes (UTF-8).
+MAX_CUSTOM_STATUS_BYTES = 256 * 1024
+#: How deeply JSON payloads may nest (objects and arrays). Deeper values are refused where they are given: the
+#: stdlib decoder a worker runs on them recurses once per level, so a value a Client could encode could still fail
+#: every turn that reads it.
+MAX_JSON_DEPTH = 256
+#: An activity tag's length in bytes, and how many tags one worker's filter may name.
+MAX_TAG_NAME_BYTES = 256
+MAX_WORKER_TAGS = 5
+#: A worker node id's length (it names the worker's session queue).
+MAX_NODE_ID_CHARS = 200
 #: Signed 64-bit integers: what BIGINT (PostgreSQL) and INTEGER (SQLite) columns hold.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 

@@ -6,9 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .limits import MAX_DELAY_MS
+from .limits import MAX_DELAY_MS, MAX_TAG_NAME_BYTES
 
-MAX_TAG_NAME_BYTES = 256
 _TAG = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
