@@ -40,8 +40,7 @@ from .errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStil
 from .providers import PostgresProvider, Provider, SqliteProvider
 from .providers.check import StoreNotReady, check_store, describe
 from .providers.migrate import VERSION_TABLE, upgrade
-from .providers.store import TERMINAL_STATUSES
-from .types import InstanceFilter, PruneOptions
+from .types import TERMINAL_STATUSES, InstanceFilter, PruneOptions
 
 _MANAGEMENT_ERRORS = (InstanceNotFound, InstanceStillRunning, CannotDeleteSubOrchestration, OperationTimedOut)
 

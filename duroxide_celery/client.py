@@ -16,7 +16,7 @@ from celery import Celery
 
 from .errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, OperationTimedOut
 from .providers import Provider
-from .providers.store import TERMINAL_STATUSES, Store
+from .providers.store import Store
 from .replay import events as ev
 from .replay.events import dumps, loads
 from .replay.limits import (
@@ -32,6 +32,7 @@ from .replay.limits import (
 from .tasks.publish import Publisher
 from .tasks.queues import QueueNames
 from .types import (
+    TERMINAL_STATUSES,
     DeleteInstanceResult,
     Event,
     ExecutionInfo,

@@ -44,7 +44,7 @@ from .replay.engine import (
 from .replay.events import HistoryEvent, dumps, error_details, loads
 from .runtime import _version_key
 from .tasks.failures import describe
-from .types import OrchestrationResult
+from .types import TERMINAL_STATUSES, OrchestrationResult
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["WorkflowHarness"]
 
 _DEFAULT_VERSION = "1.0.0"
-_TERMINAL = ("Completed", "Failed")
 
 
 @dataclass
@@ -149,7 +148,7 @@ class WorkflowHarness:
         time, if given); raises RuntimeError if it waits for an event no timer will ever end."""
         self._require(instance_id)
         deadline = None if timeout_ms is None else self.now_ms + int(timeout_ms)
-        while self._instances[instance_id].status not in _TERMINAL:
+        while self._instances[instance_id].status not in TERMINAL_STATUSES:
             due = self._next_timer()
             if due is None or (deadline is not None and due > deadline):
                 if deadline is not None and due is not None:
@@ -231,7 +230,7 @@ class WorkflowHarness:
 
     def _deliver(self, instance_id: str, message: dict[str, Any]) -> None:
         inst = self._instances.get(instance_id)
-        if inst is None or inst.status in _TERMINAL:
+        if inst is None or inst.status in TERMINAL_STATUSES:
             return  # dropped, as the Client drops signals to unknown or finished instances
         inst.inbox.append(message)
         self._settle()
@@ -248,7 +247,7 @@ class WorkflowHarness:
 
     def _turn(self, inst: _Instance) -> None:
         messages, inst.inbox = inst.inbox, []
-        if inst.status in _TERMINAL:
+        if inst.status in TERMINAL_STATUSES:
             return
         history = inst.histories.setdefault(inst.execution_id, [])
         result = run_turn(
@@ -279,7 +278,7 @@ class WorkflowHarness:
             self._apply(inst, command)
         if result.status == "Running":
             inst.status = "Running"
-        elif result.status in _TERMINAL:
+        elif result.status in TERMINAL_STATUSES:
             inst.status = result.status
             inst.output = result.output
             inst.error = None if result.error is None else str(result.error.get("message", result.error))
@@ -325,11 +324,11 @@ class WorkflowHarness:
             )
         elif isinstance(command, CancelInstance):
             target = self._instances.get(command.instance_id)
-            if target is not None and target.status not in _TERMINAL:
+            if target is not None and target.status not in TERMINAL_STATUSES:
                 target.inbox.append({"kind": ev.MSG_CANCEL, "reason": command.reason})
         elif isinstance(command, NotifyParent):
             parent = self._instances.get(command.parent_instance_id)
-            if parent is not None and parent.status not in _TERMINAL:
+            if parent is not None and parent.status not in TERMINAL_STATUSES:
                 message: dict[str, Any] = {
                     "kind": command.kind,
                     "execution_id": command.parent_execution_id,

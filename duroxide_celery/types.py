@@ -12,6 +12,10 @@ from .replay.limits import INT64_MAX, check_storable
 STATUSES = ("Running", "Completed", "Failed", "NotFound", "ContinuedAsNew")
 
 
+#: The statuses an instance ends in (anything else is still running); spelled here only.
+TERMINAL_STATUSES: tuple[str, ...] = ("Completed", "Failed")
+
+
 @dataclass(frozen=True)
 class OrchestrationResult:
     """Status of an instance's latest execution; `output` is JSON-decoded, `error` is the failure text."""

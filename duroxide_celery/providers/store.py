@@ -20,11 +20,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..replay import events as ev
 from ..replay.events import HistoryEvent, error_details
+from ..types import TERMINAL_STATUSES
 from . import hot_statements as hot
 from .fair_lock import FairRLock
 from .schema import executions, history, inbox, instances, kv, sessions, timers, work_items
-
-TERMINAL_STATUSES = ("Completed", "Failed")
 
 
 def _delete_scheduled(conn: Connection, table: Any, instance_id: str, execution_id: int, event_ids: list[int]) -> None:

@@ -36,6 +36,7 @@ from ..replay.engine import (
     TurnResult,
 )
 from ..replay.events import HistoryEvent, error_details
+from ..types import TERMINAL_STATUSES
 from .engine_cache import LruCache
 from .failures import clip, describe, lease_owner, raised_by_user_code, when, worker_log
 
@@ -497,7 +498,7 @@ class TurnExecutor:
                     pokes.append((instance_id, None))  # we queued a message to ourselves: wake us for it
             elif isinstance(out, CancelInstance):
                 status = store.instance_status(conn, out.instance_id)
-                if status is not None and status not in ("Completed", "Failed"):
+                if status is not None and status not in TERMINAL_STATUSES:
                     store.enqueue(conn, out.instance_id, ev.MSG_CANCEL, {"reason": out.reason}, now)
                     pokes.append((out.instance_id, None))
             elif isinstance(out, NotifyParent):
@@ -544,7 +545,7 @@ class TurnExecutor:
             exec_values.update(orchestration_version=result.orchestration_version, replay_version=REPLAY_VERSION)
             inst_values["orchestration_version"] = result.orchestration_version
         error_text = result.error["message"] if result.error else None
-        if result.status in ("Completed", "Failed"):
+        if result.status in TERMINAL_STATUSES:
             exec_values.update(status=result.status, output=result.output, error=error_text, completed_at=now)
             inst_values.update(status=result.status, output=result.output, error=error_text)
         elif result.status == "ContinuedAsNew":
