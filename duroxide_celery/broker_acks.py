@@ -18,7 +18,7 @@ from celery import Celery
 
 from .tasks.queues import QueueNames
 
-log = logging.getLogger("duroxide_celery.runtime")
+log = logging.getLogger(__name__)
 
 
 def apply_to_worker(app: Celery, names: QueueNames) -> bool:

@@ -47,7 +47,7 @@ from .types import (
     SystemStats,
 )
 
-log = logging.getLogger("duroxide_celery.runtime")
+log = logging.getLogger(__name__)
 INT32_MAX = 2**31 - 1
 
 SUB_ORCHESTRATION_MARKER = "::sub::"

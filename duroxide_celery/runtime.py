@@ -31,7 +31,7 @@ from .tasks.queues import QueueNames, embedded_settings
 from .tasks.recovery import fire_what_is_due, sweep
 from .tasks.thread_pool import AppBoundThreadPool, OwnQueuesConsumer
 
-log = logging.getLogger("duroxide_celery.runtime")
+log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_VERSION = "1.0.0"

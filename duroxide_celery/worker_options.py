@@ -34,7 +34,7 @@ from .tasks.queues import queue
 if TYPE_CHECKING:
     from .runtime import Runtime
 
-log = logging.getLogger("duroxide_celery.worker")
+log = logging.getLogger(__name__)
 
 TAG_FILTER_OPTION = "--duroxide-tag-filter"
 NODE_ID_OPTION = "--duroxide-node-id"

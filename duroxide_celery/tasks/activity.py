@@ -22,7 +22,7 @@ from .turn import unregistered_backoff_ms
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-log = logging.getLogger("duroxide_celery.activity")
+log = logging.getLogger(__name__)
 
 Key = tuple[str, int, int]
 #: A running activity execution: its row and its own lease owner (two executions of one row may overlap in one

@@ -20,7 +20,7 @@ from kombu.exceptions import OperationalError
 from ..providers.store import PendingActivity
 from .queues import ACTIVITY_TASK, NO_TIME_LIMIT_S, TURN_TASK, QueueNames, queue
 
-log = logging.getLogger("duroxide_celery.runtime")
+log = logging.getLogger(__name__)
 
 #: AMQP's limit on queue, exchange and routing-key names (a short string: one length byte).
 AMQP_NAME_LIMIT = 255

@@ -8,7 +8,7 @@ import logging
 from ..providers.store import Store, now_ms
 from .publish import Publisher
 
-log = logging.getLogger("duroxide_celery.runtime")
+log = logging.getLogger(__name__)
 
 
 #: Timers moved into inboxes per transaction.

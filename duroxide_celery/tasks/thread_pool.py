@@ -20,7 +20,7 @@ from celery.worker.consumer import Consumer
 
 from .queues import TURN_TASK, queue
 
-log = logging.getLogger("duroxide_celery.worker")
+log = logging.getLogger(__name__)
 
 #: How long a turn waits for the running turn of its instance before it runs anyway (and, finding the instance
 #: leased, leaves it to the holder): a turn stuck in orchestration code must not pile up waiting threads.

@@ -43,7 +43,7 @@ from .failures import clip, describe, lease_owner, raised_by_user_code, when, wo
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-log = logging.getLogger("duroxide_celery.runtime")
+log = logging.getLogger(__name__)
 
 #: How many inbox drains one task performs before handing the instance back to the queue (fairness).
 MAX_DRAINS_PER_TASK = 20

@@ -24,7 +24,7 @@ from .queues import queue
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-log = logging.getLogger("duroxide_celery.worker")
+log = logging.getLogger(__name__)
 
 __all__ = ["install_worker_hooks", "is_configured"]
 

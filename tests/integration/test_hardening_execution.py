@@ -267,7 +267,7 @@ def test_turn_whose_lease_was_taken_over_changes_nothing(runtime_factory, client
                 lost.set()
 
     handler = _Lost()
-    logging.getLogger("duroxide_celery.runtime").addHandler(handler)
+    logging.getLogger("duroxide_celery.tasks.turn").addHandler(handler)
     first_blocked, release_first = threading.Event(), threading.Event()
     runs = itertools.count(1)
 
@@ -294,7 +294,7 @@ def test_turn_whose_lease_was_taken_over_changes_nothing(runtime_factory, client
         client.raise_event("takeover-turn", "nudge", None)  # a message, and a poke: another thread takes over
         result = client.wait_for_orchestration("takeover-turn", WAIT_MS)
     finally:
-        logging.getLogger("duroxide_celery.runtime").removeHandler(handler)
+        logging.getLogger("duroxide_celery.tasks.turn").removeHandler(handler)
     assert lost.is_set(), "the turn that lost its lease was refused at its commit"
     assert (result.status, result.output) == ("Completed", "second")
     assert kinds(client, "takeover-turn").count("OrchestrationCompleted") == 1
