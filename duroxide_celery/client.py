@@ -160,15 +160,24 @@ class Client:
         self, instance_id: str, orchestration_name: str, input: Any, version: str
     ) -> None:
         """Start an instance pinned to an exact registered version."""
-        _check_name(version, "version", MAX_VERSION_CHARS)
         self._start(instance_id, orchestration_name, input, version)
 
     start_orchestration_versioned_typed = start_orchestration_versioned
 
     def _start(self, instance_id: str, name: str, input: Any, version: str | None) -> None:
+        self._create(instance_id, name, self._checked_start(instance_id, name, input, version), version)
+
+    @staticmethod
+    def _checked_start(instance_id: str, name: str, input: Any, version: str | None) -> str:
+        """Check a start's arguments before anything is written; returns the encoded input."""
+        if version is not None:
+            _check_name(version, "version", MAX_VERSION_CHARS)
         _check_instance_id(instance_id)
         _check_name(name, "orchestration name", MAX_NAME_CHARS)
-        payload = _encode(input, "orchestration input")
+        return _encode(input, "orchestration input")
+
+    def _create(self, instance_id: str, name: str, payload: str, version: str | None) -> None:
+        """Write a checked start and wake a worker (the first start of an id wins)."""
         with self._store.write() as conn:
             created = self._store.create_instance(conn, instance_id, name, payload, version)
         if created:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from celery import Celery
 
@@ -23,6 +21,7 @@ from .metrics import Metrics, MetricsSnapshot
 from .options import RuntimeOptions
 from .providers import Provider
 from .providers.store import Store, now_ms
+from .registry import Registry
 from .tagfilter import parse_filter
 from .tasks.engine_cache import LruCache
 from .tasks.install import install_tasks
@@ -33,21 +32,8 @@ from .tasks.thread_pool import AppBoundThreadPool, OwnQueuesConsumer
 
 log = logging.getLogger(__name__)
 
-F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_VERSION = "1.0.0"
-_VERSION = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]+)?$")
 _EMBEDDED_POLLING_S = 0.001
 _SCHEDULER_MAX_SLEEP_S = 0.25
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.split(r"[-+]", version)[0].split("."))
-
-
-def _check_name(name: Any, what: str) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{what} name must be a non-empty string, got {name!r}")
-    return name
 
 
 def _check_host_app(app: Any) -> None:
@@ -62,7 +48,7 @@ def _check_host_app(app: Any) -> None:
         )
 
 
-class Runtime:
+class Runtime(Registry):
     """Runs orchestrations and activities (duroxide-python's `Runtime`, on Celery)."""
 
     def __init__(self, provider: Provider, options: RuntimeOptions | None = None, app: Celery | None = None):
@@ -82,8 +68,7 @@ class Runtime:
         self.worker_id = self.options.worker_node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.metrics = Metrics()
         self.tag_filter = parse_filter(self.options.worker_tag_filter)  # a bad filter fails here, not later
-        self._orchestrations: dict[str, dict[str, Callable[..., Any]]] = {}
-        self.activities: dict[str, Callable[..., Any]] = {}
+        Registry.__init__(self)
         prefix = self.options.prefix
         #: The user's Celery app, untouched apart from the engine's own tasks (DESIGN invariant 8); None embedded.
         self.host_app = app
@@ -151,54 +136,6 @@ class Runtime:
     @property
     def store(self) -> Store:
         return self.provider.store
-
-    # -- registration -------------------------------------------------------------------------------------------
-    def register_activity(self, name: str, fn: F | None = None) -> Any:
-        """Register `fn(ctx, input)` as activity `name`; usable as `@runtime.register_activity("Name")`."""
-        _check_name(name, "activity")
-
-        def register(func: F) -> F:
-            if not callable(func):
-                raise TypeError(f"activity {name!r} must be callable, got {func!r}")
-            self.activities[name] = func
-            return func
-
-        return register(fn) if fn is not None else register
-
-    register_activity_typed = register_activity
-
-    def register_orchestration(self, name: str, fn: F | None = None) -> Any:
-        """Register generator `fn(ctx, input)` as orchestration `name`, version 1.0.0."""
-        return self.register_orchestration_versioned(name, DEFAULT_VERSION, fn)
-
-    register_orchestration_typed = register_orchestration
-
-    def register_orchestration_versioned(self, name: str, version: str, fn: F | None = None) -> Any:
-        """Register a specific semver `version`; new starts use the latest, running executions keep theirs."""
-        _check_name(name, "orchestration")
-        if not isinstance(version, str) or not _VERSION.match(version):
-            raise ValueError(f"orchestration version must be semver like '1.0.2', got {version!r}")
-
-        def register(func: F) -> F:
-            if not callable(func):
-                raise TypeError(f"orchestration {name!r} must be callable, got {func!r}")
-            self._orchestrations.setdefault(name, {})[version] = func
-            return func
-
-        return register(fn) if fn is not None else register
-
-    register_orchestration_versioned_typed = register_orchestration_versioned
-
-    def resolve_orchestration(self, name: str, version: str | None) -> tuple[str, Callable[..., Any]] | None:
-        """(version, handler) for an exact version, or the latest when version is None; None if not here."""
-        versions = self._orchestrations.get(name)
-        if not versions:
-            return None
-        if version is not None:
-            fn = versions.get(version)
-            return (version, fn) if fn is not None else None
-        latest = max(versions, key=_version_key)
-        return latest, versions[latest]
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .context import ActivityContext
+from .registry import DEFAULT_VERSION, Registry
 from .replay import events as ev
 from .replay.engine import (
     CancelActivity,
@@ -42,7 +43,6 @@ from .replay.engine import (
     run_turn,
 )
 from .replay.events import HistoryEvent, dumps, error_details, loads
-from .runtime import _version_key
 from .tasks.failures import describe
 from .types import TERMINAL_STATUSES, OrchestrationResult
 
@@ -50,8 +50,6 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 __all__ = ["WorkflowHarness"]
-
-_DEFAULT_VERSION = "1.0.0"
 
 
 @dataclass
@@ -77,8 +75,7 @@ class WorkflowHarness:
 
     def __init__(self, runtime: Runtime | None = None, *, start_ms: int | None = None, max_turns: int = 100_000):
         self._runtime = runtime
-        self._orchestrations: dict[str, dict[str, Callable[..., Any]]] = {}
-        self._activities: dict[str, Callable[..., Any]] = {}
+        self._own = Registry()
         self._instances: dict[str, _Instance] = {}
         self._timers: list[tuple[int, str, int, int]] = []  # (fire_at_ms, instance id, execution id, event id)
         self._max_turns = max_turns
@@ -87,25 +84,20 @@ class WorkflowHarness:
 
     # -- registration (besides the runtime's) -------------------------------------------------------------------
     def register_activity(self, name: str, fn: Callable[..., Any]) -> None:
-        self._activities[name] = fn
+        self._own.register_activity(name, fn)
 
-    def register_orchestration(self, name: str, fn: Callable[..., Any], version: str = _DEFAULT_VERSION) -> None:
-        self._orchestrations.setdefault(name, {})[version] = fn
+    def register_orchestration(self, name: str, fn: Callable[..., Any], version: str = DEFAULT_VERSION) -> None:
+        self._own.register_orchestration_versioned(name, version, fn)
 
     def _resolve(self, name: str, version: str | None) -> tuple[str, Callable[..., Any]] | None:
-        versions = self._orchestrations.get(name)
-        if versions:
-            if version is None:
-                latest = max(versions, key=_version_key)
-                return latest, versions[latest]
-            if version in versions:
-                return version, versions[version]
-        if self._runtime is not None:
-            return self._runtime.resolve_orchestration(name, version)
-        return None
+        """The harness's own registration first, then the runtime's."""
+        found = self._own.resolve_orchestration(name, version)
+        if found is None and self._runtime is not None:
+            found = self._runtime.resolve_orchestration(name, version)
+        return found
 
     def _activity(self, name: str) -> Callable[..., Any]:
-        fn = self._activities.get(name)
+        fn = self._own.activities.get(name)
         if fn is None and self._runtime is not None:
             fn = self._runtime.activities.get(name)
         if fn is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ... import client as base
 from ...client import Client
 
 
@@ -22,7 +21,7 @@ class DjangoClient(Client):
         on_commit: bool | None = None,
         using: str | None = None,
     ) -> None:
-        self._deferred(on_commit, using, super().start_orchestration, instance_id, orchestration_name, input)
+        self._start_when(instance_id, orchestration_name, input, None, on_commit, using)
 
     def start_orchestration_versioned(
         self,
@@ -34,22 +33,18 @@ class DjangoClient(Client):
         on_commit: bool | None = None,
         using: str | None = None,
     ) -> None:
-        self._deferred(
-            on_commit, using, super().start_orchestration_versioned, instance_id, orchestration_name, input, version
-        )
+        self._start_when(instance_id, orchestration_name, input, version, on_commit, using)
 
-    @staticmethod
-    def _deferred(on_commit: bool | None, using: str | None, start: Any, *args: Any) -> None:
+    def _start_when(
+        self, instance_id: str, name: str, input: Any, version: str | None, on_commit: bool | None, using: str | None
+    ) -> None:
         from django.db import transaction
 
+        # Checked now, so a bad id, name or input fails at this call, not at commit time.
+        payload = self._checked_start(instance_id, name, input, version)
         if on_commit is None:
             on_commit = transaction.get_connection(using).in_atomic_block
         if on_commit:
-            # Checked now, so a bad id, name or input fails at this call, not at commit time.
-            instance_id, name, payload = args[:3]
-            base._check_instance_id(instance_id)
-            base._check_name(name, "orchestration name", base.MAX_NAME_CHARS)
-            base._encode(payload, "orchestration input")
-            transaction.on_commit(lambda: start(*args), using=using)
+            transaction.on_commit(lambda: self._create(instance_id, name, payload, version), using=using)
         else:
-            start(*args)
+            self._create(instance_id, name, payload, version)

@@ -1,0 +1,79 @@
+"""The registry of orchestrations (by name and semver version) and activities (by name): what a Runtime serves,
+and what duroxide_celery.testing's harness runs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_VERSION = "1.0.0"
+_VERSION = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]+)?$")
+
+__all__ = ["DEFAULT_VERSION", "Registry"]
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.split(r"[-+]", version)[0].split("."))
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{what} name must be a non-empty string, got {name!r}")
+    return name
+
+
+class Registry:
+    """Handlers by name; names and versions are checked when they are registered."""
+
+    def __init__(self) -> None:
+        self._orchestrations: dict[str, dict[str, Callable[..., Any]]] = {}
+        self.activities: dict[str, Callable[..., Any]] = {}
+
+    def register_activity(self, name: str, fn: F | None = None) -> Any:
+        """Register `fn(ctx, input)` as activity `name`; usable as `@runtime.register_activity("Name")`."""
+        _check_name(name, "activity")
+
+        def register(func: F) -> F:
+            if not callable(func):
+                raise TypeError(f"activity {name!r} must be callable, got {func!r}")
+            self.activities[name] = func
+            return func
+
+        return register(fn) if fn is not None else register
+
+    register_activity_typed = register_activity
+
+    def register_orchestration(self, name: str, fn: F | None = None) -> Any:
+        """Register generator `fn(ctx, input)` as orchestration `name`, version 1.0.0."""
+        return self.register_orchestration_versioned(name, DEFAULT_VERSION, fn)
+
+    register_orchestration_typed = register_orchestration
+
+    def register_orchestration_versioned(self, name: str, version: str, fn: F | None = None) -> Any:
+        """Register a specific semver `version`; new starts use the latest, running executions keep theirs."""
+        _check_name(name, "orchestration")
+        if not isinstance(version, str) or not _VERSION.match(version):
+            raise ValueError(f"orchestration version must be semver like '1.0.2', got {version!r}")
+
+        def register(func: F) -> F:
+            if not callable(func):
+                raise TypeError(f"orchestration {name!r} must be callable, got {func!r}")
+            self._orchestrations.setdefault(name, {})[version] = func
+            return func
+
+        return register(fn) if fn is not None else register
+
+    register_orchestration_versioned_typed = register_orchestration_versioned
+
+    def resolve_orchestration(self, name: str, version: str | None) -> tuple[str, Callable[..., Any]] | None:
+        """(version, handler) for an exact version, or the latest when version is None; None if not here."""
+        versions = self._orchestrations.get(name)
+        if not versions:
+            return None
+        if version is not None:
+            fn = versions.get(version)
+            return (version, fn) if fn is not None else None
+        latest = max(versions, key=_version_key)
+        return latest, versions[latest]
