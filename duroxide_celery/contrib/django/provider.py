@@ -51,18 +51,23 @@ class _FollowsDjango:
 
     alias: str
     url: str
-
-    def _django_url(self) -> str:
-        url = url_for(_connection_settings(self.alias))
-        return _normalize_pg_url(url) if url.startswith("postgresql") else url
+    #: The Django database name the store was last opened for.
+    _django_name: Any
 
     @property
     def store(self) -> Any:
-        current = self._django_url()
-        if current != self.url and not (current == "sqlite://" and self.in_memory):  # type: ignore[attr-defined]
-            self.dispose()  # type: ignore[attr-defined]
-            self.url = current
-            self._store = None
+        # Read on every store access (each turn and activity): compare the database name, a dict lookup, and build
+        # a URL only when it changed (the test runner switched to the test database).
+        settings_dict = _connection_settings(self.alias)
+        name = settings_dict.get("NAME")
+        if name != self._django_name:
+            url = url_for(settings_dict)
+            current = _normalize_pg_url(url) if url.startswith("postgresql") else url
+            if current != self.url and not (current == "sqlite://" and self.in_memory):  # type: ignore[attr-defined]
+                self.dispose()  # type: ignore[attr-defined]
+                self.url = current
+                self._store = None
+        self._django_name = name
         return super().store  # type: ignore[misc]
 
 
@@ -86,6 +91,7 @@ def provider_for_alias(alias: str, schema: str | None) -> Provider:
     else:
         provider = DjangoSqliteProvider.open(url)
     provider.alias = alias  # type: ignore[attr-defined]
+    provider._django_name = _connection_settings(alias).get("NAME")  # type: ignore[attr-defined]
     _close_before_test_database_drops(alias, provider)
     return provider
 
