@@ -66,3 +66,17 @@ def manage(
     if check:
         assert done.returncode == 0, f"manage.py {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done
+
+
+def run_pytest_django(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The project's own pytest-django run (its pytest.ini); fails the test with the output if it fails."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from .conftest import REDIS_URL, Proc
-from .django_support import databases, free_port, fresh_database, manage, project_env
+from .django_support import databases, free_port, fresh_database, manage, project_env, run_pytest_django
 
 pytest.importorskip("django", reason="Django is not installed (pip install -e '.[dev]')")
 
@@ -51,15 +51,7 @@ def test_the_examples_own_tests_pass_under_djangos_runner(shop_db: str) -> None:
 
 def test_the_examples_tests_pass_under_pytest_django(shop_db: str) -> None:
     pytest.importorskip("pytest_django", reason="pytest-django is not installed (pip install -e '.[dev]')")
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q"],
-        cwd=EXAMPLE,
-        env=_env(SHOP_DB_NAME=shop_db),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_pytest_django(EXAMPLE, _env(SHOP_DB_NAME=shop_db))
     assert "4 passed" in done.stdout, done.stdout
     assert f"test_{shop_db}" not in databases()
 

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from .conftest import PG_URL, REDIS_URL, Proc
-from .django_support import databases, free_port, fresh_database, manage, project_env
+from .django_support import databases, free_port, fresh_database, manage, project_env, run_pytest_django
 
 pytest.importorskip("django", reason="Django is not installed (pip install -e '.[dev]')")
 
@@ -49,15 +49,7 @@ def test_djangos_test_runner_runs_the_projects_workflow_tests_on_the_test_databa
 
 def test_pytest_django_users_get_the_workflow_harness_fixture(project_db: str) -> None:
     pytest.importorskip("pytest_django", reason="pytest-django is not installed (pip install -e '.[dev]')")
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=PROJECT,
-        env=_env(PROJ_PG_NAME=project_db),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_pytest_django(PROJECT, _env(PROJ_PG_NAME=project_db))
     assert "1 passed" in done.stdout, done.stdout
     assert f"test_{project_db}" not in databases()
 
