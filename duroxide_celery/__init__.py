@@ -18,7 +18,7 @@ from .errors import (
 from .metrics import MetricsSnapshot
 from .options import RuntimeOptions
 from .providers import PostgresProvider, SqliteProvider
-from .replay.engine import MAX_KV_KEYS, MAX_KV_VALUE_BYTES
+from .replay.limits import MAX_KV_KEYS, MAX_KV_VALUE_BYTES
 from .runtime import Runtime
 from .tagfilter import MAX_TAG_NAME_BYTES, MAX_WORKER_TAGS, TagFilter
 from .tracing import init_tracing, parse_result

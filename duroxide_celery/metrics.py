@@ -6,7 +6,7 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .replay.engine import StartOrchestration, TurnResult
+from .replay.commands import StartOrchestration, TurnResult
 
 
 @dataclass

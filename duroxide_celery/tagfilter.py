@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 
 from .replay.limits import MAX_TAG_NAME_BYTES, MAX_WORKER_TAGS
-from .replay.tasks import check_tag
+from .replay.yieldables import check_tag
 
 __all__ = ["MAX_TAG_NAME_BYTES", "MAX_WORKER_TAGS", "ParsedFilter", "TagFilter", "check_tag", "parse_filter"]
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .context import ActivityContext
 from .registry import DEFAULT_VERSION, Registry
 from .replay import events as ev
-from .replay.engine import (
+from .replay.commands import (
     CancelActivity,
     CancelInstance,
     CancelTimer,
@@ -40,8 +40,8 @@ from .replay.engine import (
     ScheduleTimer,
     StartOrchestration,
     TurnInput,
-    run_turn,
 )
+from .replay.engine import run_turn
 from .replay.events import HistoryEvent, dumps, error_details, loads
 from .tasks.failures import describe
 from .types import TERMINAL_STATUSES, OrchestrationResult

@@ -1,15 +1,17 @@
 """OrchestrationContext: the only door orchestration code has to the outside world.
 
-Scheduling methods return task descriptors that the code must `yield`; the replay engine turns them into history.
-Fire-and-forget methods (custom status, KV, traces) act at once and are recorded or suppressed during replay.
+Scheduling methods return yieldables (replay/yieldables.py) that the code must `yield`; the replay engine turns
+them into history. Fire-and-forget methods (custom status, KV, traces) act at once through the ContextHost
+(replay/host.py) and are recorded or suppressed during replay.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .events import dumps
+from .events import SYSCALL_PREFIX, dumps
+from .host import ContextHost
 from .limits import (
     MAX_INSTANCE_ID_CHARS,
     MAX_KV_KEY_CHARS,
@@ -20,7 +22,7 @@ from .limits import (
     check_length,
     check_storable,
 )
-from .tasks import (
+from .yieldables import (
     ActivityTask,
     AllTask,
     ContinueAsNewTask,
@@ -35,9 +37,6 @@ from .tasks import (
     UtcNowTask,
     WaitEventTask,
 )
-
-if TYPE_CHECKING:
-    from .engine import ReplayEngine
 
 log = logging.getLogger("duroxide_celery.orchestration")
 
@@ -121,29 +120,29 @@ class TraceMethods:
 class OrchestrationContext(TraceMethods):
     """Deterministic API for orchestration generators (names and behaviour of duroxide-python)."""
 
-    def __init__(self, engine: ReplayEngine):
-        self._engine = engine
+    def __init__(self, host: ContextHost) -> None:
+        self._host = host
 
     # -- properties -------------------------------------------------------------------------------------------
     @property
     def instance_id(self) -> str:
-        return self._engine.instance_id
+        return self._host.instance_id
 
     @property
     def execution_id(self) -> int:
-        return self._engine.execution_id
+        return self._host.execution_id
 
     @property
     def orchestration_name(self) -> str:
-        return self._engine.orchestration_name
+        return self._host.orchestration_name
 
     @property
     def orchestration_version(self) -> str:
-        return self._engine.orchestration_version
+        return self._host.orchestration_version
 
     def is_replaying(self) -> bool:
         """True while the code re-runs steps already in history (traces are silent then)."""
-        return self._engine.replaying
+        return self._host.replaying
 
     # -- activities -------------------------------------------------------------------------------------------
     def schedule_activity(
@@ -321,48 +320,46 @@ class OrchestrationContext(TraceMethods):
         if not isinstance(status, str):
             raise TypeError(f"custom status must be a str, got {type(status).__name__}")
         check_storable(status, "custom status")
-        self._engine.record_custom_status(status)
+        self._host.record_custom_status(status)
 
     def reset_custom_status(self) -> None:
-        self._engine.record_custom_status(None)
+        self._host.record_custom_status(None)
 
     def get_custom_status(self) -> str | None:
-        return self._engine.custom_status
+        return self._host.custom_status
 
     # -- KV ---------------------------------------------------------------------------------------------------
     def set_kv_value(self, key: str, value: Any) -> None:
         text = str(value)
         check_storable(text, f"KV value for key {str(key)[:80]!r}")
-        self._engine.record_kv_set(_kv_key(key), text)
+        self._host.record_kv_set(_kv_key(key), text)
 
     def get_kv_value(self, key: str) -> str | None:
-        entry = self._engine.kv.get(str(key))
+        entry = self._host.kv.get(str(key))
         return entry[0] if entry else None
 
     def get_kv_all_values(self) -> dict[str, str]:
-        return {k: v for k, (v, _) in self._engine.kv.items()}
+        return {k: v for k, (v, _) in self._host.kv.items()}
 
     def get_kv_all_keys(self) -> list[str]:
-        return list(self._engine.kv)
+        return list(self._host.kv)
 
     def get_kv_length(self) -> int:
-        return len(self._engine.kv)
+        return len(self._host.kv)
 
     def clear_kv_value(self, key: str) -> None:
-        self._engine.record_kv_clear(_kv_key(key))
+        self._host.record_kv_clear(_kv_key(key))
 
     def clear_all_kv_values(self) -> None:
-        self._engine.record_kv_clear_all()
+        self._host.record_kv_clear_all()
 
     def prune_kv_values_updated_before(self, cutoff_ms: int) -> int:
-        stale = [k for k, (_, stamp) in self._engine.kv.items() if stamp < cutoff_ms]
+        stale = [k for k, (_, stamp) in self._host.kv.items() if stamp < cutoff_ms]
         for key in stale:
-            self._engine.record_kv_clear(key)
+            self._host.record_kv_clear(key)
         return len(stale)
 
     def get_kv_value_from_instance(self, instance_id: str, key: str) -> ActivityTask:
-        from .events import SYSCALL_PREFIX
-
         if not isinstance(instance_id, str) or not isinstance(key, str):
             raise TypeError("get_kv_value_from_instance takes a str instance id and a str key")
         check_storable(instance_id, "instance id")
@@ -371,7 +368,7 @@ class OrchestrationContext(TraceMethods):
 
     # -- tracing (silent while replaying, so a trace appears once per real step) ------------------------------
     def _trace(self, level: int, message: str) -> None:
-        if self._engine.replaying:
+        if self._host.replaying:
             return
         log.log(
             level,

@@ -1,6 +1,6 @@
 """The replay driver: one orchestration turn, computed from history plus new inbox messages. No I/O.
 
-How a turn works. New inbox messages are first turned into history events (filtered: stale executions,
+How a turn works. New inbox messages are first turned into history events (replay/ingest.py: stale executions,
 duplicates and completions of cancelled work are dropped). Then the generator is run from the start. Every event
 the code *produces* (schedules, cancel breadcrumbs, custom status, KV) is matched in order against the events of
 that kind already in history; a difference is nondeterminism. Every event that *arrives* (completions, raised
@@ -20,13 +20,26 @@ import inspect
 import traceback
 from collections import deque
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import events as ev
+from .commands import (
+    DEFAULT_ACTIVITY_QUEUE_ASSUMED,
+    CancelActivity,
+    CancelInstance,
+    CancelTimer,
+    Command,
+    NotifyParent,
+    ScheduleActivity,
+    ScheduleTimer,
+    StartOrchestration,
+    TurnInput,
+    TurnResult,
+)
 from .context import OrchestrationContext
 from .events import HistoryEvent, dumps, error_details, loads
 from .futures import AllWaiter, Future, RaceWaiter, SingleWaiter, Waiter
+from .ingest import InboxFilter, start_message, started_event_data
 from .limits import (
     MAX_CARRY_FORWARD,
     MAX_CUSTOM_STATUS_BYTES,
@@ -37,7 +50,8 @@ from .limits import (
     MAX_QUEUE_NAME_BYTES,
 )
 from .retry import ActivityTimeout, retry_loop
-from .tasks import (
+from .yieldables import (
+    SINGLE_TASKS,
     ActivityTask,
     AllTask,
     ContinueAsNewTask,
@@ -52,10 +66,6 @@ from .tasks import (
     UtcNowTask,
     WaitEventTask,
 )
-
-#: Version of the replay behaviour, recorded on each execution so later engines can replay old histories.
-REPLAY_VERSION = 1
-
 
 Handler = Callable[[OrchestrationContext, Any], Any]
 #: resolve(name, version or None) -> (version, handler), or None when this worker does not have it.
@@ -74,124 +84,16 @@ class _Terminate(BaseException):
         self.kind, self.data = kind, data
 
 
-# -- outgoing work: what the store must do when the turn commits ----------------------------------------------
-@dataclass
-class ScheduleActivity:
-    event_id: int
-    name: str
-    input: str
-    session_id: str | None = None
-    tag: str | None = None
-    ttl_ms: int | None = None
-
-
-@dataclass
-class CancelActivity:
-    event_id: int
-
-
-@dataclass
-class ScheduleTimer:
-    event_id: int
-    fire_at_ms: int
-
-
-@dataclass
-class CancelTimer:
-    event_id: int
-
-
-@dataclass
-class StartOrchestration:
-    """Start another instance: a child (with parent link) or a detached one (parent fields None)."""
-
-    instance_id: str
-    name: str
-    input: str
-    version: str | None = None
-    parent_instance_id: str | None = None
-    parent_execution_id: int | None = None
-    parent_event_id: int | None = None
-
-
-@dataclass
-class CancelInstance:
-    instance_id: str
-    reason: str
-
-
-@dataclass
-class NotifyParent:
-    parent_instance_id: str
-    parent_execution_id: int
-    parent_event_id: int
-    kind: str  # ev.MSG_SUB_COMPLETED or ev.MSG_SUB_FAILED
-    result: str | None = None
-    details: dict[str, Any] | None = None
-
-
-@dataclass
-class TurnInput:
-    instance_id: str
-    execution_id: int
-    history: list[HistoryEvent]
-    messages: list[dict[str, Any]]
-    now_ms: int
-    new_guid: Callable[[], str]
-    clock: Callable[[], int] | None = None
-    kv_snapshot: dict[str, tuple[str, int]] = field(default_factory=dict)
-    kv_reader: Callable[[str, str], str | None] | None = None
-    #: The untagged activity queue (`<prefix>.activities`); a tagged activity goes to `<activity_queue>.<tag>`,
-    #: which must fit AMQP's 255-byte queue names. None: assume the longest default name, the embedded runtime's
-    #: `duroxide-<12 hex digits>.activities` (a tag of at most 222 bytes).
-    activity_queue: str | None = None
-
-
-#: What the tag check assumes when the turn does not name its activity queue (see TurnInput.activity_queue).
-DEFAULT_ACTIVITY_QUEUE_ASSUMED = "duroxide-" + "0" * 12 + ".activities"
-
-
-@dataclass
-class TurnResult:
-    """Everything one turn decided. `status` is Running, Completed, Failed or ContinuedAsNew for a turn that ran;
-    `Idle` (nothing to do: no execution, or it already ended) and `Unregistered` (no handler here) commit nothing."""
-
-    status: str
-    new_events: list[HistoryEvent] = field(default_factory=list)
-    outgoing: list[Any] = field(default_factory=list)
-    orchestration_name: str | None = None
-    orchestration_version: str | None = None
-    output: str | None = None
-    error: dict[str, Any] | None = None
-    custom_status_changed: bool = False
-    custom_status: str | None = None
-    kv_ops: list[tuple[Any, ...]] = field(default_factory=list)
-    kv_state: dict[str, tuple[str, int]] = field(default_factory=dict)
-    continue_as_new: dict[str, Any] | None = None
-    parent: dict[str, Any] | None = None
-    unregistered: tuple[str, str | None] | None = None
-    dropped_messages: int = 0
-    #: The engine that computed this turn (a worker may keep it to resume the instance next turn).
-    engine: Any = field(default=None, repr=False, compare=False)
-
-
-_SCHEDULED_BY_MESSAGE = {
-    ev.MSG_ACTIVITY_COMPLETED: ev.ACTIVITY_SCHEDULED,
-    ev.MSG_ACTIVITY_FAILED: ev.ACTIVITY_SCHEDULED,
-    ev.MSG_TIMER_FIRED: ev.TIMER_CREATED,
-    ev.MSG_SUB_COMPLETED: ev.SUB_ORCHESTRATION_SCHEDULED,
-    ev.MSG_SUB_FAILED: ev.SUB_ORCHESTRATION_SCHEDULED,
-}
-_CANCEL_KINDS = {ev.ACTIVITY_CANCEL_REQUESTED, ev.SUB_ORCHESTRATION_CANCEL_REQUESTED}
-
-
 def run_turn(inp: TurnInput, resolve: Resolver) -> TurnResult:
     """Compute one turn of an instance. Pure: the same input always gives the same result."""
     return ReplayEngine(inp, resolve).run()
 
 
 class ReplayEngine:
-    def __init__(self, inp: TurnInput, resolve: Resolver):
+    """Replays one instance's history through its orchestration code and computes the turn; implements the
+    ContextHost protocol (replay/host.py) that the OrchestrationContext calls."""
+
+    def __init__(self, inp: TurnInput, resolve: Resolver) -> None:
         self.inp = inp
         self.resolve = resolve
         self.instance_id = inp.instance_id
@@ -201,7 +103,7 @@ class ReplayEngine:
         self.history: list[HistoryEvent] = list(inp.history)
         self.old_count = len(self.history)
         self.new_events: list[HistoryEvent] = []
-        self.outgoing: list[Any] = []
+        self.outgoing: list[Command] = []
         self.replaying = True
         self.custom_status: str | None = None
         self.kv: dict[str, tuple[str, int]] = dict(inp.kv_snapshot)
@@ -211,20 +113,19 @@ class ReplayEngine:
         self._futures: dict[int, Future] = {}
         self._waits: dict[str, deque[Future]] = {}
         self._dequeues: dict[str, deque[Future]] = {}
-        self._queue_buffer: dict[str, deque[str]] = {}
+        # Queue messages delivered with no dequeue waiting, as JSON text (None: a message without data).
+        self._queue_buffer: dict[str, deque[str | None]] = {}
         self._taken_early: set[int] = set()  # QueueEventDelivered ids handed out by try_dequeue before their turn
         self._cancel_reason: str | None = None
         self._waiter: Waiter | None = None
-        # Fix (unit tests): the first mismatch found, latched. A mismatch found inside a fire-and-forget call
-        # (set_custom_status, KV) is raised inside user code, where a bare `except:` could swallow it and let a
-        # changed orchestration replay on; the driver re-raises the latched error at the next step instead.
+        # Nondeterminism is latched: the first mismatch is kept and re-raised at the code's next step, so a bare
+        # `except:` around a fire-and-forget call (set_custom_status, KV) cannot let changed code replay on.
         self._nondeterminism: Nondeterminism | None = None
-        # The same for a fire-and-forget call that must fail the instance (the custom status limit): it is latched
-        # here, so the instance fails even when the code's bare `except:` swallowed the exception.
+        # A fire-and-forget call that must fail the instance (the custom status limit) is latched the same way:
+        # the instance fails even when the code swallowed the exception.
         self._fatal: _Terminate | None = None
-        self._scheduled: dict[int, str] | None = None
-        self._closed: set[int] = set()
-        self._cancel_seen = False
+        # Built from history at the first ingestion, then kept current by _new_event.
+        self._inbox: InboxFilter | None = None
         self._stack: list[Generator[Any, Any, Any]] = []
         self._produced: Any = None
         self._started: HistoryEvent | None = None
@@ -236,27 +137,15 @@ class ReplayEngine:
         started = self.history[0] if self.history else None
         messages = list(self.inp.messages)
         if started is None:
-            start_msg = next((m for m in messages if m["kind"] in (ev.MSG_START, ev.MSG_CONTINUE_AS_NEW)), None)
+            start_msg = start_message(messages)
             if start_msg is None:
                 return TurnResult(status="Idle", dropped_messages=len(messages))
             resolved = self.resolve(start_msg["name"], start_msg.get("version"))
             if resolved is None:
                 return TurnResult(status="Unregistered", unregistered=(start_msg["name"], start_msg.get("version")))
             version, handler = resolved
-            started = self._new_event(
-                ev.ORCHESTRATION_STARTED,
-                {
-                    "name": start_msg["name"],
-                    "version": version,
-                    "input": start_msg.get("input", "null"),
-                    "parent_instance": start_msg.get("parent_instance_id"),
-                    "parent_execution_id": start_msg.get("parent_execution_id"),
-                    "parent_id": start_msg.get("parent_event_id"),
-                    "carry_forward_events": start_msg.get("carry_forward_events") or [],
-                    "initial_custom_status": start_msg.get("initial_custom_status"),
-                    "replay_version": REPLAY_VERSION,
-                },
-            )
+            data = started_event_data(start_msg, start_msg["name"], version)
+            started = self._new_event(ev.ORCHESTRATION_STARTED, data)
             self.replaying = False
             messages.remove(start_msg)
         else:
@@ -278,58 +167,10 @@ class ReplayEngine:
         return result
 
     # -- messages -> arrival events ---------------------------------------------------------------------------
-    def _index(self, e: HistoryEvent) -> None:
-        """Keep the schedule/completion indexes that message filtering needs, one event at a time."""
-        if e.kind in (ev.ACTIVITY_SCHEDULED, ev.TIMER_CREATED, ev.SUB_ORCHESTRATION_SCHEDULED):
-            self._scheduled[e.event_id] = e.kind
-        elif e.source_event_id is not None and (e.kind in ev.INPUT_KINDS or e.kind in _CANCEL_KINDS):
-            self._closed.add(e.source_event_id)
-        elif e.kind == ev.ORCHESTRATION_CANCEL_REQUESTED:
-            self._cancel_seen = True
-
     def _ingest(self, messages: list[dict[str, Any]]) -> int:
-        if self._scheduled is None:
-            self._scheduled, self._closed, self._cancel_seen = {}, set(), False
-            for e in self.history:
-                self._index(e)
-        scheduled, closed, cancel_seen = self._scheduled, self._closed, self._cancel_seen
-        dropped = 0
-        cancels = [m for m in messages if m["kind"] == ev.MSG_CANCEL]
-        if cancels and not cancel_seen:
-            # Cancel beats any completion in the same turn (semantics.md 2.12): it is fed to the code first.
-            self._new_event(ev.ORCHESTRATION_CANCEL_REQUESTED, {"reason": cancels[0].get("reason") or ""})
-        dropped += len(cancels) - (1 if cancels and not cancel_seen else 0)
-        for msg in messages:
-            kind = msg["kind"]
-            if kind == ev.MSG_CANCEL:
-                continue
-            if kind in _SCHEDULED_BY_MESSAGE:
-                source = msg.get("event_id")
-                if (
-                    msg.get("execution_id") != self.execution_id
-                    or scheduled.get(source) != _SCHEDULED_BY_MESSAGE[kind]
-                    or source in closed
-                ):
-                    dropped += 1  # stale execution, unknown schedule, duplicate or cancelled work
-                    continue
-                closed.add(source)
-                if kind == ev.MSG_ACTIVITY_COMPLETED:
-                    self._new_event(ev.ACTIVITY_COMPLETED, {"result": msg.get("result")}, source)
-                elif kind == ev.MSG_ACTIVITY_FAILED:
-                    self._new_event(ev.ACTIVITY_FAILED, {"details": msg["details"]}, source)
-                elif kind == ev.MSG_TIMER_FIRED:
-                    self._new_event(ev.TIMER_FIRED, {"fire_at_ms": msg.get("fire_at_ms")}, source)
-                elif kind == ev.MSG_SUB_COMPLETED:
-                    self._new_event(ev.SUB_ORCHESTRATION_COMPLETED, {"result": msg.get("result")}, source)
-                else:
-                    self._new_event(ev.SUB_ORCHESTRATION_FAILED, {"details": msg["details"]}, source)
-            elif kind == ev.MSG_EXTERNAL_RAISED:
-                self._new_event(ev.EXTERNAL_EVENT, {"name": msg["name"], "data": msg.get("data")})
-            elif kind == ev.MSG_QUEUE_MESSAGE:
-                self._new_event(ev.QUEUE_EVENT_DELIVERED, {"name": msg["name"], "data": msg.get("data")})
-            else:
-                dropped += 1  # a second start for a running instance: the first one wins
-        return dropped
+        if self._inbox is None:
+            self._inbox = InboxFilter(self.history)
+        return self._inbox.ingest(messages, self.execution_id, self._new_event)
 
     # -- running the code -------------------------------------------------------------------------------------
     def _execute(self, handler: Handler, started: HistoryEvent) -> TurnResult:
@@ -563,27 +404,31 @@ class ReplayEngine:
     def _check_members(self, tasks: list[Any], what: str) -> list[Task]:
         for t in tasks:
             if isinstance(t, AllTask | RaceTask):
-                # Fix (unit tests): duroxide's exact text (semantics.md 2.6) names the outer call join/select.
+                # duroxide's exact text (semantics.md 2.6), which names the outer call join/select.
                 outer = {"all": "join", "race": "select"}.get(what, what)
                 raise ValueError(f"nested join/select inside {outer} is not supported")
             if isinstance(t, ActivityTask) and t.retry is not None:
                 raise ValueError(f"an activity with a retry policy cannot be a member of {what}")
-            if not isinstance(t, ActivityTask | TimerTask | WaitEventTask | DequeueTask | SubOrchestrationTask):
+            if not isinstance(t, SINGLE_TASKS):
                 raise TypeError(f"{what}() takes tasks to wait on; got {t!r} (type {type(t).__name__})")
             self._check_storable_task(t)
         return list(tasks)
 
     def _schedule(self, task: Task) -> Future:
         if isinstance(task, ActivityTask) and task.name.startswith(ev.SYSCALL_PREFIX):
-            # Fix (unit tests): get_kv_value_from_instance as a member of all()/race() was scheduled as a real
-            # activity named "__duroxide_syscall:get_kv_value", which no worker serves. Answer it in the turn, as
-            # when it is yielded alone: a future that is ready at once.
+            # A syscall (get_kv_value_from_instance) is answered in the turn, never sent to a worker (none serves
+            # it): as a member of all()/race() it is a future that is ready at once, as when it is yielded alone.
             value = loads(self._syscall(task.name, task.input, lambda: self._read_kv(task.input)))
             fut = Future("syscall", 0, task.name)
             fut.resolve(self._next_seq(), value)
             return fut
         if isinstance(task, ActivityTask):
-            data = {"name": task.name, "input": task.input, "session_id": task.session_id, "tag": task.tag}
+            data: dict[str, Any] = {
+                "name": task.name,
+                "input": task.input,
+                "session_id": task.session_id,
+                "tag": task.tag,
+            }
             if task.ttl_ms is not None:
                 data["ttl_ms"] = task.ttl_ms  # shown in history; not part of the determinism check
             event = self._emit(
@@ -699,7 +544,8 @@ class ReplayEngine:
         if done is None:
             done = self._new_event(ev.ACTIVITY_COMPLETED, {"result": compute()}, scheduled.event_id)
             self._completions[scheduled.event_id] = done
-        return done.data["result"]
+        result: str = done.data["result"]
+        return result
 
     def _read_kv(self, input_text: str) -> str:
         instance_id, key = loads(input_text)
@@ -741,10 +587,9 @@ class ReplayEngine:
             fut.resolve(self._next_seq(), loads(event.data.get("result")))
 
     def _cancel_future(self, fut: Future, reason: str) -> None:
-        # Fix (unit tests): a dequeue that took a buffered message as it was scheduled, and then lost the race to
-        # an earlier member that was also ready (race of two buffered dequeues), must consume nothing
-        # (semantics.md 2.5/2.6): put the message back at the head of its queue and cancel it like an open loser.
-        # Before, the message was silently lost and the loser got no QueueSubscriptionCancelled breadcrumb.
+        # A race loser consumes nothing (semantics.md 2.5/2.6), even a dequeue that took a buffered message as it
+        # was scheduled (a race of two ready dequeues): the message goes back to the head of its queue, and the
+        # loser is cancelled like an open one, with its QueueSubscriptionCancelled breadcrumb.
         if fut.kind == "dequeue" and fut.state == "ok" and fut.buffered_raw is not None:
             self._queue_buffer.setdefault(fut.name or "", deque()).appendleft(fut.buffered_raw)
             fut.buffered_raw = None
@@ -761,9 +606,8 @@ class ReplayEngine:
                 on_new=lambda e: self.outgoing.append(CancelActivity(fut.schedule_id)),
             )
         elif fut.kind == "timer":
-            # Fix (unit tests): only when this turn decided the cancel. A race that replays from history already
-            # sent its CancelTimer in the turn that resolved it; re-sending it on every later turn made a pure
-            # replay produce outgoing work. (_finish clears `replaying` before cancelling at the end.)
+            # A replay produces no outgoing work: CancelTimer goes out only in the turn that decided the cancel
+            # (a race replayed from history sent it back then). _finish clears `replaying` before cancelling.
             if not self.replaying:
                 self.outgoing.append(CancelTimer(fut.schedule_id))
         elif fut.kind == "wait":
@@ -858,8 +702,8 @@ class ReplayEngine:
         event = HistoryEvent(self._next_event_id(), kind, data, source, self.inp.now_ms)
         self.history.append(event)
         self.new_events.append(event)
-        if self._scheduled is not None:
-            self._index(event)
+        if self._inbox is not None:
+            self._inbox.index(event)
         return event
 
     def _next_event_id(self) -> int:
@@ -877,10 +721,9 @@ class ReplayEngine:
 
     # -- ending the turn --------------------------------------------------------------------------------------
     def _raise_if_cancel_pending(self) -> None:
-        # Fix (unit tests): cancel beats a completion in the same turn (semantics.md 2.12) also when the code ends
-        # without blocking, so the cancel request was never fed to it (a plain function, or a generator that
-        # finishes in the turn that also received the cancel). Before, such a turn recorded
-        # OrchestrationCancelRequested and then OrchestrationCompleted / ContinuedAsNew.
+        # Cancel beats a completion in the same turn (semantics.md 2.12), also when the code ends without blocking,
+        # so the cancel request was never fed to it (a plain function, or a generator that finishes in the turn
+        # that received the cancel): such a turn fails as cancelled; it never completes or continues as new.
         unapplied = self._inputs[self._input_pos :]
         pending = next((e for e in unapplied if e.kind == ev.ORCHESTRATION_CANCEL_REQUESTED), None)
         if pending is not None:
@@ -923,9 +766,8 @@ class ReplayEngine:
                 "execution_id": started.data.get("parent_execution_id"),
                 "event_id": started.data.get("parent_id"),
             }
-        # Fix (unit tests): the KV limits apply to every turn (semantics.md 2.15), including one that completes or
-        # continues as new; before, only a turn that stayed Running was checked, so `set 151 keys; return` completed
-        # and left 151 keys behind. An orchestration that already failed keeps its own error.
+        # The KV limits apply to every turn (semantics.md 2.15), including one that completes or continues as new,
+        # so no instance ends with more than the limit. An orchestration that already failed keeps its own error.
         if terminal in (None, ev.ORCHESTRATION_COMPLETED, ev.ORCHESTRATION_CONTINUED_AS_NEW):
             limit_error = self._kv_limit_error()
             if limit_error:
@@ -983,8 +825,8 @@ class ReplayEngine:
         result.kv_state = dict(self.kv)
         return result
 
-    def _unconsumed_queue_messages(self) -> list[list[str]]:
-        carry = [[name, data] for name, buf in self._queue_buffer.items() for data in buf]
+    def _unconsumed_queue_messages(self) -> list[list[str | None]]:
+        carry: list[list[str | None]] = [[name, data] for name, buf in self._queue_buffer.items() for data in buf]
         for event in self._inputs[self._input_pos :]:
             if event.kind == ev.QUEUE_EVENT_DELIVERED and event.event_id not in self._taken_early:
                 carry.append([event.data["name"], event.data.get("data")])
@@ -1016,8 +858,8 @@ class _TaskError(Exception):
 
 def _app_failure(exc: BaseException) -> dict[str, Any]:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
-    # Fix (unit tests): a retry timeout is a task failure like an activity's, so an uncaught one reads
-    # "timeout: activity timed out" (semantics.md 2.14), not "ActivityTimeout: timeout: activity timed out".
+    # A retry timeout is a task failure like an activity's: uncaught, it reads "timeout: activity timed out"
+    # (semantics.md 2.14), without the exception's class name.
     head = str(exc) if isinstance(exc, _TaskError | ActivityTimeout) else f"{type(exc).__name__}: {exc}"
     return error_details(ev.APPLICATION, f"{head}\n{text}", "OrchestrationFailed")
 

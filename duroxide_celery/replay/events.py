@@ -12,6 +12,10 @@ from typing import Any
 
 from .limits import MAX_JSON_DEPTH
 
+#: Version of the replay behaviour, recorded on each execution (OrchestrationStarted and the execution row) so a
+#: later engine knows which rules an old history was written under.
+REPLAY_VERSION = 1
+
 # Orchestration lifecycle
 ORCHESTRATION_STARTED = "OrchestrationStarted"
 ORCHESTRATION_COMPLETED = "OrchestrationCompleted"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from .tasks import ActivityTask, RaceTask, TimerTask, UtcNowTask
+from .yieldables import ActivityTask, RaceTask, TimerTask, UtcNowTask
 
 DEFAULT_BASE_MS, DEFAULT_MULTIPLIER, DEFAULT_MAX_MS, FIXED_DELAY_MS = 100, 2.0, 30_000, 1000
 

@@ -22,20 +22,19 @@ from typing import TYPE_CHECKING, Any
 from ..errors import OrchestrationFailed
 from ..providers.store import LeaseLost, PendingActivity, now_ms
 from ..replay import events as ev
-from ..replay.engine import (
-    REPLAY_VERSION,
+from ..replay.commands import (
     CancelActivity,
     CancelInstance,
     CancelTimer,
     NotifyParent,
-    ReplayEngine,
     ScheduleActivity,
     ScheduleTimer,
     StartOrchestration,
     TurnInput,
     TurnResult,
 )
-from ..replay.events import HistoryEvent, error_details
+from ..replay.engine import ReplayEngine
+from ..replay.events import REPLAY_VERSION, HistoryEvent, error_details
 from ..types import TERMINAL_STATUSES
 from .engine_cache import LruCache
 from .failures import clip, describe, lease_owner, raised_by_user_code, when, worker_log
@@ -315,7 +314,7 @@ class TurnExecutor:
             # another attempt would raise it again. Fail the orchestration with it now, once.
             self._end_as_failed(lease, history, bodies, msg_ids, conn, _base_exception_failure(exc))
             return None
-        result.engine = engine
+        result.replay_engine = engine
         if result.status == "Unregistered":
             self._backoff(lease, result, conn)
             return None
@@ -560,7 +559,7 @@ class TurnExecutor:
         rt = self.rt
         instance_id, exec_id = lease.instance_id, lease.execution_id
         key = (instance_id, exec_id)
-        engine = getattr(result, "engine", None)
+        engine = getattr(result, "replay_engine", None)
         if result.status == "Running" and engine is not None and engine.resumable:
             self.engines.put(key, engine)
         else:

@@ -2,7 +2,7 @@
 
 `Sim` plays the part of the store: it keeps one instance's history and inbox, runs `run_turn` with a fixed clock and
 a deterministic guid source, appends the new events to history and remembers the outgoing work. Helper methods
-build inbox messages in the shapes `engine._ingest` reads (completions carry the execution id and the event id of
+build inbox messages in the shapes `replay/ingest.py` reads (completions carry the execution id and the event id of
 their schedule event; results and event data are JSON text; failure details come from `events.error_details`).
 """
 
@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from duroxide_celery.replay import events as ev
-from duroxide_celery.replay.engine import ReplayEngine, TurnInput, TurnResult, run_turn
+from duroxide_celery.replay.commands import TurnInput, TurnResult
+from duroxide_celery.replay.engine import ReplayEngine, run_turn
 from duroxide_celery.replay.events import HistoryEvent, dumps, error_details
 
 NOW_MS = 1_700_000_000_000

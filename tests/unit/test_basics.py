@@ -7,7 +7,8 @@ import json
 import pytest
 
 from duroxide_celery.replay import events as ev
-from duroxide_celery.replay.engine import ScheduleActivity, TurnInput, run_turn
+from duroxide_celery.replay.commands import ScheduleActivity, TurnInput
+from duroxide_celery.replay.engine import run_turn
 from duroxide_celery.replay.events import HistoryEvent
 from tests.unit import sim as sim_module
 

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from duroxide_celery.replay import events as ev
-from duroxide_celery.replay.engine import TurnInput, TurnResult, run_turn
+from duroxide_celery.replay.commands import TurnInput, TurnResult
+from duroxide_celery.replay.engine import run_turn
 from duroxide_celery.replay.events import HistoryEvent
 
 from .golden_orchestrations import REGISTRY

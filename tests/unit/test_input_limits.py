@@ -9,7 +9,8 @@ import math
 import pytest
 
 from duroxide_celery.replay import events as ev
-from duroxide_celery.replay.engine import StartOrchestration, TurnInput, run_turn
+from duroxide_celery.replay.commands import StartOrchestration, TurnInput
+from duroxide_celery.replay.engine import run_turn
 from duroxide_celery.replay.events import MAX_JSON_DEPTH, dumps
 from duroxide_celery.replay.limits import MAX_DELAY_MS
 

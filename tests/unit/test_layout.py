@@ -40,8 +40,6 @@ KNOWN_IMPORT_CYCLES: tuple[frozenset[str], ...] = ()
 #: not break importing, but they are the two-way dependencies issue 12 sets out to remove; listed so that no
 #: new one appears meanwhile.
 KNOWN_DEFERRED_IMPORT_CYCLES: tuple[frozenset[str], ...] = (
-    # replay/context.py imports ReplayEngine under TYPE_CHECKING; engine.py imports the context at module level.
-    frozenset({f"{PACKAGE}.replay.context", f"{PACKAGE}.replay.engine"}),
     # tasks/{activity,install,turn,worker_start}.py and worker_options.py import Runtime under TYPE_CHECKING;
     # runtime.py imports tasks/ (install_worker_hooks and LeaseRenewer inside functions).
     frozenset(

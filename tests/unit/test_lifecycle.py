@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from duroxide_celery.replay import events as ev
-from duroxide_celery.replay.engine import (
+from duroxide_celery.replay.commands import (
     CancelActivity,
     CancelInstance,
     CancelTimer,

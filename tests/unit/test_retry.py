@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from duroxide_celery.replay import events as ev
-from duroxide_celery.replay.engine import CancelActivity, CancelTimer, ScheduleActivity, ScheduleTimer
+from duroxide_celery.replay.commands import CancelActivity, CancelTimer, ScheduleActivity, ScheduleTimer
 from duroxide_celery.replay.retry import backoff_delay_ms
 
 from .sim import Sim, assert_replay_stable, error_message, outgoing_of, output_of

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from duroxide_celery.replay import events as ev
-from duroxide_celery.replay.engine import ScheduleActivity, TurnInput, run_turn
+from duroxide_celery.replay.commands import ScheduleActivity, TurnInput
+from duroxide_celery.replay.engine import run_turn
 from tests.unit import sim as sim_module
 
 from .sim import NOW_MS, Sim, assert_replay_stable, error_message, outgoing_of, output_of

@@ -1,4 +1,5 @@
-"""Task descriptors: what orchestration code yields. They describe work; the replay engine performs it."""
+"""Yieldables: the values orchestration code yields (ActivityTask, TimerTask, ...). They describe work; the
+replay engine records it in history and performs it. Not Celery tasks (those live in `duroxide_celery.tasks`)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,7 @@ def check_tag(tag: object) -> str:
 class Task:
     """Base class of everything an orchestration may yield."""
 
-    #: Decode the result from JSON before handing it back (False for the `*_typed` str pass-through is not needed:
-    #: results are always JSON text here, so both variants decode).
+    #: Which yieldable this is (each subclass names itself); results always come back decoded from JSON text.
     kind: str = "task"
 
 
