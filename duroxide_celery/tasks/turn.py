@@ -35,6 +35,7 @@ from ..replay.commands import (
 )
 from ..replay.engine import ReplayEngine
 from ..replay.events import REPLAY_VERSION, HistoryEvent, error_details
+from ..replay.poison import poisoned_turn
 from ..types import TERMINAL_STATUSES
 from .engine_cache import LruCache
 from .failures import clip, describe, lease_owner, raised_by_user_code, when, worker_log
@@ -395,46 +396,8 @@ class TurnExecutor:
     ) -> None:
         """Fail the orchestration with `details`, decided without its code (poison, or its code raised a
         BaseException): consume the messages, add OrchestrationStarted if it never started, tell its parent."""
-        start = next((b for b in bodies if b["kind"] in (ev.MSG_START, ev.MSG_CONTINUE_AS_NEW)), None)
         name, version = self._identity(lease, history, bodies)
-        now = now_ms()
-        new_events: list[HistoryEvent] = []
-        parent = None
-        if not history:
-            start = start or {}
-            new_events.append(
-                HistoryEvent(
-                    1,
-                    ev.ORCHESTRATION_STARTED,
-                    {
-                        "name": name,
-                        "version": version,
-                        "input": start.get("input"),
-                        "parent_instance": start.get("parent_instance_id"),
-                        "parent_execution_id": start.get("parent_execution_id"),
-                        "parent_id": start.get("parent_event_id"),
-                    },
-                    None,
-                    now,
-                )
-            )
-            if start.get("parent_instance_id"):
-                parent = (start["parent_instance_id"], start.get("parent_execution_id"), start.get("parent_event_id"))
-        elif history[0].data.get("parent_instance"):
-            d = history[0].data
-            parent = (d["parent_instance"], d.get("parent_execution_id"), d.get("parent_id"))
-        new_events.append(
-            HistoryEvent(len(history) + len(new_events) + 1, ev.ORCHESTRATION_FAILED, {"details": details}, None, now)
-        )
-        result = TurnResult(
-            status="Failed",
-            new_events=new_events,
-            error=details,
-            orchestration_name=name,
-            orchestration_version=version,
-        )
-        if parent:
-            result.outgoing.append(NotifyParent(parent[0], parent[1], parent[2], ev.MSG_SUB_FAILED, details=details))
+        result = poisoned_turn(history, bodies, name, version, details, now_ms())
         if conn is not None:
             plan = self._write(conn, lease, result, msg_ids)
         else:
