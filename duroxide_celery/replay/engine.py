@@ -571,7 +571,8 @@ class ReplayEngine:
                 self._queue_buffer.setdefault(name, deque()).append(data)
             # A positional event with no open wait is recorded but never delivered (semantics.md 2.4).
             return
-        fut = self._futures.get(event.source_event_id)  # type: ignore[arg-type]
+        source = event.source_event_id
+        fut = self._futures.get(source) if source is not None else None
         if fut is None:
             raise Nondeterminism(
                 f"{_describe_event(event)} completes event {event.source_event_id}, which the orchestration "
