@@ -40,6 +40,8 @@ from .errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStil
 from .providers import PostgresProvider, Provider, SqliteProvider
 from .providers.check import StoreNotReady, check_store, describe
 from .providers.migrate import VERSION_TABLE, upgrade
+from .tasks.binding import runtime_of
+from .tasks.publish import live_publishers
 from .types import TERMINAL_STATUSES, InstanceFilter, PruneOptions
 
 _MANAGEMENT_ERRORS = (InstanceNotFound, InstanceStillRunning, CannotDeleteSubOrchestration, OperationTimedOut)
@@ -93,7 +95,7 @@ class Ctx:
             raise click.BadParameter(
                 f"{self.app_spec!r} is a {type(app).__name__}, not a Celery app", param_hint="--app"
             )
-        runtime = getattr(app, "duroxide_runtime", None)
+        runtime = runtime_of(app)
         if runtime is not None:
             # The app's Runtime says where its store and queues are; a second answer could only disagree.
             for name, flag in (("db", "--db"), ("schema", "--schema"), ("queue_prefix", "--queue-prefix")):
@@ -106,7 +108,7 @@ class Ctx:
 
     def runtime(self) -> Any:
         app = self.app()
-        return None if app is None else getattr(app, "duroxide_runtime", None)
+        return None if app is None else runtime_of(app)
 
     # -- the store ----------------------------------------------------------------------------------------------
     def provider(self, create: bool = False) -> Provider:
@@ -177,7 +179,7 @@ class Ctx:
             app = Celery("duroxide-cli", broker=self.broker, set_as_current=False)
             app.conf.update(task_serializer="json", accept_content=["json"])
         client = Client(provider, app=app, queue_prefix=self.prefix)
-        if app is None and provider.publisher is None:
+        if app is None and live_publishers.get(provider.token) is None:
             # Nothing here can wake a worker: say so in CLI terms (the Client's own warning names Python code).
             client._warned_no_broker = True
             self.no_wake_up = True

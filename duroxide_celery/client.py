@@ -29,7 +29,8 @@ from .replay.limits import (
     check_storable,
     check_timeout_ms,
 )
-from .tasks.publish import Publisher
+from .tasks.binding import runtime_of
+from .tasks.publish import Publisher, live_publishers
 from .tasks.queues import QueueNames
 from .types import (
     TERMINAL_STATUSES,
@@ -121,7 +122,7 @@ class Client:
         self._warned_no_broker = False
         if app is not None:
             # The app's own runtime knows its queue names; a prefix given here would only risk a mismatch.
-            runtime = getattr(app, "duroxide_runtime", None)
+            runtime = runtime_of(app)
             self._own_publisher = runtime.publisher if runtime is not None else Publisher(app, QueueNames(queue_prefix))
 
     @property
@@ -129,7 +130,7 @@ class Client:
         return self.provider.store
 
     def _publisher(self) -> Publisher | None:
-        return self._own_publisher or self.provider.publisher
+        return self._own_publisher or live_publishers.get(self.provider.token)
 
     def _poke(self, instance_id: str, name: str | None = None) -> None:
         publisher = self._publisher()

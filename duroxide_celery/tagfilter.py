@@ -8,7 +8,17 @@ from collections.abc import Iterable
 from .replay.limits import MAX_TAG_NAME_BYTES, MAX_WORKER_TAGS
 from .replay.yieldables import check_tag
 
-__all__ = ["MAX_TAG_NAME_BYTES", "MAX_WORKER_TAGS", "ParsedFilter", "TagFilter", "check_tag", "parse_filter"]
+__all__ = [
+    "MAX_TAG_NAME_BYTES",
+    "MAX_WORKER_TAGS",
+    "ParsedFilter",
+    "TagFilter",
+    "check_tag",
+    "parse_cli_tag_filter",
+    "parse_filter",
+]
+
+_DEFAULT_AND = "default_and:"
 
 
 def _tag_list(tags: Iterable[str]) -> list[str]:
@@ -73,3 +83,23 @@ def parse_filter(value: str | None) -> ParsedFilter:
     raise ValueError(
         f"invalid worker_tag_filter {value!r}: use TagFilter.DEFAULT_ONLY, ANY, NONE, tags([...]) or default_and([...])"
     )
+
+
+def parse_cli_tag_filter(value: str) -> str:
+    """`celery worker --duroxide-tag-filter FILTER` as a worker_tag_filter string; ValueError when it is not one.
+    FILTER is a worker_tag_filter string (`default_only`, `any`, `none`, the JSON of TagFilter.tags([...]) /
+    TagFilter.default_and([...])) or a shell-friendly shorthand: `gpu`, `gpu,cpu` (those tags only) and
+    `default_and:gpu,cpu` (untagged work and those tags)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("empty tag filter: use default_only, any, none, TAG[,TAG...] or default_and:TAG[,TAG...]")
+    text = value.strip()
+    if text in (TagFilter.DEFAULT_ONLY, TagFilter.ANY, TagFilter.NONE) or text.startswith("{"):
+        parse_filter(text)
+        return text
+    if text.startswith(_DEFAULT_AND):
+        return TagFilter.default_and(_split(text[len(_DEFAULT_AND) :]))
+    return TagFilter.tags(_split(text))
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",")]

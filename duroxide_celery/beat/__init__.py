@@ -38,8 +38,8 @@ from typing import Any
 
 from celery import beat
 
-from ..providers.store import now_ms
-from ..tasks.recovery import fire_what_is_due, sweep
+from ..tasks.binding import runtime_of
+from ..tasks.recovery import DueWork
 
 log = logging.getLogger("duroxide_celery.beat")
 
@@ -70,7 +70,7 @@ class DurableTimers:
             )
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any):
-        runtime = getattr(app, "duroxide_runtime", None)
+        runtime = runtime_of(app)
         if runtime is None:
             raise RuntimeError(
                 f"{type(self).__name__} needs a duroxide Runtime on this Celery app: create "
@@ -79,12 +79,16 @@ class DurableTimers:
         self._duroxide = runtime
         #: When (time.monotonic) the base scheduler asked to be ticked next.
         self._duroxide_base_due = 0.0
-        #: When the next recovery sweep is due; the first one (threshold 0) runs at the first tick.
-        self._duroxide_next_sweep = 0.0
-        self._duroxide_threshold_ms = 0
-        #: When the next store round may run (pushed back after a failure) and how many failed in a row.
-        self._duroxide_retry_at = 0.0
-        self._duroxide_failures = 0
+        self._duroxide_due_work = DueWork(
+            lambda: runtime.store,
+            runtime.publisher,
+            interval_s=runtime.options.recovery_interval_s,
+            threshold_ms=runtime.options.recovery_threshold,
+            max_sleep_s=self.max_timer_sleep,
+            retry_s=self.store_retry_s,
+            retry_max_s=self.store_retry_max_s,
+            logger=log,
+        )
         super().__init__(app, *args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
@@ -95,42 +99,8 @@ class DurableTimers:
             base_wait = super().tick(*args, **kwargs)  # type: ignore[misc]
             now = time.monotonic()
             self._duroxide_base_due = now + max(0.0, base_wait or 0.0)
-        wait = self._duroxide_round(now)
+        wait = self._duroxide_due_work.round(now)
         return max(0.0, min(wait, self._duroxide_base_due - time.monotonic()))
-
-    def _duroxide_round(self, now: float) -> float:
-        """Sweep if due, fire due timers; returns how long beat may sleep as far as the store is concerned."""
-        if now < self._duroxide_retry_at:
-            return self._duroxide_retry_at - now
-        runtime = self._duroxide
-        try:
-            if now >= self._duroxide_next_sweep:
-                sweep(runtime.store, runtime.publisher, self._duroxide_threshold_ms)
-                self._duroxide_threshold_ms = runtime.options.recovery_threshold
-                self._duroxide_next_sweep = now + runtime.options.recovery_interval_s
-            # One cheap read while idle; the firing transaction only when something is due.
-            due = fire_what_is_due(runtime.store, runtime.publisher)
-        except Exception as exc:  # noqa: BLE001 - a database or broker blip must not stop beat
-            self._duroxide_failures += 1
-            delay = min(self.store_retry_s * 2 ** (self._duroxide_failures - 1), self.store_retry_max_s)
-            self._duroxide_retry_at = now + delay
-            if self._duroxide_failures == 1:
-                log.exception("durable timers / recovery sweep failed; retrying in %.1f s", delay)
-            else:
-                log.warning(
-                    "durable timers / recovery sweep failed again (%d in a row): %s; retrying in %.1f s",
-                    self._duroxide_failures,
-                    exc,
-                    delay,
-                )
-            return delay
-        if self._duroxide_failures:
-            log.warning("durable timers / recovery sweep work again after %d failures", self._duroxide_failures)
-            self._duroxide_failures = 0
-        wait = self.max_timer_sleep
-        if due is not None:
-            wait = min(wait, max(0.0, (due - now_ms()) / 1000))
-        return wait
 
     @property
     def info(self) -> str:
@@ -154,7 +124,7 @@ def warn_without_durable_timers(sender: Any = None, **_: Any) -> None:
     it (the usual cause: `celery worker -B -S ...`, where -S is --statedb). Connect it once:
     `beat_init.connect(warn_without_durable_timers, weak=False, dispatch_uid="duroxide-beat-check")`."""
     app = getattr(sender, "app", None)
-    if getattr(app, "duroxide_runtime", None) is None:
+    if runtime_of(app) is None:
         return
     scheduler = getattr(sender, "scheduler", None)
     if scheduler is None or isinstance(scheduler, DurableTimers):

@@ -36,35 +36,12 @@ class Provider:
         self.url = url
         self.schema = schema
         self.in_memory = in_memory
-        #: Identifies this store within a process; the embedded runtime names its broker queues after it.
+        #: Identifies this store within a process: the embedded runtime names its broker queues after it, and the
+        #: publishers of runtimes on this store are found by it (tasks/publish.py live_publishers).
         self.token = uuid.uuid4().hex[:12] if in_memory else _stable_token(url, schema)
         self._store: Store | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
-
-    # Runtimes started in this process register their publisher under the store's token, so any Client on the
-    # same database (even through another provider object) can wake their workers.
-    _publishers: dict[str, list[Any]] = {}
-    _publishers_lock = threading.Lock()
-
-    @property
-    def publisher(self) -> Any:
-        """A live runtime's publisher for this store in this process, or None."""
-        with self._publishers_lock:
-            live = self._publishers.get(self.token)
-            return live[0] if live else None
-
-    def attach_publisher(self, publisher: Any) -> None:
-        with self._publishers_lock:
-            live = self._publishers.setdefault(self.token, [])
-            if publisher not in live:
-                live.append(publisher)
-
-    def detach_publisher(self, publisher: Any) -> None:
-        with self._publishers_lock:
-            live = self._publishers.get(self.token, [])
-            if publisher in live:
-                live.remove(publisher)
 
     @property
     def store(self) -> Store:

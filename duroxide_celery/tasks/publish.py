@@ -1,7 +1,8 @@
 """Publishing after commit: pokes (wake-up hints naming an instance) and activity tasks.
 
 Messages carry ids only; the store holds the state. Each message names its step for Flower (`shadow`) and shows
-ids, never payloads, in `argsrepr`.
+ids, never payloads, in `argsrepr`. The publishers of the runtimes running in this process are listed per store
+(`live_publisher`), so a Client on the same database wakes their workers without being handed an app.
 """
 
 from __future__ import annotations
@@ -224,3 +225,37 @@ class Publisher:
             starter()
         if self.before_publish is not None:
             self.before_publish()
+
+
+class LivePublishers:
+    """The publishers of this process's started runtimes, by store token (Provider.token): a Client given only a
+    provider wakes the workers of a Runtime on the same database in this process (the embedded runtime, or a web
+    process that imported its Celery app) instead of leaving its work to the recovery sweep."""
+
+    def __init__(self) -> None:
+        self._by_token: dict[str, list[Publisher]] = {}
+        self._lock = threading.Lock()
+
+    def attach(self, token: str, publisher: Publisher) -> None:
+        with self._lock:
+            live = self._by_token.setdefault(token, [])
+            if publisher not in live:
+                live.append(publisher)
+
+    def detach(self, token: str, publisher: Publisher) -> None:
+        with self._lock:
+            live = self._by_token.get(token, [])
+            if publisher in live:
+                live.remove(publisher)
+            if not live:
+                self._by_token.pop(token, None)
+
+    def get(self, token: str) -> Publisher | None:
+        """The first live publisher for the store `token`, or None."""
+        with self._lock:
+            live = self._by_token.get(token)
+            return live[0] if live else None
+
+
+#: This process's live publishers (one table: any provider object on the same database finds them).
+live_publishers = LivePublishers()

@@ -14,7 +14,7 @@ TIMER_TASK = "duroxide.fire_timers"
 
 
 class QueueNames:
-    """`<prefix>.orchestrator`, `<prefix>.activities`, `<prefix>.activities.<tag>`, `<prefix>.sessions.<node>`."""
+    """`<prefix>.orchestrator`, `<prefix>.activities`, `<prefix>.activities.<tag>`, `<prefix>.sessions.<worker_id>`."""
 
     def __init__(self, prefix: str = "duroxide"):
         self.prefix = prefix
@@ -24,8 +24,8 @@ class QueueNames:
     def activity_queue(self, tag: str | None) -> str:
         return f"{self.activities}.{tag}" if tag else self.activities
 
-    def session_queue(self, node_id: str) -> str:
-        return f"{self.prefix}.sessions.{node_id}"
+    def session_queue(self, worker_id: str) -> str:
+        return f"{self.prefix}.sessions.{worker_id}"
 
     def is_activity_queue(self, name: str) -> bool:
         """The untagged activity queue or a tag's queue."""

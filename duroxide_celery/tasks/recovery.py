@@ -1,9 +1,11 @@
-"""Timer firing and the recovery sweep: the store-driven halves of delivery, shared by beat and the embedded
-scheduler thread."""
+"""Timer firing and the recovery sweep: the store-driven halves of delivery. `DueWork` is the one scheduler round
+that beat (duroxide_celery.beat) and the embedded runtime's scheduler thread both run."""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Iterable
 
 from ..providers.store import Store, now_ms
 from .publish import Publisher
@@ -68,3 +70,82 @@ def sweep(store: Store, publisher: Publisher, older_than_ms: int) -> dict[str, i
     if instances or activities:
         log.info("recovery sweep republished %d instance pokes and %d activities", len(instances), len(activities))
     return {"instances": len(instances), "activities": len(activities)}
+
+
+def wake_backed_off(store: Store, publisher: Publisher, orchestration_names: Iterable[str]) -> None:
+    """A worker that brings handlers (a rolling deploy) retries the instances that backed off for lack of them now,
+    instead of after the rest of their backoff."""
+    names = list(orchestration_names)
+    if names:
+        woken = store.wake_backed_off(names)
+        if woken:
+            publisher.poke(woken, force=True)
+
+
+class DueWork:
+    """One scheduler's rounds over the store: the recovery sweep every `interval_s` (the first one, with threshold 0,
+    republishes everything a previous process left pending), then due timers and claim deadlines. A failed round
+    is retried after a delay that doubles from `retry_s` up to `retry_max_s`, logged with its traceback the first
+    time and in one line after that; it never stops the caller's loop."""
+
+    def __init__(
+        self,
+        store: Callable[[], Store],
+        publisher: Publisher,
+        *,
+        interval_s: float,
+        threshold_ms: int,
+        max_sleep_s: float,
+        retry_s: float,
+        retry_max_s: float,
+        logger: logging.Logger = log,
+    ):
+        self._store = store  # a callable: the store is built in the process (and thread) that runs the rounds
+        self._publisher = publisher
+        self._interval_s = interval_s
+        self._threshold_ms = threshold_ms
+        self._max_sleep_s = max_sleep_s
+        self._retry_s = retry_s
+        self._retry_max_s = retry_max_s
+        self._log = logger
+        self._sweep_threshold_ms = 0
+        self._next_sweep = 0.0
+        self._retry_at = 0.0
+        self._failures = 0
+
+    def round(self, now: float | None = None) -> float:
+        """Sweep if due, fire what is due; returns how long (seconds) the caller may sleep before the next round."""
+        now = time.monotonic() if now is None else now
+        if now < self._retry_at:
+            return self._retry_at - now
+        try:
+            store = self._store()
+            if now >= self._next_sweep:
+                sweep(store, self._publisher, self._sweep_threshold_ms)
+                self._sweep_threshold_ms = self._threshold_ms
+                self._next_sweep = now + self._interval_s
+            # One cheap read while idle; the firing transaction only when something is due.
+            due = fire_what_is_due(store, self._publisher)
+        except Exception as exc:  # noqa: BLE001 - a database or broker blip must not stop the scheduler
+            return self._failed(now, exc)
+        if self._failures:
+            self._log.warning("durable timers / recovery sweep work again after %d failures", self._failures)
+            self._failures = 0
+        if due is None:
+            return self._max_sleep_s
+        return min(self._max_sleep_s, max(0.0, (due - now_ms()) / 1000))
+
+    def _failed(self, now: float, exc: Exception) -> float:
+        self._failures += 1
+        delay = min(self._retry_s * 2 ** (self._failures - 1), self._retry_max_s)
+        self._retry_at = now + delay
+        if self._failures == 1:
+            self._log.exception("durable timers / recovery sweep failed; retrying in %.1f s", delay)
+        else:
+            self._log.warning(
+                "durable timers / recovery sweep failed again (%d in a row): %s; retrying in %.1f s",
+                self._failures,
+                exc,
+                delay,
+            )
+        return delay

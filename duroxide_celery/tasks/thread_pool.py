@@ -1,5 +1,5 @@
-"""Celery's thread pool, with each task run under its own app and one turn per instance at a time; and a consumer
-that keeps to its worker's queues.
+"""The embedded runtime's Celery thread pool, with each task run under its own app and one turn per instance at a
+time; and a consumer that keeps to its worker's queues.
 
 Celery finds the app of a task through a thread-local `current_app`; pool threads would fall back to the
 process default app, so two embedded runtimes (two apps) in one process would run each other's tasks wrongly.
@@ -152,7 +152,12 @@ class OwnQueues(bootsteps.StartStopStep):
 
 
 class OwnQueuesConsumer(Consumer):
-    """Celery's worker consumer plus the OwnQueues step."""
+    """Celery's worker consumer plus the OwnQueues step and the engine's consumer step (tasks/hooks.py: session
+    queue, new tags), which `celery worker` consumers of the user's app run too."""
 
     class Blueprint(Consumer.Blueprint):
-        default_steps = [*Consumer.Blueprint.default_steps, f"{__name__}:OwnQueues"]
+        default_steps = [
+            *Consumer.Blueprint.default_steps,
+            f"{__name__}:OwnQueues",
+            "duroxide_celery.tasks.hooks:EngineQueues",
+        ]

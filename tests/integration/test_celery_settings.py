@@ -11,6 +11,7 @@ import pytest
 from celery import Celery
 
 from duroxide_celery import Client, Runtime, SqliteProvider
+from duroxide_celery.tasks.binding import runtime_of
 from duroxide_celery.tasks.queues import NO_TIME_LIMIT_S
 
 pytestmark = pytest.mark.filterwarnings("ignore::celery.platforms.SecurityWarning")
@@ -54,7 +55,7 @@ def test_the_app_configuration_is_unchanged() -> None:
     runtime = Runtime(SqliteProvider.in_memory(), app=app)
     assert _settings(app) == _settings(reference)
     assert app.conf.beat_schedule == reference.conf.beat_schedule
-    assert ENGINE_TASKS <= set(app.tasks) and app.duroxide_runtime is runtime
+    assert ENGINE_TASKS <= set(app.tasks) and runtime_of(app) is runtime
     add = app.tasks["host.add"]
     assert (add.ignore_result, add.acks_late, add.time_limit, add.rate_limit) == (False, False, 3, "1/s")
     assert add.track_started is True
@@ -145,7 +146,7 @@ def test_two_apps_in_one_process_keep_their_own_runtimes() -> None:
     first, second = Celery("one"), Celery("two")
     rt1 = Runtime(SqliteProvider.in_memory(), app=first)
     rt2 = Runtime(SqliteProvider.in_memory(), app=second)
-    assert first.duroxide_runtime is rt1 and second.duroxide_runtime is rt2
+    assert runtime_of(first) is rt1 and runtime_of(second) is rt2
     assert first.tasks["duroxide.turn"] is not second.tasks["duroxide.turn"]
 
 

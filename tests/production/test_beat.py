@@ -35,6 +35,7 @@ import pytest
 from celery import Celery, beat
 
 from duroxide_celery import Client
+from duroxide_celery.tasks.binding import bind_runtime
 
 from .conftest import AMQP_URL, REDIS_URL, ROOT, Cluster, Proc, _delete_amqp_entities
 from .helpers import histories, outputs
@@ -279,7 +280,7 @@ def fake_app(store: FakeStore, interval_s: float = 3600.0) -> Celery:
     app.conf.beat_schedule = {"app-entry": {"task": "app.entry", "schedule": 3600.0}}
     publisher = SimpleNamespace(poke=lambda *a, **k: None, activities=lambda *a, **k: None)
     options = SimpleNamespace(recovery_interval_s=interval_s, recovery_threshold=10_000)
-    app.duroxide_runtime = SimpleNamespace(store=store, publisher=publisher, options=options, provider="FakeProvider")
+    bind_runtime(app, SimpleNamespace(store=store, publisher=publisher, options=options, provider="FakeProvider"))
     return app
 
 

@@ -40,16 +40,14 @@ KNOWN_IMPORT_CYCLES: tuple[frozenset[str], ...] = ()
 #: not break importing, but they are the two-way dependencies issue 12 sets out to remove; listed so that no
 #: new one appears meanwhile.
 KNOWN_DEFERRED_IMPORT_CYCLES: tuple[frozenset[str], ...] = (
-    # tasks/{activity,install,turn,worker_start}.py and worker_options.py import Runtime under TYPE_CHECKING;
-    # runtime.py imports tasks/ (install_worker_hooks and LeaseRenewer inside functions).
+    # tasks/{activity,install,turn}.py import Runtime under TYPE_CHECKING (the executors read its attributes);
+    # runtime.py imports tasks/install.py (and LeaseRenewer inside a function).
     frozenset(
         {
             f"{PACKAGE}.runtime",
             f"{PACKAGE}.tasks.activity",
             f"{PACKAGE}.tasks.install",
             f"{PACKAGE}.tasks.turn",
-            f"{PACKAGE}.tasks.worker_start",
-            f"{PACKAGE}.worker_options",
         }
     ),
 )

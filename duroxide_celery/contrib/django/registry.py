@@ -14,6 +14,7 @@ from celery import Celery
 
 from ...options import RuntimeOptions
 from ...runtime import Runtime
+from ...tasks.binding import runtime_of
 from . import conf
 from .provider import BEFORE_TEST_DATABASE_DROPS, provider_for_alias
 
@@ -100,7 +101,7 @@ def get_runtime() -> Runtime:
         from celery import current_app
 
         app = current_app._get_current_object()
-    existing = getattr(app, "duroxide_runtime", None)
+    existing = runtime_of(app)
     if existing is not None and _runtime is None:
         return existing
     return install(app)

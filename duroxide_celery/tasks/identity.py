@@ -1,0 +1,54 @@
+"""WorkerIdentity: who this worker is (its `worker_id`) and which activity tags it serves, in one holder.
+
+The Runtime creates it before its tasks are installed and hands the same object to everything that needs it (the
+executors, the worker hooks, the embedded runtime). A `celery worker` given `--duroxide-node-id` or
+`--duroxide-tag-filter` updates it once, through `Runtime.configure_worker`, before the worker consumes (and, under
+prefork, before the pool forks, so its processes inherit it). Lease owners are per execution and derived from
+`worker_id`; the session queue `<prefix>.sessions.<worker_id>` is named after it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from dataclasses import dataclass
+
+from ..replay.limits import MAX_NODE_ID_CHARS
+from ..tagfilter import ParsedFilter, parse_filter
+
+__all__ = ["WorkerIdentity", "check_worker_id"]
+
+_WORKER_ID = re.compile(r"[A-Za-z0-9_.@-]+")
+
+
+def check_worker_id(value: object) -> str:
+    """A worker id names its session queue and owns its leases: 1-200 letters, digits and `-_.@`."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("a worker node id must be a non-empty string")
+    if len(value) > MAX_NODE_ID_CHARS:
+        raise ValueError(f"a worker node id is at most {MAX_NODE_ID_CHARS} characters, got {len(value)}")
+    if not _WORKER_ID.fullmatch(value):  # fullmatch: `$` alone would let a trailing newline through
+        raise ValueError(f"worker node id {value!r} may contain only letters, digits and - _ . @")
+    return value
+
+
+@dataclass
+class WorkerIdentity:
+    """This worker's id, whether it was chosen (a stable id keeps its sessions across restarts) or generated, and
+    its tag filter. Read it at each step: it is set once more by the worker hooks before the worker consumes."""
+
+    worker_id: str
+    #: Chosen by the operator (RuntimeOptions.worker_node_id, --duroxide-node-id), so a restart comes back as the
+    #: same worker; a generated id is never seen again once the process ends.
+    stable: bool
+    tag_filter: ParsedFilter
+
+    @classmethod
+    def create(cls, worker_id: str | None, tag_filter: str | None) -> WorkerIdentity:
+        """From RuntimeOptions' worker_node_id and worker_tag_filter; a bad value raises ValueError here."""
+        if worker_id is not None:
+            return cls(check_worker_id(worker_id), True, parse_filter(tag_filter))
+        generated = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        return cls(generated, False, parse_filter(tag_filter))
