@@ -92,3 +92,32 @@ def test_runtime_options_alone_apply_and_no_filter_changes_nothing(tmp_path: Pat
     runtime, queues = _worker(tmp_path, queues=["duroxide.orchestrator"], duroxide_node_id="only-id")
     assert queues == ["duroxide.orchestrator"]  # no filter anywhere: -Q alone decides, as before
     assert runtime.worker_id == "only-id"
+
+
+def test_the_command_line_changes_the_identity_object_the_runtime_handed_out(tmp_path: Path) -> None:
+    app = Celery("wo-identity", broker="memory://", set_as_current=False)
+    runtime = Runtime(SqliteProvider.open(str(tmp_path / "store.db")), app=app)
+    identity = runtime.identity  # what the executors were given when the tasks were installed
+    assert identity.stable is False and identity.tag_filter.untagged and identity.tag_filter.tags == frozenset()
+    app.WorkController(
+        queues=["duroxide.orchestrator"],
+        pool_cls="solo",
+        without_mingle=True,
+        without_gossip=True,
+        without_heartbeat=True,
+        duroxide_node_id="gpu-7",
+        duroxide_tag_filter="gpu",
+    )
+    assert runtime.identity is identity
+    assert (identity.worker_id, identity.stable, identity.tag_filter.tags) == ("gpu-7", True, frozenset({"gpu"}))
+    assert runtime.options.worker_node_id == "gpu-7" and runtime.options.worker_tag_filter == TagFilter.tags(["gpu"])
+
+
+def test_a_bad_worker_override_changes_nothing(tmp_path: Path) -> None:
+    runtime = Runtime(SqliteProvider.open(str(tmp_path / "store.db")), app=Celery("wo-bad", set_as_current=False))
+    before = (runtime.options, runtime.identity.worker_id, runtime.identity.tag_filter)
+    with pytest.raises(ValueError, match="may contain only"):
+        runtime.configure_worker(worker_id="ok-id", tag_filter="bad tag")
+    with pytest.raises(ValueError, match="may contain only"):
+        runtime.configure_worker(worker_id="bad id", tag_filter="gpu")
+    assert (runtime.options, runtime.identity.worker_id, runtime.identity.tag_filter) == before
