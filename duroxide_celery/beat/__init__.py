@@ -121,8 +121,8 @@ class TimerScheduler(DurableTimers, beat.PersistentScheduler):
 def warn_without_durable_timers(sender: Any = None, **_: Any) -> None:
     """A `celery.signals.beat_init` handler: a beat (standalone or `worker -B`) of an app that has a duroxide Runtime,
     whose scheduler lacks DurableTimers, fires no durable timer and runs no recovery sweep. Say so, and how to fix
-    it (the usual cause: `celery worker -B -S ...`, where -S is --statedb). Connect it once:
-    `beat_init.connect(warn_without_durable_timers, weak=False, dispatch_uid="duroxide-beat-check")`."""
+    it (the usual cause: `celery worker -B -S ...`, where -S is --statedb). tasks/hooks.py connects it for every
+    app with a Runtime."""
     app = getattr(sender, "app", None)
     if runtime_of(app) is None:
         return
@@ -139,10 +139,3 @@ def warn_without_durable_timers(sender: Any = None, **_: Any) -> None:
         cls.__qualname__,
         cls.__name__,
     )
-
-
-def connect_beat_check() -> None:
-    """Connect warn_without_durable_timers to beat_init (idempotent: one handler per process)."""
-    from celery.signals import beat_init
-
-    beat_init.connect(warn_without_durable_timers, weak=False, dispatch_uid="duroxide-beat-check")
