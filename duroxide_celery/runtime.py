@@ -20,7 +20,7 @@ from .options import RuntimeOptions
 from .providers import Provider
 from .providers.store import Store
 from .registry import Registry
-from .tagfilter import ParsedFilter, parse_cli_tag_filter, parse_filter
+from .tagfilter import parse_cli_tag_filter, parse_filter
 from .tasks.binding import bind_runtime
 from .tasks.consume import activity_queues, served_tags
 from .tasks.embedded import EmbeddedWorker, embedded_app
@@ -115,10 +115,6 @@ class Runtime(Registry):
     def worker_id(self) -> str:
         """This worker's id (RuntimeOptions.worker_node_id, --duroxide-node-id, or generated per process)."""
         return self.identity.worker_id
-
-    @property
-    def tag_filter(self) -> ParsedFilter:
-        return self.identity.tag_filter
 
     def orchestration_names(self) -> list[str]:
         """The names of the orchestrations registered here."""
