@@ -208,19 +208,19 @@ class Runtime(Registry):
         from .replay import events as ev
         from .replay.events import error_details
 
-        store, worker_id = self.store, self.identity.worker_id
+        store = self.store
         policy = SessionPolicy(self.options.session_lock_ms, self.options.max_sessions)
         for bad in failed:
             item = bad.item
             key = (item.instance_id, item.execution_id, item.event_id)
             try:
-                claimed = store.claim_work_item(key, worker_id, self.options.worker_lock_ms, policy)
+                claimed = store.claim_work_item(key, self.worker_id, self.options.worker_lock_ms, policy)
                 if not isinstance(claimed, ClaimedWorkItem):
                     continue  # already done, cancelled, or held by someone (a session owner)
                 message = f"activity '{item.name}' cannot be delivered to a worker: {bad.reason}"
                 details = error_details(ev.APPLICATION, message, "Undeliverable")  # catchable
                 payload = {"details": details}
-                if store.complete_work_item(key, worker_id, ev.MSG_ACTIVITY_FAILED, payload, claimed.session_id):
+                if store.complete_work_item(key, self.worker_id, ev.MSG_ACTIVITY_FAILED, payload, claimed.session_id):
                     self.publisher.poke([(item.instance_id, claimed.orchestration_name)])
             except Exception:  # noqa: BLE001 - the sweep offers it again; other rows are unaffected
                 log.exception(
