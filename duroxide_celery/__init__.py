@@ -23,8 +23,11 @@ from .runtime import Runtime
 from .tagfilter import MAX_TAG_NAME_BYTES, MAX_WORKER_TAGS, TagFilter
 from .tracing import init_tracing, parse_result
 from .types import (
+    ActivityWait,
+    ChildWait,
     DeleteInstanceResult,
     Event,
+    EventWait,
     ExecutionInfo,
     InstanceFilter,
     InstanceInfo,
@@ -35,6 +38,8 @@ from .types import (
     QueueDepths,
     SystemMetrics,
     SystemStats,
+    TimerWait,
+    Waits,
 )
 
 __all__ = [
@@ -44,10 +49,13 @@ __all__ = [
     "MAX_WORKER_TAGS",
     "ActivityContext",
     "ActivityFailed",
+    "ActivityWait",
     "CannotDeleteSubOrchestration",
+    "ChildWait",
     "Client",
     "DeleteInstanceResult",
     "Event",
+    "EventWait",
     "ExecutionInfo",
     "InstanceFilter",
     "InstanceInfo",
@@ -70,6 +78,8 @@ __all__ = [
     "SystemMetrics",
     "SystemStats",
     "TagFilter",
+    "TimerWait",
+    "Waits",
     "errors",
     "init_tracing",
     "parse_result",

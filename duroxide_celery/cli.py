@@ -42,7 +42,7 @@ from .providers.check import StoreNotReady, check_store, describe
 from .providers.migrate import VERSION_TABLE, upgrade
 from .tasks.binding import runtime_of
 from .tasks.publish import live_publishers
-from .types import TERMINAL_STATUSES, InstanceFilter, PruneOptions
+from .types import TERMINAL_STATUSES, InstanceFilter, PruneOptions, Waits
 
 _MANAGEMENT_ERRORS = (InstanceNotFound, InstanceStillRunning, CannotDeleteSubOrchestration, OperationTimedOut)
 
@@ -301,7 +301,7 @@ def _when(ms: int | None) -> str:
 
 
 def _require_instance(client: Client, instance_id: str) -> Any:
-    info = client.get_instance_info(instance_id)
+    info = client.get_instance_info(instance_id, include_waits=False)
     if info is None:
         raise click.ClickException(f"no instance {instance_id!r}")
     return info
@@ -411,7 +411,7 @@ def start(obj: Ctx, name: str, instance_id: str | None, input_json: str | None, 
     value = _json_arg(input_json, "--input")
     client = obj.client()
     instance_id = instance_id or str(uuid.uuid4())
-    existing = client.get_instance_info(instance_id)
+    existing = client.get_instance_info(instance_id, include_waits=False)
     if existing is not None:
         raise click.ClickException(f"instance {instance_id} already exists (status {existing.status})")
     before = int(time.time() * 1000)
@@ -420,14 +420,40 @@ def start(obj: Ctx, name: str, instance_id: str | None, input_json: str | None, 
     else:
         client.start_orchestration(instance_id, name, value)
     # Client.start_orchestration ignores a duplicate: another start may have won the race since the check above.
-    info = client.get_instance_info(instance_id)
+    info = client.get_instance_info(instance_id, include_waits=False)
     if info is not None and (info.created_at < before or info.orchestration_name != name):
         raise click.ClickException(f"instance {instance_id} already exists (status {info.status})")
     click.echo(instance_id)
     obj.note_no_wake_up()
 
 
-def _status_document(info: Any, result: Any) -> dict[str, Any]:
+def _waits_lines(waits: Waits) -> list[str]:
+    """One line per thing a running instance waits on (the `status` command's "waiting on" rows)."""
+    lines = []
+    if waits.waiting_reason:
+        retry = f" (next attempt {_when(waits.retry_at)})" if waits.retry_at else ""
+        lines.append(f"backed off: {waits.waiting_reason}{retry}")
+    for a in waits.activities:
+        where = "".join(
+            f" {label} {value}"
+            for label, value in (("tag", a.tag), ("session", a.session_id), ("session owner", a.session_owner))
+            if value
+        )
+        held = f" by {a.claimed_by} until {_when(a.claimed_until)}" if a.claimed_by else ""
+        lines.append(
+            f"activity {a.name} #{a.event_id}{where}: {a.state}{held}, attempt {a.attempt}, "
+            f"since {_when(a.scheduled_at)}"
+        )
+    lines += [f"timer #{t.event_id}: fires at {_when(t.fire_at)}" for t in waits.timers]
+    lines += [f"event {e.name!r} #{e.event_id}: since {_when(e.since)}" for e in waits.events]
+    lines += [f"queue {q.name!r} #{q.event_id}: since {_when(q.since)}" for q in waits.queues]
+    lines += [f"child {c.instance_id} ({c.name}): {c.status}, since {_when(c.since)}" for c in waits.children]
+    if waits.inbox_pending:
+        lines.append(f"{waits.inbox_pending} delivered message(s) waiting for the next turn")
+    return lines
+
+
+def _status_document(info: Any, result: Any, waits: Waits | None = None) -> dict[str, Any]:
     return {
         "instance_id": info.instance_id,
         "orchestration_name": info.orchestration_name,
@@ -442,6 +468,7 @@ def _status_document(info: Any, result: Any) -> dict[str, Any]:
         "output": result.output,
         "error": result.error,
         "waiting_reason": getattr(result, "waiting_reason", None),
+        "waits": None if waits is None else dataclasses.asdict(waits),
     }
 
 
@@ -455,8 +482,9 @@ def status(obj: Ctx, instance_id: str, as_json: bool) -> None:
     client = obj.client()
     info = _require_instance(client, instance_id)
     result = client.get_status(instance_id)
+    waits = client.get_waits(instance_id)
     if as_json or obj.json:
-        _emit_json(_status_document(info, result))
+        _emit_json(_status_document(info, result, waits))
         return
     rows: list[tuple[str, Any]] = [
         ("instance", info.instance_id),
@@ -474,6 +502,8 @@ def status(obj: Ctx, instance_id: str, as_json: bool) -> None:
     waiting = getattr(result, "waiting_reason", None)
     if waiting is not None:
         rows.append(("waiting reason", waiting))
+    lines = _waits_lines(waits)
+    rows += [("waiting on" if i == 0 else "", line) for i, line in enumerate(lines)]
     _rows(rows)
 
 
@@ -576,7 +606,7 @@ def list_instances(obj: Ctx, status_filter: str | None, as_json: bool) -> None:
 
 def _tree_rows(client: Client, root: str, all_ids: list[str]) -> list[dict[str, Any]]:
     """The tree's instances, depth first from the root, each with its parent and depth."""
-    infos = {i: client.get_instance_info(i) for i in all_ids}
+    infos = {i: client.get_instance_info(i, include_waits=False) for i in all_ids}
     children: dict[str | None, list[str]] = {}
     for i in all_ids:
         info = infos[i]

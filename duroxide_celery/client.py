@@ -17,6 +17,7 @@ from celery import Celery
 from .errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, OperationTimedOut
 from .providers import Provider
 from .providers.store import Store
+from .providers.waits import read_waits
 from .replay import events as ev
 from .replay.events import dumps, loads
 from .replay.limits import (
@@ -46,6 +47,7 @@ from .types import (
     QueueDepths,
     SystemMetrics,
     SystemStats,
+    Waits,
 )
 
 log = logging.getLogger(__name__)
@@ -301,11 +303,14 @@ class Client:
         return json.loads(self.wait_for_kv_value(instance_id, key, timeout_ms))
 
     # -- inspection ---------------------------------------------------------------------------------------------
-    def get_instance_info(self, instance_id: str) -> InstanceInfo | None:
+    def get_instance_info(self, instance_id: str, include_waits: bool = True) -> InstanceInfo | None:
+        """The instance's row, with what it waits on (`waits`, see get_waits) unless `include_waits` is False
+        (that read costs a look at its history and pending rows); None for an unknown id."""
         _management_id(instance_id)
         row = self._store.get_instance(instance_id)
         if row is None:
             return None
+        waits = read_waits(self._store, instance_id) if include_waits else None
         return InstanceInfo(
             instance_id=row["instance_id"],
             orchestration_name=row["orchestration_name"],
@@ -317,7 +322,18 @@ class Client:
             updated_at=row["updated_at"],
             parent_instance_id=row["parent_instance_id"],
             waiting_reason=_waiting_reason(row),
+            waits=waits,
         )
+
+    def get_waits(self, instance_id: str) -> Waits:
+        """What the instance waits on: pending activities (who holds them, since when), timers, awaited events
+        and queues, running children, and a backoff for a handler no worker has registered. A finished instance
+        waits on nothing. Raises InstanceNotFound for an unknown id."""
+        _management_id(instance_id)
+        waits = read_waits(self._store, instance_id)
+        if waits is None:
+            raise InstanceNotFound(f"Instance {instance_id} not found")
+        return waits
 
     def list_executions(self, instance_id: str) -> list[int]:
         _management_id(instance_id)

@@ -52,6 +52,95 @@ class Event:
 
 
 @dataclass(frozen=True)
+class ActivityWait:
+    """An activity the instance has scheduled and not yet received the outcome of (a `dx_work_items` row, or a
+    completion already delivered to the inbox that no turn has read yet: `state` "delivered").
+
+    state: "queued" (no worker holds it), "running" (claimed: `claimed_by` is the lease owner, `claimed_until`
+    its expiry), "backing off" (given back until `visible_at`: no worker has its handler, or it is retried),
+    "delivered" (finished; its result waits for the next turn)."""
+
+    event_id: int
+    name: str
+    tag: str | None
+    session_id: str | None
+    attempt: int
+    state: str
+    claimed_by: str | None
+    claimed_until: int | None
+    scheduled_at: int
+    visible_at: int = 0
+    #: The worker node that owns the activity's session (its session queue), if it has one.
+    session_owner: str | None = None
+
+
+@dataclass(frozen=True)
+class TimerWait:
+    """A durable timer not yet fired into history; `created_at` is when the orchestration scheduled it."""
+
+    event_id: int
+    fire_at: int
+    created_at: int
+
+
+@dataclass(frozen=True)
+class EventWait:
+    """An open `wait_for_event` (positional event) or `dequeue_event` (queue): the subscription's event id, the
+    event or queue name, and since when (the subscription's history timestamp, epoch ms)."""
+
+    event_id: int
+    name: str
+    since: int
+
+
+@dataclass(frozen=True)
+class ChildWait:
+    """A sub-orchestration whose outcome the instance has not received: its id, name and current status
+    ("NotFound" while its start is still in flight)."""
+
+    event_id: int
+    instance_id: str
+    name: str
+    status: str
+    since: int
+
+
+@dataclass(frozen=True)
+class Waits:
+    """What a running instance is waiting on, from the store's pending work and its current execution's history.
+    A finished instance waits on nothing (every list empty).
+
+    waiting_reason: why it makes no progress at all (a handler no worker has registered: the turn backs off
+    until `retry_at`). inbox_pending: messages delivered to it that no turn has processed yet.
+    Events and queues are derived from history in its order: subscriptions with no matching arrival after them."""
+
+    instance_id: str
+    status: str
+    execution_id: int
+    activities: tuple[ActivityWait, ...] = ()
+    timers: tuple[TimerWait, ...] = ()
+    events: tuple[EventWait, ...] = ()
+    queues: tuple[EventWait, ...] = ()
+    children: tuple[ChildWait, ...] = ()
+    waiting_reason: str | None = None
+    retry_at: int | None = None
+    inbox_pending: int = 0
+
+    @property
+    def is_waiting(self) -> bool:
+        """Whether there is anything at all to show."""
+        return bool(
+            self.activities
+            or self.timers
+            or self.events
+            or self.queues
+            or self.children
+            or self.waiting_reason
+            or self.inbox_pending
+        )
+
+
+@dataclass(frozen=True)
 class InstanceInfo:
     instance_id: str
     orchestration_name: str
@@ -64,6 +153,8 @@ class InstanceInfo:
     parent_instance_id: str | None
     #: Why a Running instance makes no progress (a handler no worker has registered), else None.
     waiting_reason: str | None = None
+    #: What it waits on (get_instance_info(..., include_waits=False) leaves it None).
+    waits: Waits | None = None
 
 
 @dataclass(frozen=True)
