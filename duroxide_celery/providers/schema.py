@@ -81,8 +81,12 @@ instances = Table(
     Column("next_attempt_at", BigInteger, nullable=False, default=0),
     # Why a running instance waits (a handler no worker has registered), for get_status; None otherwise.
     Column("waiting_reason", NulSafeText),
-    Index("ix_dx_instances_status", "status"),
     Index("ix_dx_instances_parent", "parent_instance_id"),
+    # Listing page by page (dashboard): newest first, optionally by status or name, and by id prefix.
+    Index("ix_dx_instances_created", "created_at", "instance_id"),
+    Index("ix_dx_instances_status_created", "status", "created_at", "instance_id"),
+    Index("ix_dx_instances_name_created", "orchestration_name", "created_at", "instance_id"),
+    Index("ix_dx_instances_id_prefix", "instance_id", postgresql_ops={"instance_id": "text_pattern_ops"}),
 )
 
 executions = Table(
