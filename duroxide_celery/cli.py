@@ -18,6 +18,7 @@ unusable store...), 2 a usage error. `--json` prints machine-readable output.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import re
 import sqlite3
@@ -754,6 +755,61 @@ def prune(
                 totals[key] += getattr(one, key)
         result = type(one)(**totals)
     _counts(result, as_json or obj.json, "pruned")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve beyond this machine
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port to listen on.")
+@click.option(
+    "--token",
+    envvar="DUROXIDE_DASHBOARD_TOKEN",
+    metavar="SECRET",
+    help="Require this token (Authorization: Bearer, or the login form); or DUROXIDE_DASHBOARD_TOKEN. Required to "
+    "bind beyond loopback.",
+)
+@click.option(
+    "--show-payloads",
+    is_flag=True,
+    help="Show inputs, outputs, event data, KV values and errors (hidden by default: they may hold personal data).",
+)
+@click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True, help="Server threads.")
+@click.pass_obj
+@_store_errors
+def dashboard(obj: Ctx, host: str, port: int, token: str | None, show_payloads: bool, threads: int) -> None:
+    """Serve the web dashboard: instances, what they wait on, timelines, histories, and actions.
+
+    It binds 127.0.0.1 unless --host says otherwise, and refuses an address beyond loopback without --token
+    (anyone who reaches it could read workflows and cancel or delete them). Actions wake workers through
+    --app or --broker when given."""
+    if not _is_loopback(host) and not token:
+        raise click.UsageError(
+            f"--host {host} is reachable beyond this machine: set --token (or DUROXIDE_DASHBOARD_TOKEN) so the "
+            "dashboard requires it"
+        )
+    try:
+        from waitress import serve
+
+        from .dashboard import create_app
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the dashboard needs Flask and waitress: pip install 'duroxide-celery[dashboard]' ({exc})"
+        ) from None
+    try:
+        app = create_app(obj.client(), show_payloads=show_payloads, token=token or None)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--token") from None
+    where = f"[{host}]" if ":" in host else host
+    click.echo(f"dashboard on http://{where}:{port}/ (payloads {'shown' if show_payloads else 'hidden'})", err=True)
+    serve(app, host=host, port=port, threads=threads, ident="duroxide-dashboard", _quiet=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
