@@ -15,6 +15,7 @@ A missing service skips its tests loudly, or fails them when the CI variable is 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -378,3 +379,38 @@ def any_cluster(request: pytest.FixtureRequest, postgres: None, tmp_path: Path) 
         cluster = Cluster("rabbitmq", AMQP_URL, tmp_path)
     yield cluster
     cluster.close()
+
+
+# -- a real browser ------------------------------------------------------------------------------------------------
+CHROMIUM = os.environ.get("DUROXIDE_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("DUROXIDE_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Chromium driven by Selenium through Debian's chromium-driver (the Django admin's and the
+    dashboard's page tests). A missing Chromium, chromedriver or selenium skips loudly, or fails when CI is set."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as exc:
+        _service_missing("selenium (pip install selenium)", exc)
+    if missing:
+        _service_missing(f"{' and '.join(missing)} (apt-get install -y chromium chromium-driver)", FileNotFoundError())
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()

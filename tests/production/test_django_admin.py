@@ -11,8 +11,6 @@ Chromium, chromedriver or selenium skips loudly, or fails when CI is set.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,14 +22,12 @@ from typing import Any
 
 import pytest
 
-from .conftest import REDIS_URL, Proc, _service_missing
+from .conftest import REDIS_URL, Proc
 from .django_support import free_port, fresh_database, manage, project_env
 
 pytest.importorskip("django", reason="Django is not installed (pip install -e '.[dev]')")
 
 PROJECT = Path(__file__).resolve().parents[1] / "djangoproj"
-CHROMIUM = os.environ.get("DUROXIDE_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("DUROXIDE_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
 PASSWORD = "admin-test-password"
 WAIT_S = 30
 
@@ -48,34 +44,6 @@ def _manage(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess
 def project_db(postgres: None) -> Iterator[str]:
     with fresh_database("djadmin") as name:
         yield name
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError as exc:
-        _service_missing("selenium (pip install selenium)", exc)
-    if missing:
-        _service_missing(f"{' and '.join(missing)} (apt-get install -y chromium chromium-driver)", FileNotFoundError())
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.implicitly_wait(0)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _eventually(check: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
