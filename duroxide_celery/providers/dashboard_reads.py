@@ -15,11 +15,14 @@ from .schema import instances, kv
 if TYPE_CHECKING:
     from .store import Store
 
+#: The version an instance runs, or the one its start pinned while no turn has run yet.
+_VERSION = func.coalesce(instances.c.orchestration_version, instances.c.requested_version)
+
 #: The columns a list row shows (no payloads: output and error stay in the store).
 _LIST_COLUMNS = (
     instances.c.instance_id,
     instances.c.orchestration_name,
-    instances.c.orchestration_version,
+    _VERSION.label("orchestration_version"),
     instances.c.status,
     instances.c.created_at,
     instances.c.updated_at,
@@ -73,7 +76,7 @@ def list_instances(
     if query.name is not None:
         stmt = stmt.where(instances.c.orchestration_name == query.name)
     if query.version is not None:
-        stmt = stmt.where(instances.c.orchestration_version == query.version)
+        stmt = stmt.where(_VERSION == query.version)
     if query.created_from is not None:
         stmt = stmt.where(instances.c.created_at >= query.created_from)
     if query.created_to is not None:
