@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import and_, func, or_, select, tuple_
 
 from .schema import instances, kv
 
@@ -76,7 +76,13 @@ def list_instances(
     if query.name is not None:
         stmt = stmt.where(instances.c.orchestration_name == query.name)
     if query.version is not None:
-        stmt = stmt.where(_VERSION == query.version)
+        # Spelled without COALESCE so that the planner estimates it and walks the name index in order.
+        stmt = stmt.where(
+            or_(
+                instances.c.orchestration_version == query.version,
+                and_(instances.c.orchestration_version.is_(None), instances.c.requested_version == query.version),
+            )
+        )
     if query.created_from is not None:
         stmt = stmt.where(instances.c.created_at >= query.created_from)
     if query.created_to is not None:
