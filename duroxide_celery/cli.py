@@ -809,7 +809,7 @@ def dashboard(obj: Ctx, host: str, port: int, token: str | None, show_payloads: 
         raise click.BadParameter(str(exc), param_hint="--token") from None
     where = f"[{host}]" if ":" in host else host
     click.echo(f"dashboard on http://{where}:{port}/ (payloads {'shown' if show_payloads else 'hidden'})", err=True)
-    serve(app, host=host, port=port, threads=threads, ident="duroxide-dashboard", _quiet=True)
+    serve(app, host=host, port=port, threads=threads, ident="duroxide-dashboard")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -172,7 +172,7 @@ def create_blueprint(
                 "instance_id": context["info"].instance_id,
                 "status": context["info"].status,
                 "terminal": context["info"].status in TERMINAL_STATUSES,
-                "event_count": len(context["history"]),
+                "event_count": context["history_total"],
                 "updated_at": context["info"].updated_at,
                 "html": fragments,
             }
@@ -189,8 +189,9 @@ def create_blueprint(
             given = request.form.get("token", "")
             if hmac.compare_digest(given.encode(), token.encode()):
                 response = redirect(target)
+                # Lax: a link from a ticket or a chat opens the page signed in; every POST still needs the CSRF token.
                 response.set_cookie(
-                    TOKEN_COOKIE, session_value or "", httponly=True, samesite="Strict", path=_cookie_path(),
+                    TOKEN_COOKIE, session_value or "", httponly=True, samesite="Lax", path=_cookie_path(),
                     secure=_secure(),
                 )  # fmt: skip
                 return response
@@ -238,7 +239,7 @@ def create_blueprint(
         instance_id = request.args.get("id")
         if not instance_id:
             raise BadRequest("give the instance id: ?id=...")
-        info = _instance_or_404(instance_id)
+        info = _instance_or_404(instance_id, include_waits=True)
         execution = _int_arg("execution", 1, 2**31 - 1)
         executions = client.list_executions(instance_id)
         if execution is None:
@@ -259,7 +260,8 @@ def create_blueprint(
             "waits": info.waits,
             "execution": execution,
             "executions": executions,
-            "history": present.history_rows(events, show_payloads),
+            "history": present.history_rows(events[: present.MAX_HISTORY_ROWS], show_payloads),
+            "history_total": len(events),
             "timeline": present.timeline(events, now, running and execution == info.current_execution_id),
             "kv": [
                 {**row, "shown": present.show_value(row["value"], show_payloads)}
@@ -274,9 +276,9 @@ def create_blueprint(
             "running": running,
         }
 
-    def _instance_or_404(instance_id: str) -> Any:
+    def _instance_or_404(instance_id: str, include_waits: bool = False) -> Any:
         try:
-            info = client.get_instance_info(instance_id)
+            info = client.get_instance_info(instance_id, include_waits=include_waits)
         except (TypeError, ValueError) as exc:
             raise BadRequest(str(exc)) from None
         if info is None:

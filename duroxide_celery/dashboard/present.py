@@ -18,6 +18,9 @@ from ..replay.events import HistoryEvent
 PAYLOAD_FIELDS = frozenset(
     {"input", "result", "output", "data", "details", "value", "status", "reason", "carry_forward_events"}
 )
+#: History rows an instance page shows (the timeline draws up to MAX_BARS of them); the rest is summarized.
+MAX_HISTORY_ROWS = 2000
+
 #: Fields stored as JSON text inside the event (decoded once for display, never shown as an escaped string).
 _JSON_TEXT_FIELDS = frozenset({"input", "result", "output", "data"})
 

@@ -211,3 +211,20 @@ def test_cli_refuses_to_bind_beyond_loopback_without_a_token(provider: Any) -> N
     result = CliRunner().invoke(main, ["--db", "sqlite:///unused.db", "dashboard", "--host", "0.0.0.0"])
     assert result.exit_code == 2
     assert "--host 0.0.0.0 is reachable beyond this machine: set --token" in result.output
+
+
+def test_wsgi_app_mounted_under_a_prefix_of_another_app(client: Client) -> None:
+    """How README mounts it under Django (or any WSGI app): werkzeug's DispatcherMiddleware sets SCRIPT_NAME."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+    from werkzeug.test import Client as WsgiClient
+
+    def other_app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"the host app"]
+
+    client.start_orchestration("wsgi-1", "Anything", None)
+    mounted = DispatcherMiddleware(other_app, {"/workflows": create_app(client)})
+    browser = WsgiClient(mounted)
+    assert browser.get("/").get_data() == b"the host app"
+    page = browser.get("/workflows/instance", query_string={"id": "wsgi-1"}).get_data(as_text=True)
+    assert 'class="brand" href="/workflows/"' in page and "/workflows/instance/raise-event" in page
