@@ -50,35 +50,52 @@ _CLOSING = {kind for kinds in _OUTCOMES.values() for kind in kinds}
 
 
 def open_work(events: list[HistoryEvent]) -> OpenWork:
-    """Walk one execution's history in order. Positional events pair with the oldest open wait of their name
-    (an event with none is recorded but never delivered, semantics.md 2.4); queue messages pair with the oldest
-    open dequeue, or are buffered for the next one (2.5); cancelled subscriptions (race losers) close.
+    """Walk one execution's history. Positional events pair with the oldest open wait of their name (an event
+    with none is recorded but never delivered, semantics.md 2.4); queue messages pair with the oldest open
+    dequeue, or are buffered for the next one (2.5); cancelled subscriptions (race losers) close.
 
-    Arrivals are paired in history order. The engine feeds a turn's arrivals to the code lazily, so an event
-    that arrived in the same turn as the completion the code was blocked on, and just before a wait the code
-    then made, was delivered to it while this walk shows that wait as open (the next turn's history shows the
-    code moved on)."""
+    A turn records its arrivals first, then what the code did, but the engine feeds arrivals to the code one at
+    a time, whenever the code blocks. So an event can also pair with a wait the code made later in the same turn:
+    assumed when an earlier arrival of that turn (a completion, a delivered event) can have unblocked the code
+    before the event was fed to it. Complex joins can still fool this; the next turn's history settles it."""
     found = OpenWork()
     closed: set[int] = set()
     waits: dict[str, deque[HistoryEvent]] = {}
     dequeues: dict[str, deque[HistoryEvent]] = {}
     buffered: dict[str, int] = {}
     taken_early: set[int] = set()
-    by_id: dict[int, HistoryEvent] = {}
+    paired_ahead: set[int] = set()  # waits of this turn already given an earlier arrival of the same turn
+    turn_of = _turns(events)
+    later_waits: dict[int, dict[str, deque[HistoryEvent]]] = {}
     for event in events:
-        by_id[event.event_id] = event
-        kind, data = event.kind, event.data
+        if event.kind == ev.EXTERNAL_SUBSCRIBED:
+            later_waits.setdefault(turn_of[event.event_id], {}).setdefault(event.data.get("name", ""), deque()).append(
+                event
+            )
+    unblocked: dict[int, bool] = {}
+    for event in events:
+        kind, data, turn = event.kind, event.data, turn_of[event.event_id]
         if kind == ev.ORCHESTRATION_STARTED:
+            unblocked[turn] = True  # the code runs from its start in the first turn
             for name, _data in data.get("carry_forward_events") or []:
                 buffered[name] = buffered.get(name, 0) + 1
         elif kind in _CLOSING and event.source_event_id is not None:
             closed.add(event.source_event_id)
+            unblocked[turn] = True
         elif kind == ev.EXTERNAL_SUBSCRIBED:
-            waits.setdefault(data.get("name", ""), deque()).append(event)
+            if event.event_id not in paired_ahead:
+                waits.setdefault(data.get("name", ""), deque()).append(event)
         elif kind == ev.EXTERNAL_EVENT:
-            queue = waits.get(data.get("name", ""))
+            name = data.get("name", "")
+            queue = waits.get(name)
+            ahead = later_waits.get(turn, {}).get(name)
             if queue:
                 found.matched[queue.popleft().event_id] = event
+                unblocked[turn] = True
+            elif ahead and unblocked.get(turn):
+                sub = ahead.popleft()
+                paired_ahead.add(sub.event_id)
+                found.matched[sub.event_id] = event
         elif kind == ev.QUEUE_SUBSCRIBED:
             name = data.get("name", "")
             if data.get("try"):
@@ -93,6 +110,7 @@ def open_work(events: list[HistoryEvent]) -> OpenWork:
             else:
                 dequeues.setdefault(name, deque()).append(event)
         elif kind == ev.QUEUE_EVENT_DELIVERED:
+            unblocked[turn] = True
             if event.event_id in taken_early:
                 continue
             name = data.get("name", "")
@@ -103,12 +121,14 @@ def open_work(events: list[HistoryEvent]) -> OpenWork:
                 buffered[name] = buffered.get(name, 0) + 1
         elif kind in (ev.EXTERNAL_SUBSCRIBED_CANCELLED, ev.QUEUE_SUBSCRIPTION_CANCELLED):
             source = event.source_event_id
+            found.matched[source] = None  # type: ignore[index]
             for lanes in (waits, dequeues):
                 for queue in lanes.values():
                     for sub in list(queue):
                         if sub.event_id == source:
                             queue.remove(sub)
-                            found.matched[sub.event_id] = None
+        elif kind == ev.ORCHESTRATION_CANCEL_REQUESTED:
+            unblocked[turn] = True
     for event in events:
         if event.event_id in closed:
             continue
@@ -121,6 +141,37 @@ def open_work(events: list[HistoryEvent]) -> OpenWork:
     found.events = sorted((e for q in waits.values() for e in q), key=lambda e: e.event_id)
     found.queues = sorted((e for q in dequeues.values() for e in q), key=lambda e: e.event_id)
     return found
+
+
+def _turns(events: list[HistoryEvent]) -> dict[int, int]:
+    """Event id -> turn number. A turn records the arrivals it ingested, then the code's new actions; so a turn
+    begins at an arrival that follows anything but an arrival of the same turn time. (A deterministic helper's
+    completion, recorded among the actions, is no arrival.)"""
+    syscalls = {
+        e.event_id
+        for e in events
+        if e.kind == ev.ACTIVITY_SCHEDULED and e.data.get("name", "").startswith(ev.SYSCALL_PREFIX)
+    }
+
+    def arrival(e: HistoryEvent) -> bool:
+        return e.kind in ev.INPUT_KINDS and e.source_event_id not in syscalls
+
+    turn_of: dict[int, int] = {}
+    turn = 0
+    previous: HistoryEvent | None = None
+    for event in events:
+        if (
+            previous is not None
+            and arrival(event)
+            and not (
+                (arrival(previous) or previous.kind == ev.ORCHESTRATION_STARTED)
+                and previous.timestamp_ms == event.timestamp_ms
+            )
+        ):
+            turn += 1
+        turn_of[event.event_id] = turn
+        previous = event
+    return turn_of
 
 
 def read_history(conn: Any, instance_id: str, execution_id: int) -> list[HistoryEvent]:

@@ -15,8 +15,6 @@ from click.testing import CliRunner
 
 from duroxide_celery import InstanceNotFound, Waits
 from duroxide_celery.cli import main
-from duroxide_celery.providers.waits import open_work
-from duroxide_celery.replay.events import HistoryEvent
 
 from .helpers import WAIT_MS, wait_for_kind, wait_until
 
@@ -124,34 +122,6 @@ def test_unknown_instance_and_bad_ids(client, provider):
         client.get_waits("nobody")
     with pytest.raises(TypeError, match="instance id must be a str"):
         client.get_waits(42)  # type: ignore[arg-type]
-
-
-def _e(event_id: int, kind: str, source: int | None = None, **data: object) -> HistoryEvent:
-    return HistoryEvent(event_id, kind, dict(data), source, event_id * 10)
-
-
-def test_history_pairing_of_events_and_queues():
-    """Pure: positional events pair with the oldest open wait (an early one is dropped), queue messages wait in
-    a buffer for the next dequeue, try-dequeues and race losers open nothing."""
-    events = [
-        _e(1, "OrchestrationStarted", carry_forward_events=[["q", '"old"']]),
-        _e(2, "ExternalEvent", name="a", data="1"),  # before any wait: never delivered
-        _e(3, "ExternalSubscribed", name="a"),
-        _e(4, "ExternalSubscribed", name="a"),
-        _e(5, "ExternalEvent", name="a", data="2"),  # pairs with 3
-        _e(6, "QueueSubscribed", name="q"),  # takes the carried-forward message
-        _e(7, "QueueSubscribed", name="q"),
-        _e(8, "QueueSubscribed", name="q", **{"try": True, "taken": None}),
-        _e(9, "ExternalSubscribed", name="b"),
-        _e(10, "ExternalSubscribedCancelled", 9, reason="dropped_future"),
-        _e(11, "QueueEventDelivered", name="r", data="3"),  # buffered: no dequeue for r
-        _e(12, "QueueSubscribed", name="r"),  # takes it
-    ]
-    found = open_work(events)
-    assert [e.event_id for e in found.events] == [4]
-    assert [e.event_id for e in found.queues] == [7]
-    assert found.matched[3].event_id == 5 and found.matched[9] is None and found.matched[6].event_id == 6
-    assert 12 in found.matched
 
 
 def _pg_url() -> str:
