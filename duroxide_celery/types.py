@@ -112,7 +112,8 @@ class Waits:
 
     waiting_reason: why it makes no progress at all (a handler no worker has registered: the turn backs off
     until `retry_at`). inbox_pending: messages delivered to it that no turn has processed yet.
-    Events and queues are derived from history in its order: subscriptions with no matching arrival after them."""
+    Events and queues are derived from the current execution's history: subscriptions no arrival was paired with
+    (providers/waits.open_work)."""
 
     instance_id: str
     status: str
