@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, abort, jsonify, redirect, render_template, request, url_for
+from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
 from ..client import Client
@@ -123,6 +124,10 @@ def create_blueprint(
     def _http(exc: HTTPException) -> Response:
         return _error(exc.code or 500, exc.description or exc.name, json_body=_is_api())
 
+    @bp.errorhandler(InstanceNotFound)
+    def _gone(exc: InstanceNotFound) -> Response:
+        return _error(404, str(exc), json_body=_is_api())  # deleted while the page was being read
+
     @bp.context_processor
     def _context() -> dict[str, Any]:
         return {
@@ -141,7 +146,7 @@ def create_blueprint(
         if now - counts_cache["at"] > COUNTS_TTL_S:
             counts_cache.update(at=now, counts=reads.status_counts(store))
         counts = counts_cache["counts"]
-        args = {k: v for k, v in request.args.items() if k not in ("after", "before") and v}
+        args = {k: v for k, v in request.args.items() if k not in ("after", "before", "notice") and v}
         return render_template(
             "duroxide_dashboard/list.html",
             page=page,
@@ -312,7 +317,12 @@ def create_app(
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
-        return _error(exc.code or 500, exc.description or exc.name, json_body=_is_api())
+        # Outside the blueprint (an unknown path): no page template, whose links are relative to the blueprint.
+        code = exc.code or 500
+        if _is_api():
+            return _error(code, exc.description or exc.name, json_body=True)
+        text = escape(exc.description or exc.name)
+        return Response(f"<!doctype html><title>{code}</title><p>{text}</p><p><a href='/'>Instances</a></p>", code)
 
     return app
 

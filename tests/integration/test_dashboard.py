@@ -228,3 +228,10 @@ def test_wsgi_app_mounted_under_a_prefix_of_another_app(client: Client) -> None:
     assert browser.get("/").get_data() == b"the host app"
     page = browser.get("/workflows/instance", query_string={"id": "wsgi-1"}).get_data(as_text=True)
     assert 'class="brand" href="/workflows/"' in page and "/workflows/instance/raise-event" in page
+
+
+def test_unknown_paths_and_methods(client: Client) -> None:
+    tc = create_app(client).test_client()
+    missing = tc.get("/no/such/page")
+    assert missing.status_code == 404 and b"Instances" in missing.data
+    assert tc.get("/instance/raise-event").status_code == 405  # actions are POST only

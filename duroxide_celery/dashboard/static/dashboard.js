@@ -29,10 +29,17 @@
   function poll() {
     fetch(url, { headers: { "Accept": "application/json" }, credentials: "same-origin" })
       .then(function (response) {
+        if (response.status === 404) {  // deleted meanwhile: nothing more to follow
+          var status = document.getElementById("status");
+          if (status) status.textContent = "Deleted";
+          live.setAttribute("data-running", "false");
+          return null;
+        }
         if (!response.ok) throw new Error("HTTP " + response.status);
         return response.json();
       })
       .then(function (doc) {
+        if (doc === null) return;
         parts.forEach(function (part) {
           if (part === "history" && String(doc.event_count) === lastEvents) return;
           swap(part, doc.html[part]);
