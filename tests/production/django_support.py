@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from .conftest import _pg_engine
+from .conftest import ROOT, _pg_engine
 
 
 def free_port() -> int:
@@ -45,9 +45,10 @@ def fresh_database(prefix: str) -> Iterator[str]:
 
 
 def project_env(project: Path, settings_prefix: str, **extra: str) -> dict[str, str]:
-    """This process's environment without the project's own settings variables, the project on PYTHONPATH."""
+    """This process's environment without the project's own settings variables, the project on PYTHONPATH, then
+    this checkout (so the project runs the duroxide_celery under test, not another installed copy)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith((settings_prefix, "DJANGO_SETTINGS_MODULE"))}
-    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(project), **extra)
+    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join([str(project), str(ROOT)]), **extra)
     return env
 
 
