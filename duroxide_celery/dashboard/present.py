@@ -124,8 +124,9 @@ _ENDS = {
 
 def timeline(events: list[HistoryEvent], now_ms: int, running: bool) -> dict[str, Any]:
     """Bars over time for the execution: the orchestration itself, then each activity, timer, sub-orchestration,
-    event wait and dequeue from its scheduling event to its outcome (pending ones run to now, a pending timer to
-    its fire time). States: ok, failed, cancelled, pending. Positions are in SVG units of TIMELINE_WIDTH."""
+    event wait and dequeue from its scheduling event to its outcome (pending ones, timers too, run to now; a
+    timer's label says when it fires). States: ok, failed, cancelled, pending. Positions are in SVG units of
+    TIMELINE_WIDTH."""
     if not events:
         return {"bars": [], "height": 0, "width": TIMELINE_WIDTH, "label_width": LABEL_WIDTH, "ticks": [], "more": 0}
     outcome: dict[int, HistoryEvent] = {}
@@ -172,7 +173,9 @@ def timeline(events: list[HistoryEvent], now_ms: int, running: bool) -> dict[str
             done = outcome[event.event_id]
             state, stop = _ENDS[done.kind], done.timestamp_ms
         elif kind == "timer" and not terminal:
-            state, stop = "pending", max(int(event.data.get("fire_at_ms") or end), end)
+            # Drawn up to now like any pending bar (a timer hours away would squash the rest); the title says when.
+            state, stop = "pending", end
+            label += f" (fires {fmt_ms(int(event.data.get('fire_at_ms') or 0))[11:19]} UTC)"
         else:
             state, stop = ("pending", end) if not terminal else ("cancelled", end)
         bars.append(_bar(kind, label, event.timestamp_ms, stop, state, event.event_id))
