@@ -767,7 +767,13 @@ def _is_loopback(host: str) -> bool:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option(
+    "--host",
+    envvar="DUROXIDE_DASHBOARD_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (or DUROXIDE_DASHBOARD_HOST).",
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port to listen on.")
 @click.option(
     "--token",

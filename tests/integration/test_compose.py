@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED_SERVICES = {"redis", "postgres", "orchestrator", "activities", "beat", "flower", "web"}
+EXPECTED_SERVICES = {"redis", "postgres", "orchestrator", "activities", "beat", "flower", "web", "dashboard"}
 
 
 def test_compose_parses_and_has_every_service():
