@@ -232,6 +232,11 @@ def test_wsgi_app_mounted_under_a_prefix_of_another_app(client: Client) -> None:
 
 def test_unknown_paths_and_methods(client: Client) -> None:
     tc = create_app(client).test_client()
+    odd = "a/b&c d?e#f<g>"
+    client.start_orchestration(odd, "Anything", None)
+    page = tc.get("/", query_string={"q": "a/b&"}).get_data(as_text=True)
+    link = html.unescape(re.search(r'href="(/instance\?id=[^"]*)"', page).group(1))
+    assert tc.get(link).status_code == 200 and "a/b&amp;c d?e#f&lt;g&gt;" in tc.get(link).get_data(as_text=True)
     missing = tc.get("/no/such/page")
     assert missing.status_code == 404 and b"Instances" in missing.data
     assert tc.get("/instance/raise-event").status_code == 405  # actions are POST only
