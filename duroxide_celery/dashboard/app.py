@@ -45,7 +45,7 @@ COUNTS_TTL_S = 2.0
 AuthCallable = Callable[[Any], bool]
 
 
-class BadRequest(ValueError):
+class BadInput(ValueError):
     """Bad input from the browser: answered 400 with this message."""
 
 
@@ -121,8 +121,8 @@ def create_blueprint(
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    @bp.errorhandler(BadRequest)
-    def _bad(exc: BadRequest) -> Response:
+    @bp.errorhandler(BadInput)
+    def _bad(exc: BadInput) -> Response:
         return _error(400, str(exc), json_body=_is_api())
 
     @bp.errorhandler(HTTPException)
@@ -234,7 +234,7 @@ def create_blueprint(
     def delete() -> Any:
         info = _instance_or_404(_form_id())
         if request.form.get("confirm") != "delete":
-            raise BadRequest("deleting needs confirm=delete (the form's confirmation)")
+            raise BadInput("deleting needs confirm=delete (the form's confirmation)")
         try:
             result = client.delete_instance(info.instance_id, force=request.form.get("force") == "on")
         except (InstanceStillRunning, CannotDeleteSubOrchestration) as exc:
@@ -248,7 +248,7 @@ def create_blueprint(
     def _instance_context() -> dict[str, Any]:
         instance_id = request.args.get("id")
         if not instance_id:
-            raise BadRequest("give the instance id: ?id=...")
+            raise BadInput("give the instance id: ?id=...")
         info = _instance_or_404(instance_id, include_waits=True)
         execution = _int_arg("execution", 1, 2**31 - 1)
         executions = client.list_executions(instance_id)
@@ -290,7 +290,7 @@ def create_blueprint(
         try:
             info = client.get_instance_info(instance_id, include_waits=include_waits)
         except (TypeError, ValueError) as exc:
-            raise BadRequest(str(exc)) from None
+            raise BadInput(str(exc)) from None
         if info is None:
             abort(404, f"no instance {instance_id!r}")
         return info
@@ -385,14 +385,14 @@ def _safe_next(target: str | None) -> str:
 def _form_id() -> str:
     instance_id = request.form.get("id")
     if not instance_id:
-        raise BadRequest("the form has no instance id")
+        raise BadInput("the form has no instance id")
     return instance_id
 
 
 def _required(field: str, what: str) -> str:
     value = request.form.get(field, "").strip()
     if not value:
-        raise BadRequest(f"{what} must not be empty")
+        raise BadInput(f"{what} must not be empty")
     return value
 
 
@@ -403,7 +403,7 @@ def _json_field(field: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise BadRequest(f"{field} is not valid JSON: {exc}") from None
+        raise BadInput(f"{field} is not valid JSON: {exc}") from None
 
 
 def _int_arg(name: str, low: int, high: int) -> int | None:
@@ -413,9 +413,9 @@ def _int_arg(name: str, low: int, high: int) -> int | None:
     try:
         value = int(text)
     except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {text!r}") from None
+        raise BadInput(f"{name} must be an integer, got {text!r}") from None
     if not low <= value <= high:
-        raise BadRequest(f"{name} must be between {low} and {high}, got {value}")
+        raise BadInput(f"{name} must be between {low} and {high}, got {value}")
     return value
 
 
@@ -430,7 +430,7 @@ def _time_arg(name: str) -> int | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise BadRequest(f"{name} must be an ISO-8601 time or epoch milliseconds, got {text!r}") from None
+        raise BadInput(f"{name} must be an ISO-8601 time or epoch milliseconds, got {text!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
@@ -452,17 +452,17 @@ def _cursor_arg(name: str) -> reads.Cursor | None:
         if isinstance(created, bool) or not isinstance(created, int) or not isinstance(instance_id, str):
             raise TypeError
     except (ValueError, TypeError):
-        raise BadRequest(f"{name} is not a page cursor of this dashboard") from None
+        raise BadInput(f"{name} is not a page cursor of this dashboard") from None
     return created, instance_id
 
 
 def _list_args() -> tuple[reads.InstanceQuery, int, reads.Cursor | None, reads.Cursor | None]:
     status = request.args.get("status") or None
     if status is not None and status not in LIST_STATUSES:
-        raise BadRequest(f"status must be one of {', '.join(LIST_STATUSES)}, got {status!r}")
+        raise BadInput(f"status must be one of {', '.join(LIST_STATUSES)}, got {status!r}")
     created_from, created_to = _time_arg("from"), _time_arg("to")
     if created_from is not None and created_to is not None and created_from >= created_to:
-        raise BadRequest("the time range is empty: 'from' must be before 'to'")
+        raise BadInput("the time range is empty: 'from' must be before 'to'")
     query = reads.InstanceQuery(
         status=status,
         name=request.args.get("name", "").strip() or None,
@@ -474,7 +474,7 @@ def _list_args() -> tuple[reads.InstanceQuery, int, reads.Cursor | None, reads.C
     limit = _int_arg("limit", 1, MAX_PAGE) or DEFAULT_PAGE
     after, before = _cursor_arg("after"), _cursor_arg("before")
     if after is not None and before is not None:
-        raise BadRequest("give after or before, not both")
+        raise BadInput("give after or before, not both")
     return query, limit, after, before
 
 
