@@ -2,7 +2,8 @@
 
 Security rules it keeps:
 - payloads (inputs, outputs, event data, KV values, results, errors, custom status) are hidden unless the
-  operator passed show_payloads=True;
+  operator passed show_payloads=True (or a callable that says so for this request);
+- actions are refused (403) when `can_act(request, action)` says no;
 - with `auth` (a callable) or `token`, every page but the login form and the static files needs it;
 - every POST carries a CSRF token that matches its cookie (double submit: the blueprint keeps no server session,
   so it works mounted in any app without touching that app's secret key or session), and an Origin header,
@@ -43,6 +44,10 @@ CSRF_COOKIE = "duroxide_dashboard_csrf"
 COUNTS_TTL_S = 2.0
 
 AuthCallable = Callable[[Any], bool]
+#: `can_act(request, action) -> bool`, action one of ACTIONS.
+ActCallable = Callable[[Any, str], bool]
+#: The actions (their endpoint names), as `can_act` is asked about them.
+ACTIONS = ("raise_event", "enqueue_event", "cancel", "delete")
 
 
 class BadInput(ValueError):
@@ -52,21 +57,29 @@ class BadInput(ValueError):
 def create_blueprint(
     client: Client,
     *,
-    show_payloads: bool = False,
+    show_payloads: bool | AuthCallable = False,
     auth: AuthCallable | None = None,
     token: str | None = None,
     name: str = "duroxide_dashboard",
+    can_act: ActCallable | None = None,
 ) -> Blueprint:
     """The dashboard as a blueprint, for `app.register_blueprint(bp, url_prefix="/workflows")` in a Flask app.
 
-    show_payloads: show inputs, outputs, event data, KV values and errors (hidden by default).
+    show_payloads: show inputs, outputs, event data, KV values and errors (hidden by default); or
+      `show_payloads(request) -> bool`, decided per request (e.g. by the user's permissions).
     auth: `auth(request) -> bool`, checked on every request (your login, your roles).
     token: a shared secret: `Authorization: Bearer <token>`, or the login form, which sets a cookie.
-    With both, either one admits a request; with neither, the dashboard is open to whoever reaches it."""
+    With both, either one admits a request; with neither, the dashboard is open to whoever reaches it.
+    can_act: `can_act(request, action) -> bool` for each of ACTIONS: a refused action is a 403 and its form is
+      not shown (default: whoever is admitted may act)."""
     if not isinstance(client, Client):
         raise TypeError(f"the dashboard needs a duroxide_celery.Client, got {type(client).__name__}")
     if auth is not None and not callable(auth):
         raise TypeError(f"auth must be a callable taking the request and returning a bool, got {auth!r}")
+    if not isinstance(show_payloads, bool) and not callable(show_payloads):
+        raise TypeError(f"show_payloads must be a bool or a callable taking the request, got {show_payloads!r}")
+    if can_act is not None and not callable(can_act):
+        raise TypeError(f"can_act must be a callable taking the request and an action, got {can_act!r}")
     if token is not None and (not isinstance(token, str) or len(token) < 8):
         raise ValueError("token must be a str of at least 8 characters")
     bp = Blueprint(name, __name__, template_folder="templates", static_folder="static", static_url_path="/static")
@@ -75,6 +88,12 @@ def create_blueprint(
         hmac.new(token.encode(), b"duroxide-dashboard-session", hashlib.sha256).hexdigest() if token else None
     )
     counts_cache: dict[str, Any] = {"at": 0.0, "counts": {}}
+
+    def payloads_shown() -> bool:
+        return bool(show_payloads(request)) if callable(show_payloads) else show_payloads
+
+    def may(action: str) -> bool:
+        return can_act is None or bool(can_act(request, action))
 
     def authenticated() -> bool:
         if auth is None and token is None:
@@ -102,6 +121,8 @@ def create_blueprint(
             return _error(401, "authentication required", json_body=not wants_html)
         if request.method == "POST":
             _check_csrf()
+            if endpoint in ACTIONS and not may(endpoint):
+                return _error(403, f"you may not {endpoint.replace('_', ' ')} here")
         return None
 
     @bp.after_request
@@ -138,7 +159,8 @@ def create_blueprint(
         return {
             "csrf_token": _csrf_token(),
             "fmt_ms": present.fmt_ms,
-            "show_payloads": show_payloads,
+            "show_payloads": payloads_shown(),
+            "may": may,
             "auth_on": auth is not None or token is not None,
         }
 
@@ -246,6 +268,7 @@ def create_blueprint(
 
     # -- helpers ------------------------------------------------------------------------------------------------
     def _instance_context() -> dict[str, Any]:
+        show = payloads_shown()
         instance_id = request.args.get("id")
         if not instance_id:
             raise BadInput("give the instance id: ?id=...")
@@ -270,19 +293,16 @@ def create_blueprint(
             "waits": info.waits,
             "execution": execution,
             "executions": executions,
-            "history": present.history_rows(events[: present.MAX_HISTORY_ROWS], show_payloads),
+            "history": present.history_rows(events[: present.MAX_HISTORY_ROWS], show),
             "history_total": len(events),
             "timeline": present.timeline(events, now, running and execution == info.current_execution_id),
             "kv": [
-                {**row, "shown": present.show_value(row["value"], show_payloads)}
-                for row in reads.kv_entries(store, instance_id)
+                {**row, "shown": present.show_value(row["value"], show)} for row in reads.kv_entries(store, instance_id)
             ],
             "tree": _tree(instance_id, tree_ids, tree_rows),
-            "custom_status": present.show_value(status.custom_status, show_payloads),
-            "output": present.show_json_text(raw_output.get("output"), show_payloads)
-            if info.status == "Completed"
-            else None,
-            "error": present.show_value(status.error, show_payloads),
+            "custom_status": present.show_value(status.custom_status, show),
+            "output": present.show_json_text(raw_output.get("output"), show) if info.status == "Completed" else None,
+            "error": present.show_value(status.error, show),
             "running": running,
         }
 
@@ -310,15 +330,18 @@ def create_blueprint(
 def create_app(
     client: Client,
     *,
-    show_payloads: bool = False,
+    show_payloads: bool | AuthCallable = False,
     auth: AuthCallable | None = None,
     token: str | None = None,
+    can_act: ActCallable | None = None,
 ) -> Flask:
     """A WSGI app serving only the dashboard (at /), for `duroxide-celery dashboard`, any WSGI server, or
     mounting under a prefix in another framework (werkzeug's DispatcherMiddleware)."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024  # event data posted through a form
-    app.register_blueprint(create_blueprint(client, show_payloads=show_payloads, auth=auth, token=token))
+    app.register_blueprint(
+        create_blueprint(client, show_payloads=show_payloads, auth=auth, token=token, can_act=can_act)
+    )
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

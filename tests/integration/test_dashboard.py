@@ -240,3 +240,44 @@ def test_unknown_paths_and_methods(client: Client) -> None:
     missing = tc.get("/no/such/page")
     assert missing.status_code == 404 and b"Instances" in missing.data
     assert tc.get("/instance/raise-event").status_code == 405  # actions are POST only
+
+
+def test_payloads_and_actions_decided_per_request(runtime_factory, client: Client) -> None:
+    """show_payloads and can_act as callables (how the Django admin mounts it: the user's permissions)."""
+    runtime_factory({"Echo": lambda ctx, x: x})
+    client.start_orchestration("per-1", "Echo", {"secret": "s-123"})
+    assert client.wait_for_orchestration("per-1", WAIT_MS).status == "Completed"
+    asked: list[str] = []
+
+    def can_act(request: Any, action: str) -> bool:
+        asked.append(action)
+        return request.headers.get("X-Role") == "admin" and action != "delete"
+
+    app = create_app(client, show_payloads=lambda request: request.headers.get("X-Role") == "admin", can_act=can_act)
+    tc = app.test_client()
+    csrf = _csrf(tc)
+    admin = {"X-Role": "admin"}
+
+    viewer = tc.get("/instance?id=per-1").get_data(as_text=True)
+    assert "s-123" not in viewer and "payloads hidden" in viewer
+    assert 'id="no-actions"' in viewer and "raise-event-form" not in viewer and "delete-form" not in viewer
+    assert "s-123" not in str(tc.get("/api/instance?id=per-1").json["html"])
+    shown = tc.get("/instance?id=per-1", headers=admin).get_data(as_text=True)
+    assert "s-123" in shown and "payloads shown" in shown
+    assert "raise-event-form" in shown and "cancel-form" in shown and "delete-form" not in shown
+    assert "no-actions" not in shown
+    assert "s-123" in str(tc.get("/api/instance?id=per-1", headers=admin).json["html"])
+
+    refused = tc.post("/instance/cancel", data={"id": "per-1", "csrf_token": csrf})
+    assert refused.status_code == 403 and _message(refused) == "you may not cancel here"
+    delete = {"id": "per-1", "confirm": "delete", "csrf_token": csrf}
+    assert tc.post("/instance/delete", data=delete, headers=admin).status_code == 403
+    assert client.get_instance_info("per-1") is not None
+    allowed = tc.post("/instance/raise-event", data={"id": "per-1", "name": "x", "csrf_token": csrf}, headers=admin)
+    assert allowed.status_code == 409  # past the permission check: the instance is simply finished
+    assert {"raise_event", "enqueue_event", "cancel", "delete"} <= set(asked)
+
+    with pytest.raises(TypeError, match="show_payloads must be a bool or a callable"):
+        create_app(client, show_payloads="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="can_act must be a callable"):
+        create_app(client, can_act=True)  # type: ignore[arg-type]
