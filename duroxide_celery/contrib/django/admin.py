@@ -8,6 +8,10 @@ whichever database or schema holds the store. Reads use the Client or read-only 
 Permissions (superusers have them all): staff users with `duroxide.view_instance` (or `change_instance`) see the
 pages; cancel, raise event, enqueue event and prune need `duroxide.change_instance`; delete needs
 `duroxide.delete_instance`.
+
+With settings.DUROXIDE['DASHBOARD'] on (the default when Flask is installed), "Workflow dashboard" serves the web
+dashboard (timelines, "waiting on", live refresh) under the admin, with the same permissions and
+`duroxide.view_payloads` to see payloads there (see `dashboard`).
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 
 from . import admin_reads as reads
-from .models import Instance
+from . import dashboard
+from .models import Dashboard, Instance
 
 STATUSES = ("Running", "Completed", "Failed", "ContinuedAsNew")
 #: Characters of a payload shown inline; the rest behind "show all" (or the raw view, when very long).
@@ -215,8 +221,15 @@ class InstanceAdmin(admin.ModelAdmin):
             "has_view_permission": True,
             "has_change_permission": self.has_change_permission(request),
             "has_delete_permission": self.has_delete_permission(request),
+            "dashboard_url": self._dashboard_url(),
             **extra,
         }
+
+    def _dashboard_url(self) -> str | None:
+        """The web dashboard's home under this admin site, if it is on (settings.DUROXIDE['DASHBOARD'])."""
+        if not self.admin_site.is_registered(Dashboard):
+            return None
+        return reverse("admin:duroxide_dashboard_changelist", current_app=self.admin_site.name)
 
     def _require_view(self, request: HttpRequest) -> None:
         if not self.has_view_or_change_permission(request):
@@ -421,6 +434,9 @@ class InstanceAdmin(admin.ModelAdmin):
             tree=tree,
             forms=forms_shown,
             running=row["status"] == "Running",
+            dashboard_instance_url=(
+                self._dashboard_url() + "instance?" + urlencode({"id": instance_id}) if self._dashboard_url() else None
+            ),
             **(extra_context or {}),
         )
         status = 400 if any(f.is_bound and f.errors for f in bound.values()) else 200
@@ -488,3 +504,41 @@ class InstanceAdmin(admin.ModelAdmin):
         response["X-Content-Type-Options"] = "nosniff"
         response["Content-Security-Policy"] = "default-src 'none'; sandbox"
         return response
+
+
+# -- the web dashboard ---------------------------------------------------------------------------------------------
+class DashboardAdmin(admin.ModelAdmin):
+    """ "Workflow dashboard" in the admin index: the web dashboard (duroxide_celery.dashboard) served at
+    /admin/duroxide/dashboard/ behind the admin's login, with the permissions `dashboard` describes."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return dashboard.may_see(request.user)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return dashboard.may_see(request.user)
+
+    def get_urls(self) -> list[Any]:
+        # Exempt from Django's CSRF middleware: the dashboard checks its own token and the Origin on every POST.
+        view = self.admin_site.admin_view(csrf_exempt(self.dashboard_view))  # login, is_staff, never_cache
+        return [
+            path("", view, {"rest": ""}, name="duroxide_dashboard_changelist"),
+            path("<path:rest>", view, name="duroxide_dashboard_page"),
+        ]
+
+    def dashboard_view(self, request: HttpRequest, rest: str) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return dashboard.call_wsgi(dashboard.dashboard_app(), request, rest)
+
+
+if dashboard.enabled():
+    admin.site.register(Dashboard, DashboardAdmin)

@@ -8,6 +8,8 @@ DUROXIDE = {
     "CELERY_APP": "proj.celery:app",  # the Celery app, as `celery -A` takes it (default: the current app)
     "OPTIONS": {},                    # RuntimeOptions keywords, e.g. {"queue_prefix": "orders"}
     "WORKFLOWS_MODULE": "workflows",  # the module imported from every installed app
+    "DASHBOARD": None,                # the web dashboard under the admin (/admin/duroxide/dashboard/): None: on
+                                      # when Flask is installed; True: on (Flask required); False: off
 }
 """
 
@@ -19,7 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-_KEYS = {"DATABASE", "URL", "SCHEMA", "CELERY_APP", "OPTIONS", "WORKFLOWS_MODULE", "JSON_ENCODER"}
+_KEYS = {"DATABASE", "URL", "SCHEMA", "CELERY_APP", "OPTIONS", "WORKFLOWS_MODULE", "JSON_ENCODER", "DASHBOARD"}
 DEFAULT_JSON_ENCODER = "django.core.serializers.json.DjangoJSONEncoder"
 
 
@@ -32,6 +34,7 @@ class DuroxideSettings:
     options: dict[str, Any] = field(default_factory=dict)
     workflows_module: str = "workflows"
     json_encoder: str | None = DEFAULT_JSON_ENCODER
+    dashboard: bool | None = None
 
 
 def load() -> DuroxideSettings:
@@ -50,7 +53,10 @@ def load() -> DuroxideSettings:
         options=dict(raw.get("OPTIONS") or {}),
         workflows_module=raw.get("WORKFLOWS_MODULE", "workflows"),
         json_encoder=raw.get("JSON_ENCODER", DEFAULT_JSON_ENCODER),
+        dashboard=raw.get("DASHBOARD"),
     )
+    if conf.dashboard is not None and not isinstance(conf.dashboard, bool):
+        raise ImproperlyConfigured("settings.DUROXIDE['DASHBOARD'] must be True, False or None")
     if conf.url is None and conf.database not in settings.DATABASES:
         raise ImproperlyConfigured(
             f"settings.DUROXIDE['DATABASE'] is {conf.database!r}, which is not in settings.DATABASES "

@@ -1,7 +1,8 @@
-"""No tables of its own: one unmanaged model, so the durable workflows admin has a place in the admin index and
-Django's usual permissions (`duroxide.view_instance`, `duroxide.change_instance`, `duroxide.delete_instance`).
+"""No tables of its own: unmanaged models, so the durable workflows admin has a place in the admin index and
+Django's usual permissions (`duroxide.view_instance`, `duroxide.change_instance`, `duroxide.delete_instance`, and
+`duroxide.view_payloads` for the dashboard's payloads).
 
-The admin never queries this model: its views read the store (the Client, or read-only SQL through the store's
+The admin never queries these models: its views read the store (the Client, or read-only SQL through the store's
 own engine, wherever settings.DUROXIDE puts it) and write only through the Client (see `admin`).
 """
 
@@ -19,6 +20,21 @@ class Instance(models.Model):
         verbose_name = "workflow instance"
         verbose_name_plural = "workflow instances"
         default_permissions = ("view", "change", "delete")
+        permissions = [("view_payloads", "Can see workflow payloads (inputs, outputs, event data) in the dashboard")]
 
     def __str__(self) -> str:
         return self.instance_id
+
+
+class Dashboard(models.Model):
+    """The web dashboard's entry in the admin index (/admin/duroxide/dashboard/, see `dashboard`): no table, no
+    permissions of its own (it asks for the Instance ones)."""
+
+    id = models.CharField(max_length=1, primary_key=True)
+
+    class Meta:
+        managed = False  # never created, never queried
+        db_table = "duroxide_dashboard"
+        verbose_name = "workflow dashboard"
+        verbose_name_plural = "workflow dashboard"
+        default_permissions = ()
