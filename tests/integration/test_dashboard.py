@@ -214,7 +214,7 @@ def test_cli_refuses_to_bind_beyond_loopback_without_a_token(provider: Any) -> N
 
 
 def test_wsgi_app_mounted_under_a_prefix_of_another_app(client: Client) -> None:
-    """How README mounts it under Django (or any WSGI app): werkzeug's DispatcherMiddleware sets SCRIPT_NAME."""
+    """How README mounts it in any WSGI app: werkzeug's DispatcherMiddleware sets SCRIPT_NAME."""
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
     from werkzeug.test import Client as WsgiClient
 
