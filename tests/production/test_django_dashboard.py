@@ -53,7 +53,7 @@ def project_db(postgres: None) -> Iterator[str]:
 
 def test_the_wsgi_adapter_in_the_projects_own_pytest_django_suite(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "orders/dashboard_mount_pytest.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "orders/dashboard_mount_checks.py"],
         cwd=PROJECT,
         env=_env(PROJ_SQLITE=str(tmp_path / "unused.sqlite3")),
         capture_output=True,

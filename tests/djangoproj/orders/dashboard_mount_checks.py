@@ -2,7 +2,8 @@
 `call_wsgi`), with a WSGI app that echoes what it was handed: the mount point in SCRIPT_NAME/PATH_INFO (also under
 a site prefix and for non-ASCII paths), the body, the validated host, the Django request; and its answer (status,
 headers, cookies, body) as Django's response. No database. The dashboard itself, mounted in a running project
-with a browser: tests/production/test_django_dashboard.py.
+with a browser: tests/production/test_django_dashboard.py, which also runs this file by its path with pytest-django
+(it is not named *_pytest.py, so the project's own suite, which counts its tests, does not collect it).
 """
 
 import json
