@@ -8,7 +8,8 @@ payloads hidden and no actions, and is refused an action (403) even with a valid
 without any workflow permission is refused the dashboard; POSTs without the dashboard's token or from another
 origin are refused (Django's CSRF middleware is not what protects the mounted view); the superuser follows the
 admin's "Open in the dashboard" link, sees the payloads and raises the event that completes the instance, which
-the live view shows without a reload.
+the live view shows without a reload. The WSGI adapter's own cases: tests/djangoproj/orders/dashboard_mount_checks.py,
+run here by its path with pytest-django.
 """
 
 from __future__ import annotations
