@@ -13,11 +13,8 @@ from ..providers.waits import open_work
 from ..replay import events as ev
 from ..replay.events import HistoryEvent
 
-#: Event fields that hold user data (JSON text, or text a user wrote); everything else (names, ids, tags, times)
-#: is what the code declared and is always shown.
-PAYLOAD_FIELDS = frozenset(
-    {"input", "result", "output", "data", "details", "value", "status", "reason", "carry_forward_events"}
-)
+#: Event fields that hold user data (shared with the Django admin); everything else is always shown.
+PAYLOAD_FIELDS = ev.PAYLOAD_FIELDS
 #: History rows an instance page shows (the timeline draws up to MAX_BARS of them); the rest is summarized.
 MAX_HISTORY_ROWS = 2000
 

@@ -86,6 +86,13 @@ INPUT_KINDS = frozenset(
     }
 )
 
+#: Event data fields that hold user data (JSON text, or text a user wrote): hidden from whoever may not see
+#: payloads (the dashboard, the Django admin). Everything else (names, ids, tags, times, versions) is what the code
+#: declared and is always shown; so is a failure's `category` and `kind` inside its `details`.
+PAYLOAD_FIELDS = frozenset(
+    {"input", "result", "output", "data", "details", "value", "status", "reason", "carry_forward_events"}
+)
+
 #: Deterministic helpers are recorded as a scheduled+completed pair within one turn, named as duroxide names them.
 SYSCALL_PREFIX = "__duroxide_syscall:"
 SYSCALL_UTC_NOW = SYSCALL_PREFIX + "utc_now_ms"
