@@ -271,7 +271,7 @@ def _run_admin_scenario(env: dict[str, str], base: str, admin: Admin, procs: lis
     assert "Not Found" in admin.driver.page_source
 
     _sub_orchestrations_queues_and_pruning(env, admin)
-    _permissions(env, admin)
+    _permissions(env, admin, order)
 
 
 def _executions(admin: Admin) -> int:
@@ -356,7 +356,40 @@ def _login(admin: Admin, username: str) -> None:
     _eventually(lambda: "/admin/login/" not in admin.driver.current_url, f"{username} to log in")
 
 
-def _permissions(env: dict[str, str], admin: Admin) -> None:
+HIDDEN = "hidden (needs the view_payloads permission)"
+
+
+def _body(admin: Admin, path: str) -> str:
+    """A text/plain page (the raw view), as the browser shows it."""
+    admin.get(path)
+    return admin.text("body")
+
+
+def _payloads_hidden(admin: Admin, order: str) -> str:
+    """view_instance without view_payloads: the order's output, event data, the approval's custom status and KV
+    value read HIDDEN on the pages and in the raw view; names, kinds and keys stay. The ActivityCompleted's id."""
+    admin.get(f"/admin/duroxide/instance/{order}/change/")
+    assert admin.find_all("#dx-payloads-hidden")
+    assert "lamp" not in admin.driver.page_source
+    assert admin.text("#dx-output") == HIDDEN
+    assert "ReserveStock" in admin.text("#dx-history")  # the activity's name (metadata) stays
+    rows = {r.find_element(admin.by.CSS_SELECTOR, "td.dx-kind").text: r for r in admin.find_all("tr.dx-event")}
+    completed_id = rows["ActivityCompleted"].find_element(admin.by.TAG_NAME, "td").text
+    assert HIDDEN in rows["ActivityCompleted"].text
+    raw = f"/admin/duroxide/instance/{order}/raw/"
+    assert _body(admin, raw + "?field=output") == HIDDEN
+    event = _body(admin, raw + f"?execution=1&event={completed_id}")
+    assert json.loads(event)["result"] == HIDDEN and "lamp" not in event, event
+    admin.get("/admin/duroxide/instance/approve-1/change/")
+    assert "pwned" not in admin.driver.page_source and "approved" not in admin.driver.page_source
+    assert HIDDEN in admin.text("#dx-custom-status")
+    assert [row.text.split()[:2] for row in admin.find_all("#dx-kv tr.dx-kv")] == [["order", "hidden"]]
+    assert _body(admin, "/admin/duroxide/instance/approve-1/raw/?kv=order") == HIDDEN
+    assert _body(admin, "/admin/duroxide/instance/approve-1/raw/?field=custom_status") == HIDDEN
+    return completed_id
+
+
+def _permissions(env: dict[str, str], admin: Admin, order: str) -> None:
     script = (
         "from django.contrib.auth.models import Permission, User\n"
         f"viewer = User.objects.create_user('viewer', password={PASSWORD!r}, is_staff=True)\n"
@@ -382,6 +415,24 @@ def _permissions(env: dict[str, str], admin: Admin) -> None:
     assert _post_from_page(admin, "/admin/duroxide/instance/approve-2/change/", cancel) == 403
     admin.get("/admin/duroxide/instance/approve-2/change/")
     assert admin.text("#dx-status") == "Running"
+    completed_id = _payloads_hidden(admin, order)
+
+    # With duroxide.view_payloads as well: the payloads, on the page and in the raw view.
+    grant = (
+        "from django.contrib.auth.models import Permission, User\n"
+        "User.objects.get(username='viewer').user_permissions.add(Permission.objects.get("
+        "content_type__app_label='duroxide', codename='view_payloads'))\n"
+    )
+    _manage(env, "shell", "-c", grant)
+    admin.get(f"/admin/duroxide/instance/{order}/change/")
+    assert '"item":"lamp"' in admin.text("#dx-output") and not admin.find_all("#dx-payloads-hidden")
+    assert HIDDEN not in admin.driver.page_source
+    raw = f"/admin/duroxide/instance/{order}/raw/"
+    assert '"item":"lamp"' in _body(admin, raw + "?field=output")
+    assert json.loads(_body(admin, raw + f"?execution=1&event={completed_id}"))["result"].find("lamp") > 0
+    admin.get("/admin/duroxide/instance/approve-1/change/")
+    assert "approved" in admin.text("#dx-custom-status")
+    assert [row.text.split()[:2] for row in admin.find_all("#dx-kv tr.dx-kv")] == [["order", "7"]]
 
     # A staff user without the permission sees nothing.
     _login(admin, "nobody")

@@ -7,7 +7,9 @@ whichever database or schema holds the store. Reads use the Client or read-only 
 
 Permissions (superusers have them all): staff users with `duroxide.view_instance` (or `change_instance`) see the
 pages; cancel, raise event, enqueue event and prune need `duroxide.change_instance`; delete needs
-`duroxide.delete_instance`.
+`duroxide.delete_instance`. Payloads (output, error, custom status, KV values, the payload fields of history
+events: the dashboard's list, `events.PAYLOAD_FIELDS`) show only with `duroxide.view_payloads`, on the pages and
+in the raw view; without it they read HIDDEN (ids, names, versions, statuses, event kinds, times stay).
 
 With settings.DUROXIDE['DASHBOARD'] on (the default when Flask is installed), "Workflow dashboard" serves the web
 dashboard (timelines, "waiting on", live refresh) under the admin, with the same permissions and
@@ -31,6 +33,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from ...replay.events import PAYLOAD_FIELDS
 from . import admin_reads as reads
 from . import dashboard
 from .models import Dashboard, Instance
@@ -39,6 +42,8 @@ STATUSES = ("Running", "Completed", "Failed", "ContinuedAsNew")
 #: Characters of a payload shown inline; the rest behind "show all" (or the raw view, when very long).
 PREVIEW_CHARS = 200
 INLINE_CHARS = 20_000
+#: What a payload reads as for a user without duroxide.view_payloads.
+HIDDEN = "hidden (needs the view_payloads permission)"
 
 
 def _client() -> Any:
@@ -107,17 +112,39 @@ ACTIONS: dict[str, tuple[type[forms.Form], str]] = {
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
-def preview(text: str | None) -> dict[str, Any] | None:
+def preview(text: str | None, show: bool = True) -> dict[str, Any] | None:
     """What the templates show of a payload (always autoescaped there): a short head, and the whole when it is
-    not too long to inline."""
+    not too long to inline; or, when not `show`, only HIDDEN."""
     if text is None:
         return None
+    if not show:
+        return {"hidden": HIDDEN}
     return {
         "head": text[:PREVIEW_CHARS],
         "truncated": len(text) > PREVIEW_CHARS,
         "full": text if len(text) <= INLINE_CHARS else None,
         "length": len(text),
     }
+
+
+def redact_event(text: str) -> str:
+    """A history event's stored data (a JSON object) with the values of its payload fields replaced by HIDDEN;
+    the other fields, and a failure's category and kind, stay."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return HIDDEN
+    if not isinstance(data, dict):
+        return HIDDEN
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in PAYLOAD_FIELDS or value is None:
+            out[key] = value
+        elif key == "details" and isinstance(value, dict):
+            out[key] = {k: v if k in ("category", "kind") else HIDDEN for k, v in value.items()}
+        else:
+            out[key] = HIDDEN
+    return json.dumps(out, separators=(",", ":"))
 
 
 def _page_number(request: HttpRequest, name: str) -> int:
@@ -374,6 +401,7 @@ class InstanceAdmin(admin.ModelAdmin):
                 messages.error(request, f"Instance {instance_id} does not exist (any more).")
                 return HttpResponseRedirect(reverse("admin:duroxide_instance_changelist"))
             raise Http404(f"no workflow instance {instance_id!r}")
+        show = dashboard.may_see_payloads(request.user)
         executions = store.list_executions(instance_id)
         current = row["current_execution_id"]
         try:
@@ -386,19 +414,19 @@ class InstanceAdmin(admin.ModelAdmin):
         raw_url = reverse("admin:duroxide_instance_raw", args=[quote(instance_id)])
         for event in events:
             event["time"] = reads.to_datetime(event["timestamp_ms"])
-            event["preview"] = preview(event["data"])
+            event["preview"] = preview(event["data"] if show else redact_event(event["data"]))
             event["raw"] = raw_url + "?" + urlencode({"execution": execution, "event": event["event_id"]})
         change_url = reverse("admin:duroxide_instance_change", args=[quote(instance_id)])
         for each in executions:
             each["started"] = reads.to_datetime(each["started_at"])
             each["completed"] = reads.to_datetime(each["completed_at"])
-            each["output_preview"] = preview(each["output"])
+            each["output_preview"] = preview(each["output"], show)
             each["url"] = change_url + "?" + urlencode({"execution": each["execution_id"]})
             each["raw"] = raw_url + "?" + urlencode({"field": "output", "execution": each["execution_id"]})
             each["selected"] = each["execution_id"] == execution
         kv_rows = reads.kv_entries(store, instance_id)
         for entry in kv_rows:
-            entry["preview"] = preview(entry["value"])
+            entry["preview"] = preview(entry["value"], show)
             entry["updated"] = reads.to_datetime(entry["last_updated_at_ms"])
             entry["raw"] = raw_url + "?" + urlencode({"kv": entry["key"]})
         tree = self._tree(client, store, instance_id)
@@ -413,9 +441,10 @@ class InstanceAdmin(admin.ModelAdmin):
             version=row["orchestration_version"] or row["requested_version"],
             created=reads.to_datetime(row["created_at"]),
             updated=reads.to_datetime(row["updated_at"]),
-            output=preview(row["output"]),
-            error=preview(row["error"]),
-            custom_status=preview(row["custom_status"]),
+            output=preview(row["output"], show),
+            error=preview(row["error"], show),
+            custom_status=preview(row["custom_status"], show),
+            payloads_hidden=not show,
             raw_url=raw_url,
             parent=parent,
             parent_url=reverse("admin:duroxide_instance_change", args=[quote(parent)]) if parent else None,
@@ -476,11 +505,12 @@ class InstanceAdmin(admin.ModelAdmin):
     # -- the whole of one payload ------------------------------------------------------------------------------------
     def raw_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """One stored text as text/plain (never HTML): output, error, custom status, a KV value or an event's
-        data."""
+        data; without duroxide.view_payloads, HIDDEN (an event: its data with the payload fields HIDDEN)."""
         self._require_view(request)
         instance_id = unquote(object_id)
         store = _store()
         text: str | None = None
+        is_event = False
         field = request.GET.get("field")
         if field == "output" and "execution" in request.GET:
             wanted = request.GET["execution"]
@@ -498,8 +528,11 @@ class InstanceAdmin(admin.ModelAdmin):
                 raise Http404("bad execution or event id") from None
             if 0 <= execution < 2**31 and 0 <= event < 2**31:
                 text = reads.history_event(store, instance_id, execution, event)
+                is_event = True
         if text is None:
             raise Http404("nothing stored there")
+        if not dashboard.may_see_payloads(request.user):
+            text = redact_event(text) if is_event else HIDDEN
         response = HttpResponse(text, content_type="text/plain; charset=utf-8")
         response["X-Content-Type-Options"] = "nosniff"
         response["Content-Security-Policy"] = "default-src 'none'; sandbox"

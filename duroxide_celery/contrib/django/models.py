@@ -1,6 +1,6 @@
 """No tables of its own: unmanaged models, so the durable workflows admin has a place in the admin index and
 Django's usual permissions (`duroxide.view_instance`, `duroxide.change_instance`, `duroxide.delete_instance`, and
-`duroxide.view_payloads` for the dashboard's payloads).
+`duroxide.view_payloads` to see payloads in the admin and the dashboard).
 
 The admin never queries these models: its views read the store (the Client, or read-only SQL through the store's
 own engine, wherever settings.DUROXIDE puts it) and write only through the Client (see `admin`).
@@ -20,7 +20,7 @@ class Instance(models.Model):
         verbose_name = "workflow instance"
         verbose_name_plural = "workflow instances"
         default_permissions = ("view", "change", "delete")
-        permissions = [("view_payloads", "Can see workflow payloads (inputs, outputs, event data) in the dashboard")]
+        permissions = [("view_payloads", "Can see workflow payloads (inputs, outputs, event data) in the admin")]
 
     def __str__(self) -> str:
         return self.instance_id
