@@ -1,29 +1,40 @@
 """Every SQL statement of the engine, in one place (SQLAlchemy Core, parameterized).
 
 Mutators that belong to a turn take the open connection so one turn commits in one transaction (DESIGN
-invariant 2). Dialect differences live in `Dialect` below: row claiming and insert-if-absent.
+invariant 2). What differs between SQLite and PostgreSQL lives in the store's `dialect` object (dialect.py):
+this module never branches on the database.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from sqlalchemy import LargeBinary, and_, cast, delete, func, insert, or_, select, tuple_, update
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine
 
 from ..replay import events as ev
 from ..replay.events import HistoryEvent, error_details
 from ..types import TERMINAL_STATUSES
 from . import hot_statements as hot
-from .fair_lock import FairRLock
+from .dialect import dialect_for
+from .dto import (
+    ClaimedWorkItem,
+    HeldWorkItem,
+    InstanceLease,
+    LeaseLost,
+    PendingActivity,
+    SessionBusy,
+    SessionPolicy,
+    TreeDeletion,
+    TurnLoad,
+)
 from .schema import executions, history, inbox, instances, kv, sessions, timers, work_items
+from .turn_shapes import LeaseKeeper, TurnTransaction
 
 
 def _delete_scheduled(conn: Connection, table: Any, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
@@ -60,78 +71,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-#: An activity row and the lease owner holding it.
-HeldWorkItem = tuple[tuple[str, int, int], str]
-
-
-class LeaseLost(Exception):
-    """The instance lease expired and was taken over while a turn ran; its work is discarded."""
-
-
-@dataclass
-class InstanceLease:
-    instance_id: str
-    execution_id: int
-    orchestration_name: str
-    status: str
-    attempt_count: int
-    next_attempt_at: int
-    custom_status_version: int
-    #: Why the instance waited, or what its last failed attempt raised (what a poison decision names as its cause).
-    waiting_reason: str | None = None
-    #: This lease's holder: unique per turn (`Store.acquire_instance`'s caller makes it), so a turn whose lease was
-    #: taken over, even by another thread of its own process, fails every owner-guarded write.
-    owner: str = ""
-
-
-@dataclass
-class ClaimedWorkItem:
-    instance_id: str
-    execution_id: int
-    event_id: int
-    name: str
-    input: str
-    session_id: str | None
-    tag: str | None
-    orchestration_name: str | None
-    orchestration_version: str | None
-    attempt_count: int
-    #: This claim's lease holder (the claimer's, unique per execution): the outcome is recorded only under it.
-    owner: str = ""
-
-
-@dataclass
-class PendingActivity:
-    """An activity row to publish (after commit). `node`: the live owner of its session, whose session queue
-    gets it; None sends it to its tag's queue, where any matching worker may claim it (and its session)."""
-
-    instance_id: str
-    execution_id: int
-    event_id: int
-    name: str
-    session_id: str | None = None
-    tag: str | None = None
-    node: str | None = None
-
-
-@dataclass
-class SessionBusy:
-    """A claim refused for its session: `owner` holds it (publish there), or, with owner None, this worker is at
-    max_sessions_per_runtime (publish back to the claim path for another worker). `activity` is the refused row,
-    routed to `owner`, ready to publish again."""
-
-    owner: str | None
-    activity: PendingActivity | None = None
-
-
-@dataclass
-class SessionPolicy:
-    """A worker's session limits (RuntimeOptions)."""
-
-    lock_ms: int
-    max_sessions: int
-
-
 class _Refused(Exception):
     """Aborts a claim transaction (undoing its writes) with the reason."""
 
@@ -140,31 +79,23 @@ class _Refused(Exception):
 
 
 class Store:
-    """Named queries over one SQLAlchemy engine. Thread-safe; create one per process (after fork)."""
+    """Named queries over one SQLAlchemy engine; what differs per database is `self.dialect`'s (dialect.py).
+    Thread-safe; create one per process (after fork)."""
 
     def __init__(self, engine: Engine, *, lease_engine: Engine | None = None, serialize_all: bool = False):
         self.engine = engine
         #: PostgreSQL: connections whose commits do not wait for the WAL flush, for lease-only transactions (see
         #: `lease_transaction`). Defaults to `engine`.
         self.lease_engine = lease_engine or engine
-        self.is_sqlite = engine.dialect.name == "sqlite"
-        # SQLite allows one writer: a process-local lock queues our own writers instead of busy-waiting.
-        # An in-memory database is one shared connection, so reads take the lock too.
-        self._write_lock = FairRLock() if self.is_sqlite else None
-        self._serialize_all = serialize_all
+        #: `serialize_all`: an in-memory SQLite database is one shared connection, so reads queue like writes.
+        self.dialect = dialect_for(engine, serialize_all=serialize_all)
+        self._lease_keeper: LeaseKeeper | None = None
+        self._keeper_lock = threading.Lock()
 
     # -- transactions -------------------------------------------------------------------------------------------
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        if self._write_lock is None:
-            with self.engine.begin() as conn:
-                yield conn
-            return
-        with self._write_lock:
-            with self.engine.connect() as conn:
-                conn.execution_options(sqlite_begin="IMMEDIATE")
-                with conn.begin():
-                    yield conn
+    def write(self) -> AbstractContextManager[Connection]:
+        """A write transaction (SQLite: behind the process's writer lock, `BEGIN IMMEDIATE`)."""
+        return self.dialect.write(self.engine)
 
     @contextmanager
     def lease_transaction(self) -> Iterator[Connection]:
@@ -172,11 +103,7 @@ class Store:
         wait for the WAL flush (synchronous_commit=off): a database crash can lose such a commit but never
         reorders it, and a lost lease is only a lease nobody holds, which the owner-guarded writes that follow
         (the turn's commit, an activity's completion) detect. Everything that records progress stays durable."""
-        if self.lease_engine is self.engine:
-            with self.write() as conn:
-                yield conn
-            return
-        with self.lease_engine.begin() as conn:
+        with self.dialect.write(self.lease_engine) as conn:
             yield conn
 
     @contextmanager
@@ -187,9 +114,7 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        # An in-memory database is one shared connection: its reads queue behind the writer lock too.
-        lock = self._write_lock if self._serialize_all and self._write_lock is not None else nullcontext()
-        with lock, self.engine.connect() as conn:
+        with self.dialect.read_lock(), self.engine.connect() as conn:
             yield conn
 
     @contextmanager
@@ -232,23 +157,7 @@ class Store:
             "now": now,
             "payload": json.dumps(payload),
         }
-        if not self.is_sqlite:  # one statement: the instance, its first execution and its start message
-            return conn.execute(hot.CREATE_INSTANCE, params).first() is not None
-        if conn.execute(hot.INSERT_NEW_INSTANCE, params).first() is None:
-            return False
-        conn.execute(
-            hot.INSERT_EXECUTION,
-            {
-                "instance_id": instance_id,
-                "execution_id": 1,
-                "status": "Running",
-                "started_at": now,
-                "event_count": 0,
-                "kv_snapshot": "{}",
-            },
-        )
-        self.enqueue(conn, instance_id, "StartOrchestration", payload, now)
-        return True
+        return self.dialect.create_instance(conn, params)
 
     def enqueue(
         self, conn: Connection, instance_id: str, kind: str, payload: dict[str, Any], now: int | None = None
@@ -281,6 +190,19 @@ class Store:
             return str(row[1])
 
     # -- turns --------------------------------------------------------------------------------------------------
+    def begin_turn(self, instance_id: str, owner: str, lease_ms: int) -> TurnTransaction:
+        """The transactions of one turn, shaped by the database (turn_shapes.py); use it as a context manager."""
+        return self.dialect.begin_turn(self, instance_id, owner, lease_ms)
+
+    @property
+    def lease_keeper(self) -> LeaseKeeper:
+        """Renews the leases of turns whose replay runs long outside a transaction (started on first use)."""
+        if self._lease_keeper is None:
+            with self._keeper_lock:
+                if self._lease_keeper is None:
+                    self._lease_keeper = LeaseKeeper(self.renew_instance)
+        return self._lease_keeper
+
     def acquire_instance(
         self, instance_id: str, owner: str, lease_ms: int, conn: Connection | None = None, require_inbox: bool = False
     ) -> InstanceLease | None:
@@ -371,7 +293,7 @@ class Store:
 
     def load_turn(
         self, instance_id: str, execution_id: int, after_event_id: int = 0, conn: Connection | None = None
-    ) -> tuple[list[HistoryEvent], list[tuple[int, dict[str, Any]]], dict[str, tuple[str, int]]]:
+    ) -> TurnLoad:
         """History of the execution (events after `after_event_id`: the caller caches the prefix, which never
         changes), pending inbox messages (id, message) and the execution's KV snapshot."""
         with self._reading(conn) as conn:
@@ -430,10 +352,8 @@ class Store:
             if ids:
                 conn.execute(hot.DELETE_INBOX, {"ids": ids})
             return False
-        if ids and not self.is_sqlite:
-            return bool(conn.execute(hot.CONSUME_INBOX_AND_CHECK, {"ids": ids, "iid": more_of}).scalar())
         if ids:
-            conn.execute(hot.DELETE_INBOX, {"ids": ids})
+            return self.dialect.consume_inbox_and_check(conn, ids, more_of)
         return inbox_pending(conn, more_of)
 
     def add_work_items(
@@ -603,17 +523,14 @@ class Store:
         if held is not None and held[0] != owner and held[1] > now:
             return SessionBusy(held[0])
         if held is None or held[0] != owner:  # a session new to this worker counts against its cap
-            if not self.is_sqlite:
-                # Two claims of new sessions by one worker at once must not both count below the cap and both
-                # win: serialize them per owner until commit. (SQLite has one writer at a time anyway.)
-                conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(owner))))
+            # Two claims of new sessions by one worker at once must not both count below the cap and both win.
+            self.dialect.lock_session_claims(conn, owner)
             owned = conn.execute(
                 select(func.count()).where(sessions.c.owner == owner, sessions.c.locked_until > now)
             ).scalar()
             if owned >= policy.max_sessions:
                 return SessionBusy(None)
-        dialect = sqlite_dialect if self.is_sqlite else pg_dialect
-        upsert = dialect.insert(sessions).values(
+        upsert = self.dialect.sql.insert(sessions).values(
             session_id=session_id, owner=owner, locked_until=now + policy.lock_ms, last_activity_at=now
         )
         won = conn.execute(
@@ -691,17 +608,11 @@ class Store:
         """Record an activity's outcome at most once: delete our leased row and queue the completion, atomically.
         False when the row is gone or another lease holder has it (the outcome is dropped). `node` (default
         `owner`): the worker whose session's idle clock restarts."""
-        params = _work_item_params(key, owner)
+        params = _work_item_params(key, owner, now=now_ms())
         message = dict(payload, execution_id=key[1], event_id=key[2])
         with self.write() as conn:
-            if self.is_sqlite:  # no data-modifying WITH: delete, then queue
-                if not conn.execute(hot.DELETE_LEASED_WORK_ITEM, params).rowcount:
-                    return False
-                self.enqueue(conn, key[0], kind, message)
-            else:
-                params.update(kind=kind, payload=json.dumps(message), created=now_ms())
-                if conn.execute(hot.COMPLETE_WORK_ITEM, params).first() is None:
-                    return False
+            if not self.dialect.complete_work_item(conn, params, kind, message):
+                return False
             if session_id is not None:  # the session's idle clock starts now
                 conn.execute(
                     update(sessions)
@@ -748,9 +659,7 @@ class Store:
             if conn.execute(select(work_items.c.event_id).where(is_due).limit(1)).first() is None:
                 return []
         key = (work_items.c.instance_id, work_items.c.execution_id, work_items.c.event_id)
-        picked = select(*key).where(is_due).limit(limit)
-        if not self.is_sqlite:
-            picked = picked.with_for_update(skip_locked=True)
+        picked = self.dialect.skip_locked(select(*key).where(is_due).limit(limit))
         with self.write() as conn:
             expired = conn.execute(
                 delete(work_items)
@@ -782,45 +691,8 @@ class Store:
         to poke, as (instance id, orchestration name) so the pokes show in Flower as `orch:<Name>#<id>`, not
         `orch:#<id>`, and how many timers fired. Idempotent: a timer row is deleted by exactly one firer, so it
         fires into history once."""
-        now = now_ms()
-        if not self.is_sqlite:
-            with self.write() as conn:
-                rows = conn.execute(hot.FIRE_DUE_TIMERS, {"now": now, "limit": limit}).all()
-            return sorted(set(map(tuple, rows))), len(rows)  # type: ignore[arg-type]
         with self.write() as conn:
-            query = (
-                select(timers.c.instance_id, timers.c.execution_id, timers.c.event_id, timers.c.fire_at_ms)
-                .where(timers.c.fire_at_ms <= now)
-                .order_by(timers.c.fire_at_ms)
-                .limit(limit)
-            )
-            due = conn.execute(query).all()
-            if not due:
-                return [], 0
-            conn.execute(
-                delete(timers).where(
-                    tuple_(timers.c.instance_id, timers.c.execution_id, timers.c.event_id).in_(
-                        [(i, e, ev_id) for i, e, ev_id, _ in due]
-                    )
-                )
-            )
-            self.enqueue_many(
-                conn,
-                [
-                    (i, "TimerFired", {"execution_id": e, "event_id": ev_id, "fire_at_ms": fire_at})
-                    for i, e, ev_id, fire_at in due
-                ],
-                now,
-            )
-            fired = sorted({row[0] for row in due})
-            names = dict(
-                conn.execute(
-                    select(instances.c.instance_id, instances.c.orchestration_name).where(
-                        instances.c.instance_id.in_(fired)
-                    )
-                ).all()
-            )
-        return [(i, names.get(i)) for i in fired], len(due)
+            return self.dialect.fire_due_timers(conn, now_ms(), limit)
 
     # -- recovery -----------------------------------------------------------------------------------------------
     def stale_instances(self, older_than_ms: int, limit: int = 1000) -> list[tuple[str, str | None]]:
@@ -1118,13 +990,13 @@ class Store:
             if current is None:
                 return None
             events, history_bytes = conn.execute(
-                select(func.count(), func.coalesce(func.sum(self._byte_length(history.c.data)), 0)).where(
+                select(func.count(), func.coalesce(func.sum(self.dialect.byte_length(history.c.data)), 0)).where(
                     history.c.instance_id == instance_id, history.c.execution_id == current
                 )
             ).one()
             pending = conn.execute(select(func.count()).where(inbox.c.instance_id == instance_id)).scalar()
             keys, kv_bytes = conn.execute(
-                select(func.count(), func.coalesce(func.sum(self._byte_length(kv.c.value)), 0)).where(
+                select(func.count(), func.coalesce(func.sum(self.dialect.byte_length(kv.c.value)), 0)).where(
                     kv.c.instance_id == instance_id
                 )
             ).one()
@@ -1135,23 +1007,6 @@ class Store:
             "kv_user_key_count": int(keys),
             "kv_total_value_bytes": int(kv_bytes),
         }
-
-    def _byte_length(self, column: Any) -> Any:
-        """Length in bytes of a text column (UTF-8), on both dialects (SQLite < 3.43 has no octet_length)."""
-        if self.is_sqlite:
-            return func.length(cast(column, LargeBinary))
-        return func.octet_length(column)
-
-
-@dataclass
-class TreeDeletion:
-    """Outcome of Store.delete_tree: status is deleted, not_found, sub_orchestration or running."""
-
-    status: str
-    parent_id: str | None = None
-    running_ids: list[str] = field(default_factory=list)
-    deleted_ids: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 #: Ids per IN (...) list: far below SQLite's and PostgreSQL's bound-parameter limits.

@@ -12,15 +12,14 @@ import logging
 import os
 import random
 import threading
-import time
 import traceback
 import uuid
-from contextlib import ExitStack
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OrchestrationFailed
 from ..providers.store import LeaseLost, PendingActivity, now_ms
+from ..providers.turn_shapes import TurnTransaction
 from ..replay import events as ev
 from ..replay.commands import (
     CancelActivity,
@@ -84,62 +83,6 @@ def unregistered_backoff_ms(attempt: int) -> int:
     return min(1000 * 2 ** min(max(attempt, 1) - 1, 6), 60_000)
 
 
-class TurnLeases:
-    """Renews the instance leases of turns that run long (PostgreSQL, where a turn's replay runs outside any
-    transaction): a turn still running a third of its lease after it took it gets its lease extended, so a slow
-    replay is not taken over and redone by another worker, over and over. A normal turn is done long before:
-    tracking it costs two dict operations and no statement. A turn that lost its lease anyway changes nothing
-    (its commit's fence compares the lease owner, unique per turn). SQLite needs none of this: a turn holds the
-    database's only write transaction from its lease to its commit."""
-
-    #: The renewal thread exits after this long with no turn to watch (seconds); the next turn starts it again.
-    IDLE_EXIT_S = 30.0
-
-    def __init__(self, runtime: Runtime):
-        self.rt = runtime
-        self._held: dict[tuple[str, str], float] = {}  # (instance id, lease owner) -> when the lease was taken
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def hold(self, instance_id: str, owner: str, taken_at: float) -> None:
-        with self._cond:
-            self._held[(instance_id, owner)] = taken_at
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="duroxide-turn-leases", daemon=True)
-                self._thread.start()
-
-    def drop(self, instance_id: str, owner: str) -> None:
-        with self._cond:
-            self._held.pop((instance_id, owner), None)
-
-    def _loop(self) -> None:
-        lease_s = self.rt.options.orchestrator_lock_ms / 1000
-        every = min(max(lease_s / 3, 0.05), 1.0)
-        idle_since = time.monotonic()
-        while True:
-            with self._cond:
-                self._cond.wait(every)
-                now = time.monotonic()
-                if not self._held and now - idle_since > self.IDLE_EXIT_S:
-                    self._thread = None
-                    return
-                if self._held:
-                    idle_since = now
-                due = [key for key, renewed in self._held.items() if now - renewed >= lease_s / 3]
-            for instance_id, owner in due:
-                try:
-                    held = self.rt.store.renew_instance(instance_id, owner, self.rt.options.orchestrator_lock_ms)
-                except Exception:  # noqa: BLE001 - a database blip: the next round tries again
-                    log.exception("renewing the lease of a long turn of %s failed", instance_id)
-                    continue
-                with self._cond:
-                    if (instance_id, owner) in self._held:
-                        if held:
-                            self._held[(instance_id, owner)] = time.monotonic()
-                        else:  # committed meanwhile, or taken over: its commit's fence decides
-                            del self._held[(instance_id, owner)]
-
-
 class _TaskState(threading.local):
     #: The failure of the orchestration that a turn of this task committed and published, raised at its end.
     failed: OrchestrationFailed | None = None
@@ -150,7 +93,6 @@ class TurnExecutor:
         self.rt = runtime
         self.engines: LruCache[ReplayEngine] = LruCache(max_bytes=runtime.options.engine_cache_bytes)
         self.fault = FaultAfterCommit.from_env()
-        self.leases = TurnLeases(runtime)
         self._task = _TaskState()  # one per pool thread: tasks of a thread pool share this executor
 
     def run(self, instance_id: str) -> None:
@@ -170,49 +112,30 @@ class TurnExecutor:
             raise failed
 
     def _turn(self, instance_id: str) -> bool:
-        """One turn; True when the inbox may hold more work for this instance.
-
-        SQLite has one writer at a time anyway: lease, load, replay and commit run in one write transaction, which
-        halves the commits, and nothing can reach the inbox meanwhile. PostgreSQL: the lease and the load commit
-        in a lease transaction, the replay holds no transaction, and the turn commits in a second transaction
-        whose first statement proves the lease is still ours. A message that arrives while we hold the lease finds
-        its poke refused; that commit re-reads the inbox after it has row-locked the instance (any later poke
-        waits for our commit, then gets the lease), so such a message is never left behind."""
+        """One turn; True when the inbox may hold more work for this instance. Its transactions (one, or a lease
+        then a fenced commit) are the store's business: `Store.begin_turn`."""
         rt = self.rt
-        store = rt.store
         owner = lease_owner(rt.worker_id)  # this turn's own: a turn that lost its lease fails every owner check
-        single = store.is_sqlite
-        if single and not store.has_inbox(instance_id):
-            return False  # a duplicate or late poke: nothing to do, and no write lock taken to learn it
+        turn = rt.store.begin_turn(instance_id, owner, rt.options.orchestrator_lock_ms)
         name: str | None = None  # the orchestration's, once leased: the retry poke then reads orch:<Name>#<id>
         try:
-            with ExitStack() as transaction:
-                conn = transaction.enter_context(store.write() if single else store.lease_transaction())
-                lease = store.acquire_instance(
-                    instance_id, owner, rt.options.orchestrator_lock_ms, conn=conn, require_inbox=not single
-                )
+            with turn:
+                lease = turn.lease
                 if lease is None:
                     return False  # no message (a duplicate or late poke), or the lease holder re-reads the inbox
                 name = lease.orchestration_name
-                history, messages, kv_snapshot = self._load(lease, conn)
-                if not single:
-                    transaction.close()  # the lease commits; the replay runs outside any transaction
-                    self.leases.hold(instance_id, owner, time.monotonic())
-                    transaction.callback(self.leases.drop, instance_id, owner)
+                history, messages, kv_snapshot = self._load(turn, lease)
+                turn.replay_starts()
                 if messages:
-                    outcome = self._decide(lease, history, messages, kv_snapshot, conn if single else None)
+                    outcome = self._decide(turn, lease, history, messages, kv_snapshot)
                     if outcome is None:
                         return False  # poisoned or backed off, and written
                     result, msg_ids = outcome
                 else:
                     result, msg_ids = None, []
-                if not single:
-                    conn = transaction.enter_context(store.write())
                 if result is None or result.status == "Idle":
-                    return store.release_instance(
-                        instance_id, owner, reset_attempts=True, consumed_ids=msg_ids, conn=conn, check_more=not single
-                    )
-                plan = self._write(conn, lease, result, msg_ids, check_inbox=not single)
+                    return turn.release(reset_attempts=True, consumed_ids=msg_ids)
+                plan = turn.commit(lambda conn, more: self._write(conn, lease, result, msg_ids, check_inbox=more))
             self._after_commit(lease, history, result, plan)
             return plan["more"]
         except LeaseLost:
@@ -223,7 +146,7 @@ class TurnExecutor:
         except Exception as exc:
             log.exception("turn of %s failed; it will be retried", instance_id, extra={"instance_id": instance_id})
             try:
-                self._count_failed_attempt(instance_id, owner, exc)
+                turn.record_failed_attempt(clip(f"turn attempt failed: {describe(exc)}"))
             finally:
                 rt.publisher.poke([(instance_id, name)], countdown=1.0)
             return False
@@ -231,21 +154,12 @@ class TurnExecutor:
             # The worker process is being stopped (orchestration code's own BaseExceptions are recorded failures,
             # see _decide): count the attempt and give the lease back, then let the stop proceed.
             try:
-                self._count_failed_attempt(instance_id, owner, exc)
+                turn.record_failed_attempt(clip(f"turn attempt failed: {describe(exc)}"))
             except Exception:  # noqa: BLE001 - best effort on the way out; the lease lapses anyway
                 pass
             raise
 
-    def _count_failed_attempt(self, instance_id: str, owner: str, exc: BaseException) -> None:
-        """A turn failed before its commit: keep its attempt counted (the poison bound) and its cause (which the
-        poison decision names), and give back the lease if it is still ours, never another holder's."""
-        cause = clip(f"turn attempt failed: {describe(exc)}")
-        if self.rt.store.is_sqlite:  # the rollback undid the lease and its attempt count: count the attempt
-            self.rt.store.count_failed_attempt(instance_id, cause)
-        else:  # the lease (and its attempt count) committed: give it back
-            self.rt.store.release_instance(instance_id, owner, reset_attempts=False, waiting_reason=cause)
-
-    def _load(self, lease: Any, conn: Any = None) -> tuple[list[HistoryEvent], list[Any], dict[str, Any]]:
+    def _load(self, turn: TurnTransaction, lease: Any) -> tuple[list[HistoryEvent], list[Any], dict[str, Any]]:
         """The execution's history, inbox and KV snapshot. A worker that ran this instance's last turn keeps its
         engine, whose history is the committed prefix: only the events stored after it are read. That prefix's
         tip is read back too, since an instance deleted and started again under the same id (Client.
@@ -253,10 +167,7 @@ class TurnExecutor:
         key = (lease.instance_id, lease.execution_id)
         engine = self.engines.peek(key)
         cached = engine.history if engine is not None else []
-        store = self.rt.store
-        history, messages, kv_snapshot = store.load_turn(
-            lease.instance_id, lease.execution_id, after_event_id=max(len(cached) - 1, 0), conn=conn
-        )
+        history, messages, kv_snapshot = turn.load(lease.execution_id, after_event_id=max(len(cached) - 1, 0))
         if not cached or not messages:
             return history, messages, kv_snapshot
         if history and _same_event(history[0], cached[-1]):
@@ -264,22 +175,22 @@ class TurnExecutor:
             return (cached if len(history) == 1 else cached + history[1:]), messages, kv_snapshot
         log.info("cached history of %s does not match the store (deleted and re-created): reloading", key)
         self.engines.drop(key)
-        return store.load_turn(lease.instance_id, lease.execution_id, conn=conn)
+        return turn.load(lease.execution_id)
 
     def _decide(
         self,
+        turn: TurnTransaction,
         lease: Any,
         history: list[HistoryEvent],
         messages: list[Any],
         kv_snapshot: dict[str, Any],
-        conn: Any = None,
     ) -> tuple[TurnResult, list[int]] | None:
         """Run the replay; None when the turn ended here (poisoned, or backed off for a missing handler)."""
         rt = self.rt
         msg_ids = [m[0] for m in messages]
         bodies = [m[1] for m in messages]
         if lease.attempt_count > rt.options.max_attempts_value:
-            self._poison(lease, history, bodies, msg_ids, conn)
+            self._poison(turn, lease, history, bodies, msg_ids)
             return None
         inp = TurnInput(
             instance_id=lease.instance_id,
@@ -290,7 +201,7 @@ class TurnExecutor:
             new_guid=lambda: str(uuid.uuid4()),
             clock=now_ms,
             kv_snapshot=kv_snapshot,
-            kv_reader=lambda other, key: rt.store.get_kv(other, key, conn=conn),
+            kv_reader=turn.read_kv,
             activity_queue=rt.names.activities,  # tags are checked against this runtime's real queue names
         )
         engine = self.engines.take((lease.instance_id, lease.execution_id))
@@ -313,15 +224,15 @@ class TurnExecutor:
                 raise
             # SystemExit, KeyboardInterrupt, GeneratorExit raised by the orchestration's code: deterministic, so
             # another attempt would raise it again. Fail the orchestration with it now, once.
-            self._end_as_failed(lease, history, bodies, msg_ids, conn, _base_exception_failure(exc))
+            self._end_as_failed(turn, lease, history, bodies, msg_ids, _base_exception_failure(exc))
             return None
         result.replay_engine = engine
         if result.status == "Unregistered":
-            self._backoff(lease, result, conn)
+            self._backoff(turn, lease, result)
             return None
         return result, msg_ids
 
-    def _backoff(self, lease: Any, result: TurnResult, conn: Any = None) -> None:
+    def _backoff(self, turn: TurnTransaction, lease: Any, result: TurnResult) -> None:
         """No worker that took this turn has the orchestration (a rolling deploy?): wait, say why, and retry."""
         name, version = result.unregistered or (lease.orchestration_name, None)
         delay = unregistered_backoff_ms(lease.attempt_count)
@@ -347,18 +258,16 @@ class TurnExecutor:
             f"orchestration '{name}' {version or '(latest version)'} is not registered on any worker that took "
             f"this turn; retrying at {when(retry_at)}"
         )
-        self.rt.store.release_instance(
-            lease.instance_id,
-            lease.owner,
-            reset_attempts=False,
-            next_attempt_at=retry_at,
-            waiting_reason=reason,
-            conn=conn,
-        )
+        turn.release(reset_attempts=False, next_attempt_at=retry_at, waiting_reason=reason)
         self.rt.publisher.poke([(lease.instance_id, name)], countdown=delay / 1000 + 0.05)
 
     def _poison(
-        self, lease: Any, history: list[HistoryEvent], bodies: list[dict[str, Any]], msg_ids: list[int], conn: Any
+        self,
+        turn: TurnTransaction,
+        lease: Any,
+        history: list[HistoryEvent],
+        bodies: list[dict[str, Any]],
+        msg_ids: list[int],
     ) -> None:
         """Fail an instance whose turns keep failing (or whose handler never appeared), with a clear reason."""
         rt = self.rt
@@ -374,7 +283,7 @@ class TurnExecutor:
             f"poison: orchestration {lease.instance_id} exceeded {lease.attempt_count} attempts "
             f"(max {rt.options.max_attempts_value}){reason}"
         )
-        self._end_as_failed(lease, history, bodies, msg_ids, conn, error_details(ev.POISON, message, "Poison"))
+        self._end_as_failed(turn, lease, history, bodies, msg_ids, error_details(ev.POISON, message, "Poison"))
         # Only now that it committed (a poison decision that fails to commit is retried, and not counted).
         log.error(message, extra={"instance_id": lease.instance_id, "orchestration_name": name})
 
@@ -387,22 +296,18 @@ class TurnExecutor:
 
     def _end_as_failed(
         self,
+        turn: TurnTransaction,
         lease: Any,
         history: list[HistoryEvent],
         bodies: list[dict[str, Any]],
         msg_ids: list[int],
-        conn: Any,
         details: dict[str, Any],
     ) -> None:
         """Fail the orchestration with `details`, decided without its code (poison, or its code raised a
         BaseException): consume the messages, add OrchestrationStarted if it never started, tell its parent."""
         name, version = self._identity(lease, history, bodies)
         result = poisoned_turn(history, bodies, name, version, details, now_ms())
-        if conn is not None:
-            plan = self._write(conn, lease, result, msg_ids)
-        else:
-            with self.rt.store.write() as new_conn:
-                plan = self._write(new_conn, lease, result, msg_ids)
+        plan = turn.commit(lambda conn, _more: self._write(conn, lease, result, msg_ids))
         self._after_commit(lease, history, result, plan)
 
     def _write(

@@ -1,0 +1,223 @@
+"""What differs between SQLite and PostgreSQL, in one object per database (the store itself never branches on it).
+
+A dialect owns: how a write transaction begins and is serialized (SQLite: one writer, `BEGIN IMMEDIATE` behind
+a fair process-local lock; PostgreSQL: row locks), the operations PostgreSQL does in one statement that SQLite
+does in several (no data-modifying WITH there), row locking (`FOR UPDATE SKIP LOCKED`, advisory locks), and the
+shape of a turn's transactions (`turn_shapes`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+from sqlalchemy import LargeBinary, cast, delete, func, select, tuple_
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import Select
+
+from . import hot_statements as hot
+from .fair_lock import FairRLock
+from .schema import instances, timers
+from .turn_shapes import LeaseThenCommitTurn, OneTransactionTurn, TurnOps, TurnTransaction
+
+#: (instance id, orchestration name) of an instance to wake.
+Wake = tuple[str, str | None]
+
+
+class Dialect:
+    """The narrow hooks the store calls where the databases differ; subclasses implement them."""
+
+    #: SQLAlchemy's dialect module (its `insert` has `on_conflict_do_*`).
+    sql: Any = None
+
+    def write(self, engine: Engine) -> AbstractContextManager[Connection]:
+        """A write transaction on `engine` (committed when the block ends, rolled back on an exception)."""
+        raise NotImplementedError
+
+    def read_lock(self) -> AbstractContextManager[Any]:
+        """Held around a read connection (a database of one shared connection queues its reads too)."""
+        return nullcontext()
+
+    def create_instance(self, conn: Connection, params: dict[str, Any]) -> bool:
+        """Insert an instance (`iid`, `name`, `version`, `parent`, `now`), its first execution and its
+        StartOrchestration message (`payload`); False if the id exists."""
+        raise NotImplementedError
+
+    def consume_inbox_and_check(self, conn: Connection, ids: list[int], instance_id: str) -> bool:
+        """Delete the consumed messages `ids` (not empty); whether the instance has other messages."""
+        raise NotImplementedError
+
+    def complete_work_item(self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]) -> bool:
+        """Delete the activity row its lease holder names (`params`) and queue its outcome; False if it is gone."""
+        raise NotImplementedError
+
+    def fire_due_timers(self, conn: Connection, now: int, limit: int) -> tuple[list[Wake], int]:
+        """Move due timers into their inboxes; the instances to wake, and how many timers fired."""
+        raise NotImplementedError
+
+    def lock_session_claims(self, conn: Connection, owner: str) -> None:
+        """Serialize, until commit, the claims of new sessions by one owner (the per-worker cap counts them)."""
+
+    def skip_locked(self, query: Select[Any]) -> Select[Any]:
+        """`query` made to pass over rows another transaction holds (two callers take disjoint rows)."""
+        return query
+
+    def byte_length(self, column: Any) -> Any:
+        """Length in bytes (UTF-8) of a text column."""
+        raise NotImplementedError
+
+    def begin_turn(self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int) -> TurnTransaction:
+        """The transactions of one turn (`turn_shapes`): leased at `__enter__`, committed by `commit`."""
+        raise NotImplementedError
+
+
+class SqliteDialect(Dialect):
+    """One writer at a time: writes queue on a fair process-local lock, then `BEGIN IMMEDIATE`."""
+
+    sql = sqlite_dialect
+
+    def __init__(self, *, serialize_all: bool = False):
+        self._write_lock = FairRLock()
+        #: An in-memory database is one shared connection: its reads take the writers' lock too.
+        self._serialize_all = serialize_all
+
+    @contextmanager
+    def write(self, engine: Engine) -> Iterator[Connection]:
+        with self._write_lock:
+            with engine.connect() as conn:
+                conn.execution_options(sqlite_begin="IMMEDIATE")
+                with conn.begin():
+                    yield conn
+
+    def read_lock(self) -> AbstractContextManager[Any]:
+        return self._write_lock if self._serialize_all else nullcontext()
+
+    def create_instance(self, conn: Connection, params: dict[str, Any]) -> bool:
+        if conn.execute(hot.INSERT_NEW_INSTANCE, params).first() is None:
+            return False
+        conn.execute(
+            hot.INSERT_EXECUTION,
+            {
+                "instance_id": params["iid"],
+                "execution_id": 1,
+                "status": "Running",
+                "started_at": params["now"],
+                "event_count": 0,
+                "kv_snapshot": "{}",
+            },
+        )
+        conn.execute(
+            hot.INSERT_INBOX,
+            {
+                "instance_id": params["iid"],
+                "kind": "StartOrchestration",
+                "payload": params["payload"],
+                "created_at": params["now"],
+            },
+        )
+        return True
+
+    def consume_inbox_and_check(self, conn: Connection, ids: list[int], instance_id: str) -> bool:
+        conn.execute(hot.DELETE_INBOX, {"ids": ids})
+        return conn.execute(hot.INBOX_PENDING, {"iid": instance_id}).first() is not None
+
+    def complete_work_item(self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]) -> bool:
+        if not conn.execute(hot.DELETE_LEASED_WORK_ITEM, params).rowcount:
+            return False
+        conn.execute(
+            hot.INSERT_INBOX,
+            {"instance_id": params["iid"], "kind": kind, "payload": json.dumps(message), "created_at": params["now"]},
+        )
+        return True
+
+    def fire_due_timers(self, conn: Connection, now: int, limit: int) -> tuple[list[Wake], int]:
+        due = conn.execute(
+            select(timers.c.instance_id, timers.c.execution_id, timers.c.event_id, timers.c.fire_at_ms)
+            .where(timers.c.fire_at_ms <= now)
+            .order_by(timers.c.fire_at_ms)
+            .limit(limit)
+        ).all()
+        if not due:
+            return [], 0
+        conn.execute(
+            delete(timers).where(
+                tuple_(timers.c.instance_id, timers.c.execution_id, timers.c.event_id).in_(
+                    [(i, e, ev_id) for i, e, ev_id, _ in due]
+                )
+            )
+        )
+        conn.execute(
+            hot.INSERT_INBOX,
+            [
+                {
+                    "instance_id": i,
+                    "kind": "TimerFired",
+                    "payload": json.dumps({"execution_id": e, "event_id": ev_id, "fire_at_ms": fire_at}),
+                    "created_at": now,
+                }
+                for i, e, ev_id, fire_at in due
+            ],
+        )
+        fired = sorted({row[0] for row in due})
+        rows = conn.execute(
+            select(instances.c.instance_id, instances.c.orchestration_name).where(instances.c.instance_id.in_(fired))
+        ).all()
+        names: dict[str, str | None] = {r[0]: r[1] for r in rows}
+        return [(i, names.get(i)) for i in fired], len(due)
+
+    def byte_length(self, column: Any) -> Any:
+        # SQLite < 3.43 has no octet_length: the length of the text cast to a blob is its UTF-8 byte count.
+        return func.length(cast(column, LargeBinary))
+
+    def begin_turn(self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int) -> TurnTransaction:
+        return OneTransactionTurn(ops, instance_id, owner, lease_ms)
+
+
+class PostgresDialect(Dialect):
+    """Row locks and one-statement operations (data-modifying WITH), a lease-only engine without WAL waits."""
+
+    sql = pg_dialect
+
+    @contextmanager
+    def write(self, engine: Engine) -> Iterator[Connection]:
+        with engine.begin() as conn:
+            yield conn
+
+    def create_instance(self, conn: Connection, params: dict[str, Any]) -> bool:
+        return conn.execute(hot.CREATE_INSTANCE, params).first() is not None
+
+    def consume_inbox_and_check(self, conn: Connection, ids: list[int], instance_id: str) -> bool:
+        return bool(conn.execute(hot.CONSUME_INBOX_AND_CHECK, {"ids": ids, "iid": instance_id}).scalar())
+
+    def complete_work_item(self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]) -> bool:
+        statement_params = dict(params, kind=kind, payload=json.dumps(message), created=params["now"])
+        return conn.execute(hot.COMPLETE_WORK_ITEM, statement_params).first() is not None
+
+    def fire_due_timers(self, conn: Connection, now: int, limit: int) -> tuple[list[Wake], int]:
+        rows = conn.execute(hot.FIRE_DUE_TIMERS, {"now": now, "limit": limit}).all()
+        return sorted({(r[0], r[1]) for r in rows}), len(rows)
+
+    def lock_session_claims(self, conn: Connection, owner: str) -> None:
+        conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(owner))))
+
+    def skip_locked(self, query: Select[Any]) -> Select[Any]:
+        return query.with_for_update(skip_locked=True)
+
+    def byte_length(self, column: Any) -> Any:
+        return func.octet_length(column)
+
+    def begin_turn(self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int) -> TurnTransaction:
+        return LeaseThenCommitTurn(ops, instance_id, owner, lease_ms)
+
+
+def dialect_for(engine: Engine, *, serialize_all: bool = False) -> Dialect:
+    """The dialect object of `engine`'s database (the one place that reads the dialect's name)."""
+    if engine.dialect.name == "sqlite":
+        return SqliteDialect(serialize_all=serialize_all)
+    if engine.dialect.name == "postgresql":
+        return PostgresDialect()
+    raise ValueError(f"unsupported database {engine.dialect.name!r}: duroxide-celery supports SQLite and PostgreSQL")
