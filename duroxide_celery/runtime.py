@@ -219,8 +219,7 @@ class Runtime(Registry):
                     continue  # already done, cancelled, or held by someone (a session owner)
                 message = f"activity '{item.name}' cannot be delivered to a worker: {bad.reason}"
                 details = error_details(ev.APPLICATION, message, "Undeliverable")  # catchable
-                payload = {"details": details}
-                if store.complete_work_item(key, self.worker_id, ev.MSG_ACTIVITY_FAILED, payload, claimed.session_id):
+                if store.fail_work_item(key, self.worker_id, details, claimed.session_id):
                     self.publisher.poke([(item.instance_id, claimed.orchestration_name)])
             except Exception:  # noqa: BLE001 - the sweep offers it again; other rows are unaffected
                 log.exception(

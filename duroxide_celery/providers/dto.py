@@ -91,3 +91,97 @@ class TreeDeletion:
     running_ids: list[str] = field(default_factory=list)
     deleted_ids: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+
+
+# -- a turn's commit (Store.commit_turn) ------------------------------------------------------------------------
+@dataclass
+class NewActivity:
+    """An activity a turn scheduled: a row of `dx_work_items` (`ttl_ms`: its claim deadline, else the default)."""
+
+    event_id: int
+    name: str
+    input: str
+    session_id: str | None = None
+    tag: str | None = None
+    ttl_ms: int | None = None
+
+
+@dataclass
+class NewTimer:
+    """A durable timer a turn scheduled (its scheduled event id, and when it fires)."""
+
+    event_id: int
+    fire_at_ms: int
+
+
+@dataclass
+class InboxMessage:
+    """A message for an instance's inbox: `kind` and its JSON-ready `payload`."""
+
+    instance_id: str
+    kind: str
+    payload: dict[str, Any]
+
+
+@dataclass
+class ChildStart:
+    """A sub-orchestration (or detached orchestration, `parent_event_id` None) a turn starts. When the id is taken,
+    `if_taken` (if any) is queued instead: an explicit child id already in use fails the parent's call at once."""
+
+    instance_id: str
+    name: str
+    input: str
+    version: str | None = None
+    parent_event_id: int | None = None
+    if_taken: InboxMessage | None = None
+
+
+@dataclass
+class NextExecution:
+    """Continue-as-new: the next execution starts with `kv_state` and its ContinueAsNew message `payload`."""
+
+    kv_state: dict[str, tuple[str, int]]
+    payload: dict[str, Any]
+
+
+@dataclass
+class TurnChanges:
+    """Everything one turn decided, committed by Store.commit_turn in one transaction (DESIGN invariant 2)."""
+
+    #: The history events to append, and the inbox messages the turn consumed.
+    history: list[HistoryEvent]
+    consumed: list[int]
+    #: (name, version) of the orchestration, stamped on its activity rows.
+    orchestration: tuple[str, str] = ("", "")
+    #: New column values of the instance row and of the execution row (none for most turns).
+    instance: dict[str, Any] = field(default_factory=dict)
+    execution: dict[str, Any] = field(default_factory=dict)
+    activities: list[NewActivity] = field(default_factory=list)
+    default_activity_ttl_ms: int | None = None
+    cancelled_activities: list[int] = field(default_factory=list)
+    timers: list[NewTimer] = field(default_factory=list)
+    cancelled_timers: list[int] = field(default_factory=list)
+    child_starts: list[ChildStart] = field(default_factory=list)
+    #: Cancel requests for other instances, queued only to those still running.
+    cancels: list[InboxMessage] = field(default_factory=list)
+    #: Completions and failures for parent instances.
+    parent_notifications: list[InboxMessage] = field(default_factory=list)
+    #: KV operations in order: ("set", key, value, stamp), ("clear", key), ("clear_all",).
+    kv_ops: list[tuple[Any, ...]] = field(default_factory=list)
+    custom_status_changed: bool = False
+    custom_status: str | None = None
+    next_execution: NextExecution | None = None
+
+
+@dataclass
+class PublishPlan:
+    """What to publish once a turn's commit is durable (DESIGN invariant 3)."""
+
+    #: Activity rows to publish, each routed to its session's live owner when it has one.
+    activities: list[PendingActivity] = field(default_factory=list)
+    #: Instances to wake, as (instance id, orchestration name or None).
+    pokes: list[tuple[str, str | None]] = field(default_factory=list)
+    #: When the earliest timer this turn created fires (epoch ms), if it created any.
+    first_timer_at: int | None = None
+    #: Whether more messages wait for this instance (read after the commit's fence).
+    more: bool = False

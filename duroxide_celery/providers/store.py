@@ -27,10 +27,14 @@ from .dto import (
     HeldWorkItem,
     InstanceLease,
     LeaseLost,
+    NewActivity,
+    NewTimer,
     PendingActivity,
+    PublishPlan,
     SessionBusy,
     SessionPolicy,
     TreeDeletion,
+    TurnChanges,
     TurnLoad,
 )
 from .schema import executions, history, inbox, instances, kv, sessions, timers, work_items
@@ -203,6 +207,68 @@ class Store:
                     self._lease_keeper = LeaseKeeper(self.renew_instance)
         return self._lease_keeper
 
+    def commit_turn(
+        self, lease: InstanceLease, changes: TurnChanges, *, conn: Connection, check_more: bool = False
+    ) -> PublishPlan:
+        """Write everything a turn decided, in the caller's transaction (TurnTransaction.commit opens it); returns
+        what to publish once it commits, and (`check_more`) whether more messages wait, read after the fence."""
+        instance_id, exec_id = lease.instance_id, lease.execution_id
+        now = now_ms()
+        # First: the fence (LeaseLost unless the lease is still ours) and the instance row lock until commit.
+        self.finish_instance(conn, instance_id, lease.owner, **changes.instance)
+        self.append_history(conn, instance_id, exec_id, changes.history)
+        more = self.delete_inbox(conn, changes.consumed, more_of=instance_id if check_more else None)
+        activities = changes.activities
+        self.add_work_items(
+            conn, instance_id, exec_id, changes.orchestration, activities, now, changes.default_activity_ttl_ms
+        )
+        # Activities of a session some worker holds go straight to that worker's session queue.
+        owners = self.session_owners(conn, (a.session_id for a in activities if a.session_id))
+        self.delete_work_items(conn, instance_id, exec_id, changes.cancelled_activities)
+        self.add_timers(conn, instance_id, exec_id, changes.timers)
+        self.delete_timers(conn, instance_id, exec_id, changes.cancelled_timers)
+        pokes = self._send_messages(conn, instance_id, exec_id, changes, now)
+        self.apply_kv(conn, instance_id, changes.kv_ops)
+        if changes.custom_status_changed:
+            self.bump_custom_status(conn, instance_id, changes.custom_status)
+        if changes.next_execution is not None:
+            self.new_execution(conn, instance_id, exec_id + 1, changes.next_execution.kv_state, now)
+            self.enqueue(conn, instance_id, ev.MSG_CONTINUE_AS_NEW, changes.next_execution.payload, now)
+            pokes.append((instance_id, changes.orchestration[0] or None))  # the next execution starts now
+        self.update_execution(conn, instance_id, exec_id, **changes.execution)
+        return PublishPlan(
+            activities=[
+                PendingActivity(instance_id, exec_id, a.event_id, a.name, a.session_id, a.tag, owners.get(a.session_id))
+                for a in activities
+            ],
+            pokes=pokes,
+            first_timer_at=min((t.fire_at_ms for t in changes.timers), default=None),
+            more=more,
+        )
+
+    def _send_messages(
+        self, conn: Connection, instance_id: str, exec_id: int, changes: TurnChanges, now: int
+    ) -> list[tuple[str, str | None]]:
+        """A turn's child starts, cancels and parent notifications; returns the instances to wake for them."""
+        pokes: list[tuple[str, str | None]] = []
+        for child in changes.child_starts:
+            parent = (instance_id, exec_id, child.parent_event_id) if child.parent_event_id is not None else None
+            if self.create_instance(conn, child.instance_id, child.name, child.input, child.version, parent, now):
+                pokes.append((child.instance_id, child.name))
+            elif child.if_taken is not None:
+                self.enqueue(conn, child.if_taken.instance_id, child.if_taken.kind, child.if_taken.payload, now)
+                pokes.append((child.if_taken.instance_id, None))
+        for cancel in changes.cancels:
+            status = self.instance_status(conn, cancel.instance_id)
+            if status is not None and status not in TERMINAL_STATUSES:
+                self.enqueue(conn, cancel.instance_id, cancel.kind, cancel.payload, now)
+                pokes.append((cancel.instance_id, None))
+        for note in changes.parent_notifications:
+            self.enqueue(conn, note.instance_id, note.kind, note.payload, now)
+            # The parent's name makes this poke read `orch:<Parent>#<id>` in Flower (one primary-key read).
+            pokes.append((note.instance_id, self.orchestration_name(conn, note.instance_id)))
+        return pokes
+
     def acquire_instance(
         self, instance_id: str, owner: str, lease_ms: int, conn: Connection | None = None, require_inbox: bool = False
     ) -> InstanceLease | None:
@@ -362,7 +428,7 @@ class Store:
         instance_id: str,
         execution_id: int,
         orch: tuple[str, str],
-        items: list[Any],
+        items: list[NewActivity],
         now: int,
         default_ttl_ms: int | None = None,
     ) -> None:
@@ -408,7 +474,7 @@ class Store:
     def delete_work_items(self, conn: Connection, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
         _delete_scheduled(conn, work_items, instance_id, execution_id, event_ids)
 
-    def add_timers(self, conn: Connection, instance_id: str, execution_id: int, items: list[Any]) -> None:
+    def add_timers(self, conn: Connection, instance_id: str, execution_id: int, items: list[NewTimer]) -> None:
         if items:
             conn.execute(
                 insert(timers),
@@ -600,14 +666,35 @@ class Store:
         self,
         key: tuple[str, int, int],
         owner: str,
-        kind: str,
-        payload: dict[str, Any],
+        result: str,
         session_id: str | None = None,
         node: str | None = None,
     ) -> bool:
-        """Record an activity's outcome at most once: delete our leased row and queue the completion, atomically.
-        False when the row is gone or another lease holder has it (the outcome is dropped). `node` (default
-        `owner`): the worker whose session's idle clock restarts."""
+        """Record an activity's result (JSON text) at most once: delete our leased row and queue ActivityCompleted,
+        atomically. False when the row is gone or another lease holder has it (the outcome is dropped). `node`
+        (default `owner`): the worker whose session's idle clock restarts."""
+        return self._record_outcome(key, owner, ev.MSG_ACTIVITY_COMPLETED, {"result": result}, session_id, node)
+
+    def fail_work_item(
+        self,
+        key: tuple[str, int, int],
+        owner: str,
+        details: dict[str, Any],
+        session_id: str | None = None,
+        node: str | None = None,
+    ) -> bool:
+        """Record an activity's failure (`details`, error_details' shape) at most once, as complete_work_item."""
+        return self._record_outcome(key, owner, ev.MSG_ACTIVITY_FAILED, {"details": details}, session_id, node)
+
+    def _record_outcome(
+        self,
+        key: tuple[str, int, int],
+        owner: str,
+        kind: str,
+        payload: dict[str, Any],
+        session_id: str | None,
+        node: str | None,
+    ) -> bool:
         params = _work_item_params(key, owner, now=now_ms())
         message = dict(payload, execution_id=key[1], event_id=key[2])
         with self.write() as conn:

@@ -21,7 +21,7 @@ from typing import Protocol, TypeVar
 
 from sqlalchemy.engine import Connection
 
-from .dto import InstanceLease, TurnLoad
+from .dto import InstanceLease, PublishPlan, TurnChanges, TurnLoad
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ class TurnOps(Protocol):
         check_more: bool = False,
     ) -> bool: ...
     def count_failed_attempt(self, instance_id: str, cause: str | None = None) -> None: ...
+    def commit_turn(
+        self, lease: InstanceLease, changes: TurnChanges, *, conn: Connection, check_more: bool = False
+    ) -> PublishPlan: ...
     def renew_instance(self, instance_id: str, owner: str, lease_ms: int) -> bool: ...
     @property
     def lease_keeper(self) -> LeaseKeeper: ...
@@ -96,7 +99,15 @@ class TurnTransaction:
     def replay_starts(self) -> None:
         raise NotImplementedError
 
-    def commit(self, write: Callable[[Connection, bool], T]) -> T:
+    def commit(self, changes: TurnChanges) -> PublishPlan:
+        """Commit everything the turn decided (Store.commit_turn), fenced by the lease (LeaseLost when it was
+        taken over); returns what to publish now that it is durable."""
+        lease = self.lease
+        if lease is None:
+            raise RuntimeError("a turn that holds no lease has nothing to commit")
+        return self._in_commit(lambda conn, more: self.ops.commit_turn(lease, changes, conn=conn, check_more=more))
+
+    def _in_commit(self, write: Callable[[Connection, bool], T]) -> T:
         """Run `write(conn, check_more)` in the commit transaction; `check_more`: whether it must read, after the
         fence, if more messages wait (only needed where messages can arrive while the lease is held)."""
         raise NotImplementedError
@@ -110,7 +121,7 @@ class TurnTransaction:
         consumed_ids: Iterable[int] = (),
     ) -> bool:
         """Give the lease back without a turn (Store.release_instance); whether more messages may wait."""
-        return self.commit(
+        return self._in_commit(
             lambda conn, check_more: self.ops.release_instance(
                 self.instance_id,
                 self.owner,
@@ -149,7 +160,7 @@ class OneTransactionTurn(TurnTransaction):
     def replay_starts(self) -> None:
         return None  # the write transaction stays open through the replay: nobody else can write meanwhile
 
-    def commit(self, write: Callable[[Connection, bool], T]) -> T:
+    def _in_commit(self, write: Callable[[Connection, bool], T]) -> T:
         return write(self._leased_conn(), False)
 
     def record_failed_attempt(self, cause: str) -> None:
@@ -196,7 +207,7 @@ class LeaseThenCommitTurn(TurnTransaction):
         self.ops.lease_keeper.hold(self.instance_id, self.owner, self.lease_ms)
         self._held = True
 
-    def commit(self, write: Callable[[Connection, bool], T]) -> T:
+    def _in_commit(self, write: Callable[[Connection, bool], T]) -> T:
         self.replay_starts()
         with self.ops.write() as commit_conn:
             return write(commit_conn, True)

@@ -249,7 +249,7 @@ class ActivityExecutor:
         if kind == ev.MSG_ACTIVITY_FAILED:
             self._fail(item, payload["details"], error)  # type: ignore[arg-type]
         else:
-            self._finish(item, kind, payload)
+            self._complete(item, payload["result"])  # type: ignore[arg-type]
 
     def _reroute(self, key: Key, busy: SessionBusy) -> None:
         """A session activity this worker may not run: hand it to the session's owner, or (at our session cap)
@@ -269,10 +269,15 @@ class ActivityExecutor:
             )
             self.rt.publisher.activities([item], countdown=SESSION_CAP_RETRY_S)
 
-    def _finish(self, item: ClaimedWorkItem, kind: str, payload: dict[str, object]) -> bool:
-        """Record the outcome and wake the orchestration; False when the outcome was dropped."""
+    def _complete(self, item: ClaimedWorkItem, result: str) -> None:
+        """Record the activity's result (JSON text) and wake the orchestration."""
         key = (item.instance_id, item.execution_id, item.event_id)
-        if self.rt.store.complete_work_item(key, item.owner, kind, payload, item.session_id, node=self.rt.worker_id):
+        node = self.rt.worker_id
+        self._woken(item, self.rt.store.complete_work_item(key, item.owner, result, item.session_id, node=node))
+
+    def _woken(self, item: ClaimedWorkItem, recorded: bool) -> bool:
+        """After recording an outcome: wake the orchestration; False (and a note) when the outcome was dropped."""
+        if recorded:
             self.rt.publisher.poke([(item.instance_id, item.orchestration_name)])
             return True
         log.info(
@@ -288,7 +293,9 @@ class ActivityExecutor:
         ActivityFailed, so that Celery marks the task FAILURE (acked at start: never redelivered). A failure
         dropped with its work item (cancelled, or taken over after a lapsed lease) is nobody's news: no raise.
         `error` reads `<error type>: <text>`; only its first line, clipped, reaches logs and task events."""
-        if not self._finish(item, ev.MSG_ACTIVITY_FAILED, {"details": details}):
+        key = (item.instance_id, item.execution_id, item.event_id)
+        node = self.rt.worker_id
+        if not self._woken(item, self.rt.store.fail_work_item(key, item.owner, details, item.session_id, node=node)):
             return
         error_type = error.split(":", 1)[0]
         error = clip(error)

@@ -14,30 +14,22 @@ import random
 import threading
 import traceback
 import uuid
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OrchestrationFailed
-from ..providers.store import LeaseLost, PendingActivity, now_ms
+from ..providers.dto import InstanceLease, LeaseLost, PublishPlan, TurnLoad
+from ..providers.store import now_ms
 from ..providers.turn_shapes import TurnTransaction
 from ..replay import events as ev
-from ..replay.commands import (
-    CancelActivity,
-    CancelInstance,
-    CancelTimer,
-    NotifyParent,
-    ScheduleActivity,
-    ScheduleTimer,
-    StartOrchestration,
-    TurnInput,
-    TurnResult,
-)
+from ..replay.commands import TurnInput, TurnResult
 from ..replay.engine import ReplayEngine
-from ..replay.events import REPLAY_VERSION, HistoryEvent, error_details
+from ..replay.events import HistoryEvent, error_details
 from ..replay.poison import poisoned_turn
-from ..types import TERMINAL_STATUSES
 from .engine_cache import LruCache
 from .failures import clip, describe, lease_owner, raised_by_user_code, when, worker_log
+from .turn_changes import started_fresh, turn_changes
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -88,6 +80,11 @@ class _TaskState(threading.local):
     failed: OrchestrationFailed | None = None
 
 
+#: What a leased turn leaves to do once its transaction has ended (publish what it committed); returns whether
+#: the inbox may hold more work for the instance.
+AfterCommit = Callable[[], bool]
+
+
 class TurnExecutor:
     def __init__(self, runtime: Runtime):
         self.rt = runtime
@@ -120,24 +117,11 @@ class TurnExecutor:
         name: str | None = None  # the orchestration's, once leased: the retry poke then reads orch:<Name>#<id>
         try:
             with turn:
-                lease = turn.lease
-                if lease is None:
+                if turn.lease is None:
                     return False  # no message (a duplicate or late poke), or the lease holder re-reads the inbox
-                name = lease.orchestration_name
-                history, messages, kv_snapshot = self._load(turn, lease)
-                turn.replay_starts()
-                if messages:
-                    outcome = self._decide(turn, lease, history, messages, kv_snapshot)
-                    if outcome is None:
-                        return False  # poisoned or backed off, and written
-                    result, msg_ids = outcome
-                else:
-                    result, msg_ids = None, []
-                if result is None or result.status == "Idle":
-                    return turn.release(reset_attempts=True, consumed_ids=msg_ids)
-                plan = turn.commit(lambda conn, more: self._write(conn, lease, result, msg_ids, check_inbox=more))
-            self._after_commit(lease, history, result, plan)
-            return plan["more"]
+                name = turn.lease.orchestration_name
+                after_commit = self._leased_turn(turn, turn.lease)
+            return after_commit()
         except LeaseLost:
             log.warning("lease on %s lost during its turn; another worker redoes it", instance_id)
             return False
@@ -159,7 +143,25 @@ class TurnExecutor:
                 pass
             raise
 
-    def _load(self, turn: TurnTransaction, lease: Any) -> tuple[list[HistoryEvent], list[Any], dict[str, Any]]:
+    def _leased_turn(self, turn: TurnTransaction, lease: InstanceLease) -> AfterCommit:
+        """Load, replay and commit a leased turn; returns what to do once its transaction has ended."""
+        history, messages, kv_snapshot = self._load(turn, lease)
+        turn.replay_starts()
+        if not messages:
+            more = turn.release(reset_attempts=True)
+            return lambda: more
+        decided = self._decide(turn, lease, history, messages, kv_snapshot)
+        if not isinstance(decided, TurnResult):
+            return decided  # poisoned, failed without its code, or backed off: committed already
+        msg_ids = [m[0] for m in messages]
+        if decided.status == "Idle":
+            more = turn.release(reset_attempts=True, consumed_ids=msg_ids)
+            return lambda: more
+        changes = turn_changes(lease, decided, msg_ids, now_ms(), self.rt.options.default_activity_ttl_ms)
+        plan = turn.commit(changes)
+        return partial(self._after_commit, lease, decided, plan)
+
+    def _load(self, turn: TurnTransaction, lease: InstanceLease) -> TurnLoad:
         """The execution's history, inbox and KV snapshot. A worker that ran this instance's last turn keeps its
         engine, whose history is the committed prefix: only the events stored after it are read. That prefix's
         tip is read back too, since an instance deleted and started again under the same id (Client.
@@ -180,18 +182,17 @@ class TurnExecutor:
     def _decide(
         self,
         turn: TurnTransaction,
-        lease: Any,
+        lease: InstanceLease,
         history: list[HistoryEvent],
-        messages: list[Any],
-        kv_snapshot: dict[str, Any],
-    ) -> tuple[TurnResult, list[int]] | None:
-        """Run the replay; None when the turn ended here (poisoned, or backed off for a missing handler)."""
+        messages: list[tuple[int, dict[str, Any]]],
+        kv_snapshot: dict[str, tuple[str, int]],
+    ) -> TurnResult | AfterCommit:
+        """Run the replay; when the turn ended without a result to commit (poisoned, or backed off for a missing
+        handler), what it committed instead is done, and its after-commit step is returned."""
         rt = self.rt
-        msg_ids = [m[0] for m in messages]
         bodies = [m[1] for m in messages]
         if lease.attempt_count > rt.options.max_attempts_value:
-            self._poison(turn, lease, history, bodies, msg_ids)
-            return None
+            return self._poison(turn, lease, history, messages)
         inp = TurnInput(
             instance_id=lease.instance_id,
             execution_id=lease.execution_id,
@@ -224,15 +225,13 @@ class TurnExecutor:
                 raise
             # SystemExit, KeyboardInterrupt, GeneratorExit raised by the orchestration's code: deterministic, so
             # another attempt would raise it again. Fail the orchestration with it now, once.
-            self._end_as_failed(turn, lease, history, bodies, msg_ids, _base_exception_failure(exc))
-            return None
+            return self._end_as_failed(turn, lease, history, messages, _base_exception_failure(exc))
         result.replay_engine = engine
         if result.status == "Unregistered":
-            self._backoff(turn, lease, result)
-            return None
-        return result, msg_ids
+            return self._backoff(turn, lease, result)
+        return result
 
-    def _backoff(self, turn: TurnTransaction, lease: Any, result: TurnResult) -> None:
+    def _backoff(self, turn: TurnTransaction, lease: InstanceLease, result: TurnResult) -> AfterCommit:
         """No worker that took this turn has the orchestration (a rolling deploy?): wait, say why, and retry."""
         name, version = result.unregistered or (lease.orchestration_name, None)
         delay = unregistered_backoff_ms(lease.attempt_count)
@@ -259,19 +258,23 @@ class TurnExecutor:
             f"this turn; retrying at {when(retry_at)}"
         )
         turn.release(reset_attempts=False, next_attempt_at=retry_at, waiting_reason=reason)
-        self.rt.publisher.poke([(lease.instance_id, name)], countdown=delay / 1000 + 0.05)
+
+        def retry_later() -> bool:
+            self.rt.publisher.poke([(lease.instance_id, name)], countdown=delay / 1000 + 0.05)
+            return False
+
+        return retry_later
 
     def _poison(
         self,
         turn: TurnTransaction,
-        lease: Any,
+        lease: InstanceLease,
         history: list[HistoryEvent],
-        bodies: list[dict[str, Any]],
-        msg_ids: list[int],
-    ) -> None:
+        messages: list[tuple[int, dict[str, Any]]],
+    ) -> AfterCommit:
         """Fail an instance whose turns keep failing (or whose handler never appeared), with a clear reason."""
         rt = self.rt
-        name, version = self._identity(lease, history, bodies)
+        name, version = _identity(lease, history, [m[1] for m in messages])
         registered = rt.resolve_orchestration(name, version) is not None
         if not registered:
             reason = f": orchestration '{name}' (version {version or 'latest'}) is not registered"
@@ -283,171 +286,57 @@ class TurnExecutor:
             f"poison: orchestration {lease.instance_id} exceeded {lease.attempt_count} attempts "
             f"(max {rt.options.max_attempts_value}){reason}"
         )
-        self._end_as_failed(turn, lease, history, bodies, msg_ids, error_details(ev.POISON, message, "Poison"))
-        # Only now that it committed (a poison decision that fails to commit is retried, and not counted).
-        log.error(message, extra={"instance_id": lease.instance_id, "orchestration_name": name})
+        publish = self._end_as_failed(turn, lease, history, messages, error_details(ev.POISON, message, "Poison"))
 
-    @staticmethod
-    def _identity(lease: Any, history: list[HistoryEvent], bodies: list[dict[str, Any]]) -> tuple[str, str | None]:
-        start = next((b for b in bodies if b["kind"] in (ev.MSG_START, ev.MSG_CONTINUE_AS_NEW)), None)
-        name = history[0].data["name"] if history else (start or {}).get("name", lease.orchestration_name)
-        version = history[0].data.get("version") if history else (start or {}).get("version")
-        return name, version
+        def report() -> bool:
+            # Only now that it committed (a poison decision that fails to commit is retried, and not counted).
+            log.error(message, extra={"instance_id": lease.instance_id, "orchestration_name": name})
+            return publish()
+
+        return report
 
     def _end_as_failed(
         self,
         turn: TurnTransaction,
-        lease: Any,
+        lease: InstanceLease,
         history: list[HistoryEvent],
-        bodies: list[dict[str, Any]],
-        msg_ids: list[int],
+        messages: list[tuple[int, dict[str, Any]]],
         details: dict[str, Any],
-    ) -> None:
+    ) -> AfterCommit:
         """Fail the orchestration with `details`, decided without its code (poison, or its code raised a
         BaseException): consume the messages, add OrchestrationStarted if it never started, tell its parent."""
-        name, version = self._identity(lease, history, bodies)
+        bodies = [m[1] for m in messages]
+        name, version = _identity(lease, history, bodies)
         result = poisoned_turn(history, bodies, name, version, details, now_ms())
-        plan = turn.commit(lambda conn, _more: self._write(conn, lease, result, msg_ids))
-        self._after_commit(lease, history, result, plan)
+        changes = turn_changes(lease, result, [m[0] for m in messages], now_ms(), None)
+        plan = turn.commit(changes)
+        return partial(self._after_commit, lease, result, plan)
 
-    def _write(
-        self, conn: Any, lease: Any, result: TurnResult, msg_ids: list[int], check_inbox: bool = False
-    ) -> dict[str, Any]:
-        """Write everything the turn decided, in the caller's transaction; returns what to publish after it, and
-        (`check_inbox`) whether more messages wait, read after the fence has row-locked the instance."""
-        rt = self.rt
-        store = rt.store
-        instance_id, exec_id, owner = lease.instance_id, lease.execution_id, lease.owner
-        now = now_ms()
-        activities = [o for o in result.outgoing if isinstance(o, ScheduleActivity)]
-        new_timers = [o for o in result.outgoing if isinstance(o, ScheduleTimer)]
-        pokes: list[tuple[str, str | None]] = []
-        started_fresh = bool(result.new_events) and result.new_events[0].kind == ev.ORCHESTRATION_STARTED
-        exec_values, inst_values = self._state_changes(result, exec_id, started_fresh, now)
-        # First: the fence (LeaseLost unless the lease is still ours) and the instance row lock until commit.
-        store.finish_instance(conn, instance_id, owner, **inst_values)
-        store.append_history(conn, instance_id, exec_id, result.new_events)
-        more = store.delete_inbox(conn, msg_ids, more_of=instance_id if check_inbox else None)
-        orch = (result.orchestration_name or "", result.orchestration_version or "")
-        store.add_work_items(conn, instance_id, exec_id, orch, activities, now, rt.options.default_activity_ttl_ms)
-        # Activities of a session some worker holds go straight to that worker's session queue.
-        owners = store.session_owners(conn, (a.session_id for a in activities if a.session_id))
-        store.delete_work_items(
-            conn, instance_id, exec_id, [o.event_id for o in result.outgoing if isinstance(o, CancelActivity)]
-        )
-        store.add_timers(conn, instance_id, exec_id, new_timers)
-        store.delete_timers(
-            conn, instance_id, exec_id, [o.event_id for o in result.outgoing if isinstance(o, CancelTimer)]
-        )
-        for out in result.outgoing:
-            if isinstance(out, StartOrchestration):
-                parent = (instance_id, exec_id, out.parent_event_id) if out.parent_instance_id else None
-                if store.create_instance(conn, out.instance_id, out.name, out.input, out.version, parent, now):
-                    pokes.append((out.instance_id, out.name))
-                elif parent is not None:
-                    # An explicit child id that is already taken fails the parent's call at once, instead of
-                    # hanging it (duroxide #40).
-                    store.enqueue(
-                        conn,
-                        instance_id,
-                        ev.MSG_SUB_FAILED,
-                        {
-                            "execution_id": exec_id,
-                            "event_id": out.parent_event_id,
-                            "details": error_details(
-                                ev.APPLICATION,
-                                f"sub-orchestration instance id '{out.instance_id}' already exists",
-                                "SubOrchestrationFailed",
-                            ),
-                        },
-                        now,
-                    )
-                    pokes.append((instance_id, None))  # we queued a message to ourselves: wake us for it
-            elif isinstance(out, CancelInstance):
-                status = store.instance_status(conn, out.instance_id)
-                if status is not None and status not in TERMINAL_STATUSES:
-                    store.enqueue(conn, out.instance_id, ev.MSG_CANCEL, {"reason": out.reason}, now)
-                    pokes.append((out.instance_id, None))
-            elif isinstance(out, NotifyParent):
-                store.enqueue(
-                    conn,
-                    out.parent_instance_id,
-                    out.kind,
-                    {
-                        "execution_id": out.parent_execution_id,
-                        "event_id": out.parent_event_id,
-                        "result": out.result,
-                        "details": out.details,
-                    },
-                    now,
-                )
-                # The parent's name makes this poke read `orch:<Parent>#<id>` in Flower (one primary-key read).
-                pokes.append((out.parent_instance_id, store.orchestration_name(conn, out.parent_instance_id)))
-        store.apply_kv(conn, instance_id, result.kv_ops)
-        if result.custom_status_changed:
-            store.bump_custom_status(conn, instance_id, result.custom_status)
-        if result.status == "ContinuedAsNew":
-            can = result.continue_as_new or {}
-            store.new_execution(conn, instance_id, exec_id + 1, result.kv_state, now)
-            store.enqueue(conn, instance_id, ev.MSG_CONTINUE_AS_NEW, can, now)
-            pokes.append((instance_id, result.orchestration_name))  # start the next execution now, not at a sweep
-        store.update_execution(conn, instance_id, exec_id, **exec_values)
-        return {
-            "activities": activities,
-            "session_owners": owners,
-            "timers": new_timers,
-            "pokes": pokes,
-            "started": started_fresh,
-            "more": more,
-        }
-
-    @staticmethod
-    def _state_changes(
-        result: TurnResult, exec_id: int, started_fresh: bool, now: int
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The execution row's and the instance row's new column values after this turn."""
-        exec_values: dict[str, Any] = {}
-        inst_values: dict[str, Any] = {}
-        if started_fresh:
-            exec_values.update(orchestration_version=result.orchestration_version, replay_version=REPLAY_VERSION)
-            inst_values["orchestration_version"] = result.orchestration_version
-        error_text = result.error["message"] if result.error else None
-        if result.status in TERMINAL_STATUSES:
-            exec_values.update(status=result.status, output=result.output, error=error_text, completed_at=now)
-            inst_values.update(status=result.status, output=result.output, error=error_text)
-        elif result.status == "ContinuedAsNew":
-            can = result.continue_as_new or {}
-            exec_values.update(status="ContinuedAsNew", output=can.get("input"), completed_at=now)
-            inst_values.update(current_execution_id=exec_id + 1, status="Running", output=None, error=None)
-        return exec_values, inst_values
-
-    def _after_commit(self, lease: Any, history: list[HistoryEvent], result: TurnResult, plan: dict[str, Any]) -> None:
+    def _after_commit(self, lease: InstanceLease, result: TurnResult, plan: PublishPlan) -> bool:
         """Keep the engine of a still-running instance (its history is now the committed one), then publish
-        (transactional outbox: a crash before or during publishing is healed by the recovery sweep)."""
+        (transactional outbox: a crash before or during publishing is healed by the recovery sweep). Returns
+        whether more messages wait."""
         rt = self.rt
         instance_id, exec_id = lease.instance_id, lease.execution_id
         key = (instance_id, exec_id)
-        engine = getattr(result, "replay_engine", None)
+        engine = result.replay_engine
         if result.status == "Running" and engine is not None and engine.resumable:
             self.engines.put(key, engine)
         else:
             self.engines.drop(key)
-        rt.metrics.record_turn(result, plan["started"])
+        rt.metrics.record_turn(result, started_fresh(result))
         if self.fault is not None and self.fault.hit():
             log.warning("fault injected after the commit of a turn of %s: its publishes are dropped", instance_id)
             raise InjectedCrash(instance_id)
-        owners = plan["session_owners"]
-        rt.publisher.activities(
-            PendingActivity(instance_id, exec_id, a.event_id, a.name, a.session_id, a.tag, owners.get(a.session_id))
-            for a in plan["activities"]
-        )
-        rt.publisher.poke(plan["pokes"])
-        if plan["timers"]:
-            rt.publisher.timers_created(min(t.fire_at_ms for t in plan["timers"]))
+        rt.publisher.activities(plan.activities)
+        rt.publisher.poke(plan.pokes)
+        if plan.first_timer_at is not None:
+            rt.publisher.timers_created(plan.first_timer_at)
         if result.status == "Failed":
             self._report_failure(lease, result)
+        return plan.more
 
-    def _report_failure(self, lease: Any, result: TurnResult) -> None:
+    def _report_failure(self, lease: InstanceLease, result: TurnResult) -> None:
         """Log an orchestration this turn failed, and have its task raise OrchestrationFailed at the end. A
         cancellation was asked for: it is logged (INFO), not raised."""
         details = result.error or {}
@@ -471,6 +360,16 @@ class TurnExecutor:
             f"orchestration '{name}' of instance {lease.instance_id} (execution {lease.execution_id}) failed "
             f"[{kind}]: {error}"
         )
+
+
+def _identity(
+    lease: InstanceLease, history: list[HistoryEvent], bodies: list[dict[str, Any]]
+) -> tuple[str, str | None]:
+    """The orchestration's name and version: from its history, else from its start message, else the lease's."""
+    start = next((b for b in bodies if b["kind"] in (ev.MSG_START, ev.MSG_CONTINUE_AS_NEW)), None)
+    name = history[0].data["name"] if history else (start or {}).get("name", lease.orchestration_name)
+    version = history[0].data.get("version") if history else (start or {}).get("version")
+    return name, version
 
 
 def _base_exception_failure(exc: BaseException) -> dict[str, Any]:
