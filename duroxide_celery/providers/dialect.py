@@ -135,12 +135,7 @@ class SqliteDialect(Dialect):
         return True
 
     def fire_due_timers(self, conn: Connection, now: int, limit: int) -> tuple[list[Wake], int]:
-        due = conn.execute(
-            select(timers.c.instance_id, timers.c.execution_id, timers.c.event_id, timers.c.fire_at_ms)
-            .where(timers.c.fire_at_ms <= now)
-            .order_by(timers.c.fire_at_ms)
-            .limit(limit)
-        ).all()
+        due = conn.execute(hot.DUE_TIMERS, {"now": now, "limit": limit}).all()
         if not due:
             return [], 0
         conn.execute(

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from .schema import executions, history, inbox, instances, timers, work_items
+from .schema import executions, history, inbox, instances, kv, sessions, timers, work_items
 
 
 class db_now_ms(FunctionElement[int]):  # noqa: N801 - reads as the SQL function it stands for
@@ -355,3 +355,93 @@ def _fire_due_timers() -> Any:
 #: PostgreSQL: delete up to `limit` timers due at `now` and queue their TimerFired messages, in one statement;
 #: returns (instance id, orchestration name) per fired timer.
 FIRE_DUE_TIMERS = _fire_due_timers()
+
+
+def _release_instance(reset_attempts: bool) -> Any:
+    values: dict[str, Any] = {
+        "lock_owner": None,
+        "locked_until": 0,
+        "next_attempt_at": bindparam("next_attempt"),
+        "waiting_reason": bindparam("reason", type_=Text),
+    }
+    if reset_attempts:
+        values["attempt_count"] = 0
+    return (
+        update(instances)
+        .where(instances.c.instance_id == bindparam("iid"), instances.c.lock_owner == bindparam("owner"))
+        .values(**values)
+    )
+
+
+#: Give back the lease `owner` holds on an instance (`iid`), setting `next_attempt` and `reason`
+#: (waiting_reason); RELEASE_INSTANCE_RESET also forgets the failed attempts.
+RELEASE_INSTANCE = _release_instance(reset_attempts=False)
+RELEASE_INSTANCE_RESET = _release_instance(reset_attempts=True)
+
+#: The orchestration name of an instance (`iid`), and its status.
+INSTANCE_NAME = select(instances.c.orchestration_name).where(instances.c.instance_id == bindparam("iid"))
+INSTANCE_STATUS = select(instances.c.status).where(instances.c.instance_id == bindparam("iid"))
+
+#: One KV value of an instance (`iid`, `kv_key`).
+KV_VALUE = select(kv.c.value).where(kv.c.instance_id == bindparam("iid"), kv.c.key == bindparam("kv_key"))
+#: Set an existing KV key (`iid`, `kv_key`, `value`, `stamp`); INSERT_KV adds a new one (column names).
+UPDATE_KV = (
+    update(kv)
+    .where(kv.c.instance_id == bindparam("iid"), kv.c.key == bindparam("kv_key"))
+    .values(value=bindparam("v_value"), last_updated_at_ms=bindparam("stamp"))
+)
+INSERT_KV = insert(kv)
+#: Delete one KV key (`iid`, `kv_key`), or all of an instance's keys (`iid`).
+DELETE_KV_KEY = delete(kv).where(kv.c.instance_id == bindparam("iid"), kv.c.key == bindparam("kv_key"))
+DELETE_KV_ALL = delete(kv).where(kv.c.instance_id == bindparam("iid"))
+
+#: Set an instance's custom status (`iid`, `status`) and bump its version.
+BUMP_CUSTOM_STATUS = (
+    update(instances)
+    .where(instances.c.instance_id == bindparam("iid"))
+    .values(custom_status=bindparam("v_status"), custom_status_version=instances.c.custom_status_version + 1)
+)
+
+#: A turn's new timers (column names).
+INSERT_TIMERS = insert(timers)
+
+
+def _delete_scheduled(table: Any) -> Any:
+    return delete(table).where(
+        table.c.instance_id == bindparam("iid"),
+        table.c.execution_id == bindparam("exec"),
+        table.c.event_id.in_(bindparam("eids", expanding=True)),
+    )
+
+
+#: Delete an execution's (`iid`, `exec`) activity rows or timers by their scheduled event ids (`eids`, a list).
+DELETE_WORK_ITEMS_OF = _delete_scheduled(work_items)
+DELETE_TIMERS_OF = _delete_scheduled(timers)
+
+#: The live owners of sessions (`ids`, a list) at `now`.
+SESSION_OWNERS = select(sessions.c.session_id, sessions.c.owner).where(
+    sessions.c.session_id.in_(bindparam("ids", expanding=True)), sessions.c.locked_until > bindparam("now")
+)
+
+#: Which activity rows of these instances (`iids`) these lease owners (`owners`) hold.
+OWNED_WORK_ITEMS = select(
+    work_items.c.instance_id, work_items.c.execution_id, work_items.c.event_id, work_items.c.lock_owner
+).where(
+    work_items.c.instance_id.in_(bindparam("iids", expanding=True)),
+    work_items.c.lock_owner.in_(bindparam("owners", expanding=True)),
+)
+
+#: Any activity row past its claim deadline at `now` (the scheduler asks on every tick).
+EXPIRED_WORK_ITEM = (
+    select(work_items.c.event_id)
+    .where(work_items.c.claim_deadline > 0, work_items.c.claim_deadline <= bindparam("now"))
+    .limit(1)
+)
+
+#: SQLite: up to `limit` timers due at `now`, earliest first.
+DUE_TIMERS = (
+    select(timers.c.instance_id, timers.c.execution_id, timers.c.event_id, timers.c.fire_at_ms)
+    .where(timers.c.fire_at_ms <= bindparam("now"))
+    .order_by(timers.c.fire_at_ms)
+    .limit(bindparam("limit"))
+)

@@ -14,7 +14,9 @@ import pytest
 from sqlalchemy import update
 
 from duroxide_celery import RuntimeOptions
+from duroxide_celery.providers import activities as activities_module
 from duroxide_celery.providers import store as store_module
+from duroxide_celery.providers import turns as turns_module
 from duroxide_celery.providers.schema import escape_nul, instances, unescape_nul, work_items
 from duroxide_celery.providers.store import LeaseLost, PendingActivity
 from duroxide_celery.replay import events as ev
@@ -326,10 +328,12 @@ def test_a_worker_with_a_slow_clock_never_takes_an_already_expired_lease(provide
     with store.write() as conn:
         store.add_work_items(conn, "skewed", 1, ("X", ""), [_Item()], store_module.now_ms())
     real = store_module.now_ms
-    monkeypatch.setattr(store_module, "now_ms", lambda: real() - 3_600_000)  # this worker's clock is 1 h slow
+    for leasing in (turns_module, activities_module):  # this worker's clock is 1 h slow
+        monkeypatch.setattr(leasing, "now_ms", lambda: real() - 3_600_000)
     assert store.acquire_instance("skewed", "slow-worker", 60_000) is not None
     assert store.claim_work_item(("skewed", 1, 2), "slow-worker", 60_000) is not None
-    monkeypatch.setattr(store_module, "now_ms", real)
+    for leasing in (turns_module, activities_module):
+        monkeypatch.setattr(leasing, "now_ms", real)
     # The leases run 60 s by the database's clock: nobody else may take them now.
     assert store.acquire_instance("skewed", "other-worker", 60_000) is None
     assert store.claim_work_item(("skewed", 1, 2), "other-worker", 60_000) is None

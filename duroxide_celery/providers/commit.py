@@ -1,0 +1,237 @@
+"""A turn's commit: every row it writes, in the caller's transaction, fenced by the lease (DESIGN invariant 2)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from ..replay import events as ev
+from ..replay.events import HistoryEvent
+from ..types import TERMINAL_STATUSES
+from . import hot_statements as hot
+from .base import now_ms, set_clause
+from .dto import (
+    InstanceLease,
+    LeaseLost,
+    NewActivity,
+    NewTimer,
+    PendingActivity,
+    PublishPlan,
+    TurnChanges,
+)
+from .turns import TurnStore
+
+
+class TurnCommit(TurnStore):
+    """commit_turn and the row writers it composes (each takes the open connection)."""
+
+    def commit_turn(
+        self, lease: InstanceLease, changes: TurnChanges, *, conn: Connection, check_more: bool = False
+    ) -> PublishPlan:
+        """Write everything a turn decided, in the caller's transaction (TurnTransaction.commit opens it); returns
+        what to publish once it commits, and (`check_more`) whether more messages wait, read after the fence."""
+        instance_id, exec_id = lease.instance_id, lease.execution_id
+        now = now_ms()
+        # First: the fence (LeaseLost unless the lease is still ours) and the instance row lock until commit.
+        self.finish_instance(conn, instance_id, lease.owner, **changes.instance)
+        self.append_history(conn, instance_id, exec_id, changes.history)
+        more = self.delete_inbox(conn, changes.consumed, more_of=instance_id if check_more else None)
+        activities = changes.activities
+        self.add_work_items(
+            conn, instance_id, exec_id, changes.orchestration, activities, now, changes.default_activity_ttl_ms
+        )
+        # Activities of a session some worker holds go straight to that worker's session queue.
+        owners = self.session_owners(conn, (a.session_id for a in activities if a.session_id))
+        self.delete_work_items(conn, instance_id, exec_id, changes.cancelled_activities)
+        self.add_timers(conn, instance_id, exec_id, changes.timers)
+        self.delete_timers(conn, instance_id, exec_id, changes.cancelled_timers)
+        pokes = self._send_messages(conn, instance_id, exec_id, changes, now)
+        self.apply_kv(conn, instance_id, changes.kv_ops)
+        if changes.custom_status_changed:
+            self.bump_custom_status(conn, instance_id, changes.custom_status)
+        if changes.next_execution is not None:
+            self.new_execution(conn, instance_id, exec_id + 1, changes.next_execution.kv_state, now)
+            self.enqueue(conn, instance_id, ev.MSG_CONTINUE_AS_NEW, changes.next_execution.payload, now)
+            pokes.append((instance_id, changes.orchestration[0] or None))  # the next execution starts now
+        self.update_execution(conn, instance_id, exec_id, **changes.execution)
+        return PublishPlan(
+            activities=[
+                PendingActivity(instance_id, exec_id, a.event_id, a.name, a.session_id, a.tag, owners.get(a.session_id))
+                for a in activities
+            ],
+            pokes=pokes,
+            first_timer_at=min((t.fire_at_ms for t in changes.timers), default=None),
+            more=more,
+        )
+
+    def _send_messages(
+        self, conn: Connection, instance_id: str, exec_id: int, changes: TurnChanges, now: int
+    ) -> list[tuple[str, str | None]]:
+        """A turn's child starts, cancels and parent notifications; returns the instances to wake for them."""
+        pokes: list[tuple[str, str | None]] = []
+        for child in changes.child_starts:
+            parent = (instance_id, exec_id, child.parent_event_id) if child.parent_event_id is not None else None
+            if self.create_instance(conn, child.instance_id, child.name, child.input, child.version, parent, now):
+                pokes.append((child.instance_id, child.name))
+            elif child.if_taken is not None:
+                self.enqueue(conn, child.if_taken.instance_id, child.if_taken.kind, child.if_taken.payload, now)
+                pokes.append((child.if_taken.instance_id, None))
+        for cancel in changes.cancels:
+            status = self.instance_status(conn, cancel.instance_id)
+            if status is not None and status not in TERMINAL_STATUSES:
+                self.enqueue(conn, cancel.instance_id, cancel.kind, cancel.payload, now)
+                pokes.append((cancel.instance_id, None))
+        for note in changes.parent_notifications:
+            self.enqueue(conn, note.instance_id, note.kind, note.payload, now)
+            # The parent's name makes this poke read `orch:<Parent>#<id>` in Flower (one primary-key read).
+            pokes.append((note.instance_id, self.orchestration_name(conn, note.instance_id)))
+        return pokes
+
+    def finish_instance(self, conn: Connection, instance_id: str, owner: str, **values: Any) -> None:
+        """Write the instance's new state and release its lease: the first statement of every turn's commit, and
+        its fence. It proves the lease is still ours (LeaseLost aborts the whole turn otherwise) and row-locks the
+        instance until the commit, so a worker that takes over a lease that lapsed mid-turn waits for our commit
+        instead of racing it. (A plain read as the fence once let a lapsed lease be taken between the check and
+        the commit: tests/production/test_leases.py.)"""
+        values["updated_at"] = now_ms()
+        columns, params = set_clause(values, iid=instance_id, owner=owner)
+        finished = conn.execute(hot.finish_instance(columns), params).rowcount
+        if not finished:
+            raise LeaseLost(instance_id)
+
+    def append_history(self, conn: Connection, instance_id: str, execution_id: int, events: list[HistoryEvent]) -> None:
+        if events:
+            conn.execute(
+                hot.INSERT_HISTORY,
+                [
+                    {
+                        "instance_id": instance_id,
+                        "execution_id": execution_id,
+                        "event_id": e.event_id,
+                        "kind": e.kind,
+                        "source_event_id": e.source_event_id,
+                        "timestamp_ms": e.timestamp_ms,
+                        "data": json.dumps(e.data, separators=(",", ":")),
+                    }
+                    for e in events
+                ],
+            )
+
+    def add_work_items(
+        self,
+        conn: Connection,
+        instance_id: str,
+        execution_id: int,
+        orch: tuple[str, str],
+        items: list[NewActivity],
+        now: int,
+        default_ttl_ms: int | None = None,
+    ) -> None:
+        """Insert the activities a turn scheduled; one with a ttl (its own, else the runtime default) gets a claim
+        deadline, after which it fails unless a worker has claimed it."""
+        if items:
+            conn.execute(
+                hot.INSERT_WORK_ITEMS,
+                [
+                    {
+                        "instance_id": instance_id,
+                        "execution_id": execution_id,
+                        "event_id": a.event_id,
+                        "name": a.name,
+                        "input": a.input,
+                        "session_id": a.session_id,
+                        "tag": a.tag,
+                        "orchestration_name": orch[0],
+                        "orchestration_version": orch[1],
+                        "locked_until": 0,
+                        "attempt_count": 0,
+                        "visible_at": 0,
+                        "created_at": now,
+                        "published_at": now,
+                        "claim_deadline": now + ttl if (ttl := a.ttl_ms or default_ttl_ms) else 0,
+                    }
+                    for a in items
+                ],
+            )
+
+    def session_owners(self, conn: Connection, session_ids: Iterable[str]) -> dict[str, str]:
+        """The live owners (node ids) of these sessions; a session nobody holds is absent."""
+        ids = sorted(set(session_ids))
+        if not ids:
+            return {}
+        rows = conn.execute(hot.SESSION_OWNERS, {"ids": ids, "now": now_ms()}).all()
+        return {r[0]: r[1] for r in rows}
+
+    def delete_work_items(self, conn: Connection, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
+        """Delete cancelled activity rows of an execution by their scheduled event ids."""
+        if event_ids:
+            conn.execute(hot.DELETE_WORK_ITEMS_OF, {"iid": instance_id, "exec": execution_id, "eids": event_ids})
+
+    def add_timers(self, conn: Connection, instance_id: str, execution_id: int, items: list[NewTimer]) -> None:
+        if items:
+            conn.execute(
+                hot.INSERT_TIMERS,
+                [
+                    {
+                        "instance_id": instance_id,
+                        "execution_id": execution_id,
+                        "event_id": t.event_id,
+                        "fire_at_ms": t.fire_at_ms,
+                    }
+                    for t in items
+                ],
+            )
+
+    def delete_timers(self, conn: Connection, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
+        """Delete cancelled timers of an execution by their scheduled event ids."""
+        if event_ids:
+            conn.execute(hot.DELETE_TIMERS_OF, {"iid": instance_id, "exec": execution_id, "eids": event_ids})
+
+    def apply_kv(self, conn: Connection, instance_id: str, ops: list[tuple[Any, ...]]) -> None:
+        """A turn's KV operations, in order: ("set", key, value, stamp), ("clear", key), ("clear_all",)."""
+        for op in ops:
+            if op[0] == "set":
+                _, key, value, stamp = op
+                params = {"iid": instance_id, "kv_key": key, "v_value": value, "stamp": stamp}
+                if not conn.execute(hot.UPDATE_KV, params).rowcount:
+                    row = {"instance_id": instance_id, "key": key, "value": value, "last_updated_at_ms": stamp}
+                    conn.execute(hot.INSERT_KV, row)
+            elif op[0] == "clear":
+                conn.execute(hot.DELETE_KV_KEY, {"iid": instance_id, "kv_key": op[1]})
+            else:
+                conn.execute(hot.DELETE_KV_ALL, {"iid": instance_id})
+
+    def update_execution(self, conn: Connection, instance_id: str, execution_id: int, **values: Any) -> None:
+        if values:  # most turns change nothing here: no statement for them
+            columns, params = set_clause(values, iid=instance_id, exec=execution_id)
+            conn.execute(hot.update_execution(columns), params)
+
+    def new_execution(
+        self, conn: Connection, instance_id: str, execution_id: int, kv_state: dict[str, tuple[str, int]], now: int
+    ) -> None:
+        """The next execution of a continued-as-new instance, starting with `kv_state`."""
+        conn.execute(
+            hot.INSERT_EXECUTION,
+            {
+                "instance_id": instance_id,
+                "execution_id": execution_id,
+                "status": "Running",
+                "started_at": now,
+                "event_count": 0,
+                "kv_snapshot": json.dumps({k: list(v) for k, v in kv_state.items()}),
+            },
+        )
+
+    def bump_custom_status(self, conn: Connection, instance_id: str, status: str | None) -> None:
+        conn.execute(hot.BUMP_CUSTOM_STATUS, {"iid": instance_id, "v_status": status})
+
+    def orchestration_name(self, conn: Connection, instance_id: str) -> str | None:
+        name: str | None = conn.execute(hot.INSTANCE_NAME, {"iid": instance_id}).scalar()
+        return name
+
+    def instance_status(self, conn: Connection, instance_id: str) -> str | None:
+        status: str | None = conn.execute(hot.INSTANCE_STATUS, {"iid": instance_id}).scalar()
+        return status

@@ -1,0 +1,169 @@
+"""Turns: starting instances, the instance lease, what a turn reads, and giving the lease back."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+
+from ..replay.events import HistoryEvent
+from ..types import TERMINAL_STATUSES
+from . import hot_statements as hot
+from .base import StoreBase, now_ms
+from .dto import (
+    InstanceLease,
+    LeaseLost,
+    TurnLoad,
+)
+from .schema import instances
+from .turn_shapes import LeaseKeeper, TurnTransaction
+
+
+class TurnStore(StoreBase):
+    """Starts, leases and turn reads (the orchestrator's hot path; its statements are prebuilt)."""
+
+    def create_instance(
+        self,
+        conn: Connection,
+        instance_id: str,
+        name: str,
+        input_json: str,
+        version: str | None = None,
+        parent: tuple[str, int, int] | None = None,
+        now: int | None = None,
+    ) -> bool:
+        """Insert an instance, its first execution and its StartOrchestration message. False if the id exists
+        (the first start wins)."""
+        now = now or now_ms()
+        payload: dict[str, Any] = {"name": name, "input": input_json, "version": version}
+        if parent:
+            payload.update(parent_instance_id=parent[0], parent_execution_id=parent[1], parent_event_id=parent[2])
+        params = {
+            "iid": instance_id,
+            "name": name,
+            "version": version,
+            "parent": parent[0] if parent else None,
+            "now": now,
+            "payload": json.dumps(payload),
+        }
+        return self.dialect.create_instance(conn, params)
+
+    def enqueue_if_running(self, instance_id: str, kind: str, payload: dict[str, Any]) -> str | None:
+        """Queue a message for a live instance and return its orchestration name (the wake-up's label); None
+        (nothing written) if it is unknown or already ended."""
+        with self.write() as conn:
+            # FOR UPDATE (PostgreSQL): a concurrent delete_tree either sees this message or makes us see no row.
+            row = conn.execute(
+                select(instances.c.status, instances.c.orchestration_name)
+                .where(instances.c.instance_id == instance_id)
+                .with_for_update()
+            ).first()
+            if row is None or row[0] in TERMINAL_STATUSES:
+                return None
+            self.enqueue(conn, instance_id, kind, payload)
+            return str(row[1])
+
+    _lease_keeper: LeaseKeeper | None = None
+    _keeper_lock = threading.Lock()
+
+    def begin_turn(self, instance_id: str, owner: str, lease_ms: int) -> TurnTransaction:
+        """The transactions of one turn, shaped by the database (turn_shapes.py); use it as a context manager."""
+        return self.dialect.begin_turn(self, instance_id, owner, lease_ms)
+
+    @property
+    def lease_keeper(self) -> LeaseKeeper:
+        """Renews the leases of turns whose replay runs long outside a transaction (started on first use)."""
+        if self._lease_keeper is None:
+            with self._keeper_lock:
+                if self._lease_keeper is None:
+                    self._lease_keeper = LeaseKeeper(self.renew_instance)
+        return self._lease_keeper
+
+    def acquire_instance(
+        self, instance_id: str, owner: str, lease_ms: int, conn: Connection | None = None, require_inbox: bool = False
+    ) -> InstanceLease | None:
+        """Lease the instance for a turn; None if another worker holds it, it is backed off, or (`require_inbox`)
+        it has no pending message, which spares a duplicate poke any write. The lease runs `lease_ms` from the
+        database's clock, and only a lease expired by that clock can be taken over."""
+        statement = hot.ACQUIRE_WITH_INBOX if require_inbox else hot.ACQUIRE
+        params = {"iid": instance_id, "now": now_ms(), "owner": owner, "lease_ms": lease_ms}
+        with self._writing(conn) as conn:
+            row = conn.execute(statement, params).first()
+        if row is None:
+            return None
+        return InstanceLease(instance_id, *row, owner=owner)
+
+    def renew_instance(self, instance_id: str, owner: str, lease_ms: int) -> bool:
+        """Extend a turn's instance lease (a turn that runs long); False when `owner` no longer holds it."""
+        with self.lease_transaction() as conn:
+            return bool(
+                conn.execute(hot.RENEW_INSTANCE, {"iid": instance_id, "owner": owner, "lease_ms": lease_ms}).rowcount
+            )
+
+    def count_failed_attempt(self, instance_id: str, cause: str | None = None) -> None:
+        """Record a turn that crashed before committing, so a turn that always crashes ends as poison; `cause`
+        (what it raised) is kept in `waiting_reason` for the poison decision to name."""
+        with self.write() as conn:
+            conn.execute(
+                update(instances)
+                .where(instances.c.instance_id == instance_id, instances.c.status == "Running")
+                .values(attempt_count=instances.c.attempt_count + 1, waiting_reason=cause)
+            )
+
+    def release_instance(
+        self,
+        instance_id: str,
+        owner: str,
+        *,
+        reset_attempts: bool,
+        next_attempt_at: int = 0,
+        waiting_reason: str | None = None,
+        consumed_ids: Iterable[int] = (),
+        conn: Connection | None = None,
+        check_more: bool = False,
+    ) -> bool:
+        """Give the lease back without a turn; the consumed messages are deleted only while the lease is ours
+        (LeaseLost otherwise: whoever took over reads them). With `check_more`: whether other messages wait.
+        `waiting_reason` says why the instance waits (a backoff for a missing handler); any other release clears
+        it in the same UPDATE."""
+        statement = hot.RELEASE_INSTANCE_RESET if reset_attempts else hot.RELEASE_INSTANCE
+        params = {"iid": instance_id, "owner": owner, "next_attempt": next_attempt_at, "reason": waiting_reason}
+        with self._writing(conn) as conn:
+            released = conn.execute(statement, params).rowcount
+            ids = list(consumed_ids)
+            if ids and not released:
+                raise LeaseLost(instance_id)
+            return self.delete_inbox(conn, ids, more_of=instance_id if check_more else None)
+
+    def load_turn(
+        self, instance_id: str, execution_id: int, after_event_id: int = 0, conn: Connection | None = None
+    ) -> TurnLoad:
+        """History of the execution (events after `after_event_id`: the caller caches the prefix, which never
+        changes), pending inbox messages (id, message) and the execution's KV snapshot."""
+        with self._reading(conn) as conn:
+            msgs = conn.execute(hot.INBOX_OF, {"iid": instance_id}).all()
+            if not msgs:
+                return [], [], {}
+            events = conn.execute(
+                hot.HISTORY_AFTER, {"iid": instance_id, "exec": execution_id, "after": after_event_id}
+            ).all()
+            snapshot_text = None
+            if execution_id > 1:  # the first execution starts with no KV; later ones carry it from their predecessor
+                snapshot_text = conn.execute(hot.KV_SNAPSHOT, {"iid": instance_id, "exec": execution_id}).scalar()
+        messages = []
+        for msg_id, kind, payload in msgs:
+            body = json.loads(payload)
+            body["kind"] = kind
+            messages.append((msg_id, body))
+        hist = [HistoryEvent(eid, kind, json.loads(data), src, ts) for eid, kind, data, src, ts in events]
+        snapshot = {k: (v[0], v[1]) for k, v in json.loads(snapshot_text or "{}").items()}
+        return hist, messages, snapshot
+
+    def get_kv(self, instance_id: str, key: str, conn: Connection | None = None) -> str | None:
+        with self._reading(conn) as conn:
+            value: str | None = conn.execute(hot.KV_VALUE, {"iid": instance_id, "kv_key": key}).scalar()
+            return value
