@@ -91,10 +91,10 @@ class Runtime(Registry):
         if self.eager:
             self.publisher.on_first_send = self.start
         self.publisher.on_unpublishable = self._fail_unpublishable
-        self._activity_executor: Any = None
+        installed = install_tasks(app, self)
+        self._activity_executor = installed.activities
         #: This process's cache of suspended replay engines (bounded by options.engine_cache_max_bytes).
-        self.engine_cache: LruCache[Any] | None = None
-        install_tasks(app, self)
+        self.engine_cache: LruCache[Any] | None = installed.engine_cache
         self._embedded: EmbeddedWorker | None = None
         if self.embedded:
             self._embedded = EmbeddedWorker(
@@ -158,12 +158,8 @@ class Runtime(Registry):
 
     def _renew_leases_again(self) -> None:
         """shutdown() stopped the activity lease renewer for good: a restarted runtime needs a fresh one."""
-        executor = self._activity_executor
-        if executor is None or not getattr(executor.renewer, "_stopped", False):
-            return
-        from .tasks.activity import LeaseRenewer
-
-        executor.renewer = LeaseRenewer(self)
+        if self._activity_executor is not None:
+            self._activity_executor.restart_renewer()
 
     def worker_activity_queues(self, tags: set[str] | None = None) -> list[str]:
         """The activity queues a worker with this runtime's tag filter consumes: `<prefix>.activities` if the filter

@@ -9,18 +9,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
 from ..context import ActivityContext
 from ..errors import ActivityFailed
+from ..metrics import Metrics
+from ..options import RuntimeOptions
+from ..providers import Provider
 from ..providers.store import ClaimedWorkItem, PendingActivity, SessionBusy, SessionPolicy, now_ms
+from ..registry import Registry
 from ..replay import events as ev
 from ..replay.events import dumps, error_details, loads
 from .failures import clip, describe, lease_owner, raised_by_user_code, when, worker_log
-from .turn import unregistered_backoff_ms
-
-if TYPE_CHECKING:
-    from ..runtime import Runtime
+from .identity import WorkerIdentity
+from .publish import Publisher
+from .turn import StoreSource, unregistered_backoff_ms
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +43,15 @@ class LeaseRenewer:
     """Renews the leases of running activities so they can run for hours; a renewal that fails (row deleted by a
     cancel, or taken after expiry) flips the activity's `is_cancelled()`."""
 
-    def __init__(self, runtime: Runtime):
-        self.rt = runtime
+    def __init__(self, *, store: StoreSource, settings: RuntimeOptions, identity: WorkerIdentity):
+        self.store = store
+        self.settings = settings
+        self.identity = identity
         self._running: dict[Held, ActivityContext] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._stopped = False
+        self.stopped = False
         self._cancelled_at: dict[Held, float] = {}
         self._overdue: set[Held] = set()
         #: Whether this worker may hold sessions (set on a session claim; cleared when renewal finds none left).
@@ -74,19 +80,19 @@ class LeaseRenewer:
             self._running.pop(held, None)
 
     def stop(self) -> None:
-        self._stopped = True
+        self.stopped = True
         self._wake.set()
 
     def _loop(self) -> None:
-        renew_every = self.rt.options.worker_renewal_interval_s
-        session_every = self.rt.options.session_renewal_interval_s
+        renew_every = self.settings.worker_renewal_interval_s
+        session_every = self.settings.session_renewal_interval_s
         next_renewal = time.monotonic() + renew_every
         next_session_renewal = time.monotonic() + session_every
-        while not self._stopped:
+        while not self.stopped:
             # Between renewals, a cheap ownership check every CANCEL_CHECK_S tells a race loser or a cancelled
             # instance's activity that its work is gone within a second, not a renewal interval.
             self._wake.wait(min(CANCEL_CHECK_S, renew_every, session_every))
-            if self._stopped:
+            if self.stopped:
                 return
             with self._lock:
                 running = dict(self._running)
@@ -96,10 +102,10 @@ class LeaseRenewer:
             if not running:
                 next_renewal = time.monotonic() + renew_every
                 continue
-            store = self.rt.store
+            store = self.store()
             try:
                 if time.monotonic() >= next_renewal:
-                    lost = store.renew_work_items(list(running), self.rt.options.worker_lock_ms)
+                    lost = store.renew_work_items(list(running), self.settings.worker_lock_ms)
                     next_renewal = time.monotonic() + renew_every
                 else:
                     lost = set(running) - store.owned_work_items(list(running))
@@ -113,12 +119,14 @@ class LeaseRenewer:
             self._report_overdue(running, now)
 
     def _renew_sessions(self, running: dict[Held, ActivityContext]) -> None:
-        opts = self.rt.options
+        opts = self.settings
         busy = [ctx.session_id for ctx in running.values() if ctx.session_id]
         with self._lock:
             claims_before = self._session_claims
         try:
-            held = self.rt.store.renew_sessions(self.rt.worker_id, opts.session_lock_ms, opts.session_idle_ms, busy)
+            held = self.store().renew_sessions(
+                self.identity.worker_id, opts.session_lock_ms, opts.session_idle_ms, busy
+            )
         except Exception:  # noqa: BLE001 - a database blip: try again next round
             log.exception("session renewal failed")
             return
@@ -130,7 +138,7 @@ class LeaseRenewer:
     def _report_overdue(self, running: dict[Held, ActivityContext], now: float) -> None:
         """Python cannot stop a thread: an activity that ignores is_cancelled() past the grace period is named in
         a warning (its result will be dropped when it returns), so an operator can see the stuck work."""
-        grace = self.rt.options.cancellation_grace_s
+        grace = self.settings.cancellation_grace_s
         for key, since in list(self._cancelled_at.items()):
             if key not in running:
                 del self._cancelled_at[key]
@@ -146,16 +154,46 @@ class LeaseRenewer:
 
 
 class ActivityExecutor:
-    def __init__(self, runtime: Runtime):
-        self.rt = runtime
-        self.renewer = LeaseRenewer(runtime)
+    """Runs the activities of one worker process, every collaborator passed explicitly. `identity` is read at each
+    use: a worker bootstep may change it after install, before the worker consumes (Runtime.configure_worker)."""
+
+    def __init__(
+        self,
+        *,
+        store: StoreSource,
+        publisher: Publisher,
+        settings: RuntimeOptions,
+        identity: WorkerIdentity,
+        registry: Registry,
+        metrics: Metrics,
+        provider: Provider,
+    ):
+        self.store = store
+        self.publisher = publisher
+        self.settings = settings
+        self.identity = identity
+        self.registry = registry
+        self.metrics = metrics
+        #: What an activity's `ctx.get_client()` opens (the store's location, not this process's Store).
+        self.provider = provider
+        self.renewer = self._new_renewer()
+
+    def _new_renewer(self) -> LeaseRenewer:
+        return LeaseRenewer(store=self.store, settings=self.settings, identity=self.identity)
+
+    def restart_renewer(self) -> None:
+        """A runtime started again after shutdown() stopped the lease renewer for good gets a fresh one."""
+        if self.renewer.stopped:
+            self.renewer = self._new_renewer()
 
     def run(self, key: Key) -> None:
-        rt = self.rt
-        policy = SessionPolicy(rt.options.session_lock_ms, rt.options.max_sessions)
+        """Claim the activity row, run its function, record the outcome (at most once), wake the orchestration."""
+        options = self.settings
+        node = self.identity.worker_id
         # This execution's own lease owner; its session (if any) is the worker node's.
-        owner = lease_owner(rt.worker_id)
-        item = rt.store.claim_work_item(key, owner, rt.options.worker_lock_ms, policy, node=rt.worker_id)
+        owner = lease_owner(node)
+        policy = SessionPolicy(options.session_lock_ms, options.max_sessions)
+        item = self.store().claim_work_item(key, owner, options.worker_lock_ms, policy, node=node)
         if item is None:
             return  # already done, cancelled, expired, or running on a live worker
         if isinstance(item, SessionBusy):
@@ -163,68 +201,63 @@ class ActivityExecutor:
             return
         if item.session_id is not None:
             self.renewer.session_claimed()
-        if item.attempt_count > rt.options.max_attempts_value:
+        if item.attempt_count > options.max_attempts_value:
             message = (
                 f"poison: activity {item.name}#{item.event_id} exceeded {item.attempt_count} attempts "
-                f"(max {rt.options.max_attempts_value})"
+                f"(max {options.max_attempts_value})"
             )
             self._fail(item, error_details(ev.POISON, message, "Poison"), f"Poison: {message}")
             return
-        fn = rt.activities.get(item.name)
+        fn = self.registry.activities.get(item.name)
         if fn is None:
-            if item.attempt_count >= rt.options.max_attempts_value:
-                message = (
-                    f"activity '{item.name}' is not registered on any worker that took it "
-                    f"({item.attempt_count} attempts)"
-                )
-                self._fail(item, error_details(ev.CONFIGURATION, message, "Unregistered"), f"Unregistered: {message}")
-                return
-            delay = unregistered_backoff_ms(item.attempt_count)
-            retry_at = when(now_ms() + delay)
-            worker_log.warning(
-                "instance %s (execution %d) waits: activity %r is not registered on this worker; retrying at %s "
-                "(attempt %d of %d)",
-                item.instance_id,
-                item.execution_id,
-                item.name,
-                retry_at,
-                item.attempt_count,
-                rt.options.max_attempts_value,
-                extra={
-                    "instance_id": item.instance_id,
-                    "execution_id": item.execution_id,
-                    "activity_name": item.name,
-                },
-            )
-            reason = f"activity '{item.name}' is not registered on any worker that took it; retrying at {retry_at}"
-            rt.store.abandon_work_item(key, owner, now_ms() + delay, waiting_reason=reason)
-            rt.publisher.activities(
-                [
-                    PendingActivity(
-                        item.instance_id,
-                        item.execution_id,
-                        item.event_id,
-                        item.name,
-                        item.session_id,
-                        item.tag,
-                        rt.worker_id if item.session_id else None,  # its session is ours now
-                    )
-                ],
-                countdown=delay / 1000 + 0.05,
-            )
+            self._unregistered(item)
             return
+        self._execute(item, fn)
+
+    def _unregistered(self, item: ClaimedWorkItem) -> None:
+        """No function for this activity on this worker (a rolling deploy?): give the row back for a while and say
+        why, or, past the attempt bound, fail it as a configuration error."""
+        max_attempts = self.settings.max_attempts_value
+        if item.attempt_count >= max_attempts:
+            message = (
+                f"activity '{item.name}' is not registered on any worker that took it ({item.attempt_count} attempts)"
+            )
+            self._fail(item, error_details(ev.CONFIGURATION, message, "Unregistered"), f"Unregistered: {message}")
+            return
+        delay = unregistered_backoff_ms(item.attempt_count)
+        retry_at = when(now_ms() + delay)
+        worker_log.warning(
+            "instance %s (execution %d) waits: activity %r is not registered on this worker; retrying at %s "
+            "(attempt %d of %d)",
+            item.instance_id,
+            item.execution_id,
+            item.name,
+            retry_at,
+            item.attempt_count,
+            max_attempts,
+            extra={"instance_id": item.instance_id, "execution_id": item.execution_id, "activity_name": item.name},
+        )
+        reason = f"activity '{item.name}' is not registered on any worker that took it; retrying at {retry_at}"
+        key = (item.instance_id, item.execution_id, item.event_id)
+        self.store().abandon_work_item(key, item.owner, now_ms() + delay, waiting_reason=reason)
+        node = self.identity.worker_id if item.session_id else None  # its session is ours now
+        again = PendingActivity(*key, item.name, item.session_id, item.tag, node)
+        self.publisher.activities([again], countdown=delay / 1000 + 0.05)
+
+    def _execute(self, item: ClaimedWorkItem, fn: Callable[..., Any]) -> None:
+        """Run the function with its context, its lease renewed meanwhile; record what it returned or raised."""
         ctx = ActivityContext(
             instance_id=item.instance_id,
             execution_id=item.execution_id,
             orchestration_name=item.orchestration_name or "",
             orchestration_version=item.orchestration_version or "",
             activity_name=item.name,
-            worker_id=rt.worker_id,
+            worker_id=self.identity.worker_id,
             session_id=item.session_id,
             _tag=item.tag,
-            _provider=rt.provider,
+            _provider=self.provider,
         )
-        held = (key, owner)
+        held = ((item.instance_id, item.execution_id, item.event_id), item.owner)
         self.renewer.track(held, ctx)
         error = ""
         try:
@@ -245,7 +278,7 @@ class ActivityExecutor:
             kind, payload = ev.MSG_ACTIVITY_FAILED, {"details": _failure(item.name, exc)}
         finally:
             self.renewer.untrack(held)
-        rt.metrics.record_activity(kind == ev.MSG_ACTIVITY_COMPLETED, payload)
+        self.metrics.record_activity(kind == ev.MSG_ACTIVITY_COMPLETED, payload)
         if kind == ev.MSG_ACTIVITY_FAILED:
             self._fail(item, payload["details"], error)  # type: ignore[arg-type]
         else:
@@ -260,25 +293,25 @@ class ActivityExecutor:
         name, session_id = item.name, item.session_id
         if busy.owner is not None:
             log.debug("activity %s#%s belongs to session %s of %s: rerouted", name, key[2], session_id, busy.owner)
-            self.rt.publisher.activities([item])
+            self.publisher.activities([item])
         else:
             log.info(
                 "at max_sessions_per_runtime (%d): session %s goes back to the queue",
-                self.rt.options.max_sessions,
+                self.settings.max_sessions,
                 session_id,
             )
-            self.rt.publisher.activities([item], countdown=SESSION_CAP_RETRY_S)
+            self.publisher.activities([item], countdown=SESSION_CAP_RETRY_S)
 
     def _complete(self, item: ClaimedWorkItem, result: str) -> None:
         """Record the activity's result (JSON text) and wake the orchestration."""
         key = (item.instance_id, item.execution_id, item.event_id)
-        node = self.rt.worker_id
-        self._woken(item, self.rt.store.complete_work_item(key, item.owner, result, item.session_id, node=node))
+        node = self.identity.worker_id
+        self._woken(item, self.store().complete_work_item(key, item.owner, result, item.session_id, node=node))
 
     def _woken(self, item: ClaimedWorkItem, recorded: bool) -> bool:
         """After recording an outcome: wake the orchestration; False (and a note) when the outcome was dropped."""
         if recorded:
-            self.rt.publisher.poke([(item.instance_id, item.orchestration_name)])
+            self.publisher.poke([(item.instance_id, item.orchestration_name)])
             return True
         log.info(
             "outcome of activity %s#%s dropped: its work item was cancelled or taken over",
@@ -294,8 +327,8 @@ class ActivityExecutor:
         dropped with its work item (cancelled, or taken over after a lapsed lease) is nobody's news: no raise.
         `error` reads `<error type>: <text>`; only its first line, clipped, reaches logs and task events."""
         key = (item.instance_id, item.execution_id, item.event_id)
-        node = self.rt.worker_id
-        if not self._woken(item, self.rt.store.fail_work_item(key, item.owner, details, item.session_id, node=node)):
+        node = self.identity.worker_id
+        if not self._woken(item, self.store().fail_work_item(key, item.owner, details, item.session_id, node=node)):
             return
         error_type = error.split(":", 1)[0]
         error = clip(error)

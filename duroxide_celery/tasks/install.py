@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 from celery.app.routes import Router
 
 from ..errors import ActivityFailed, OrchestrationFailed
+from ..replay.engine import ReplayEngine
 from .activity import ActivityExecutor
+from .engine_cache import LruCache
 from .queues import ACTIVITY_TASK, ENGINE_TASK_OPTIONS, RECOVERY_TASK, TIMER_TASK, TURN_TASK, queue
 from .recovery import fire_timers, sweep
 from .turn import TurnExecutor
@@ -39,11 +42,29 @@ class HousekeepingTask(EngineTask):
         return super().apply_async(args, kwargs, task_id, **options)
 
 
-def install_tasks(app: Celery, runtime: Runtime) -> None:
-    turns = TurnExecutor(runtime)
-    activities = ActivityExecutor(runtime)
-    runtime._activity_executor = activities
-    runtime.engine_cache = turns.engines
+@dataclass
+class InstalledTasks:
+    """What install_tasks built: the executors, this process's engine cache and the Celery task objects."""
+
+    turns: TurnExecutor
+    activities: ActivityExecutor
+    engine_cache: LruCache[ReplayEngine]
+    tasks: dict[str, Task] = field(default_factory=dict)
+
+
+def install_tasks(app: Celery, runtime: Runtime) -> InstalledTasks:
+    """Register the engine's tasks on `app`, with executors built from the runtime's parts; returns them."""
+    provider = runtime.provider
+    shared: dict[str, Any] = {
+        "store": lambda: provider.store,  # the provider builds it again in a forked child
+        "publisher": runtime.publisher,
+        "settings": runtime.options,  # what a worker bootstep changes lives in `identity`
+        "identity": runtime.identity,
+        "registry": runtime,
+        "metrics": runtime.metrics,
+    }
+    turns = TurnExecutor(**shared, queues=runtime.names)
+    activities = ActivityExecutor(**shared, provider=runtime.provider)
 
     @app.task(
         name=TURN_TASK,
@@ -93,3 +114,6 @@ def install_tasks(app: Celery, runtime: Runtime) -> None:
         """Republish work the store says is pending and undelivered for too long."""
         limit = runtime.options.recovery_threshold if threshold_ms is None else threshold_ms
         return sweep(runtime.store, runtime.publisher, limit)
+
+    built = {t.name: t for t in (turn, activity, fire_due_timers, recover)}
+    return InstalledTasks(turns, activities, turns.engines, built)

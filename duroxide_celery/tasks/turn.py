@@ -16,12 +16,15 @@ import traceback
 import uuid
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import OrchestrationFailed
+from ..metrics import Metrics
+from ..options import RuntimeOptions
 from ..providers.dto import InstanceLease, LeaseLost, PublishPlan, TurnLoad
-from ..providers.store import now_ms
+from ..providers.store import Store, now_ms
 from ..providers.turn_shapes import TurnTransaction
+from ..registry import Registry
 from ..replay import events as ev
 from ..replay.commands import TurnInput, TurnResult
 from ..replay.engine import ReplayEngine
@@ -29,12 +32,15 @@ from ..replay.events import HistoryEvent, error_details
 from ..replay.poison import poisoned_turn
 from .engine_cache import LruCache
 from .failures import clip, describe, lease_owner, raised_by_user_code, when, worker_log
+from .identity import WorkerIdentity
+from .publish import Publisher
+from .queues import QueueNames
 from .turn_changes import started_fresh, turn_changes
 
-if TYPE_CHECKING:
-    from ..runtime import Runtime
-
 log = logging.getLogger(__name__)
+
+#: The store of this process, asked at each use: a provider builds it again in a forked child.
+StoreSource = Callable[[], Store]
 
 #: How many inbox drains one task performs before handing the instance back to the queue (fairness).
 MAX_DRAINS_PER_TASK = 20
@@ -86,9 +92,28 @@ AfterCommit = Callable[[], bool]
 
 
 class TurnExecutor:
-    def __init__(self, runtime: Runtime):
-        self.rt = runtime
-        self.engines: LruCache[ReplayEngine] = LruCache(max_bytes=runtime.options.engine_cache_bytes)
+    """Runs the turns of one worker process, every collaborator passed explicitly. `identity` is read at each use:
+    a worker bootstep may change it after install, before the worker consumes (Runtime.configure_worker)."""
+
+    def __init__(
+        self,
+        *,
+        store: StoreSource,
+        publisher: Publisher,
+        settings: RuntimeOptions,
+        identity: WorkerIdentity,
+        registry: Registry,
+        metrics: Metrics,
+        queues: QueueNames,
+    ):
+        self.store = store
+        self.publisher = publisher
+        self.settings = settings
+        self.identity = identity
+        self.registry = registry
+        self.metrics = metrics
+        self.queues = queues
+        self.engines: LruCache[ReplayEngine] = LruCache(max_bytes=settings.engine_cache_bytes)
         self.fault = FaultAfterCommit.from_env()
         self._task = _TaskState()  # one per pool thread: tasks of a thread pool share this executor
 
@@ -97,13 +122,13 @@ class TurnExecutor:
         is committed and published, so that Celery marks the task FAILURE; the turn task acks failures, so this
         never runs the turn again (and a later delivery would find nothing to do)."""
         self._task.failed = None
-        if self.rt.publisher.pending is not None:
-            self.rt.publisher.pending.taken(instance_id)
+        if self.publisher.pending is not None:
+            self.publisher.pending.taken(instance_id)
         for _ in range(MAX_DRAINS_PER_TASK):
             if not self._turn(instance_id):
                 break
         else:
-            self.rt.publisher.poke([instance_id])
+            self.publisher.poke([instance_id])
         failed, self._task.failed = self._task.failed, None
         if failed is not None:
             raise failed
@@ -111,9 +136,10 @@ class TurnExecutor:
     def _turn(self, instance_id: str) -> bool:
         """One turn; True when the inbox may hold more work for this instance. Its transactions (one, or a lease
         then a fenced commit) are the store's business: `Store.begin_turn`."""
-        rt = self.rt
-        owner = lease_owner(rt.worker_id)  # this turn's own: a turn that lost its lease fails every owner check
-        turn = rt.store.begin_turn(instance_id, owner, rt.options.orchestrator_lock_ms)
+        owner = lease_owner(
+            self.identity.worker_id
+        )  # this turn's own: a turn that lost its lease fails every owner check
+        turn = self.store().begin_turn(instance_id, owner, self.settings.orchestrator_lock_ms)
         name: str | None = None  # the orchestration's, once leased: the retry poke then reads orch:<Name>#<id>
         try:
             with turn:
@@ -132,7 +158,7 @@ class TurnExecutor:
             try:
                 turn.record_failed_attempt(clip(f"turn attempt failed: {describe(exc)}"))
             finally:
-                rt.publisher.poke([(instance_id, name)], countdown=1.0)
+                self.publisher.poke([(instance_id, name)], countdown=1.0)
             return False
         except BaseException as exc:
             # The worker process is being stopped (orchestration code's own BaseExceptions are recorded failures,
@@ -157,7 +183,7 @@ class TurnExecutor:
         if decided.status == "Idle":
             more = turn.release(reset_attempts=True, consumed_ids=msg_ids)
             return lambda: more
-        changes = turn_changes(lease, decided, msg_ids, now_ms(), self.rt.options.default_activity_ttl_ms)
+        changes = turn_changes(lease, decided, msg_ids, now_ms(), self.settings.default_activity_ttl_ms)
         plan = turn.commit(changes)
         return partial(self._after_commit, lease, decided, plan)
 
@@ -189,9 +215,8 @@ class TurnExecutor:
     ) -> TurnResult | AfterCommit:
         """Run the replay; when the turn ended without a result to commit (poisoned, or backed off for a missing
         handler), what it committed instead is done, and its after-commit step is returned."""
-        rt = self.rt
         bodies = [m[1] for m in messages]
-        if lease.attempt_count > rt.options.max_attempts_value:
+        if lease.attempt_count > self.settings.max_attempts_value:
             return self._poison(turn, lease, history, messages)
         inp = TurnInput(
             instance_id=lease.instance_id,
@@ -203,7 +228,7 @@ class TurnExecutor:
             clock=now_ms,
             kv_snapshot=kv_snapshot,
             kv_reader=turn.read_kv,
-            activity_queue=rt.names.activities,  # tags are checked against this runtime's real queue names
+            activity_queue=self.queues.activities,  # tags are checked against this runtime's real queue names
         )
         engine = self.engines.take((lease.instance_id, lease.execution_id))
         if (
@@ -214,7 +239,7 @@ class TurnExecutor:
         ):
             replay = partial(engine.resume, inp)  # hot instance: no replay, only the new messages
         else:
-            engine = ReplayEngine(inp, rt.resolve_orchestration)
+            engine = ReplayEngine(inp, self.registry.resolve_orchestration)
             replay = engine.run
         try:
             result = replay()
@@ -245,7 +270,7 @@ class TurnExecutor:
             version or "latest",
             when(retry_at),
             lease.attempt_count,
-            self.rt.options.max_attempts_value,
+            self.settings.max_attempts_value,
             extra={
                 "instance_id": lease.instance_id,
                 "execution_id": lease.execution_id,
@@ -260,7 +285,7 @@ class TurnExecutor:
         turn.release(reset_attempts=False, next_attempt_at=retry_at, waiting_reason=reason)
 
         def retry_later() -> bool:
-            self.rt.publisher.poke([(lease.instance_id, name)], countdown=delay / 1000 + 0.05)
+            self.publisher.poke([(lease.instance_id, name)], countdown=delay / 1000 + 0.05)
             return False
 
         return retry_later
@@ -273,9 +298,8 @@ class TurnExecutor:
         messages: list[tuple[int, dict[str, Any]]],
     ) -> AfterCommit:
         """Fail an instance whose turns keep failing (or whose handler never appeared), with a clear reason."""
-        rt = self.rt
         name, version = _identity(lease, history, [m[1] for m in messages])
-        registered = rt.resolve_orchestration(name, version) is not None
+        registered = self.registry.resolve_orchestration(name, version) is not None
         if not registered:
             reason = f": orchestration '{name}' (version {version or 'latest'}) is not registered"
         elif lease.waiting_reason:
@@ -284,7 +308,7 @@ class TurnExecutor:
             reason = ""
         message = (
             f"poison: orchestration {lease.instance_id} exceeded {lease.attempt_count} attempts "
-            f"(max {rt.options.max_attempts_value}){reason}"
+            f"(max {self.settings.max_attempts_value}){reason}"
         )
         publish = self._end_as_failed(turn, lease, history, messages, error_details(ev.POISON, message, "Poison"))
 
@@ -316,7 +340,6 @@ class TurnExecutor:
         """Keep the engine of a still-running instance (its history is now the committed one), then publish
         (transactional outbox: a crash before or during publishing is healed by the recovery sweep). Returns
         whether more messages wait."""
-        rt = self.rt
         instance_id, exec_id = lease.instance_id, lease.execution_id
         key = (instance_id, exec_id)
         engine = result.replay_engine
@@ -324,14 +347,14 @@ class TurnExecutor:
             self.engines.put(key, engine)
         else:
             self.engines.drop(key)
-        rt.metrics.record_turn(result, started_fresh(result))
+        self.metrics.record_turn(result, started_fresh(result))
         if self.fault is not None and self.fault.hit():
             log.warning("fault injected after the commit of a turn of %s: its publishes are dropped", instance_id)
             raise InjectedCrash(instance_id)
-        rt.publisher.activities(plan.activities)
-        rt.publisher.poke(plan.pokes)
+        self.publisher.activities(plan.activities)
+        self.publisher.poke(plan.pokes)
         if plan.first_timer_at is not None:
-            rt.publisher.timers_created(plan.first_timer_at)
+            self.publisher.timers_created(plan.first_timer_at)
         if result.status == "Failed":
             self._report_failure(lease, result)
         return plan.more

@@ -40,16 +40,9 @@ KNOWN_IMPORT_CYCLES: tuple[frozenset[str], ...] = ()
 #: not break importing, but they are the two-way dependencies issue 12 sets out to remove; listed so that no
 #: new one appears meanwhile.
 KNOWN_DEFERRED_IMPORT_CYCLES: tuple[frozenset[str], ...] = (
-    # tasks/{activity,install,turn}.py import Runtime under TYPE_CHECKING (the executors read its attributes);
-    # runtime.py imports tasks/install.py (and LeaseRenewer inside a function).
-    frozenset(
-        {
-            f"{PACKAGE}.runtime",
-            f"{PACKAGE}.tasks.activity",
-            f"{PACKAGE}.tasks.install",
-            f"{PACKAGE}.tasks.turn",
-        }
-    ),
+    # tasks/install.py imports Runtime under TYPE_CHECKING (install_tasks builds the executors from its parts);
+    # runtime.py imports tasks/install.py. The executors (turn.py, activity.py) import no Runtime.
+    frozenset({f"{PACKAGE}.runtime", f"{PACKAGE}.tasks.install"}),
 )
 
 
