@@ -52,7 +52,10 @@ class ActivityStore(StoreBase):
                 ).first()
                 if row is None:
                     return None
-                item = ClaimedWorkItem(key[0], key[1], key[2], *row, owner=owner)
+                name, input_json, session_id, tag, orch_name, orch_version, attempts = row
+                item = ClaimedWorkItem(
+                    *key, name, input_json, session_id, tag, orch_name, orch_version, attempts, owner=owner
+                )
                 if item.session_id is not None and policy is not None:
                     busy = self._claim_session(conn, item.session_id, node or owner, now, policy)
                     if busy is not None:
@@ -75,7 +78,7 @@ class ActivityStore(StoreBase):
             self.dialect.lock_session_claims(conn, owner)
             owned = conn.execute(
                 select(func.count()).where(sessions.c.owner == owner, sessions.c.locked_until > now)
-            ).scalar()
+            ).scalar_one()
             if owned >= policy.max_sessions:
                 return SessionBusy(None)
         upsert = self.dialect.sql.insert(sessions).values(

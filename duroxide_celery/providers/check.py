@@ -17,7 +17,7 @@ __all__ = ["StoreNotReady", "check_store"]
 
 def describe(provider: Provider) -> str:
     """The store's URL without its password (safe for logs and error messages)."""
-    if provider.in_memory:
+    if provider.is_in_memory:
         return "in-memory SQLite"
     return make_url(provider.url).render_as_string(hide_password=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,11 +23,29 @@ from .dto import (
     PublishPlan,
     TurnChanges,
 )
+from .turn_shapes import LeaseKeeper, TurnTransaction
 from .turns import TurnStore
 
 
 class TurnCommit(TurnStore):
-    """commit_turn and the row writers it composes (each takes the open connection)."""
+    """A turn end to end: `begin_turn` (its transactions, which use every operation of TurnStore and this class),
+    `commit_turn` and the row writers it composes (each takes the open connection)."""
+
+    _lease_keeper: LeaseKeeper | None = None
+    _keeper_lock = threading.Lock()
+
+    def begin_turn(self, instance_id: str, owner: str, lease_ms: int) -> TurnTransaction:
+        """The transactions of one turn, shaped by the database (turn_shapes.py); use it as a context manager."""
+        return self.dialect.begin_turn(self, instance_id, owner, lease_ms)
+
+    @property
+    def lease_keeper(self) -> LeaseKeeper:
+        """Renews the leases of turns whose replay runs long outside a transaction (started on first use)."""
+        if self._lease_keeper is None:
+            with self._keeper_lock:
+                if self._lease_keeper is None:
+                    self._lease_keeper = LeaseKeeper(self.renew_instance)
+        return self._lease_keeper
 
     def commit_turn(
         self, lease: InstanceLease, changes: TurnChanges, *, conn: Connection, check_more: bool = False
@@ -57,11 +76,14 @@ class TurnCommit(TurnStore):
             self.enqueue(conn, instance_id, ev.MSG_CONTINUE_AS_NEW, changes.next_execution.payload, now)
             pokes.append((instance_id, changes.orchestration[0] or None))  # the next execution starts now
         self.update_execution(conn, instance_id, exec_id, **changes.execution)
+        publish = [
+            PendingActivity(instance_id, exec_id, a.event_id, a.name, a.session_id, a.tag, owners.get(a.session_id))
+            if a.session_id
+            else PendingActivity(instance_id, exec_id, a.event_id, a.name, None, a.tag)
+            for a in activities
+        ]
         return PublishPlan(
-            activities=[
-                PendingActivity(instance_id, exec_id, a.event_id, a.name, a.session_id, a.tag, owners.get(a.session_id))
-                for a in activities
-            ],
+            activities=publish,
             pokes=pokes,
             first_timer_at=min((t.fire_at_ms for t in changes.timers), default=None),
             more=more,

@@ -221,7 +221,9 @@ class ManagementStore(StoreBase):
 
     def system_metrics(self) -> dict[str, int]:
         with self.read() as conn:
-            by_status = dict(conn.execute(select(instances.c.status, func.count()).group_by(instances.c.status)).all())
+            by_status: dict[str, int] = dict(
+                conn.execute(select(instances.c.status, func.count()).group_by(instances.c.status)).all()
+            )
             total_executions = conn.execute(select(func.count()).select_from(executions)).scalar() or 0
             total_events = conn.execute(select(func.count()).select_from(history)).scalar() or 0
         return {

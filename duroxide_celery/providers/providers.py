@@ -35,7 +35,8 @@ class Provider:
     def __init__(self, url: str, *, schema: str | None = None, in_memory: bool = False):
         self.url = url
         self.schema = schema
-        self.in_memory = in_memory
+        #: Whether the database lives in this process's memory (one process; `SqliteProvider.in_memory()`).
+        self.is_in_memory = in_memory
         #: Identifies this store within a process: the embedded runtime names its broker queues after it, and the
         #: publishers of runtimes on this store are found by it (tasks/publish.py live_publishers).
         self.token = uuid.uuid4().hex[:12] if in_memory else _stable_token(url, schema)
@@ -48,7 +49,7 @@ class Provider:
         if self._store is None or self._pid != os.getpid():
             with self._lock:
                 if self._store is None or self._pid != os.getpid():
-                    if self.in_memory and self._pid is not None and self._pid != os.getpid():
+                    if self.is_in_memory and self._pid is not None and self._pid != os.getpid():
                         raise RuntimeError("an in-memory SQLite provider cannot be used across processes")
                     if self._store is not None:
                         # Forked: drop the parent's pooled connections without closing them (they are the
@@ -57,7 +58,9 @@ class Provider:
                         self._store.lease_engine.dispose(close=False)
                     engine = self._create_engine()
                     upgrade(engine, self.schema)
-                    self._store = Store(engine, lease_engine=self._create_lease_engine(), serialize_all=self.in_memory)
+                    self._store = Store(
+                        engine, lease_engine=self._create_lease_engine(), serialize_all=self.is_in_memory
+                    )
                     self._pid = os.getpid()
         return self._store
 
@@ -124,7 +127,7 @@ class SqliteProvider(Provider):
         return cls("sqlite://", in_memory=True)
 
     def _create_engine(self) -> Engine:
-        if self.in_memory:
+        if self.is_in_memory:
             engine = create_engine(
                 "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}, **_ENGINE_ARGS
             )

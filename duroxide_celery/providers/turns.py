@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,7 +19,6 @@ from .dto import (
     TurnLoad,
 )
 from .schema import instances
-from .turn_shapes import LeaseKeeper, TurnTransaction
 
 
 class TurnStore(StoreBase):
@@ -67,22 +65,6 @@ class TurnStore(StoreBase):
             self.enqueue(conn, instance_id, kind, payload)
             return str(row[1])
 
-    _lease_keeper: LeaseKeeper | None = None
-    _keeper_lock = threading.Lock()
-
-    def begin_turn(self, instance_id: str, owner: str, lease_ms: int) -> TurnTransaction:
-        """The transactions of one turn, shaped by the database (turn_shapes.py); use it as a context manager."""
-        return self.dialect.begin_turn(self, instance_id, owner, lease_ms)
-
-    @property
-    def lease_keeper(self) -> LeaseKeeper:
-        """Renews the leases of turns whose replay runs long outside a transaction (started on first use)."""
-        if self._lease_keeper is None:
-            with self._keeper_lock:
-                if self._lease_keeper is None:
-                    self._lease_keeper = LeaseKeeper(self.renew_instance)
-        return self._lease_keeper
-
     def acquire_instance(
         self, instance_id: str, owner: str, lease_ms: int, conn: Connection | None = None, require_inbox: bool = False
     ) -> InstanceLease | None:
@@ -95,7 +77,18 @@ class TurnStore(StoreBase):
             row = conn.execute(statement, params).first()
         if row is None:
             return None
-        return InstanceLease(instance_id, *row, owner=owner)
+        execution_id, name, status, attempts, next_attempt_at, custom_status_version, waiting_reason = row
+        return InstanceLease(
+            instance_id,
+            execution_id,
+            name,
+            status,
+            attempts,
+            next_attempt_at,
+            custom_status_version,
+            waiting_reason=waiting_reason,
+            owner=owner,
+        )
 
     def renew_instance(self, instance_id: str, owner: str, lease_ms: int) -> bool:
         """Extend a turn's instance lease (a turn that runs long); False when `owner` no longer holds it."""

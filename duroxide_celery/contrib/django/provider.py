@@ -63,7 +63,7 @@ class _FollowsDjango:
         if name != self._django_name:
             url = url_for(settings_dict)
             current = _normalize_pg_url(url) if url.startswith("postgresql") else url
-            if current != self.url and not (current == "sqlite://" and self.in_memory):  # type: ignore[attr-defined]
+            if current != self.url and not (current == "sqlite://" and self.is_in_memory):  # type: ignore[attr-defined]
                 self.dispose()  # type: ignore[attr-defined]
                 self.url = current
                 self._store = None
