@@ -27,8 +27,8 @@ from duroxide_celery.providers.dto import (
 from duroxide_celery.providers.turn_shapes import LeaseThenCommitTurn, OneTransactionTurn
 from duroxide_celery.registry import Registry
 from duroxide_celery.replay import events as ev
+from duroxide_celery.tasks.identity import WorkerIdentity
 from duroxide_celery.tasks.queues import QueueNames
-from duroxide_celery.tasks.settings import WorkerIdentity, WorkerSettings
 from duroxide_celery.tasks.turn import TurnExecutor
 
 SHAPES = pytest.mark.parametrize("shape", [OneTransactionTurn, LeaseThenCommitTurn], ids=["sqlite", "postgres"])
@@ -152,8 +152,8 @@ def executor(store: FakeStore, publisher: FakePublisher, options: RuntimeOptions
     return TurnExecutor(
         store=lambda: store,  # type: ignore[arg-type, return-value]
         publisher=publisher,  # type: ignore[arg-type]
-        settings=WorkerSettings(options or RuntimeOptions()),
-        identity=WorkerIdentity("node-1"),
+        settings=options or RuntimeOptions(),
+        identity=WorkerIdentity.create("node-1", None),
         registry=registry,
         metrics=Metrics(),
         queues=QueueNames("duroxide"),
