@@ -136,9 +136,8 @@ class TurnExecutor:
     def _turn(self, instance_id: str) -> bool:
         """One turn; True when the inbox may hold more work for this instance. Its transactions (one, or a lease
         then a fenced commit) are the store's business: `Store.begin_turn`."""
-        owner = lease_owner(
-            self.identity.worker_id
-        )  # this turn's own: a turn that lost its lease fails every owner check
+        # This turn's own lease owner: a turn that lost its lease fails every owner-guarded write.
+        owner = lease_owner(self.identity.worker_id)
         turn = self.store().begin_turn(instance_id, owner, self.settings.orchestrator_lock_ms)
         name: str | None = None  # the orchestration's, once leased: the retry poke then reads orch:<Name>#<id>
         try:
