@@ -110,13 +110,7 @@ def list_instances(
 
 
 def _id_prefix(store: Store, prefix: str) -> Any:
-    if store.engine.dialect.name == "sqlite":
-        # SQLite's LIKE ignores ASCII case; a range on the primary key compares code points, as ids do.
-        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if ord(prefix[-1]) < 0x10FFFF else None
-        cond = instances.c.instance_id >= prefix
-        return cond if upper is None else cond & (instances.c.instance_id < upper)
-    # text_pattern_ops index (migration 0004): LIKE 'prefix%' with the prefix's own % and _ escaped.
-    return instances.c.instance_id.startswith(prefix, autoescape=True)
+    return store.dialect.starts_with(instances.c.instance_id, prefix)
 
 
 def status_counts(store: Store) -> dict[str, int]:

@@ -70,6 +70,10 @@ class Dialect:
         """Length in bytes (UTF-8) of a text column."""
         raise NotImplementedError
 
+    def starts_with(self, column: Any, prefix: str) -> Any:
+        """A condition: the text `column` starts with `prefix` (not empty), case-sensitive, using its index."""
+        raise NotImplementedError
+
     def begin_turn(self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int) -> TurnTransaction:
         """The transactions of one turn (`turn_shapes`): leased at `__enter__`, committed by `commit`."""
         raise NotImplementedError
@@ -168,6 +172,12 @@ class SqliteDialect(Dialect):
         # SQLite < 3.43 has no octet_length: the length of the text cast to a blob is its UTF-8 byte count.
         return func.length(cast(column, LargeBinary))
 
+    def starts_with(self, column: Any, prefix: str) -> Any:
+        # SQLite's LIKE ignores ASCII case; a range on the column compares code points, as ids do.
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if ord(prefix[-1]) < 0x10FFFF else None
+        cond = column >= prefix
+        return cond if upper is None else cond & (column < upper)
+
     def begin_turn(self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int) -> TurnTransaction:
         return OneTransactionTurn(ops, instance_id, owner, lease_ms)
 
@@ -204,6 +214,10 @@ class PostgresDialect(Dialect):
 
     def byte_length(self, column: Any) -> Any:
         return func.octet_length(column)
+
+    def starts_with(self, column: Any, prefix: str) -> Any:
+        # A text_pattern_ops index serves it (migration 0004): LIKE 'prefix%', the prefix's own % and _ escaped.
+        return column.startswith(prefix, autoescape=True)
 
     def begin_turn(self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int) -> TurnTransaction:
         return LeaseThenCommitTurn(ops, instance_id, owner, lease_ms)
