@@ -49,7 +49,8 @@ class InstalledTasks:
     turns: TurnExecutor
     activities: ActivityExecutor
     engine_cache: LruCache[ReplayEngine]
-    tasks: dict[str, Task] = field(default_factory=dict)
+    #: The Celery task objects by task name (proxies until the app is finalized).
+    tasks: dict[str, Any] = field(default_factory=dict)
 
 
 def install_tasks(app: Celery, runtime: Runtime) -> InstalledTasks:
@@ -115,5 +116,7 @@ def install_tasks(app: Celery, runtime: Runtime) -> InstalledTasks:
         limit = runtime.options.recovery_threshold if threshold_ms is None else threshold_ms
         return sweep(runtime.store, runtime.publisher, limit)
 
-    built = {t.name: t for t in (turn, activity, fire_due_timers, recover)}
+    # By their names, not `task.name`: reading any attribute of a task declared before the app is finalized
+    # evaluates its PromiseProxy, creating the task now.
+    built = {TURN_TASK: turn, ACTIVITY_TASK: activity, TIMER_TASK: fire_due_timers, RECOVERY_TASK: recover}
     return InstalledTasks(turns, activities, turns.engines, built)
