@@ -102,16 +102,10 @@ class StoreBase:
                 [{"instance_id": i, "kind": k, "payload": json.dumps(p), "created_at": now} for i, k, p in rows],
             )
 
-    def delete_inbox(self, conn: Connection, ids: list[int], more_of: str | None = None) -> bool:
-        """Delete consumed messages. With `more_of` (an instance id): whether that instance has other messages,
-        read after the delete (on PostgreSQL in the same statement); else False."""
-        if more_of is None:
-            if ids:
-                conn.execute(hot.DELETE_INBOX, {"ids": ids})
-            return False
+    def delete_inbox(self, conn: Connection, ids: list[int]) -> None:
+        """Delete consumed messages."""
         if ids:
-            return self.dialect.consume_inbox_and_check(conn, ids, more_of)
-        return inbox_pending(conn, more_of)
+            conn.execute(hot.DELETE_INBOX, {"ids": ids})
 
     def has_inbox(self, instance_id: str, conn: Connection | None = None) -> bool:
         with self._reading(conn) as conn:

@@ -47,17 +47,15 @@ class TurnCommit(TurnStore):
                     self._lease_keeper = LeaseKeeper(self.renew_instance)
         return self._lease_keeper
 
-    def commit_turn(
-        self, lease: InstanceLease, changes: TurnChanges, *, conn: Connection, check_more: bool = False
-    ) -> PublishPlan:
+    def commit_turn(self, lease: InstanceLease, changes: TurnChanges, *, conn: Connection) -> PublishPlan:
         """Write everything a turn decided, in the caller's transaction (TurnTransaction.commit opens it); returns
-        what to publish once it commits, and (`check_more`) whether more messages wait, read after the fence."""
+        what to publish once it commits (whether more messages wait is read after the commit: turn_shapes.py)."""
         instance_id, exec_id = lease.instance_id, lease.execution_id
         now = now_ms()
         # First: the fence (LeaseLost unless the lease is still ours) and the instance row lock until commit.
         self.finish_instance(conn, instance_id, lease.owner, **changes.instance)
         self.append_history(conn, instance_id, exec_id, changes.history)
-        more = self.delete_inbox(conn, changes.consumed, more_of=instance_id if check_more else None)
+        self.delete_inbox(conn, changes.consumed)
         activities = changes.activities
         self.add_work_items(
             conn, instance_id, exec_id, changes.orchestration, activities, now, changes.default_activity_ttl_ms
@@ -86,7 +84,6 @@ class TurnCommit(TurnStore):
             activities=publish,
             pokes=pokes,
             first_timer_at=min((t.fire_at_ms for t in changes.timers), default=None),
-            more=more,
         )
 
     def _send_messages(

@@ -47,10 +47,6 @@ class Dialect:
         StartOrchestration message (`payload`); False if the id exists."""
         raise NotImplementedError
 
-    def consume_inbox_and_check(self, conn: Connection, ids: list[int], instance_id: str) -> bool:
-        """Delete the consumed messages `ids` (not empty); whether the instance has other messages."""
-        raise NotImplementedError
-
     def complete_work_item(self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]) -> bool:
         """Delete the activity row its lease holder names (`params`) and queue its outcome; False if it is gone."""
         raise NotImplementedError
@@ -125,10 +121,6 @@ class SqliteDialect(Dialect):
         )
         return True
 
-    def consume_inbox_and_check(self, conn: Connection, ids: list[int], instance_id: str) -> bool:
-        conn.execute(hot.DELETE_INBOX, {"ids": ids})
-        return conn.execute(hot.INBOX_PENDING, {"iid": instance_id}).first() is not None
-
     def complete_work_item(self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]) -> bool:
         if not conn.execute(hot.DELETE_LEASED_WORK_ITEM, params).rowcount:
             return False
@@ -194,9 +186,6 @@ class PostgresDialect(Dialect):
 
     def create_instance(self, conn: Connection, params: dict[str, Any]) -> bool:
         return conn.execute(hot.CREATE_INSTANCE, params).first() is not None
-
-    def consume_inbox_and_check(self, conn: Connection, ids: list[int], instance_id: str) -> bool:
-        return bool(conn.execute(hot.CONSUME_INBOX_AND_CHECK, {"ids": ids, "iid": instance_id}).scalar())
 
     def complete_work_item(self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]) -> bool:
         statement_params = dict(params, kind=kind, payload=json.dumps(message), created=params["now"])

@@ -145,20 +145,6 @@ INBOX_OF = (
 DELETE_INBOX = delete(inbox).where(inbox.c.id.in_(bindparam("ids", expanding=True)))
 
 
-def _consume_inbox_and_check() -> Any:
-    consumed = (
-        delete(inbox).where(inbox.c.id.in_(bindparam("ids", expanding=True))).returning(inbox.c.id).cte("consumed")
-    )
-    # The query and its WITH share one snapshot: the consumed rows are still visible to the EXISTS, hence NOT IN.
-    others = select(inbox.c.id).where(
-        inbox.c.instance_id == bindparam("iid"), inbox.c.id.not_in(bindparam("ids", expanding=True))
-    )
-    return select(others.exists()).add_cte(consumed)
-
-
-#: PostgreSQL: DELETE_INBOX, and whether the instance (`iid`) has other messages, in one round trip.
-CONSUME_INBOX_AND_CHECK = _consume_inbox_and_check()
-
 #: History of an execution after a known prefix (`iid`, `exec`, `after`).
 HISTORY_AFTER = (
     select(history.c.event_id, history.c.kind, history.c.data, history.c.source_event_id, history.c.timestamp_ms)

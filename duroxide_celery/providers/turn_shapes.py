@@ -5,8 +5,10 @@ fenced by the lease (DESIGN invariant 2). SQLite has one writer at a time anyway
 run in one write transaction, which halves the commits, and nothing can reach the inbox meanwhile. PostgreSQL:
 the lease and the load commit in a lease transaction, the replay holds no transaction, and the turn commits in a
 second transaction whose first statement proves the lease is still ours. A message that arrives while the lease
-is held finds its poke refused; that commit re-reads the inbox after it has row-locked the instance (any later
-poke waits for our commit, then gets the lease), so such a message is never left behind.
+is held finds its poke refused: its lease statement does not wait for our commit, since the row version it reads
+still shows our lease (even while our commit holds the row lock). So once the commit is durable, the turn reads the
+inbox again: a message committed before that read is taken by this task's next turn, and one committed after it
+finds the lease free for its own poke. Such a message is never left behind.
 """
 
 from __future__ import annotations
@@ -51,12 +53,9 @@ class TurnOps(Protocol):
         waiting_reason: str | None = None,
         consumed_ids: Iterable[int] = (),
         conn: Connection | None = None,
-        check_more: bool = False,
-    ) -> bool: ...
+    ) -> None: ...
     def count_failed_attempt(self, instance_id: str, cause: str | None = None) -> None: ...
-    def commit_turn(
-        self, lease: InstanceLease, changes: TurnChanges, *, conn: Connection, check_more: bool = False
-    ) -> PublishPlan: ...
+    def commit_turn(self, lease: InstanceLease, changes: TurnChanges, *, conn: Connection) -> PublishPlan: ...
     def renew_instance(self, instance_id: str, owner: str, lease_ms: int) -> bool: ...
     @property
     def lease_keeper(self) -> LeaseKeeper: ...
@@ -105,11 +104,16 @@ class TurnTransaction:
         lease = self.lease
         if lease is None:
             raise RuntimeError("a turn that holds no lease has nothing to commit")
-        return self._in_commit(lambda conn, more: self.ops.commit_turn(lease, changes, conn=conn, check_more=more))
+        plan = self._in_commit(lambda conn: self.ops.commit_turn(lease, changes, conn=conn))
+        plan.more = self._more_waiting()
+        return plan
 
-    def _in_commit(self, write: Callable[[Connection, bool], T]) -> T:
-        """Run `write(conn, check_more)` in the commit transaction; `check_more`: whether it must read, after the
-        fence, if more messages wait (only needed where messages can arrive while the lease is held)."""
+    def _in_commit(self, write: Callable[[Connection], T]) -> T:
+        """Run `write(conn)` in the commit transaction, and commit it."""
+        raise NotImplementedError
+
+    def _more_waiting(self) -> bool:
+        """After the commit: whether messages may have arrived for the instance while the lease was held."""
         raise NotImplementedError
 
     def release(
@@ -121,8 +125,8 @@ class TurnTransaction:
         consumed_ids: Iterable[int] = (),
     ) -> bool:
         """Give the lease back without a turn (Store.release_instance); whether more messages may wait."""
-        return self._in_commit(
-            lambda conn, check_more: self.ops.release_instance(
+        self._in_commit(
+            lambda conn: self.ops.release_instance(
                 self.instance_id,
                 self.owner,
                 reset_attempts=reset_attempts,
@@ -130,9 +134,9 @@ class TurnTransaction:
                 waiting_reason=waiting_reason,
                 consumed_ids=consumed_ids,
                 conn=conn,
-                check_more=check_more,
             )
         )
+        return self._more_waiting()
 
     def record_failed_attempt(self, cause: str) -> None:
         """After the turn failed before its commit (its transaction rolled back): keep its attempt counted (the
@@ -160,8 +164,11 @@ class OneTransactionTurn(TurnTransaction):
     def replay_starts(self) -> None:
         return None  # the write transaction stays open through the replay: nobody else can write meanwhile
 
-    def _in_commit(self, write: Callable[[Connection, bool], T]) -> T:
-        return write(self._leased_conn(), False)
+    def _in_commit(self, write: Callable[[Connection], T]) -> T:
+        return write(self._leased_conn())  # committed when the turn's transaction ends
+
+    def _more_waiting(self) -> bool:
+        return False  # nobody could write a message while this turn held SQLite's only write transaction
 
     def record_failed_attempt(self, cause: str) -> None:
         # The rollback undid the lease and its attempt count: count the attempt.
@@ -207,10 +214,14 @@ class LeaseThenCommitTurn(TurnTransaction):
         self.ops.lease_keeper.hold(self.instance_id, self.owner, self.lease_ms)
         self._held = True
 
-    def _in_commit(self, write: Callable[[Connection, bool], T]) -> T:
+    def _in_commit(self, write: Callable[[Connection], T]) -> T:
         self.replay_starts()
         with self.ops.write() as commit_conn:
-            return write(commit_conn, True)
+            return write(commit_conn)
+
+    def _more_waiting(self) -> bool:
+        # Read after the commit, never inside it: see the module docstring.
+        return self.ops.has_inbox(self.instance_id)
 
     def record_failed_attempt(self, cause: str) -> None:
         # The lease (and its attempt count) committed: give it back, with the cause.

@@ -117,10 +117,9 @@ class TurnStore(StoreBase):
         waiting_reason: str | None = None,
         consumed_ids: Iterable[int] = (),
         conn: Connection | None = None,
-        check_more: bool = False,
-    ) -> bool:
+    ) -> None:
         """Give the lease back without a turn; the consumed messages are deleted only while the lease is ours
-        (LeaseLost otherwise: whoever took over reads them). With `check_more`: whether other messages wait.
+        (LeaseLost otherwise: whoever took over reads them).
         `waiting_reason` says why the instance waits (a backoff for a missing handler); any other release clears
         it in the same UPDATE."""
         statement = hot.RELEASE_INSTANCE_RESET if reset_attempts else hot.RELEASE_INSTANCE
@@ -130,7 +129,7 @@ class TurnStore(StoreBase):
             ids = list(consumed_ids)
             if ids and not released:
                 raise LeaseLost(instance_id)
-            return self.delete_inbox(conn, ids, more_of=instance_id if check_more else None)
+            self.delete_inbox(conn, ids)
 
     def load_turn(
         self, instance_id: str, execution_id: int, after_event_id: int = 0, conn: Connection | None = None

@@ -56,6 +56,9 @@ class FakeStore:
         self.calls: list[str] = []
         self.commits: list[TurnChanges] = []
         self.lose_lease_at_commit = False
+        #: A message another worker commits while this turn's commit is in flight (its poke finds the lease held).
+        self.arrives_during_commit: tuple[int, dict[str, Any]] | None = None
+        self.acquired = 0
         self.lease_keeper = FakeKeeper()
 
     def begin_turn(self, instance_id: str, owner: str, lease_ms: int) -> Any:
@@ -84,6 +87,7 @@ class FakeStore:
         self, instance_id: str, owner: str, lease_ms: int, conn: Any = None, require_inbox: bool = False
     ) -> InstanceLease | None:
         self.calls.append("acquire")
+        self.acquired += 1
         if self.lease is not None:
             self.lease.owner = owner
         return self.lease
@@ -95,9 +99,8 @@ class FakeStore:
     def get_kv(self, instance_id: str, key: str, conn: Any = None) -> str | None:
         return None
 
-    def release_instance(self, instance_id: str, owner: str, **kwargs: Any) -> bool:
+    def release_instance(self, instance_id: str, owner: str, **kwargs: Any) -> None:
         self.calls.append("release")
-        return False
 
     def count_failed_attempt(self, instance_id: str, cause: str | None = None) -> None:
         self.calls.append(f"failed attempt: {cause}")
@@ -105,12 +108,15 @@ class FakeStore:
     def renew_instance(self, instance_id: str, owner: str, lease_ms: int) -> bool:
         return True
 
-    def commit_turn(self, lease: InstanceLease, changes: TurnChanges, *, conn: Any, check_more: bool = False) -> Any:
+    def commit_turn(self, lease: InstanceLease, changes: TurnChanges, *, conn: Any) -> Any:
         self.calls.append(f"commit_turn on {conn}")
         if self.lose_lease_at_commit:
             raise LeaseLost(lease.instance_id)
         self.commits.append(changes)
         self.messages = []
+        if self.arrives_during_commit is not None:
+            self.messages, self.arrives_during_commit = [self.arrives_during_commit], None
+            self.lease = None  # the next turn's lease goes to whoever took the new message's poke
         activities = [
             PendingActivity(lease.instance_id, lease.execution_id, a.event_id, a.name, a.session_id, a.tag)
             for a in changes.activities
@@ -243,3 +249,15 @@ def test_a_turn_whose_store_fails_counts_the_attempt_and_retries(shape):
     else:  # the lease (and its count) committed: it is given back with the cause
         assert store.calls[-1] == "release"
     assert publisher.sent == [("poke", [("i1", "Orch")])]
+
+
+def test_a_message_arriving_during_a_lease_fenced_commit_is_read_after_the_commit():
+    """PostgreSQL: a poke for a message committed while our commit is in flight finds the lease held (its lease
+    statement reads the row version that still shows our lease), so the turn reads the inbox once its commit is
+    durable, and the task takes another turn for it."""
+    store, publisher = FakeStore(LeaseThenCommitTurn, lease(), [START]), FakePublisher()
+    store.arrives_during_commit = (8, {"kind": ev.MSG_ACTIVITY_COMPLETED, "execution_id": 1, "event_id": 2})
+    executor(store, publisher).run("i1")
+    assert len(store.commits) == 1
+    assert store.acquired == 2  # the second turn went for the new message
+    assert publisher.sent == [("activities", [PendingActivity("i1", 1, 2, "Act")])]
