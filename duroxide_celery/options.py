@@ -30,7 +30,8 @@ class RuntimeOptions:
       activities, however many or slow, never take the threads turns need. With your own Celery app, run
       separate `celery worker` processes for the orchestrator and activity queues, each with its own
       `--concurrency`. `orchestration_concurrency=0` makes an activity-only node, `worker_concurrency=0` a
-      turn-only one.
+      turn-only one: with an app, or an embedded runtime beside another one on the same store in this process
+      (an embedded runtime with both at 0 is refused: it could run nothing).
     - orchestrator_lock_timeout_ms [5000], worker_lock_timeout_ms [30000]: instance and activity leases;
       worker_lock_renewal_buffer_ms [5000] sets how long before expiry running activities renew (never later than
       2 s before expiry; for leases under 15 s, every half lease as duroxide does, at most every third of it).

@@ -77,6 +77,27 @@ class Runtime(Registry):
             if self.eager:
                 log.info("task_always_eager is set on %s: duroxide runs orchestrations in this process", app.main)
                 self.embedded = True
+            elif getattr(provider, "in_memory", False):
+                # `celery worker` processes of the app could never see this process's private database.
+                raise ValueError(
+                    "SqliteProvider.in_memory() is private to this process, so the workers of Celery app "
+                    f"{app.main!r} would each get an empty database of their own: use SqliteProvider.open(path) "
+                    "or PostgresProvider.connect(url) with an app (in_memory() is for the embedded runtime, no app)"
+                )
+        if self.embedded and self.options.orchestration_threads == 0 and self.options.activity_threads == 0:
+            # An embedded runtime's threads are its only workers: with none, nothing it serves would ever run.
+            raise ValueError(
+                "RuntimeOptions(orchestration_concurrency=0, worker_concurrency=0) leaves the embedded runtime "
+                "(no Celery app) no thread to run turns or activities: give at least one of them a value >= 1"
+            )
+        if self.embedded and 0 in (self.options.orchestration_threads, self.options.activity_threads):
+            # Legitimate only beside another embedded runtime on the same store in this process (one node per role).
+            none = "turns" if self.options.orchestration_threads == 0 else "activities"
+            log.warning(
+                "this embedded runtime runs no %s (concurrency 0): they run only if another Runtime on the same "
+                "store in this process does",
+                none,
+            )
         if self.embedded:
             # Broker queues live in process memory: name them after the store so two stores never share them.
             prefix = f"{prefix}-{provider.token}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from duroxide_celery import RuntimeOptions
+from duroxide_celery import Runtime, RuntimeOptions
 
 from .helpers import WAIT_MS, kinds
 
@@ -113,3 +113,13 @@ def test_activity_returning_non_json_fails_that_activity(runtime_factory, client
         "ActivityFailed",
         "OrchestrationCompleted",
     ]
+
+
+def test_an_embedded_runtime_with_no_threads_at_all_is_refused_at_construction(provider):
+    none = RuntimeOptions(orchestration_concurrency=0, worker_concurrency=0)
+    with pytest.raises(ValueError, match=r"leaves the embedded runtime \(no Celery app\) no thread to run turns or"):
+        Runtime(provider, none)
+    # One role at 0 is a node of an in-process cluster (another Runtime on the same store serves the other role).
+    Runtime(provider, RuntimeOptions(orchestration_concurrency=0))
+    Runtime(provider, RuntimeOptions(worker_concurrency=0))
+

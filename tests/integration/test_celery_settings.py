@@ -46,13 +46,17 @@ def _host_app() -> Celery:
     return app
 
 
+def _file_provider(tmp_path: Path) -> SqliteProvider:
+    return SqliteProvider.open(str(tmp_path / "store.db"))
+
+
 def _settings(app: Celery) -> dict[str, Any]:
     return {key: repr(value) for key, value in app.conf.items() if key not in {"beat_schedule"}}
 
 
-def test_the_app_configuration_is_unchanged() -> None:
+def test_the_app_configuration_is_unchanged(tmp_path: Path) -> None:
     reference, app = _host_app(), _host_app()
-    runtime = Runtime(SqliteProvider.in_memory(), app=app)
+    runtime = Runtime(_file_provider(tmp_path), app=app)
     assert _settings(app) == _settings(reference)
     assert app.conf.beat_schedule == reference.conf.beat_schedule
     assert ENGINE_TASKS <= set(app.tasks) and runtime_of(app) is runtime
@@ -61,9 +65,9 @@ def test_the_app_configuration_is_unchanged() -> None:
     assert add.track_started is True
 
 
-def test_engine_tasks_carry_their_own_options() -> None:
+def test_engine_tasks_carry_their_own_options(tmp_path: Path) -> None:
     app = _host_app()
-    Runtime(SqliteProvider.in_memory(), app=app)
+    Runtime(_file_provider(tmp_path), app=app)
     turn, activity = app.tasks["duroxide.turn"], app.tasks["duroxide.activity"]
     for task in (turn, activity):
         assert task.ignore_result is True and task.serializer == "json"
@@ -73,9 +77,9 @@ def test_engine_tasks_carry_their_own_options() -> None:
     assert (turn.acks_late, activity.acks_late) == (True, False)
 
 
-def test_engine_messages_go_to_engine_queues_whatever_the_routes_say() -> None:
+def test_engine_messages_go_to_engine_queues_whatever_the_routes_say(tmp_path: Path) -> None:
     app = _host_app()
-    runtime = Runtime(SqliteProvider.in_memory(), app=app)
+    runtime = Runtime(_file_provider(tmp_path), app=app)
     sent: list[dict[str, Any]] = []
     original = app.send_task
 
@@ -100,6 +104,13 @@ def test_an_app_that_refuses_json_is_refused_at_construction() -> None:
         Runtime(SqliteProvider.in_memory(), app=app)
     with pytest.raises(TypeError, match="celery.Celery"):
         Runtime(SqliteProvider.in_memory(), app=object())  # type: ignore[arg-type]
+
+
+def test_an_in_memory_store_with_a_real_app_is_refused_at_construction() -> None:
+    app = Celery("real", set_as_current=False)
+    with pytest.raises(ValueError, match=r"SqliteProvider.in_memory\(\) is private to this process, so the workers"):
+        Runtime(SqliteProvider.in_memory(), app=app)
+    assert "duroxide.turn" not in app.tasks  # refused before anything was installed on the app
 
 
 def test_a_plain_worker_consumes_the_app_queues_and_the_engine_queues(tmp_path: Path) -> None:
@@ -142,10 +153,10 @@ def test_a_worker_of_app_queues_only_does_not_touch_the_store(tmp_path: Path) ->
         )
 
 
-def test_two_apps_in_one_process_keep_their_own_runtimes() -> None:
+def test_two_apps_in_one_process_keep_their_own_runtimes(tmp_path: Path) -> None:
     first, second = Celery("one"), Celery("two")
-    rt1 = Runtime(SqliteProvider.in_memory(), app=first)
-    rt2 = Runtime(SqliteProvider.in_memory(), app=second)
+    rt1 = Runtime(SqliteProvider.open(str(tmp_path / "one.db")), app=first)
+    rt2 = Runtime(SqliteProvider.open(str(tmp_path / "two.db")), app=second)
     assert runtime_of(first) is rt1 and runtime_of(second) is rt2
     assert first.tasks["duroxide.turn"] is not second.tasks["duroxide.turn"]
 
