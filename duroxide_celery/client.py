@@ -61,12 +61,18 @@ DEFAULT_BULK_LIMIT = 1000
 # Every Client call checks its arguments here, before any database access, with the store's limits
 # (replay/limits.py): both stores then refuse (or accept) the same input with the same clear error, instead of
 # PostgreSQL raising a raw database error on input SQLite would take.
-def _management_id(instance_id: Any) -> str:
-    """Ids given to reads and management calls name existing instances: any str the store could hold (an id that
-    is too long simply names no instance)."""
+def _management_id(instance_id: Any) -> bool:
+    """Ids given to reads and management calls name existing instances. Whether `instance_id` could name one: a
+    str the store cannot hold (a NUL, a lone surrogate) names none, so the call answers as for an unknown id
+    instead of raising (a too-long id simply names no instance, and a sub-orchestration's id may exceed the
+    limit on starts). A wrong type is still a TypeError."""
     if not isinstance(instance_id, str):
         raise TypeError(f"instance id must be a str, got {type(instance_id).__name__}")
-    return check_storable(instance_id, "instance id")
+    try:
+        check_storable(instance_id, "instance id")
+    except ValueError:
+        return False
+    return True
 
 
 def _read_text(value: Any, what: str) -> str:
@@ -98,7 +104,10 @@ def _check_instance_id(instance_id: Any) -> str:
 
 
 def _check_name(name: Any, what: str, max_chars: int | None = None) -> str:
-    if not isinstance(name, str) or not name.strip():
+    # The Client's rule: a wrong type is a TypeError, a str it cannot take a ValueError.
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, got {type(name).__name__}")
+    if not name.strip():
         raise ValueError(f"{what} must be a non-empty string, got {name!r}")
     check_storable(name, what)
     if max_chars is not None:
@@ -206,12 +215,16 @@ class Client:
 
     def cancel_instance(self, instance_id: str, reason: str | None = None) -> None:
         """Cancel a running instance (and its sub-orchestrations). No-op for unknown or finished instances."""
-        text = "" if reason is None else str(reason)
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"cancel reason must be a str or None, got {type(reason).__name__}")
+        text = "" if reason is None else reason
         # The reason becomes the instance's error text ("canceled: <reason>"), stored as-is.
         self._signal(instance_id, ev.MSG_CANCEL, {"reason": check_storable(text, "cancel reason")})
 
     def _signal(self, instance_id: str, kind: str, payload: dict[str, Any]) -> None:
-        if not isinstance(instance_id, str) or not instance_id:
+        if not isinstance(instance_id, str):
+            raise TypeError(f"instance id must be a str, got {type(instance_id).__name__}")
+        if not instance_id:
             raise ValueError(f"instance id must be a non-empty string, got {instance_id!r}")
         check_storable(instance_id, "instance id")
         name = self._store.enqueue_if_running(instance_id, kind, payload)
@@ -222,8 +235,7 @@ class Client:
 
     # -- status -------------------------------------------------------------------------------------------------
     def get_status(self, instance_id: str) -> OrchestrationResult:
-        _management_id(instance_id)
-        row = self._store.get_instance(instance_id)
+        row = self._store.get_instance(instance_id) if _management_id(instance_id) else None
         if row is None:
             return OrchestrationResult(status="NotFound")
         return OrchestrationResult(
@@ -275,9 +287,9 @@ class Client:
 
     # -- KV -----------------------------------------------------------------------------------------------------
     def get_kv_value(self, instance_id: str, key: str) -> str | None:
-        _management_id(instance_id)
+        possible = _management_id(instance_id)
         _read_text(key, "KV key")
-        if len(key) > MAX_KV_KEY_CHARS:
+        if not possible or len(key) > MAX_KV_KEY_CHARS:
             return None  # no such key can exist
         return self._store.get_kv(instance_id, key)
 
@@ -306,8 +318,7 @@ class Client:
     def get_instance_info(self, instance_id: str, include_waits: bool = True) -> InstanceInfo | None:
         """The instance's row, with what it waits on (`waits`, see get_waits) unless `include_waits` is False
         (that read costs a look at its history and pending rows); None for an unknown id."""
-        _management_id(instance_id)
-        row = self._store.get_instance(instance_id)
+        row = self._store.get_instance(instance_id) if _management_id(instance_id) else None
         if row is None:
             return None
         waits = read_waits(self._store, instance_id) if include_waits else None
@@ -329,19 +340,21 @@ class Client:
         """What the instance waits on: pending activities (who holds them, since when), timers, awaited events
         and queues, running children, and a backoff for a handler no worker has registered. A finished instance
         waits on nothing. Raises InstanceNotFound for an unknown id."""
-        _management_id(instance_id)
-        waits = read_waits(self._store, instance_id)
+        waits = read_waits(self._store, instance_id) if _management_id(instance_id) else None
         if waits is None:
             raise InstanceNotFound(f"Instance {instance_id} not found")
         return waits
 
     def list_executions(self, instance_id: str) -> list[int]:
-        _management_id(instance_id)
+        if not _management_id(instance_id):
+            return []
         return [r["execution_id"] for r in self._store.list_executions(instance_id)]
 
     def get_execution_info(self, instance_id: str, execution_id: int) -> ExecutionInfo | None:
-        _management_id(instance_id)
+        possible = _management_id(instance_id)
         check_int64(execution_id, "execution_id")
+        if not possible:
+            return None
         for r in self._store.list_executions(instance_id):
             if r["execution_id"] == execution_id:
                 return ExecutionInfo(
@@ -355,9 +368,9 @@ class Client:
         return None
 
     def read_execution_history(self, instance_id: str, execution_id: int) -> list[Event]:
-        _management_id(instance_id)
+        possible = _management_id(instance_id)
         check_int64(execution_id, "execution_id")
-        if not 0 <= execution_id <= INT32_MAX:
+        if not possible or not 0 <= execution_id <= INT32_MAX:
             return []  # execution ids are stored as 32-bit integers: there is no such execution
         return [Event.from_history(e) for e in self._store.read_history(instance_id, execution_id)]
 
@@ -373,8 +386,7 @@ class Client:
         """The instance and all its descendants: sub-orchestrations, with generated or explicit ids, and theirs.
         Detached starts (ctx.start_orchestration) have no parent, so they are not part of it. Raises
         InstanceNotFound for an unknown id (duroxide returns a one-element tree for any id)."""
-        _management_id(instance_id)
-        ids = self._store.instance_tree(instance_id)
+        ids = self._store.instance_tree(instance_id) if _management_id(instance_id) else None
         if ids is None:
             raise InstanceNotFound(f"Instance {instance_id} not found")
         return InstanceTree(root_id=instance_id, all_ids=ids, size=len(ids))
@@ -393,7 +405,8 @@ class Client:
         lease check and commits nothing; an activity already executing sees ctx.is_cancelled() turn True within
         about half a second (its row is gone), and whatever it returns is dropped. It is not interrupted, so side
         effects it performs before it checks still happen."""
-        _management_id(instance_id)
+        if not _management_id(instance_id):
+            raise InstanceNotFound(f"Instance {instance_id!r} not found")
         outcome = self._store.delete_tree(instance_id, force=bool(force))
         if outcome.status == "not_found":
             raise InstanceNotFound(f"Instance {instance_id} not found")
@@ -435,10 +448,14 @@ class Client:
         """Delete old executions (left by continue-as-new) of an instance, with their history, to bound storage.
         The current execution is never pruned, even with keep_last=0; KV state is untouched. Raises
         InstanceNotFound for an unknown id."""
-        _management_id(instance_id)
+        possible = _management_id(instance_id)
         opts = _option(options, PruneOptions, "options")
-        deleted = self._store.prune_executions(
-            instance_id, keep_last=opts.keep_last or 1, completed_before=opts.completed_before
+        deleted = (
+            self._store.prune_executions(
+                instance_id, keep_last=opts.keep_last or 1, completed_before=opts.completed_before
+            )
+            if possible
+            else None
         )
         if deleted is None:
             raise InstanceNotFound(f"Instance {instance_id} not found")
@@ -481,8 +498,7 @@ class Client:
 
     def get_orchestration_stats(self, instance_id: str) -> SystemStats | None:
         """Size of one instance: its current execution's history, pending messages and KV; None if unknown."""
-        _management_id(instance_id)
-        stats = self._store.orchestration_stats(instance_id)
+        stats = self._store.orchestration_stats(instance_id) if _management_id(instance_id) else None
         return None if stats is None else SystemStats(**stats)
 
 

@@ -17,6 +17,10 @@ def _echo_orch(ctx, x):
 ECHO = {"Echo": lambda ctx, x: x}
 
 
+def _wait_orch(ctx, _):
+    return (yield ctx.wait_for_event("go"))
+
+
 def test_non_json_input_is_refused_and_writes_nothing(runtime_factory, client):
     runtime_factory({"Echo": _echo_orch}, ECHO)
     with pytest.raises(TypeError, match="JSON"):
@@ -123,3 +127,27 @@ def test_an_embedded_runtime_with_no_threads_at_all_is_refused_at_construction(p
     Runtime(provider, RuntimeOptions(orchestration_concurrency=0))
     Runtime(provider, RuntimeOptions(worker_concurrency=0))
 
+
+def test_the_client_refuses_wrong_types_with_type_error_and_writes_nothing(runtime_factory, client):
+    runtime_factory({"Wait": _wait_orch}, ECHO)
+    client.start_orchestration("w1", "Wait", None)
+    wrong = [
+        (lambda: client.get_status(5), "instance id must be a str, got int"),
+        (lambda: client.wait_for_orchestration(5), "instance id must be a str, got int"),
+        (lambda: client.get_instance_info(None), "instance id must be a str, got NoneType"),
+        (lambda: client.start_orchestration(5, "Wait"), "instance id must be a str, got int"),
+        (lambda: client.start_orchestration("x", 5), "orchestration name must be a str, got int"),
+        (lambda: client.start_orchestration_versioned("x", "Wait", None, 1), "version must be a str, got int"),
+        (lambda: client.raise_event(5, "go"), "instance id must be a str, got int"),
+        (lambda: client.raise_event("w1", 5), "event name must be a str, got int"),
+        (lambda: client.enqueue_event(b"w1", "q"), "instance id must be a str, got bytes"),
+        (lambda: client.enqueue_event("w1", None), "queue name must be a str, got NoneType"),
+        (lambda: client.cancel_instance(5), "instance id must be a str, got int"),
+        (lambda: client.cancel_instance("w1", 5), "cancel reason must be a str or None, got int"),
+    ]
+    for call, message in wrong:
+        with pytest.raises(TypeError, match=f"^{message}$"):
+            call()
+    assert client.list_all_instances() == ["w1"]
+    assert client.get_status("w1").status == "Running"  # the refused cancel wrote nothing
+    assert "OrchestrationCancelRequested" not in kinds(client, "w1")

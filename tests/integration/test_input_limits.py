@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from duroxide_celery import InstanceFilter, PruneOptions
+from duroxide_celery import InstanceFilter, InstanceNotFound, OperationTimedOut, PruneOptions
 from duroxide_celery.replay.events import MAX_JSON_DEPTH
 
 from .helpers import WAIT_MS, event_data, kinds, wait_for_kind
@@ -113,19 +113,21 @@ def test_client_refuses_text_the_store_cannot_hold_before_any_write(runtime_fact
     with pytest.raises(ValueError, match=f"instance id {nul}"):
         client.raise_event("wait\x00", "go", 1)
 
-    # Reads and management calls: PostgreSQL used to raise raw database errors where SQLite answered.
-    for call in (
-        lambda: client.get_status("a\x00"),
-        lambda: client.get_instance_info("a\x00"),
-        lambda: client.list_executions("a\x00"),
-        lambda: client.read_execution_history("a\x00", 1),
-        lambda: client.get_kv_value("a\x00", "k"),
-        lambda: client.get_instance_tree("a\x00"),
-        lambda: client.delete_instance("a\x00"),
-        lambda: client.get_orchestration_stats("a\x00"),
-    ):
-        with pytest.raises(ValueError, match=f"instance id {nul}"):
-            call()
+    # Reads and management calls: an id the store cannot hold names no instance, so they answer as for an unknown
+    # id on both stores (PostgreSQL used to raise raw database errors where SQLite answered).
+    for bad in ("a\x00", "\x00", "id\ud800"):
+        assert client.get_status(bad).status == "NotFound"
+        assert client.get_instance_info(bad) is None
+        assert client.list_executions(bad) == []
+        assert client.get_execution_info(bad, 1) is None
+        assert client.read_execution_history(bad, 1) == []
+        assert client.get_kv_value(bad, "k") is None
+        assert client.get_orchestration_stats(bad) is None
+        for call in (client.get_waits, client.get_instance_tree, client.delete_instance, client.prune_executions):
+            with pytest.raises(InstanceNotFound, match="not found"):
+                call(bad)
+        with pytest.raises(OperationTimedOut):
+            client.wait_for_orchestration(bad, 0)
     with pytest.raises(ValueError, match=f"KV key {nul}"):
         client.get_kv_value("waiting", "k\x00")
     with pytest.raises(ValueError, match=f"status {nul}"):
