@@ -7,6 +7,8 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .replay.limits import MAX_NAME_CHARS, MAX_VERSION_CHARS, check_length, check_storable
+
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_VERSION = "1.0.0"
 _VERSION = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]+)?$")
@@ -19,9 +21,24 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 
 def _check_name(name: Any, what: str) -> str:
-    if not isinstance(name, str) or not name.strip():
+    """A name the store can hold, as the Client checks the names it is given (TypeError for a wrong type)."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} name must be a str, got {type(name).__name__}")
+    if not name.strip():
         raise ValueError(f"{what} name must be a non-empty string, got {name!r}")
-    return name
+    check_storable(name, f"{what} name")
+    return check_length(name, f"{what} name", MAX_NAME_CHARS)
+
+
+def _check_replacement(old: Callable[..., Any] | None, new: Callable[..., Any], what: str) -> None:
+    """A name (and version) names one handler: registering the same function again is a no-op, another one under
+    the same name would silently change what running instances replay (register a new version instead)."""
+    if old is not None and old is not new:
+        raise ValueError(f"{what} is already registered with {_describe(old)}; got {_describe(new)}")
+
+
+def _describe(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 class Registry:
@@ -38,6 +55,7 @@ class Registry:
         def register(func: F) -> F:
             if not callable(func):
                 raise TypeError(f"activity {name!r} must be callable, got {func!r}")
+            _check_replacement(self.activities.get(name), func, f"activity {name!r}")
             self.activities[name] = func
             return func
 
@@ -54,13 +72,15 @@ class Registry:
     def register_orchestration_versioned(self, name: str, version: str, fn: F | None = None) -> Any:
         """Register a specific semver `version`; new starts use the latest, running executions keep theirs."""
         _check_name(name, "orchestration")
-        if not isinstance(version, str) or not _VERSION.match(version):
+        if not isinstance(version, str) or not _VERSION.fullmatch(version) or len(version) > MAX_VERSION_CHARS:
             raise ValueError(f"orchestration version must be semver like '1.0.2', got {version!r}")
 
         def register(func: F) -> F:
             if not callable(func):
                 raise TypeError(f"orchestration {name!r} must be callable, got {func!r}")
-            self._orchestrations.setdefault(name, {})[version] = func
+            versions = self._orchestrations.setdefault(name, {})
+            _check_replacement(versions.get(version), func, f"orchestration {name!r} version {version}")
+            versions[version] = func
             return func
 
         return register(fn) if fn is not None else register

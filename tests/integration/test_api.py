@@ -170,6 +170,41 @@ def test_registration_rejects_bad_names(runtime_factory):
         rt.register_activity("", lambda ctx, x: x)
     with pytest.raises(ValueError):
         rt.register_orchestration_versioned("O", "not-semver", lambda ctx, x: x)
+    with pytest.raises(ValueError, match="^activity name must not contain NUL characters"):
+        rt.register_activity("A\x00", lambda ctx, x: x)
+    with pytest.raises(ValueError, match="^orchestration name is 257 characters; the limit is 256$"):
+        rt.register_orchestration("O" * 257, lambda ctx, x: x)
+    with pytest.raises(ValueError, match="^orchestration name must be a non-empty string, got '  '$"):
+        rt.register_orchestration("  ", lambda ctx, x: x)
+    with pytest.raises(TypeError, match="^activity name must be a str, got int$"):
+        rt.register_activity(5, lambda ctx, x: x)
+    with pytest.raises(ValueError, match="semver"):
+        rt.register_orchestration_versioned("O", "1.0.0\n", lambda ctx, x: x)
+    assert rt.activities == {} and rt.orchestration_names() == []
+
+
+def _first(ctx, x):
+    return x
+
+
+def _second(ctx, x):
+    return x
+
+
+def test_a_name_registered_again_keeps_its_function(runtime_factory):
+    rt = runtime_factory(start=False)
+    rt.register_activity("A", _first)
+    rt.register_activity("A", _first)  # the same function again: a no-op (a module imported twice, a re-run setup)
+    with pytest.raises(ValueError, match=r"^activity 'A' is already registered with .*\._first; got .*\._second$"):
+        rt.register_activity("A", _second)
+    assert rt.activities["A"] is _first
+    rt.register_orchestration("O", _first)
+    rt.register_orchestration("O", _first)
+    with pytest.raises(ValueError, match=r"^orchestration 'O' version 1\.0\.0 is already registered with .*_first"):
+        rt.register_orchestration_versioned("O", "1.0.0", _second)
+    rt.register_orchestration_versioned("O", "2.0.0", _second)  # a new version is how an orchestration changes
+    assert rt.resolve_orchestration("O", None) == ("2.0.0", _second)
+    assert rt.resolve_orchestration("O", "1.0.0") == ("1.0.0", _first)
 
 
 def test_plain_function_orchestration_completes_at_once(runtime_factory, client):
