@@ -47,6 +47,11 @@ def _check_host_app(app: Any) -> None:
         )
 
 
+def _is_in_memory(provider: Provider) -> bool:
+    """SqliteProvider.in_memory()'s flag (`is_in_memory`, earlier `in_memory`; `is True`: never the classmethod)."""
+    return getattr(provider, "is_in_memory", getattr(provider, "in_memory", False)) is True
+
+
 class Runtime(Registry):
     """Runs orchestrations and activities (duroxide-python's `Runtime`, on Celery)."""
 
@@ -77,7 +82,7 @@ class Runtime(Registry):
             if self.eager:
                 log.info("task_always_eager is set on %s: duroxide runs orchestrations in this process", app.main)
                 self.embedded = True
-            elif getattr(provider, "in_memory", False):
+            elif _is_in_memory(provider):
                 # `celery worker` processes of the app could never see this process's private database.
                 raise ValueError(
                     "SqliteProvider.in_memory() is private to this process, so the workers of Celery app "
