@@ -38,6 +38,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from .client import Client, _check_instance_id
 from .errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, OperationTimedOut
+from .options import check_queue_prefix
 from .providers import PostgresProvider, Provider, SqliteProvider
 from .providers.check import StoreNotReady, check_store, describe
 from .providers.migrate import VERSION_TABLE, upgrade
@@ -329,6 +330,13 @@ def _rows(rows: list[tuple[str, Any]]) -> None:
         click.echo(f"{key:<{width}}  {value}")
 
 
+def _checked_prefix(value: str) -> str:
+    try:
+        return check_queue_prefix(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--queue-prefix") from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--app",
@@ -356,6 +364,7 @@ def _rows(rows: list[tuple[str, Any]]) -> None:
     envvar="DUROXIDE_QUEUE_PREFIX",
     default="duroxide",
     show_default=True,
+    callback=lambda ctx, param, value: _checked_prefix(value),
     help="Queue name prefix of the workers, with --broker (or DUROXIDE_QUEUE_PREFIX).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (status, list, history, tree, metrics, ...).")

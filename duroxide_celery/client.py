@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 
 from .errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, OperationTimedOut
+from .options import check_queue_prefix
 from .providers import Provider
 from .providers.store import Store
 from .providers.waits import read_waits
@@ -128,6 +129,7 @@ class Client:
     def __init__(self, provider: Provider, app: Celery | None = None, queue_prefix: str = "duroxide"):
         if not isinstance(provider, Provider):
             raise TypeError(f"Client needs a provider, got {provider!r}")
+        check_queue_prefix(queue_prefix)
         self.provider = provider
         self._own_publisher: Publisher | None = None
         self._warned_no_broker = False

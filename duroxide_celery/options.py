@@ -3,13 +3,48 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
+
+from .replay.limits import MAX_NODE_ID_CHARS
+from .tagfilter import parse_filter
 
 #: The shortest activity or session lease the renewer can honour: it wakes at least every third of the lease (and
 #: every 0.5 s), so a renewal lands by two thirds of it; shorter leases would leave no margin for a slow database.
 MIN_LOCK_TIMEOUT_MS = 1000
 #: The engine cache's default bound (engine_cache_max_bytes).
 DEFAULT_ENGINE_CACHE_BYTES = 64 * 1024 * 1024
+
+
+_WORKER_ID = re.compile(r"[A-Za-z0-9_.@-]+")
+#: A queue prefix: dot-separated words of letters, digits, `-` and `_`.
+_QUEUE_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+#: `<prefix>.sessions.<a 200-character node id>` must stay within AMQP's 255-byte queue names.
+MAX_QUEUE_PREFIX_CHARS = 40
+
+
+def check_worker_id(value: object) -> str:
+    """A worker id names its session queue and owns its leases: 1-200 letters, digits and `-_.@`."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("a worker node id must be a non-empty string")
+    if len(value) > MAX_NODE_ID_CHARS:
+        raise ValueError(f"a worker node id is at most {MAX_NODE_ID_CHARS} characters, got {len(value)}")
+    if not _WORKER_ID.fullmatch(value):  # fullmatch: `$` alone would let a trailing newline through
+        raise ValueError(f"worker node id {value!r} may contain only letters, digits and - _ . @")
+    return value
+
+
+def check_queue_prefix(value: object) -> str:
+    """A queue prefix starts every engine queue's name (RuntimeOptions.queue_prefix, the CLI's --queue-prefix)."""
+    if not isinstance(value, str):
+        raise TypeError(f"a queue prefix must be a str, got {type(value).__name__}")
+    if not _QUEUE_PREFIX.fullmatch(value):
+        raise ValueError(
+            f"queue prefix {value!r} must be non-empty words of letters, digits, - and _, separated by dots"
+        )
+    if len(value) > MAX_QUEUE_PREFIX_CHARS:
+        raise ValueError(f"queue prefix is {len(value)} characters; the limit is {MAX_QUEUE_PREFIX_CHARS}")
+    return value
 
 
 def renewal_interval_ms(lock_ms: int, renew_ms: float) -> float:
@@ -91,6 +126,19 @@ class RuntimeOptions:
                 raise TypeError(f"RuntimeOptions.{f.name} must be an int, got {type(value).__name__}")
             if value < 0:
                 raise ValueError(f"RuntimeOptions.{f.name} must be >= 0, got {value}")
+        # The same checks as the Runtime's and the worker's command line, here so that a bad value fails where
+        # it is written (options built in a settings module), not when a Runtime is made from them.
+        for name, check in (
+            ("worker_node_id", check_worker_id),
+            ("worker_tag_filter", parse_filter),
+            ("queue_prefix", check_queue_prefix),
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    check(value)
+                except ValueError as exc:
+                    raise ValueError(f"RuntimeOptions.{name}: {exc}") from None
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError("RuntimeOptions.max_attempts must be >= 1")
         for name in ("worker_lock_timeout_ms", "session_lock_timeout_ms"):

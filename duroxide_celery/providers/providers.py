@@ -118,6 +118,8 @@ class SqliteProvider(Provider):
             text = re.sub(r"^sqlite:(//)?/?", "", text) if not text.startswith("sqlite:////") else text[9:]
             text = text.split("?", 1)[0]
         file = Path(text).expanduser().resolve()
+        if file.is_dir():  # SQLite would fail later, at the first query, with "unable to open database file"
+            raise ValueError(f"SqliteProvider.open: {str(path)!r} is a directory; give the database file's path")
         file.parent.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{file}")
 
@@ -210,9 +212,22 @@ def _ping_when_idle(engine: Engine) -> None:
 def _normalize_pg_url(url: str) -> str:
     if not isinstance(url, str) or not url:
         raise ValueError(f"PostgresProvider needs a database URL, got {url!r}")
+    given = url
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
+            url = "postgresql+psycopg://" + url[len(prefix) :]
+            break
+    # Checked here, at connect, not at the first query; a URL is shown with its password masked.
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - SQLAlchemy's ArgumentError, or a ValueError for a bad port
+        masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", given)
+        raise ValueError(
+            f"PostgresProvider: {masked!r} is not a database URL: expected postgresql://user:password@host/database"
+        ) from None
+    if parsed.get_backend_name() != "postgresql":
+        shown = parsed.render_as_string(hide_password=True)
+        raise ValueError(f"PostgresProvider expected a postgresql:// URL, got {shown!r}")
     return url
 
 

@@ -10,28 +10,14 @@ prefork, before the pool forks, so its processes inherit it). Lease owners are p
 from __future__ import annotations
 
 import os
-import re
 import socket
 import uuid
 from dataclasses import dataclass
 
-from ..replay.limits import MAX_NODE_ID_CHARS
+from ..options import check_worker_id
 from ..tagfilter import ParsedFilter, parse_filter
 
 __all__ = ["WorkerIdentity", "check_worker_id"]
-
-_WORKER_ID = re.compile(r"[A-Za-z0-9_.@-]+")
-
-
-def check_worker_id(value: object) -> str:
-    """A worker id names its session queue and owns its leases: 1-200 letters, digits and `-_.@`."""
-    if not isinstance(value, str) or not value:
-        raise ValueError("a worker node id must be a non-empty string")
-    if len(value) > MAX_NODE_ID_CHARS:
-        raise ValueError(f"a worker node id is at most {MAX_NODE_ID_CHARS} characters, got {len(value)}")
-    if not _WORKER_ID.fullmatch(value):  # fullmatch: `$` alone would let a trailing newline through
-        raise ValueError(f"worker node id {value!r} may contain only letters, digits and - _ . @")
-    return value
 
 
 @dataclass
