@@ -31,6 +31,7 @@ from ..client import Client
 from ..errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning
 from ..providers import dashboard_reads as reads
 from ..providers.waits import read_history
+from ..replay.limits import check_storable
 from ..types import TERMINAL_STATUSES
 from . import present
 
@@ -459,6 +460,17 @@ def _time_arg(name: str) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
+def _text_arg(name: str) -> str | None:
+    """A text filter; text the store cannot hold (a NUL) is a 400 here, never a database error (500) on PostgreSQL."""
+    text = request.args.get(name, "").strip() or None
+    if text is not None:
+        try:
+            check_storable(text, name)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+    return text
+
+
 def _cursor_text(cursor: reads.Cursor | None) -> str | None:
     if cursor is None:
         return None
@@ -474,6 +486,7 @@ def _cursor_arg(name: str) -> reads.Cursor | None:
         created, instance_id = value
         if isinstance(created, bool) or not isinstance(created, int) or not isinstance(instance_id, str):
             raise TypeError
+        check_storable(instance_id, name)  # a forged cursor with a NUL: this 400, not PostgreSQL's error (500)
     except (ValueError, TypeError):
         raise BadInput(f"{name} is not a page cursor of this dashboard") from None
     return created, instance_id
@@ -488,11 +501,11 @@ def _list_args() -> tuple[reads.InstanceQuery, int, reads.Cursor | None, reads.C
         raise BadInput("the time range is empty: 'from' must be before 'to'")
     query = reads.InstanceQuery(
         status=status,
-        name=request.args.get("name", "").strip() or None,
-        version=request.args.get("version", "").strip() or None,
+        name=_text_arg("name"),
+        version=_text_arg("version"),
         created_from=created_from,
         created_to=created_to,
-        id_prefix=request.args.get("q", "").strip() or None,
+        id_prefix=_text_arg("q"),
     )
     limit = _int_arg("limit", 1, MAX_PAGE) or DEFAULT_PAGE
     after, before = _cursor_arg("after"), _cursor_arg("before")

@@ -88,14 +88,19 @@ def test_list_filters_and_keyset_pages(client: Client) -> None:
         ("/?from=yesterday", "from must be an ISO-8601 time or epoch milliseconds, got 'yesterday'"),
         ("/?from=2020-01-02T00:00&to=2020-01-01T00:00", "the time range is empty: 'from' must be before 'to'"),
         ("/?after=xyz", "after is not a page cursor of this dashboard"),
+        ("/?name=%00", "name must not contain NUL characters (\\x00), got '\\x00'"),
+        ("/?version=1.0%00", "version must not contain NUL characters (\\x00), got '1.0\\x00'"),
+        ("/?q=a%00", "q must not contain NUL characters (\\x00), got 'a\\x00'"),
+        ("/?after=WzEsICJhXHUwMDAwYiJd", "after is not a page cursor of this dashboard"),  # forged, with a NUL
         ("/instance", "give the instance id: ?id=..."),
         ("/api/instance?id=nobody", "no instance 'nobody'"),
         ("/instance?id=nobody", "no instance 'nobody'"),
+        ("/instance?id=a%00b", "no instance 'a\\x00b'"),  # an id the store cannot hold names no instance
     ],
 )
 def test_bad_input_gets_a_precise_answer(client: Client, url: str, message: str) -> None:
     answer = create_app(client).test_client().get(url)
-    assert answer.status_code == (404 if "nobody" in url else 400)
+    assert answer.status_code == (404 if "id=" in url else 400)
     assert _message(answer) == message
     assert answer.is_json == url.startswith("/api/")
 
