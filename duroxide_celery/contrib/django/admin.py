@@ -326,6 +326,8 @@ class InstanceAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         self._require_view(request)
         instance_id = unquote(object_id)
+        if not reads.storable(instance_id):
+            raise Http404(f"no workflow instance {instance_id!r}")
         forms_by_action: dict[str, forms.Form] = {}
         if request.method == "POST":
             response = self._act(request, instance_id, forms_by_action)
@@ -508,6 +510,8 @@ class InstanceAdmin(admin.ModelAdmin):
         data; without duroxide.view_payloads, HIDDEN (an event: its data with the payload fields HIDDEN)."""
         self._require_view(request)
         instance_id = unquote(object_id)
+        if not reads.storable(instance_id):
+            raise Http404("nothing stored there")
         store = _store()
         text: str | None = None
         is_event = False

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select
 
 from ...providers.schema import history, instances, kv
+from ...replay.limits import check_storable
 
 #: Rows shown per page.
 INSTANCES_PER_PAGE = 50
@@ -39,8 +40,20 @@ class InstanceQuery:
     updated_to: int | None = None
 
 
+def storable(text: str) -> bool:
+    """Whether the store could hold `text`: no stored id or name has a NUL (PostgreSQL refuses them with a
+    DataError, a 500), so a URL or filter with one names nothing."""
+    try:
+        check_storable(text, "text")
+    except ValueError:
+        return False
+    return True
+
+
 def _where(query: InstanceQuery, *, skip: str | None = None) -> list[Any]:
     c = instances.c
+    if not all(storable(text) for text in (query.status, query.name, query.search) if text):
+        return [false()]  # matches nothing: an empty list, never a database error
     where: list[Any] = []
     if query.status and skip != "status":
         where.append(c.status == query.status)

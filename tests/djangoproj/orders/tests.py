@@ -62,3 +62,32 @@ class PlaceOrderHarnessTests(TestCase):
         self.assertEqual(result.output, {"order": order.pk, "item": "pen", "quantity": 4})
         order.refresh_from_db()
         self.assertEqual(order.status, "reserved")
+
+
+class AdminBadInputTests(TransactionTestCase):
+    """Text no stored instance can hold (a NUL) names nothing: a 404 or an empty list, never PostgreSQL's
+    DataError (a 500)."""
+
+    def setUp(self):
+        from django.contrib.auth.models import User
+
+        self.client.force_login(User.objects.create_superuser("admin", "admin@example.com", "pw"))
+
+    def test_an_instance_id_with_a_nul_is_not_found(self):
+        for url in (
+            "/admin/duroxide/instance/%00/change/",
+            "/admin/duroxide/instance/a%00b/change/",
+            "/admin/duroxide/instance/a%00b/raw/?field=output",
+        ):
+            self.assertEqual(self.client.get(url).status_code, 404, url)
+        self.assertEqual(
+            self.client.post("/admin/duroxide/instance/%00/change/", {"_action": "cancel"}).status_code, 404
+        )
+
+    def test_a_filter_with_a_nul_lists_nothing(self):
+        get_client().start_orchestration("listed-1", "Echo", 1)
+        self.assertContains(self.client.get("/admin/duroxide/instance/"), "listed-1")
+        for query in ({"name": "\x00"}, {"q": "a\x00"}, {"status": "Running\x00"}):
+            response = self.client.get("/admin/duroxide/instance/", query)
+            self.assertEqual(response.status_code, 200, query)
+            self.assertNotContains(response, "listed-1")
