@@ -24,7 +24,8 @@ MAX_QUEUE_PREFIX_CHARS = 40
 
 
 def check_worker_id(value: object) -> str:
-    """A worker id names its session queue and owns its leases: 1-200 letters, digits and `-_.@`."""
+    """A worker id names its session queue and owns its leases: 1-200 letters, digits and `-_.@` (never `~`, the
+    mark of generated ids: tasks/queues.py GENERATED_ID_MARK)."""
     if not isinstance(value, str) or not value:
         raise ValueError("a worker node id must be a non-empty string")
     if len(value) > MAX_NODE_ID_CHARS:

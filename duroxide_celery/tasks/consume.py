@@ -22,7 +22,14 @@ from .queues import QueueNames, queue
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TagFollower", "activity_queues", "consume", "consumed_queues", "served_tags"]
+__all__ = [
+    "TagFollower",
+    "activity_queues",
+    "consume",
+    "consumed_queues",
+    "delete_generated_session_queue",
+    "served_tags",
+]
 
 #: How often a worker with the `any` filter looks for tags first used after it started, and how often its consumer
 #: picks up what that found.
@@ -70,6 +77,22 @@ def consume(c: Any, name: str, *, now: bool) -> None:
         c.add_task_queue(name, exchange=name, exchange_type="direct", routing_key=name)
     else:
         task_consumer.add_queue(queue(name))
+
+
+def delete_generated_session_queue(c: Any, name: str) -> None:
+    """At a clean worker shutdown, delete the session queue of a generated worker id (GENERATED_ID_MARK): no process
+    will ever consume it again. Safe: what was routed there is still pending in the store, which hands it to another
+    worker; its x-expires deletes it anyway where the broker honours that (not kombu < 5.7's Redis transport), this
+    only does it at once. Best effort, on its own short-lived connection (the consumer's may be closing)."""
+    try:
+        with c.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)  # a broker that is down must not hold up the shutdown
+            bound = queue(name).bind(conn.default_channel)
+            bound.declare()  # kombu's virtual transports (Redis) delete only the bindings their channel has seen
+            bound.delete()
+        log.info("deleted session queue %s of this worker (generated id)", name)
+    except Exception:  # noqa: BLE001 - its x-expires removes it later
+        log.warning("could not delete session queue %s at shutdown", name, exc_info=True)
 
 
 class TagFollower:

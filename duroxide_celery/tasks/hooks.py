@@ -37,7 +37,14 @@ from ..broker_acks import apply_to_worker
 from ..providers.check import StoreNotReady, check_store
 from ..tagfilter import parse_cli_tag_filter
 from .binding import runtime_of
-from .consume import TagFollower, activity_queues, consume, consumed_queues, served_tags
+from .consume import (
+    TagFollower,
+    activity_queues,
+    consume,
+    consumed_queues,
+    delete_generated_session_queue,
+    served_tags,
+)
 from .identity import WorkerIdentity, check_worker_id
 from .queues import QueueNames, queue
 from .recovery import wake_backed_off
@@ -203,6 +210,8 @@ class EngineQueues(bootsteps.StartStopStep):
         super().__init__(c, **kwargs)
         self.runtime: HookedRuntime | None = runtime_of(c.app)
         self.follower: TagFollower | None = None
+        #: The session queue this consumer consumes (set when it starts).
+        self.session_queue: str | None = None
         rt = self.runtime
         if rt is None:
             return
@@ -242,7 +251,7 @@ class EngineQueues(bootsteps.StartStopStep):
             )
         if not any(names.is_activity_queue(name) for name in consumed_queues(c)):
             return  # a turn-only consumer: no sessions, no tags
-        session_queue = names.session_queue(identity.worker_id)
+        session_queue = self.session_queue = names.session_queue(identity.worker_id)
         if session_queue not in consumed_queues(c):
             consume(c, session_queue, now=False)
             log.debug("worker %s consumes its session queue %s", identity.worker_id, session_queue)
@@ -256,3 +265,6 @@ class EngineQueues(bootsteps.StartStopStep):
     def shutdown(self, c: Any) -> None:
         if self.follower is not None:
             self.follower.shutdown()
+        rt = self.runtime
+        if self.session_queue is not None and rt is not None and not rt.embedded and not rt.identity.stable:
+            delete_generated_session_queue(c, self.session_queue)  # no restart comes back for a generated id

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..options import check_worker_id
 from ..tagfilter import ParsedFilter, parse_filter
+from .queues import GENERATED_ID_MARK
 
 __all__ = ["WorkerIdentity", "check_worker_id"]
 
@@ -36,5 +37,6 @@ class WorkerIdentity:
         """From RuntimeOptions' worker_node_id and worker_tag_filter; a bad value raises ValueError here."""
         if worker_id is not None:
             return cls(check_worker_id(worker_id), True, parse_filter(tag_filter))
-        generated = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # The mark gives its session queue a TTL (tasks/queues.py): no process will consume it after this one.
+        generated = f"{GENERATED_ID_MARK}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         return cls(generated, False, parse_filter(tag_filter))

@@ -36,11 +36,23 @@ class QueueNames:
         return name == self.orchestrator or self.is_activity_queue(name) or name.startswith(f"{self.prefix}.sessions.")
 
 
+#: Starts every generated worker id (tasks/identity.py). No chosen worker id, tag or queue prefix may contain it, so
+#: a queue name with it is the session queue of a worker that no restart brings back, told from the name alone.
+GENERATED_ID_MARK = "~"
+#: The queue TTL (`x-expires`) of such a session queue: the broker deletes it once nothing has used it (no consumer,
+#: no redeclaration) for this long; RabbitMQ, and kombu >= 5.7's Redis transport (its list and binding). Nobody
+#: consumes it after its worker ends, and nothing is lost with it: what was routed there is pending in the store,
+#: which hands it to another worker (the session lapses; the recovery sweep). Every process (the worker, any
+#: publisher) declares it with this same value: RabbitMQ refuses a redeclaration with other arguments.
+GENERATED_SESSION_QUEUE_EXPIRES_S = 3600
+
+
 @lru_cache(maxsize=4096)
 def queue(name: str) -> Queue:
     """A declared Queue object: publishing with it makes the producer declare the queue, so a message sent before
     any worker has declared it is not dropped on Redis."""
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+    arguments = {"x-expires": GENERATED_SESSION_QUEUE_EXPIRES_S * 1000} if GENERATED_ID_MARK in name else None
+    return Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments=arguments)
 
 
 #: What stands for "no time limit" on the engine's tasks. Celery has no way to say "none" per task: a task whose
