@@ -221,9 +221,9 @@ def _normalize_pg_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except Exception:  # noqa: BLE001 - SQLAlchemy's ArgumentError, or a ValueError for a bad port
-        masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", given)
         raise ValueError(
-            f"PostgresProvider: {masked!r} is not a database URL: expected postgresql://user:password@host/database"
+            f"PostgresProvider: {_masked(given)!r} is not a database URL: expected "
+            "postgresql://user:password@host/database"
         ) from None
     if parsed.get_backend_name() != "postgresql":
         shown = parsed.render_as_string(hide_password=True)
@@ -237,4 +237,9 @@ def provider_from_url(url: str) -> Provider:
         return SqliteProvider.in_memory() if url in ("sqlite://", "sqlite:///:memory:") else SqliteProvider.open(url)
     if url.startswith("postgres"):
         return PostgresProvider.connect(url)
-    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://...")
+    raise ValueError(f"unsupported database URL {_masked(url)!r}: use sqlite:///path or postgresql://...")
+
+
+def _masked(url: str) -> str:
+    """`url` as text to show: its password, if any, replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)

@@ -5,7 +5,8 @@ DUROXIDE = {
                                       # to the test database under Django's test runner)
     # "URL": "postgresql://...",      # or a database URL of its own (then DATABASE is ignored)
     "SCHEMA": "duroxide",             # PostgreSQL schema of the store's tables (None: the search path)
-    "CELERY_APP": "proj.celery:app",  # the Celery app, as `celery -A` takes it (default: the current app)
+    "CELERY_APP": "proj.celery:app",  # the Celery app, as `celery -A` takes it (default: the current app),
+                                      # loaded when no `install(app)` ran in the process
     "OPTIONS": {},                    # RuntimeOptions keywords, e.g. {"queue_prefix": "orders"}
     "WORKFLOWS_MODULE": "workflows",  # the module imported from every installed app
     "DASHBOARD": None,                # the web dashboard under the admin (/admin/duroxide/dashboard/): None: on
@@ -15,11 +16,13 @@ DUROXIDE = {
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+from ...options import RuntimeOptions
 
 _KEYS = {"DATABASE", "URL", "SCHEMA", "CELERY_APP", "OPTIONS", "WORKFLOWS_MODULE", "JSON_ENCODER", "DASHBOARD"}
 DEFAULT_JSON_ENCODER = "django.core.serializers.json.DjangoJSONEncoder"
@@ -50,7 +53,7 @@ def load() -> DuroxideSettings:
         url=raw.get("URL"),
         schema=raw.get("SCHEMA", "duroxide"),
         celery_app=raw.get("CELERY_APP"),
-        options=dict(raw.get("OPTIONS") or {}),
+        options=_options(raw.get("OPTIONS")),
         workflows_module=raw.get("WORKFLOWS_MODULE", "workflows"),
         json_encoder=raw.get("JSON_ENCODER", DEFAULT_JSON_ENCODER),
         dashboard=raw.get("DASHBOARD"),
@@ -72,6 +75,27 @@ def load() -> DuroxideSettings:
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ImproperlyConfigured(f"settings.DUROXIDE[{key!r}] must be a non-empty string or None")
     return conf
+
+
+def _options(value: Any) -> dict[str, Any]:
+    """settings.DUROXIDE['OPTIONS'], checked as RuntimeOptions checks them, with the setting named."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(
+            f"settings.DUROXIDE['OPTIONS'] must be a dict of RuntimeOptions keywords, got {type(value).__name__}"
+        )
+    known = sorted(f.name for f in fields(RuntimeOptions))
+    for key in value:
+        if key not in known:
+            raise ImproperlyConfigured(
+                f"settings.DUROXIDE['OPTIONS']: unknown option {key!r} (known: {', '.join(known)})"
+            )
+    try:
+        RuntimeOptions(**value)
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(f"settings.DUROXIDE['OPTIONS']: {exc}") from None
+    return dict(value)
 
 
 def apply_json_encoder(conf: DuroxideSettings) -> None:

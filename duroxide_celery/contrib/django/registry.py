@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Celery
+from django.core.exceptions import ImproperlyConfigured
 
 from ...options import RuntimeOptions
 from ...runtime import Runtime
@@ -73,12 +74,16 @@ def install(app: Celery) -> Runtime:
             return _runtime
         settings = conf.load()
         conf.apply_json_encoder(settings)
-        if settings.url is not None:
-            from ...providers import provider_from_url
+        try:
+            if settings.url is not None:
+                from ...providers import provider_from_url
 
-            provider = provider_from_url(settings.url)
-        else:
-            provider = provider_for_alias(settings.database, settings.schema)
+                provider = provider_from_url(settings.url)
+            else:
+                provider = provider_for_alias(settings.database, settings.schema)
+        except ValueError as exc:  # the message says what is wrong; name the setting it came from
+            key = "URL" if settings.url is not None else "SCHEMA" if "schema" in str(exc) else "DATABASE"
+            raise ImproperlyConfigured(f"settings.DUROXIDE[{key!r}]: {exc}") from None
         runtime = Runtime(provider, RuntimeOptions(**settings.options), app=app)
         for kind, name, version, fn in _pending:
             _register(runtime, kind, name, version, fn)
@@ -96,7 +101,12 @@ def get_runtime() -> Runtime:
     if settings.celery_app:
         from celery.app.utils import find_app
 
-        app = find_app(settings.celery_app)
+        try:
+            app = find_app(settings.celery_app)
+        except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, Celery's own: all mean "not found"
+            raise ImproperlyConfigured(
+                f"settings.DUROXIDE['CELERY_APP'] is {settings.celery_app!r}, which does not load: {exc}"
+            ) from None
     else:
         from celery import current_app
 
