@@ -142,3 +142,17 @@ def test_the_store_lives_in_its_own_schema_next_to_djangos_tables(project_db: st
     assert ("public", "orders_order") in tables and ("public", "django_migrations") in tables
     assert ("duroxide", "dx_instances") in tables and ("duroxide", "dx_alembic_version") in tables
     assert not any(schema == "public" and name.startswith("dx_") for schema, name in tables)
+
+
+def test_manage_py_duroxide_says_the_project_chooses_the_store_and_queues(tmp_path: Path) -> None:
+    env = _env(PROJ_SQLITE=str(tmp_path / "db.sqlite3"))
+    helped = _manage(env, "duroxide", "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "Usage: manage.py duroxide" in helped.stdout
+    assert "settings.DUROXIDE" in helped.stdout and "`migrate` creates or upgrades" in helped.stdout
+    for hidden in ("--queue-prefix", "--db", "--schema", "--broker", "--app"):
+        assert hidden not in helped.stdout, hidden  # the project's settings choose them, not these options
+    refused = _manage(env, "duroxide", "--db", "sqlite:////tmp/x.db", "list")
+    assert refused.returncode != 0
+    assert "--db cannot be given to manage.py duroxide: it works on the project's store" in refused.stderr
+    assert "--app" not in refused.stderr  # the user typed no --app
