@@ -374,7 +374,10 @@ class ReplayEngine:
         if isinstance(task, RaceTask):
             members = self._check_members(task.tasks, "race")
             if len(members) != 2:
-                raise ValueError(f"select currently supports exactly 2 tasks, got {len(members)}")
+                # duroxide's own wording stays in parentheses: ported code may match on it (semantics.md)
+                raise ValueError(
+                    f"race takes exactly 2 tasks, got {len(members)} (select currently supports exactly 2 tasks)"
+                )
             self._waiter = RaceWaiter([self._schedule(t) for t in members])
             return None
         if isinstance(task, Task):

@@ -427,8 +427,8 @@ def test_race_with_three_tasks_fails(as_list):
 
     r = Sim({"o": orch}).start("o").turn()
     assert r.status == "Failed"
-    assert "select currently supports exactly 2 tasks" in error_message(r)
-    assert error_message(r).startswith("ValueError: select currently supports exactly 2 tasks, got 3")
+    assert "select currently supports exactly 2 tasks" in error_message(r)  # duroxide's wording, kept
+    assert error_message(r).startswith("ValueError: race takes exactly 2 tasks, got 3")
     assert r.new_events[-1].kind == ev.ORCHESTRATION_FAILED
     assert [e.kind for e in r.new_events] == [ev.ORCHESTRATION_STARTED, ev.ORCHESTRATION_FAILED]
 
@@ -441,7 +441,15 @@ def test_race_with_one_task_fails_and_is_catchable():
             return str(exc)
 
     r = Sim({"o": orch}).start("o").turn()
-    assert output_of(r) == "select currently supports exactly 2 tasks, got 1"
+    assert output_of(r) == "race takes exactly 2 tasks, got 1 (select currently supports exactly 2 tasks)"
+
+
+def test_race_with_no_task_fails_saying_so():
+    def orch(ctx, _):
+        yield ctx.race()
+
+    r = Sim({"o": orch}).start("o").turn()
+    assert error_message(r).startswith("ValueError: race takes exactly 2 tasks, got 0")
 
 
 def test_retry_activity_cannot_be_a_race_member():
