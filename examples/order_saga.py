@@ -16,12 +16,20 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 
 from duroxide_celery import Client, Runtime, SqliteProvider
 
 PRICES = {"keyboard": 49.0, "mouse": 19.5, "monitor": 229.0, "cable": 7.25}
+_print_lock = threading.Lock()
+
+
+def say(text: str) -> None:
+    """Print one whole line: activities run on several worker threads, and their lines must not interleave."""
+    with _print_lock:
+        print(text, flush=True)
 
 
 def build_runtime(provider: SqliteProvider) -> Runtime:
@@ -29,24 +37,24 @@ def build_runtime(provider: SqliteProvider) -> Runtime:
 
     @runtime.register_activity("ReserveItem")
     def reserve_item(ctx, item):
-        print(f"    [activity] reserve {item['qty']} x {item['sku']} for {ctx.instance_id}")
+        say(f"    [activity] reserve {item['qty']} x {item['sku']} for {ctx.instance_id}")
         return {"sku": item["sku"], "reservation": f"R-{ctx.instance_id}-{item['sku']}"}
 
     @runtime.register_activity("ReleaseItem")
     def release_item(ctx, reservation):
-        print(f"    [activity] compensate: release {reservation['reservation']}")
+        say(f"    [activity] compensate: release {reservation['reservation']}")
         return reservation["sku"]
 
     @runtime.register_activity("ChargeCard")
     def charge_card(ctx, payment):
         if payment["card"].endswith("0000"):
             raise RuntimeError(f"card {payment['card']} declined")
-        print(f"    [activity] charged {payment['amount']:.2f} to card {payment['card']}")
+        say(f"    [activity] charged {payment['amount']:.2f} to card {payment['card']}")
         return {"charge_id": f"CH-{ctx.instance_id}"}
 
     @runtime.register_activity("ShipOrder")
     def ship_order(ctx, order_id):
-        print(f"    [activity] shipped {order_id}")
+        say(f"    [activity] shipped {order_id}")
         return f"TRACK-{order_id}"
 
     @runtime.register_orchestration("OrderSaga")
@@ -107,18 +115,24 @@ ORDERS = [
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", default=os.path.join(tempfile.mkdtemp(prefix="duroxide-demo-"), "orders.db"))
+    parser.add_argument("--db", help="SQLite file to keep (default: a temporary one, removed at exit)")
     args = parser.parse_args()
-    print(f"store: SQLite file {args.db} (embedded runtime: in-process Celery worker, no servers)\n")
+    if args.db is not None:
+        return run(args.db)
+    with tempfile.TemporaryDirectory(prefix="duroxide-demo-") as scratch:
+        return run(os.path.join(scratch, "orders.db"))
 
-    provider = SqliteProvider.open(args.db)
+
+def run(db: str) -> int:
+    say(f"store: SQLite file {db} (embedded runtime: in-process Celery worker, no servers)\n")
+    provider = SqliteProvider.open(db)
     runtime = build_runtime(provider)
     client = Client(provider)
     runtime.start()
     try:
         for order in ORDERS:
             client.start_orchestration(order["id"], "OrderSaga", order)
-            print(f"started {order['id']}")
+            say(f"started {order['id']}")
         seen = {o["id"]: (0, None) for o in ORDERS}
         approved: set[str] = set()
         deadline = time.monotonic() + 60
@@ -126,36 +140,37 @@ def main() -> int:
             statuses = {oid: client.get_status(oid) for oid in seen}
             for oid, st in statuses.items():
                 if st.custom_status_version > seen[oid][0]:
-                    print(f"  {oid}: {st.custom_status}")
+                    say(f"  {oid}: {st.custom_status}")
                     seen[oid] = (st.custom_status_version, st.custom_status)
                 if st.custom_status == "awaiting approval" and oid not in approved:
-                    print(f"  {oid}: manager approves (raise_event 'approval')")
+                    say(f"  {oid}: manager approves (raise_event 'approval')")
                     client.raise_event(oid, "approval", {"approved": True, "by": "demo-manager"})
                     approved.add(oid)
             if all(st.status in ("Completed", "Failed") for st in statuses.values()):
                 break
             time.sleep(0.02)
 
-        print("\nresults:")
+        say("\nresults:")
         ok = True
         for order in ORDERS:
             result = client.wait_for_orchestration(order["id"], 30_000)
             ok = ok and result.status == "Completed"
-            print(f"  {order['id']}: {result.status} {result.output if result.output else result.error}")
+            say(f"  {order['id']}: {result.status} {result.output if result.output else result.error}")
 
-        print("\nhistory summary:")
+        say("\nhistory summary:")
         for order in ORDERS:
             events = client.read_execution_history(order["id"], 1)
             kinds = Counter(e.kind for e in events)
             info = client.get_instance_info(order["id"])
             took = info.updated_at - info.created_at
-            print(
+            say(
                 f"  {order['id']}: {len(events)} events in {took} ms: "
                 + ", ".join(f"{kind} x{n}" for kind, n in kinds.items())
             )
         return 0 if ok else 1
     finally:
         runtime.shutdown()
+        provider.dispose()  # close the database before a temporary directory goes
 
 
 if __name__ == "__main__":
