@@ -62,15 +62,20 @@ DEFAULT_BULK_LIMIT = 1000
 # Every Client call checks its arguments here, before any database access, with the store's limits
 # (replay/limits.py): both stores then refuse (or accept) the same input with the same clear error, instead of
 # PostgreSQL raising a raw database error on input SQLite would take.
-def _management_id(instance_id: Any) -> bool:
-    """Ids given to reads and management calls name existing instances. Whether `instance_id` could name one: a
-    str the store cannot hold (a NUL, a lone surrogate) names none, so the call answers as for an unknown id
-    instead of raising (a too-long id simply names no instance, and a sub-orchestration's id may exceed the
-    limit on starts). A wrong type is still a TypeError."""
+def _management_id(instance_id: Any) -> str:
+    """Ids given to reads and management calls name existing instances: any str the store could hold (an id that
+    is too long simply names no instance)."""
     if not isinstance(instance_id, str):
         raise TypeError(f"instance id must be a str, got {type(instance_id).__name__}")
+    return check_storable(instance_id, "instance id")
+
+
+def _may_exist(instance_id: Any) -> bool:
+    """Whether `instance_id` could name a stored instance. Reads answer for one the store cannot hold (a NUL, a lone
+    surrogate) as for an unknown id, instead of raising; a too-long id simply names no instance (a
+    sub-orchestration's id may exceed the limit on starts). A wrong type is still a TypeError."""
     try:
-        check_storable(instance_id, "instance id")
+        _management_id(instance_id)
     except ValueError:
         return False
     return True
@@ -237,7 +242,7 @@ class Client:
 
     # -- status -------------------------------------------------------------------------------------------------
     def get_status(self, instance_id: str) -> OrchestrationResult:
-        row = self._store.get_instance(instance_id) if _management_id(instance_id) else None
+        row = self._store.get_instance(instance_id) if _may_exist(instance_id) else None
         if row is None:
             return OrchestrationResult(status="NotFound")
         return OrchestrationResult(
@@ -251,7 +256,7 @@ class Client:
 
     def wait_for_orchestration(self, instance_id: str, timeout_ms: int = 30_000) -> OrchestrationResult:
         """Block until the instance is Completed or Failed; raises OperationTimedOut (a TimeoutError)."""
-        _management_id(instance_id)
+        _may_exist(instance_id)  # a wrong type fails here; an id that cannot exist waits as an unknown one
         return self._poll(instance_id, timeout_ms, lambda r: r.status in TERMINAL_STATUSES)
 
     def wait_for_orchestration_typed(self, instance_id: str, timeout_ms: int = 30_000) -> Any:
@@ -264,7 +269,7 @@ class Client:
         self, instance_id: str, last_seen_version: int = 0, poll_interval_ms: int = 200, timeout_ms: int = 30_000
     ) -> OrchestrationResult:
         """Return once custom_status_version exceeds `last_seen_version` or the instance has ended."""
-        _management_id(instance_id)
+        _may_exist(instance_id)  # a wrong type fails here; an id that cannot exist waits as an unknown one
         check_int64(last_seen_version, "last_seen_version")
         interval_ms = check_timeout_ms(poll_interval_ms, "poll_interval_ms")
         return self._poll(
@@ -289,7 +294,7 @@ class Client:
 
     # -- KV -----------------------------------------------------------------------------------------------------
     def get_kv_value(self, instance_id: str, key: str) -> str | None:
-        possible = _management_id(instance_id)
+        possible = _may_exist(instance_id)
         _read_text(key, "KV key")
         if not possible or len(key) > MAX_KV_KEY_CHARS:
             return None  # no such key can exist
@@ -300,7 +305,7 @@ class Client:
         return None if value is None else json.loads(value)
 
     def wait_for_kv_value(self, instance_id: str, key: str, timeout_ms: int = 30_000) -> str:
-        _management_id(instance_id)
+        _may_exist(instance_id)  # a wrong type fails here; an id that cannot exist waits as an unknown one
         _read_text(key, "KV key")
         deadline = time.monotonic() + check_timeout_ms(timeout_ms) / 1000
         interval = 0.005
@@ -320,7 +325,7 @@ class Client:
     def get_instance_info(self, instance_id: str, include_waits: bool = True) -> InstanceInfo | None:
         """The instance's row, with what it waits on (`waits`, see get_waits) unless `include_waits` is False
         (that read costs a look at its history and pending rows); None for an unknown id."""
-        row = self._store.get_instance(instance_id) if _management_id(instance_id) else None
+        row = self._store.get_instance(instance_id) if _may_exist(instance_id) else None
         if row is None:
             return None
         waits = read_waits(self._store, instance_id) if include_waits else None
@@ -342,18 +347,18 @@ class Client:
         """What the instance waits on: pending activities (who holds them, since when), timers, awaited events
         and queues, running children, and a backoff for a handler no worker has registered. A finished instance
         waits on nothing. Raises InstanceNotFound for an unknown id."""
-        waits = read_waits(self._store, instance_id) if _management_id(instance_id) else None
+        waits = read_waits(self._store, instance_id) if _may_exist(instance_id) else None
         if waits is None:
             raise InstanceNotFound(f"Instance {instance_id} not found")
         return waits
 
     def list_executions(self, instance_id: str) -> list[int]:
-        if not _management_id(instance_id):
+        if not _may_exist(instance_id):
             return []
         return [r["execution_id"] for r in self._store.list_executions(instance_id)]
 
     def get_execution_info(self, instance_id: str, execution_id: int) -> ExecutionInfo | None:
-        possible = _management_id(instance_id)
+        possible = _may_exist(instance_id)
         check_int64(execution_id, "execution_id")
         if not possible:
             return None
@@ -370,7 +375,7 @@ class Client:
         return None
 
     def read_execution_history(self, instance_id: str, execution_id: int) -> list[Event]:
-        possible = _management_id(instance_id)
+        possible = _may_exist(instance_id)
         check_int64(execution_id, "execution_id")
         if not possible or not 0 <= execution_id <= INT32_MAX:
             return []  # execution ids are stored as 32-bit integers: there is no such execution
@@ -388,7 +393,7 @@ class Client:
         """The instance and all its descendants: sub-orchestrations, with generated or explicit ids, and theirs.
         Detached starts (ctx.start_orchestration) have no parent, so they are not part of it. Raises
         InstanceNotFound for an unknown id (duroxide returns a one-element tree for any id)."""
-        ids = self._store.instance_tree(instance_id) if _management_id(instance_id) else None
+        ids = self._store.instance_tree(instance_id) if _may_exist(instance_id) else None
         if ids is None:
             raise InstanceNotFound(f"Instance {instance_id} not found")
         return InstanceTree(root_id=instance_id, all_ids=ids, size=len(ids))
@@ -407,7 +412,7 @@ class Client:
         lease check and commits nothing; an activity already executing sees ctx.is_cancelled() turn True within
         about half a second (its row is gone), and whatever it returns is dropped. It is not interrupted, so side
         effects it performs before it checks still happen."""
-        if not _management_id(instance_id):
+        if not _may_exist(instance_id):
             raise InstanceNotFound(f"Instance {instance_id!r} not found")
         outcome = self._store.delete_tree(instance_id, force=bool(force))
         if outcome.status == "not_found":
@@ -450,7 +455,7 @@ class Client:
         """Delete old executions (left by continue-as-new) of an instance, with their history, to bound storage.
         The current execution is never pruned, even with keep_last=0; KV state is untouched. Raises
         InstanceNotFound for an unknown id."""
-        possible = _management_id(instance_id)
+        possible = _may_exist(instance_id)
         opts = _option(options, PruneOptions, "options")
         deleted = (
             self._store.prune_executions(
@@ -500,7 +505,7 @@ class Client:
 
     def get_orchestration_stats(self, instance_id: str) -> SystemStats | None:
         """Size of one instance: its current execution's history, pending messages and KV; None if unknown."""
-        stats = self._store.orchestration_stats(instance_id) if _management_id(instance_id) else None
+        stats = self._store.orchestration_stats(instance_id) if _may_exist(instance_id) else None
         return None if stats is None else SystemStats(**stats)
 
 
