@@ -69,8 +69,9 @@ def ready(*procs: Proc) -> None:
 
 
 def default_node(proc: Proc) -> str:
-    """The node id of a worker started without --duroxide-node-id: `<host>-<pid>-<random>`."""
-    return f"{socket.gethostname()}-{proc.pid}-"
+    """The node id of a worker started without --duroxide-node-id: `~<host>-<pid>-<random>` (the mark of a generated
+    id, tasks/queues.py GENERATED_ID_MARK), up to its random part."""
+    return f"~{socket.gethostname()}-{proc.pid}-"
 
 
 def banner_queues(proc: Proc) -> set[str]:
