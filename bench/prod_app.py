@@ -18,6 +18,9 @@ Settings come from the environment: BENCH_BROKER_URL (default redis://127.0.0.1:
 (redis://127.0.0.1:6379/10, the canvas app only), BENCH_DATABASE_URL (postgresql://postgres@127.0.0.1:5432/test)
 and BENCH_DATABASE_SCHEMA (keep duroxide's tables in that schema; production.py uses a fresh one per run);
 BENCH_DUROXIDE_LOG_LEVEL (level of the `duroxide_celery` loggers, default INFO).
+
+Measurement hook (bench/production.py sets it): BENCH_STATS_DIR: count this process's SQL statements, commits and
+rollbacks and keep them in `$BENCH_STATS_DIR/<pid>.json` (bench/measure.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 
 from celery import Celery
 
+from bench.measure import install_from_env
 from bench.workloads import register
 from duroxide_celery import PostgresProvider, Runtime, RuntimeOptions
 
@@ -36,12 +40,12 @@ RESULT_BACKEND = os.environ.get("BENCH_RESULT_BACKEND", "redis://127.0.0.1:6379/
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DATABASE_SCHEMA = os.environ.get("BENCH_DATABASE_SCHEMA")
 
-#: Timer of the W4 orchestration (ms).
-TIMER_MS = 2000
-
 # duroxide_celery logs rare events at INFO (recovery sweep republishing, dropped outcomes, history reloads) while the
 # workers run at -l WARNING; bench/production.py reports those lines.
 logging.getLogger("duroxide_celery").setLevel(os.environ.get("BENCH_DUROXIDE_LOG_LEVEL", "INFO"))
+
+install_from_env()
+
 
 # -- duroxide_celery -----------------------------------------------------------------------------------------------
 app = Celery("bench-duroxide", broker=BROKER_URL, set_as_current=False)
@@ -53,14 +57,7 @@ provider = (
     else PostgresProvider.connect(DATABASE_URL)
 )
 runtime = Runtime(provider, RuntimeOptions(), app=app)
-register(runtime)
-
-
-@runtime.register_orchestration("Timer")
-def timer_orchestration(ctx, value):
-    """W4: one durable timer right after start, then return the input."""
-    yield ctx.schedule_timer(TIMER_MS)
-    return value
+register(runtime)  # Single, FanOut, Sequence, Timer (W4) and AddOne
 
 
 # -- plain Celery canvas peer --------------------------------------------------------------------------------------

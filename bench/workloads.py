@@ -1,22 +1,32 @@
 """One benchmark run of one workload on one engine, meant to run in its own process.
 
-    python bench/workloads.py --engine duroxide|celery --workload W1|W2|W3 --db /tmp/x/bench.db [--size N]
+    python bench/workloads.py --engine duroxide|celery|dbos --workload W1|W2|W3 --db /tmp/x/bench.db [--size N]
 
-The same workload code runs on both engines; only the imported module differs.
-Stdout gets ``MEASURED {json}`` once the workload is done (before shutdown), then ``RESULT {json}``.
+The same workload code runs on both duroxide engines; only the imported module differs. The DBOS peer runs the
+same workloads written the DBOS way (bench/dbos_bench.py) on a SQLite system database next to --db.
+Stdout gets ``MEASURED {json}`` once the workload is done (before shutdown), then ``RESULT {json}``; both carry
+`cpu_ms` (this process's user+system CPU over the measured window, all threads) and, for the engines on SQLAlchemy
+(celery, dbos), `sql`: the statements, commits and rollbacks over the window (bench/measure.py).
 Any failure (wrong status or output, exception) prints ``RESULT {"ok": false, ...}`` and exits non-zero.
 """
 
 import argparse
 import faulthandler
 import json
+import os
+import resource
 import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 
-ENGINES = ("duroxide", "celery")
-DEFAULT_SIZES = {"W1": 500, "W2": 1000, "W3": 200}
+if str(Path(__file__).resolve().parent.parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ENGINES = ("duroxide", "celery", "dbos")
+DEFAULT_SIZES = {"W1": 500, "W2": 1000, "W3": 200, "W4": 100}
+TIMER_MS = 2000  # W4's durable timer
 WAIT_TIMEOUT_MS = 600_000  # the parent's per-run timeout is what bounds a run
 
 
@@ -66,6 +76,12 @@ def register(runtime):
             acc = yield ctx.schedule_activity("AddOne", acc)
         return acc
 
+    @runtime.register_orchestration("Timer")
+    def timer(ctx, value):
+        """W4: one durable timer right after start, then return the input."""
+        yield ctx.schedule_timer(TIMER_MS)
+        return value
+
 
 def w1(client, n):
     """n single-activity orchestrations started together; throughput in orchestrations/s."""
@@ -98,7 +114,50 @@ def w3(client, n):
     return {"value": wall * 1000 / n, "unit": "ms/step", "wall_s": wall}
 
 
-WORKLOADS = {"W1": w1, "W2": w2, "W3": w3}
+def percentile(values, q):
+    """Nearest-rank percentile (q in 0..100): p99 of 100 samples is the 99th smallest."""
+    ordered = sorted(values)
+    return ordered[max(0, -(-len(ordered) * q // 100) - 1)]
+
+
+def timer_lateness(client, instance_id):
+    """TimerFired's timestamp (when the turn that consumed the firing ran) minus the timer's fire-at time."""
+    events = client.read_execution_history(instance_id, 1)
+    created = [e for e in events if e.kind == "TimerCreated"]
+    fired = [e for e in events if e.kind == "TimerFired"]
+    if len(created) != 1 or len(fired) != 1:
+        raise BenchFailure(f"{instance_id}: {len(created)} TimerCreated, {len(fired)} TimerFired (expected 1 each)")
+    data = json.loads(created[0].data)
+    fire_at = data.get("fire_at_ms", data.get("fireAtMs"))  # duroxide_celery / duroxide spell it differently
+    if fire_at - created[0].timestamp_ms != TIMER_MS:
+        raise BenchFailure(f"{instance_id}: fire-at {fire_at} is not created {created[0].timestamp_ms} + {TIMER_MS}")
+    late = fired[0].timestamp_ms - fire_at
+    if late < 0:
+        raise BenchFailure(f"{instance_id}: timer fired {-late} ms EARLY")
+    return late
+
+
+def w4(client, n):
+    """n orchestrations on a 2 s durable timer started together; timer lateness p50/p99 in ms."""
+    ids = [f"w4-{i}" for i in range(n)]
+    t0 = time.perf_counter()
+    for i, instance_id in enumerate(ids):
+        client.start_orchestration(instance_id, "Timer", i)
+    for i, instance_id in enumerate(ids):
+        check(client.wait_for_orchestration(instance_id, WAIT_TIMEOUT_MS), i, instance_id)
+    wall = time.perf_counter() - t0
+    lateness = [timer_lateness(client, instance_id) for instance_id in ids]
+    return {
+        "value": percentile(lateness, 50),
+        "unit": "ms late (p50)",
+        "p99": percentile(lateness, 99),
+        "min": min(lateness),
+        "max": max(lateness),
+        "wall_s": wall,
+    }
+
+
+WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4}
 
 
 def load_engine(engine):
@@ -110,7 +169,23 @@ def load_engine(engine):
     return SqliteProvider, Client, Runtime
 
 
+def cpu_s():
+    """User+system CPU seconds of this process (all threads) and its reaped children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run(engine, workload, db, size):
+    if engine == "dbos":
+        from bench import dbos_bench
+
+        return dbos_bench.run(
+            workload, "sqlite:///" + os.path.join(os.path.dirname(os.path.abspath(db)), "dbos.sqlite"), size
+        )
+    from bench.measure import StatementCounter, count_delta
+
+    counter = StatementCounter.install() if engine == "celery" else None
     SqliteProvider, Client, Runtime = load_engine(engine)
     t0 = time.perf_counter()
     provider = SqliteProvider.open(db)
@@ -120,7 +195,11 @@ def run(engine, workload, db, size):
     runtime.start()
     setup_s = time.perf_counter() - t0
     try:
+        stats0, cpu0 = counter.snapshot() if counter else None, cpu_s()
         result = WORKLOADS[workload](client, size)
+        result["cpu_ms"] = (cpu_s() - cpu0) * 1000
+        if counter:
+            result["sql"] = count_delta(stats0, counter.snapshot())
         result.update(engine=engine, workload=workload, size=size, setup_s=setup_s)
         # Report the figure before shutdown, so a hanging shutdown does not lose it.
         print("MEASURED " + json.dumps(result), flush=True)
