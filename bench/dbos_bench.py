@@ -171,6 +171,11 @@ def run(workload: str, url: str, size: int, schema: str | None = None, handshake
     config: DBOSConfig = {"name": "bench", "system_database_url": url, "log_level": "WARNING"}
     if schema:
         config["dbos_system_schema"] = schema
+    if os.environ.get("PGAPPNAME") and url.startswith("postgres"):
+        # DBOS names its connections "dbos_transact"; production.py finds a measurement's PostgreSQL backends (for
+        # their CPU time) by the application name it gives every process. Only the name changes: DBOS merges these
+        # keyword arguments into its defaults (pool size 20, pre-ping, ...).
+        config["db_engine_kwargs"] = {"connect_args": {"application_name": os.environ["PGAPPNAME"]}}
     DBOS(config=config)
     wf = define(DBOS)
     DBOS.launch()

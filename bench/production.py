@@ -1,11 +1,15 @@
 """Production-mode benchmark: duroxide_celery with separate `celery worker`/`celery beat` processes on Redis and
-PostgreSQL, against a plain Celery canvas peer on the same broker (see bench/README.md).
+PostgreSQL, against its peers in the same interleaved run: a plain Celery canvas (prefork -c 2, and threads -c 8
+as an extra row) on the same broker, and DBOS on PostgreSQL (see bench/README.md).
 
     python bench/production.py --runs 3
+    python bench/production.py --quick          # W1-W4 at small sizes, 1 run: a smoke test of the harness
 
-Every single measurement (one workload, one engine, one run) gets a fresh deployment: the Redis broker and result
-databases flushed, a fresh PostgreSQL schema (dropped afterwards), and new worker/beat subprocesses, each in its own
-process group and SIGKILLed (group) when the measurement ends, whatever happened.
+Every single measurement (one workload, one engine, one run) gets a fresh deployment: its own Redis server (or the
+shared one's broker and result databases flushed, with --shared-redis), a fresh PostgreSQL schema (dropped
+afterwards), and new worker/beat subprocesses, each in its own process group and SIGKILLed (group) when the
+measurement ends, whatever happened. Besides each workload's figure it records the CPU time of every process
+involved and the SQL statements and transactions over the measured window (bench/measure.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -24,6 +29,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +41,34 @@ if str(REPO_DIR) not in sys.path:
 import sqlalchemy as sa  # noqa: E402
 from celery import Celery, chain, chord, group  # noqa: E402
 
+from bench.measure import (  # noqa: E402
+    CpuMeter,
+    StatementCounter,
+    count_delta,
+    find_redis_server,
+    read_stats_dir,
+    stats_delta,
+)
 from bench.workloads import BenchFailure, check  # noqa: E402
 from duroxide_celery import Client, OperationTimedOut, PostgresProvider  # noqa: E402
 
 ALL_WORKLOADS = ("W1", "W2", "W3", "W4")
-ALL_ENGINES = ("duroxide", "canvas")
-LABELS = {"duroxide": "duroxide_celery", "canvas": "celery canvas"}
+ALL_ENGINES = ("duroxide", "canvas", "canvas-threads", "dbos")
+LABELS = {
+    "duroxide": "duroxide_celery",
+    "canvas": "celery canvas",
+    "canvas-threads": "canvas threads",
+    "dbos": "DBOS postgres",
+}
+#: Rows of the issue's table (bench/README.md says what each deployment is).
+TABLE_LABELS = {
+    "duroxide": "duroxide-celery production",
+    "canvas": "Celery canvas, prefork -c 2 (not durable)",
+    "canvas-threads": "Celery canvas, threads -c 8 (not durable)",
+    "dbos": "DBOS, PostgreSQL",
+}
 DEFAULT_SIZES = {"W1": 500, "W2": 1000, "W3": 200, "W4": 100}
+QUICK_SIZES = {"W1": 50, "W2": 100, "W3": 20, "W4": 10}
 DESCRIPTIONS = {
     "W1": "one-activity orchestrations started together (canvas: a group of one-task calls)",
     "W2": "activities fanned out by one orchestration with ctx.all (canvas: a chord + summing callback)",
@@ -140,44 +167,119 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
+class PrivateRedis:
+    """A redis-server of this measurement alone (127.0.0.1, a free port, no persistence): its CPU time and command
+    count are exactly this measurement's."""
+
+    def __init__(self, logdir: Path, tag: str):
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self._log = open(logdir / f"redis-{tag}.log", "ab")  # noqa: SIM115 - closed in kill()
+        argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.popen.pid
+        import redis
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(self.url, socket_connect_timeout=1).ping()
+                break
+            except redis.ConnectionError:
+                if self.popen.poll() is not None or time.monotonic() > deadline:
+                    raise BenchFailure(f"private redis-server on port {self.port} did not start") from None
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=10)
+        self._log.close()
+
+
+def redis_commands(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    try:
+        return int(client.info("stats")["total_commands_processed"])
+    finally:
+        client.close()
+
+
 class Deployment:
     """One measurement's processes and connections; `close()` always kills every process and drops the schema."""
 
-    def __init__(self, engine: str, cfg: argparse.Namespace, logdir: Path):
+    def __init__(self, engine: str, cfg: argparse.Namespace, logdir: Path, workload: str, size: int):
         self.engine = engine
+        self.workload = workload
+        self.size = size
         self.cfg = cfg
         self.logdir = logdir
         self.procs: list[Proc] = []
         self.tag = uuid.uuid4().hex[:10]
+        self.appname = f"bench-{self.tag}"
         self.schema: str | None = None
         self.provider: PostgresProvider | None = None
         self.client: Client | None = None
         self.app: Celery | None = None
-        self.env = {
-            **os.environ,
-            "BENCH_BROKER_URL": cfg.broker_url,
-            "BENCH_RESULT_BACKEND": cfg.result_url,
-            "BENCH_DATABASE_URL": cfg.pg_url,
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")])),
-        }
+        self.redis: PrivateRedis | None = None
+        self.dbos: subprocess.Popen | None = None
+        self.broker_url = cfg.broker_url
+        self.result_url = cfg.result_url
+        self.stats_dir = logdir / f"stats-{self.tag}"
+        self.stats_dir.mkdir(parents=True, exist_ok=True)
+        self.counter = StatementCounter.install()  # this process's statements (the duroxide Client)
+        self.meter: CpuMeter | None = None
+        self.cost: dict[str, Any] | None = None
+        self._window: tuple[dict, dict, int | None] | None = None
+        self._saved_appname = os.environ.get("PGAPPNAME")
+        self.env: dict[str, str] = {}
 
     # -- setup ------------------------------------------------------------------------------------------------------
     def start(self) -> None:
-        prepare_redis(self.cfg)
+        if self.engine == "dbos":
+            self.broker_url = self.result_url = None  # DBOS uses no Redis
+        elif self.cfg.shared_redis:
+            prepare_redis(self.cfg)
+        else:
+            self.redis = PrivateRedis(self.logdir, self.tag)
+            self.broker_url, self.result_url = (
+                f"{self.redis.url}/{self.cfg.broker_db}",
+                f"{self.redis.url}/{self.cfg.result_db}",
+            )
+        # Every PostgreSQL connection of this measurement (driver, workers, beat, DBOS) carries this name, so the CPU
+        # meter finds its backends.
+        os.environ["PGAPPNAME"] = self.appname
+        self.env = {
+            **os.environ,
+            "BENCH_BROKER_URL": self.broker_url or "",
+            "BENCH_RESULT_BACKEND": self.result_url or "",
+            "BENCH_DATABASE_URL": self.cfg.pg_url,
+            "BENCH_STATS_DIR": str(self.stats_dir),
+            "PGAPPNAME": self.appname,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")])),
+        }
         if self.engine == "duroxide":
             self.schema = f"bench_{self.tag}"
             self.env["BENCH_DATABASE_SCHEMA"] = self.schema
             self.provider = PostgresProvider.connect_with_schema(self.cfg.pg_url, self.schema)
             _ = self.provider.store  # create the schema before three processes race to
-            self.app = Celery(f"bench-driver-{self.tag}", broker=self.cfg.broker_url, set_as_current=False)
+            self.app = Celery(f"bench-driver-{self.tag}", broker=self.broker_url, set_as_current=False)
             self.app.conf.update(
                 task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=True
             )
             self.client = Client(self.provider, app=self.app)
+            pool = os.environ.get("BENCH_POOL", "threads")
             nodes = [
-                self._worker("orch", "bench.prod_app", "duroxide.orchestrator", self.cfg.orch_concurrency),
-                self._worker("act", "bench.prod_app", "duroxide.activities", self.cfg.act_concurrency),
+                self._worker("orch", "bench.prod_app", "duroxide.orchestrator", pool, self.cfg.orch_concurrency),
+                self._worker("act", "bench.prod_app", "duroxide.activities", pool, self.cfg.act_concurrency),
             ]
             beat = self._celery(
                 "beat",
@@ -187,11 +289,30 @@ class Deployment:
             )
             self._wait_ready(nodes)
             beat.wait_for_log("beat: Starting", START_TIMEOUT_S)
+        elif self.engine == "dbos":
+            self.schema = f"dbos_{self.tag}"
+            argv = [sys.executable, str(BENCH_DIR / "dbos_bench.py"), "--workload", self.workload]
+            argv += ["--url", self.cfg.pg_url, "--schema", self.schema, "--size", str(self.size)]
+            argv += ["--handshake"]
+            self._dbos_log = open(self.logdir / f"dbos-{self.tag}.log", "ab")  # noqa: SIM115 - closed in close()
+            self.dbos = subprocess.Popen(
+                argv,
+                cwd=REPO_DIR,
+                env=self.env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._dbos_log,
+                text=True,
+                start_new_session=True,
+            )
+            line = self._dbos_line(START_TIMEOUT_S)
+            if line.strip() != "READY":
+                raise BenchFailure(f"DBOS process said {line!r} instead of READY:\n{self.dbos_log_tail()}")
         else:
             self.app = Celery(
                 f"bench-canvas-driver-{self.tag}",
-                broker=self.cfg.broker_url,
-                backend=self.cfg.result_url,
+                broker=self.broker_url,
+                backend=self.result_url,
                 set_as_current=False,
             )
             self.app.conf.update(
@@ -201,8 +322,31 @@ class Deployment:
                 task_default_queue=CANVAS_QUEUE,
                 broker_connection_retry_on_startup=True,
             )
-            node = self._worker("canvas", "bench.prod_app:canvas", CANVAS_QUEUE, self.cfg.canvas_concurrency)
+            if self.engine == "canvas":
+                node = self._worker("canvas", "bench.prod_app:canvas", CANVAS_QUEUE, "prefork", self.cfg.canvas_prefork)
+            else:
+                node = self._worker(
+                    "canvas", "bench.prod_app:canvas", CANVAS_QUEUE, "threads", self.cfg.canvas_concurrency
+                )
             self._wait_ready([node])
+
+    def _dbos_line(self, timeout_s: float) -> str:
+        """The DBOS process's next stdout line (within timeout_s)."""
+        import selectors
+
+        assert self.dbos is not None and self.dbos.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.dbos.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout_s):
+                raise RunTimeout(f"the DBOS process said nothing within {timeout_s:g} s:\n{self.dbos_log_tail()}")
+        line = self.dbos.stdout.readline()
+        if not line:
+            raise BenchFailure(f"the DBOS process exited (code {self.dbos.wait()}):\n{self.dbos_log_tail()}")
+        return line
+
+    def dbos_log_tail(self, lines: int = 25) -> str:
+        text = (self.logdir / f"dbos-{self.tag}.log").read_text(errors="replace")
+        return "\n".join(f"[dbos] {line}" for line in text.splitlines()[-lines:])
 
     def _celery(self, name: str, module: str, args: list[str], loglevel: str) -> Proc:
         argv = [sys.executable, "-m", "celery", "-q", "-A", module, *args, "-l", loglevel]
@@ -210,9 +354,8 @@ class Deployment:
         self.procs.append(proc)
         return proc
 
-    def _worker(self, role: str, module: str, queue: str, concurrency: int) -> str:
+    def _worker(self, role: str, module: str, queue: str, pool: str, concurrency: int) -> str:
         node = f"{role}-{self.tag}@bench"
-        pool = os.environ.get("BENCH_POOL", "threads")
         args = ["worker", "-Q", queue, "-P", pool, "-c", str(concurrency), "-n", node]
         args += ["--without-mingle", "--without-gossip"]
         self._celery(f"worker-{role}", module, args, os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"))
@@ -234,13 +377,55 @@ class Deployment:
             for reply in replies:
                 missing -= set(reply)
 
+    # -- the measured window ----------------------------------------------------------------------------------------
+    def begin_window(self) -> None:
+        """Start the cost accounting (CPU of every process, statements, Redis commands) right before the workload."""
+        redis_pid = None
+        if self.redis is not None:
+            redis_pid = self.redis.pid
+        elif self.broker_url is not None:
+            redis_pid = find_redis_server(self.cfg.redis_port)
+        self.meter = CpuMeter(pg_dsn=self.cfg.pg_url, pg_appname=self.appname, redis_pid=redis_pid)
+        for proc in self.procs:
+            self.meter.add_tree(proc.name, proc.popen.pid)
+        if self.dbos is not None:
+            self.meter.add_tree("dbos", self.dbos.pid)
+        redis_cmds = redis_commands(self.broker_url) if self.broker_url else None
+        self._window = (self.counter.snapshot(), read_stats_dir(self.stats_dir), redis_cmds)
+        self.meter.start()
+
+    def end_window(self, sql: dict[str, int] | None = None) -> None:
+        """Stop the accounting (once; the workloads call it as soon as their figure is taken, before any checks).
+        `sql`: statements the engine counted itself (the DBOS process)."""
+        if self.meter is None or self.cost is not None:
+            return
+        time.sleep(0.15)  # the processes' statement files are written every 50 ms
+        cpu = self.meter.stop()
+        own0, files0, redis0 = self._window
+        counts = stats_delta(files0, read_stats_dir(self.stats_dir))
+        client = count_delta(own0, self.counter.snapshot())
+        if sql:
+            client = {k: client.get(k, 0) + v for k, v in sql.items()}
+        total = {k: counts.get(k, 0) + client.get(k, 0) for k in client}
+        redis_cmds = redis_commands(self.broker_url) - redis0 - 1 if redis0 is not None else 0  # minus the 1st INFO
+        self.cost = {
+            "cpu_ms": cpu,
+            "sql": total,
+            "sql_client": client,
+            "redis_commands": redis_cmds,
+            "redis_shared": self.redis is None and self.broker_url is not None,
+        }
+
     # -- teardown ---------------------------------------------------------------------------------------------------
     def check_alive(self) -> None:
         for proc in self.procs:
             proc.check_alive()
 
     def logs(self) -> str:
-        return "\n".join(p.tail() for p in self.procs)
+        text = "\n".join(p.tail() for p in self.procs)
+        if self.dbos is not None:
+            text += "\n" + self.dbos_log_tail()
+        return text
 
     def notable_log_lines(self) -> list[str]:
         """Log lines worth a look after a successful run: duroxide_celery's INFO notes (workers run at WARNING, so
@@ -257,16 +442,32 @@ class Deployment:
 
     def close(self) -> None:
         errors = []
+        if self.meter is not None and self.cost is None:
+            with contextlib.suppress(Exception):
+                self.meter.stop()
         for proc in self.procs:
             try:
                 proc.kill()
             except Exception as exc:  # noqa: BLE001 - kill the others anyway
                 errors.append(f"kill {proc.name}: {exc}")
+        if self.dbos is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.dbos.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.dbos.wait(timeout=10)
+            for stream in (self.dbos.stdin, self.dbos.stdout):
+                with contextlib.suppress(Exception):
+                    stream.close()
+            self._dbos_log.close()
         if self.app is not None:
             with contextlib.suppress(Exception):
                 self.app.close()
         if self.provider is not None:
             self.provider.dispose()
+        if self._saved_appname is None:
+            os.environ.pop("PGAPPNAME", None)
+        else:
+            os.environ["PGAPPNAME"] = self._saved_appname
         if self.schema is not None:
             try:
                 engine = _pg_engine(self.cfg.pg_url)
@@ -275,10 +476,13 @@ class Deployment:
                 engine.dispose()
             except Exception as exc:  # noqa: BLE001
                 errors.append(f"drop schema {self.schema}: {exc}")
-        try:
-            prepare_redis(self.cfg)
-        except Exception as exc:  # noqa: BLE001
-            errors.append(f"flush redis: {exc}")
+        if self.redis is not None:
+            self.redis.kill()
+        elif self.cfg.shared_redis and self.broker_url is not None:
+            try:
+                prepare_redis(self.cfg)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"flush redis: {exc}")
         if errors:
             print("  !!! cleanup problems: " + "; ".join(errors), flush=True)
 
@@ -332,6 +536,7 @@ def dx_w1(d: Deployment, n: int, deadline: Deadline) -> dict[str, Any]:
     for i, instance_id in enumerate(ids):
         check(_wait(client, instance_id, deadline), i + 1, instance_id)
     wall = time.perf_counter() - t0
+    d.end_window()
     return {"value": n / wall, "unit": "orch/s", "wall_s": wall, "start_all_s": started - t0}
 
 
@@ -340,6 +545,7 @@ def dx_w2(d: Deployment, n: int, deadline: Deadline) -> dict[str, Any]:
     d.client.start_orchestration("w2", "FanOut", n)
     check(_wait(d.client, "w2", deadline), n * (n + 1) // 2, "w2")
     wall = time.perf_counter() - t0
+    d.end_window()
     _check_activity_history(d.client, "w2", n)
     return {"value": wall, "unit": "s", "wall_s": wall}
 
@@ -349,6 +555,7 @@ def dx_w3(d: Deployment, n: int, deadline: Deadline) -> dict[str, Any]:
     d.client.start_orchestration("w3", "Sequence", n)
     check(_wait(d.client, "w3", deadline), n, "w3")
     wall = time.perf_counter() - t0
+    d.end_window()
     _check_activity_history(d.client, "w3", n)
     return {"value": wall * 1000 / n, "unit": "ms/step", "wall_s": wall}
 
@@ -362,6 +569,7 @@ def dx_w4(d: Deployment, n: int, deadline: Deadline) -> dict[str, Any]:
     for i, instance_id in enumerate(ids):
         check(_wait(client, instance_id, deadline), i, instance_id)
     wall = time.perf_counter() - t0
+    d.end_window()
     lateness = []
     for instance_id in ids:
         events = client.read_execution_history(instance_id, 1)
@@ -408,6 +616,7 @@ def cv_w1(d: Deployment, n: int, deadline: Deadline) -> dict[str, Any]:
     started = time.perf_counter()
     values = _get(result, deadline)
     wall = time.perf_counter() - t0
+    d.end_window()
     if values != [i + 1 for i in range(n)]:
         raise BenchFailure(f"group results wrong: {values[:10]}... ({len(values)} values)")
     return {"value": n / wall, "unit": "orch/s", "wall_s": wall, "start_all_s": started - t0}
@@ -419,6 +628,7 @@ def cv_w2(d: Deployment, n: int, deadline: Deadline) -> dict[str, Any]:
     result = chord([sig(ADD_ONE, args=(i,)) for i in range(n)], app=d.app)(sig(TOTAL))
     value = _get(result, deadline)
     wall = time.perf_counter() - t0
+    d.end_window()
     if value != n * (n + 1) // 2:
         raise BenchFailure(f"chord result {value!r}, expected {n * (n + 1) // 2}")
     return {"value": wall, "unit": "s", "wall_s": wall}
@@ -430,6 +640,7 @@ def cv_w3(d: Deployment, n: int, deadline: Deadline) -> dict[str, Any]:
     result = chain(sig(ADD_ONE, args=(0,)), *[sig(ADD_ONE) for _ in range(n - 1)]).apply_async()
     value = _get(result, deadline)
     wall = time.perf_counter() - t0
+    d.end_window()
     if value != n:
         raise BenchFailure(f"chain result {value!r}, expected {n}")
     return {"value": wall * 1000 / n, "unit": "ms/step", "wall_s": wall}
@@ -453,12 +664,37 @@ def cv_w4(d: Deployment, n: int, deadline: Deadline) -> dict[str, Any]:
             raise BenchFailure(f"countdown task {i} started {-late:.1f} ms EARLY")
         lateness.append(late)
     wall = time.perf_counter() - t0
+    d.end_window()
     return _lateness_result(lateness, wall)
+
+
+# -- DBOS (bench/dbos_bench.py in its own process, started and launched by Deployment.start) -----------------------
+def dbos_run(d: Deployment, n: int, deadline: Deadline) -> dict[str, Any]:
+    """Any workload: the DBOS process runs the one it was started for (on "go"), prints MEASURED, then waits."""
+    assert d.dbos is not None and d.dbos.stdin is not None
+    d.dbos.stdin.write("go\n")
+    d.dbos.stdin.flush()
+    while True:
+        line = d._dbos_line(deadline.remaining())
+        if line.startswith("MEASURED "):
+            break
+        if line.startswith("RESULT "):
+            raise BenchFailure(f"DBOS run failed: {line[7:].strip()}\n{d.dbos_log_tail()}")
+    measured = json.loads(line[len("MEASURED ") :])
+    d.end_window(sql=measured.pop("sql", None))
+    d.dbos.stdin.write("exit\n")
+    d.dbos.stdin.flush()
+    for key in ("engine", "workload", "size", "cpu_ms"):
+        measured.pop(key, None)
+    measured["dbos_setup_s"] = measured.pop("setup_s", None)
+    return measured
 
 
 WORKLOADS = {
     "duroxide": {"W1": dx_w1, "W2": dx_w2, "W3": dx_w3, "W4": dx_w4},
     "canvas": {"W1": cv_w1, "W2": cv_w2, "W3": cv_w3, "W4": cv_w4},
+    "canvas-threads": {"W1": cv_w1, "W2": cv_w2, "W3": cv_w3, "W4": cv_w4},
+    "dbos": {"W1": dbos_run, "W2": dbos_run, "W3": dbos_run, "W4": dbos_run},
 }
 
 
@@ -469,7 +705,7 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 def run_once(engine: str, workload: str, size: int, cfg: argparse.Namespace, logdir: Path) -> dict[str, Any]:
     """One measurement in a fresh deployment; returns {"ok": True, value, unit, ...} or {"ok": False, error, logs}."""
-    deployment = Deployment(engine, cfg, logdir)
+    deployment = Deployment(engine, cfg, logdir, workload, size)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     signal.signal(signal.SIGALRM, _on_alarm)
@@ -477,7 +713,10 @@ def run_once(engine: str, workload: str, size: int, cfg: argparse.Namespace, log
     try:
         deployment.start()
         setup_s = time.perf_counter() - t0
+        deployment.begin_window()
         result = WORKLOADS[engine][workload](deployment, size, Deadline(cfg.timeout))
+        deployment.end_window()  # no-op if the workload did (as soon as its figure was taken)
+        result["cost"] = deployment.cost
         deployment.check_alive()  # a worker that crashed during the run is a failure even if the figures came out
         result["log_notes"] = deployment.notable_log_lines()
         result.update(ok=True, setup_s=setup_s, size=size, load=max(load, os.getloadavg()[0]))
@@ -493,57 +732,169 @@ def summarize(values: list[float]) -> dict[str, Any]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def ratio_text(workload: str, ours: float, peer: float) -> str:
-    ratio = ours / peer if peer else math.inf
-    better = ratio >= 1 if HIGHER_IS_BETTER[workload] else ratio <= 1
-    factor = max(ratio, 1 / ratio) if ratio else math.inf
-    return f"{ratio:8.3f}  ({LABELS['duroxide']} {factor:.1f}x {'better' if better else 'worse'})"
+def per_unit_cost(result: dict[str, Any], workload: str, size: int) -> dict[str, float] | None:
+    """A successful run's cost per orchestration (W1, W4), per step (W2, W3: per activity) or per task (canvas)."""
+    cost = result.get("cost")
+    if not cost:
+        return None
+    sql = cost["sql"]
+    return {
+        "cpu_ms": cost["cpu_ms"]["total"] / size,
+        "statements": sql.get("statements", 0) / size,
+        "transactions": (sql.get("commits", 0) + sql.get("rollbacks", 0)) / size,
+        "client_statements": cost["sql_client"].get("statements", 0) / size,
+        "redis_commands": cost["redis_commands"] / size,
+    }
 
 
-def print_summary(report: dict[str, Any], workloads: list[str], engines: list[str], runs: int) -> None:
-    print(f"\n== medians over {runs} run(s)", flush=True)
-    header = f"  {'figure':34}" + "".join(f"{LABELS[e]:>18}" for e in engines)
-    if len(engines) == 2:
-        header += f"  {'ratio ' + LABELS['duroxide'] + '/' + LABELS['canvas']}"
-    print(header)
-    for workload in workloads:
-        per_engine = report["results"][workload]
-        unit = next((per_engine[e]["unit"] for e in engines if per_engine[e]["unit"]), UNITS[workload])
-        figures = [("value", f"{workload} {unit}")]
+def summarize_runs(workload: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in runs if r["ok"]]
+    summary: dict[str, Any] = {}
+    if ok:
+        summary["value"] = summarize([r["value"] for r in ok])
         if workload == "W4":
-            figures.append(("p99", f"{workload} ms late (p99)"))
-        for key, label in figures:
-            medians = {}
-            line = f"  {label + (' (higher better)' if HIGHER_IS_BETTER[workload] else ''):34}"
-            for engine in engines:
-                summary = per_engine[engine]["summary"].get(key)
-                if summary:
-                    medians[engine] = summary["median"]
-                    line += f"{summary['median']:18.3f}"
-                else:
-                    line += f"{'FAILED':>18}"
-            if len(medians) == 2:
-                line += "  " + ratio_text(workload, medians["duroxide"], medians["canvas"])
-            print(line, flush=True)
+            summary["p99"] = summarize([r["p99"] for r in ok])
+        costs = [c for r in ok if (c := per_unit_cost(r, workload, r["size"]))]
+        for key in costs[0] if costs else []:
+            summary[f"per_unit_{key}"] = summarize([c[key] for c in costs])
+        parts = sorted({k for r in ok if r.get("cost") for k in r["cost"]["cpu_ms"]})
+        summary["cpu_ms_parts"] = {
+            k: statistics.median([r["cost"]["cpu_ms"].get(k, 0) for r in ok if r.get("cost")]) for k in parts
+        }
+    return summary
+
+
+def _median(report: dict[str, Any], workload: str, engine: str, key: str = "value") -> float | None:
+    summary = report["results"].get(workload, {}).get(engine, {}).get("summary") or {}
+    return summary[key]["median"] if key in summary else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def print_table(report: dict[str, Any], workloads: list[str], engines: list[str], runs: int) -> None:
+    """The issue's table (medians over the runs), then the cost of one W1 orchestration, then the targets."""
+    print(f"\n== medians over {runs} run(s) (W1 orch/s higher is better; the others lower)", flush=True)
+    print(f"| {'system':42} | W1 orch/s | W2 s   | W3 ms/step | W4 late p50/p99 ms |")
+    print(f"|{'-' * 44}|-----------|--------|------------|--------------------|")
+    for engine in engines:
+        w1 = _fmt(_median(report, "W1", engine), ".1f")
+        w2 = _fmt(_median(report, "W2", engine), ".2f")
+        w3 = _fmt(_median(report, "W3", engine), ".2f")
+        p50, p99 = _median(report, "W4", engine), _median(report, "W4", engine, "p99")
+        w4 = f"{_fmt(p50, '.1f')} / {_fmt(p99, '.1f')}"
+        print(f"| {TABLE_LABELS[engine]:42} | {w1:>9} | {w2:>6} | {w3:>10} | {w4:>18} |")
+
+    print("\n== cost per W1 orchestration (canvas: per task; DBOS: per workflow), medians over the runs", flush=True)
+    print(f"| {'system':42} | CPU ms | SQL stmts (client) | SQL tx | Redis cmds |")
+    print(f"|{'-' * 44}|--------|--------------------|--------|------------|")
+    for engine in engines:
+        cpu = _median(report, "W1", engine, "per_unit_cpu_ms")
+        stmts = _median(report, "W1", engine, "per_unit_statements")
+        client = _median(report, "W1", engine, "per_unit_client_statements")
+        tx = _median(report, "W1", engine, "per_unit_transactions")
+        cmds = _median(report, "W1", engine, "per_unit_redis_commands")
+        sql = f"{_fmt(stmts, '.1f')} ({_fmt(client, '.1f')})" if stmts else "—"
+        tx_text = _fmt(tx, ".1f") if tx else "—"
+        print(f"| {TABLE_LABELS[engine]:42} | {_fmt(cpu, '6.2f')} | {sql:>18} | {tx_text:>6} | {_fmt(cmds, '10.1f')} |")
+    for engine in engines:
+        parts = (report["results"].get("W1", {}).get(engine, {}).get("summary") or {}).get("cpu_ms_parts")
+        if parts:
+            skip = ("total", "pg_server_total_ms", "postgres backends (count)")
+            text = ", ".join(f"{k} {v:.0f}" for k, v in parts.items() if k not in skip)
+            if "postgres backends (count)" in parts:
+                text += f" ({parts['postgres backends (count)']:.0f} backends)"
+            server = parts.get("pg_server_total_ms")
+            server_text = f"; whole PostgreSQL server (shared) {server:.0f}" if server is not None else ""
+            print(f"  W1 CPU ms, {LABELS[engine]}: {text}{server_text}")
+
+    print("\n== targets (issue 13), medians of this run", flush=True)
+    targets = []
+
+    def ratio(name: str, ours: float | None, peer: float | None, limit: float, higher: bool, peer_name: str):
+        if ours is None or peer is None or not peer:
+            print(f"  {name:58} —  (needs {peer_name})")
+            return
+        value = ours / peer
+        met = value >= limit if higher else value <= limit
+        targets.append({"target": name, "ratio": value, "limit": limit, "met": met})
+        print(f"  {name:58} {value:6.3f}  ({'>=' if higher else '<='} {limit:g}: {'met' if met else 'NOT met'})")
+
+    ratio(
+        "W1 production / canvas prefork (orch/s)",
+        _median(report, "W1", "duroxide"),
+        _median(report, "W1", "canvas"),
+        1.0,
+        True,
+        "duroxide and canvas W1",
+    )
+    ratio(
+        "W3 production / DBOS PostgreSQL (ms/step)",
+        _median(report, "W3", "duroxide"),
+        _median(report, "W3", "dbos"),
+        1.0,
+        False,
+        "duroxide and dbos W3",
+    )
+    ratio(
+        "W2 production / canvas prefork chord (s)",
+        _median(report, "W2", "duroxide"),
+        _median(report, "W2", "canvas"),
+        0.8,
+        False,
+        "duroxide and canvas W2",
+    )
+    for key, limit in (("value", 10.0), ("p99", 30.0)):
+        late = _median(report, "W4", "duroxide", key)
+        name = f"W4 production lateness {'p50' if key == 'value' else 'p99'} (ms)"
+        if late is None:
+            print(f"  {name:58} —  (needs duroxide W4)")
+        else:
+            met = late <= limit
+            targets.append({"target": name, "value": late, "limit": limit, "met": met})
+            print(f"  {name:58} {late:6.1f}  (<= {limit:g} ms: {'met' if met else 'NOT met'})")
+    cpu_ours, cpu_canvas = (
+        _median(report, "W1", "duroxide", "per_unit_cpu_ms"),
+        _median(report, "W1", "canvas", "per_unit_cpu_ms"),
+    )
+    if cpu_ours is not None and cpu_canvas:
+        print(f"  {'W1 CPU ms per orchestration / canvas prefork per task':58} {cpu_ours / cpu_canvas:6.2f}  (cost)")
+    report["targets"] = targets
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per workload and engine (default 3)")
     parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS), help="comma-separated, default W1,W2,W3,W4")
-    parser.add_argument("--engines", default=",".join(ALL_ENGINES), help="comma-separated, default duroxide,canvas")
+    parser.add_argument(
+        "--engines", default=",".join(ALL_ENGINES), help="comma-separated, default " + ",".join(ALL_ENGINES)
+    )
     parser.add_argument("--timeout", type=float, default=300, help="seconds per single run, setup excluded (300)")
     parser.add_argument("--size", type=int, help="override the size of every workload (default 500/1000/200/100)")
+    parser.add_argument("--quick", action="store_true", help="1 run at sizes 50/100/20/10 (a smoke test)")
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379"))
+    parser.add_argument(
+        "--shared-redis",
+        action="store_true",
+        help="use the Redis server at --redis-url instead of a private redis-server per measurement",
+    )
     parser.add_argument("--broker-db", type=int, default=9, help="Redis database of the broker (default 9)")
     parser.add_argument("--result-db", type=int, default=10, help="Redis database of canvas results (default 10)")
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--orch-concurrency", type=int, default=4, help="orchestrator worker threads (4)")
     parser.add_argument("--act-concurrency", type=int, default=8, help="activity worker threads (8)")
-    parser.add_argument("--canvas-concurrency", type=int, default=8, help="canvas worker threads (8)")
+    parser.add_argument("--canvas-prefork", type=int, default=2, help="canvas prefork worker processes (2)")
+    parser.add_argument("--canvas-concurrency", type=int, default=8, help="canvas-threads worker threads (8)")
     parser.add_argument("--logs", metavar="DIR", help="keep the worker/beat logs in DIR (default: a temp dir)")
-    parser.add_argument("--json", metavar="FILE", help="write every run and the summary to FILE")
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        help="write every run and the summary to FILE (default bench/results/<time>-production.json)",
+    )
     cfg = parser.parse_args(argv)
+    if cfg.quick:
+        cfg.runs = 1
     workloads = [w.strip().upper() for w in cfg.workloads.split(",") if w.strip()]
     engines = [e.strip() for e in cfg.engines.split(",") if e.strip()]
     bad = [w for w in workloads if w not in ALL_WORKLOADS] + [e for e in engines if e not in ALL_ENGINES]
@@ -551,9 +902,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown workload/engine: {', '.join(bad)}")
     if cfg.broker_db == cfg.result_db:
         parser.error("--broker-db and --result-db must differ")
+    if "dbos" in engines and not _dbos_available():
+        print("note: DBOS is not installed (`pip install dbos`): the DBOS peer is skipped", flush=True)
+        engines.remove("dbos")
+    if not cfg.shared_redis and not shutil.which("redis-server"):
+        print("note: no redis-server on PATH: using the shared Redis at --redis-url", flush=True)
+        cfg.shared_redis = True
     redis_url = cfg.redis_url.rstrip("/")
+    cfg.redis_port = int(redis_url.rsplit(":", 1)[-1]) if redis_url.rsplit(":", 1)[-1].isdigit() else 6379
     cfg.broker_url = f"{redis_url}/{cfg.broker_db}"
     cfg.result_url = f"{redis_url}/{cfg.result_db}"
+    if not cfg.json:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        cfg.json = str(BENCH_DIR / "results" / f"{stamp}-production.json")
     # SIGTERM/SIGHUP unwind like Ctrl-C, so every `finally` kills its process groups.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda s, f: sys.exit(128 + s))
@@ -567,19 +928,34 @@ def main(argv: list[str] | None = None) -> int:
         return _run_all(cfg, workloads, engines, logdir)
 
 
+def _dbos_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("dbos") is not None
+
+
 def _run_all(cfg: argparse.Namespace, workloads: list[str], engines: list[str], logdir: Path) -> int:
+    redis_text = f"shared Redis {cfg.redis_url}" if cfg.shared_redis else "a private redis-server per measurement"
     print(
-        f"broker {cfg.broker_url}, canvas results {cfg.result_url}, store {cfg.pg_url} (fresh schema per run); "
+        f"broker and canvas results on {redis_text}, store {cfg.pg_url} (fresh schema per run); "
         f"duroxide workers -P threads -c {cfg.orch_concurrency} (turns) / -c {cfg.act_concurrency} (activities) + "
-        f"beat TimerScheduler; canvas worker -P threads -c {cfg.canvas_concurrency}",
+        f"beat TimerScheduler; canvas worker -P prefork -c {cfg.canvas_prefork} (canvas-threads: -P threads "
+        f"-c {cfg.canvas_concurrency}); DBOS in its own process on PostgreSQL (fresh schema per run)",
         flush=True,
     )
-    report: dict[str, Any] = {"runs": cfg.runs, "timeout_s": cfg.timeout, "python": sys.version, "results": {}}
+    report: dict[str, Any] = {
+        "runs": cfg.runs,
+        "timeout_s": cfg.timeout,
+        "python": sys.version,
+        "cpus": os.cpu_count(),
+        "engines": {e: TABLE_LABELS[e] for e in engines},
+        "results": {},
+    }
     collected = {w: {e: [] for e in engines} for w in workloads}
     failures = 0
     for run in range(1, cfg.runs + 1):
         for workload in workloads:
-            size = cfg.size or DEFAULT_SIZES[workload]
+            size = cfg.size or (QUICK_SIZES if cfg.quick else DEFAULT_SIZES)[workload]
             for engine in engines:
                 print(f"  run {run} {workload} {LABELS[engine]:16} ", end="", flush=True)
                 result = run_once(engine, workload, size, cfg, logdir)
@@ -587,6 +963,13 @@ def _run_all(cfg: argparse.Namespace, workloads: list[str], engines: list[str], 
                 if result["ok"]:
                     extra = f", p99 {result['p99']:.1f}" if "p99" in result else ""
                     context = f"wall {result['wall_s']:.2f} s, load {result['load']:.1f}"
+                    unit = per_unit_cost(result, workload, size)
+                    if unit:
+                        context += (
+                            f"; per {'orch' if workload in ('W1', 'W4') else 'step'}: CPU {unit['cpu_ms']:.2f} ms, "
+                            f"{unit['statements']:.1f} stmts, {unit['transactions']:.1f} tx, "
+                            f"{unit['redis_commands']:.1f} redis cmds"
+                        )
                     print(f"{result['value']:10.3f} {result['unit']}{extra}  ({context})", flush=True)
                     notes = result["log_notes"]
                     for line in notes[:10]:
@@ -604,26 +987,21 @@ def _run_all(cfg: argparse.Namespace, workloads: list[str], engines: list[str], 
         for engine in engines:
             runs = collected[workload][engine]
             ok = [r for r in runs if r["ok"]]
-            summary = {}
-            if ok:
-                summary["value"] = summarize([r["value"] for r in ok])
-                if workload == "W4":
-                    summary["p99"] = summarize([r["p99"] for r in ok])
             unit = ok[0]["unit"] if ok else None
-            per_engine[engine] = {"runs": runs, "summary": summary, "unit": unit}
-    print_summary(report, workloads, engines, cfg.runs)
+            per_engine[engine] = {"runs": runs, "summary": summarize_runs(workload, runs), "unit": unit}
+    print_table(report, workloads, engines, cfg.runs)
     loads = [r["load"] for w in collected.values() for runs in w.values() for r in runs if r["ok"]]
     cpus = os.cpu_count() or 1
     if loads and max(loads) > cpus:
         print(
             f"  note: the 1-minute load average reached {max(loads):.1f} on {cpus} CPUs during the runs: "
-            "other processes competed with the workers, so the figures are noisy",
+            "other processes competed with the workers, so the wall-clock figures are noisy (CPU ms are steadier)",
             flush=True,
         )
 
-    if cfg.json:
-        Path(cfg.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"results written to {cfg.json}")
+    Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(cfg.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results written to {cfg.json}")
     if failures:
         print(f"\n!!! {failures} run(s) FAILED (see above)", flush=True)
         return 1
