@@ -137,7 +137,9 @@ def w4(DBOS, wf, n):  # noqa: N803
         if len(sleeps) != 1:
             raise BenchFailure(f"timer({i}) recorded {len(sleeps)} DBOS.sleep steps")
         wake_ms = float(sleeps[0]["output"]) * 1000
-        if not 0 <= wake_ms - sleeps[0]["started_at_epoch_ms"] - TIMER_S * 1000 < 50:
+        # The wake-up time is taken after the step's start and a read of the system database (which may wait for a
+        # lock on a busy machine): never less than 2 s after the start; a second more would be a wrong record.
+        if not 0 <= wake_ms - sleeps[0]["started_at_epoch_ms"] - TIMER_S * 1000 < 1000:
             started = sleeps[0]["started_at_epoch_ms"]
             raise BenchFailure(f"timer({i}) wake-up {wake_ms} is not its start {started} + 2 s")
         late = value["woke_ms"] - wake_ms

@@ -1,10 +1,12 @@
-"""Benchmark duroxide_celery against duroxide on the same workloads (see bench/README.md).
+"""Benchmark duroxide_celery (embedded) against duroxide and DBOS on the same workloads (see bench/README.md).
 
-Every single run is a fresh subprocess (bench/workloads.py) with a fresh SQLite file in a fresh temp dir.
+Every single run is a fresh subprocess (bench/workloads.py) with a fresh SQLite file in a fresh temp dir; the runs
+interleave the engines (run 1 of W1 on every engine, then W2, ..., then run 2).
 """
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -13,17 +15,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-ALL_WORKLOADS = ("W1", "W2", "W3")
-ALL_ENGINES = ("duroxide", "celery")
-HIGHER_IS_BETTER = {"W1": True, "W2": False, "W3": False}
+ALL_WORKLOADS = ("W1", "W2", "W3", "W4")
+ALL_ENGINES = ("duroxide", "celery", "dbos")
+LABELS = {
+    "duroxide": "duroxide 0.2.2, SQLite",
+    "celery": "duroxide-celery embedded, SQLite",
+    "dbos": "DBOS, SQLite",
+}
+HIGHER_IS_BETTER = {"W1": True, "W2": False, "W3": False, "W4": False}
+QUICK_SIZES = {"W1": 50, "W2": 100, "W3": 20, "W4": 10}
 DESCRIPTIONS = {
     "W1": "orchestrations of one activity, started together",
     "W2": "activities fanned out by one orchestration (ctx.all)",
     "W3": "sequential activities in one orchestration",
+    "W4": "orchestrations on a 2 s durable timer (lateness)",
 }
 
 
@@ -94,60 +104,158 @@ def print_failure(engine, workload, i, result):
         print(f"  !!!   {line}")
 
 
+def per_unit(result):
+    """CPU ms, SQL statements and transactions per orchestration (W1, W4) or per step (W2, W3)."""
+    size = result["size"]
+    unit = {"cpu_ms": result["cpu_ms"] / size} if "cpu_ms" in result else {}
+    sql = result.get("sql")
+    if sql:
+        unit["statements"] = sql["statements"] / size
+        unit["transactions"] = (sql["commits"] + sql["rollbacks"]) / size
+    return unit
+
+
+def summarize_runs(workload, runs):
+    ok = [r for r in runs if r["ok"]]
+    if not ok:
+        return None
+    summary = summarize([r["value"] for r in ok])
+    if workload == "W4":
+        summary["p99"] = summarize([r["p99"] for r in ok])
+    units = [per_unit(r) for r in ok]
+    for key in units[0]:
+        summary[f"per_unit_{key}"] = summarize([u[key] for u in units if key in u])
+    return summary
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per workload and engine (default 3)")
-    parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS), help="comma-separated, default W1,W2,W3")
-    parser.add_argument("--engines", default=",".join(ALL_ENGINES), help="comma-separated, default duroxide,celery")
+    parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS), help="comma-separated, default W1,W2,W3,W4")
+    parser.add_argument(
+        "--engines", default=",".join(ALL_ENGINES), help="comma-separated, default " + ",".join(ALL_ENGINES)
+    )
     parser.add_argument("--timeout", type=float, default=300, help="seconds per single run (default 300)")
-    parser.add_argument("--size", type=int, help="override the size of every workload (default 500/1000/200)")
-    parser.add_argument("--json", metavar="FILE", help="write all results to FILE")
+    parser.add_argument("--size", type=int, help="override the size of every workload (default 500/1000/200/100)")
+    parser.add_argument("--quick", action="store_true", help="1 run at sizes 50/100/20/10 (a smoke test)")
+    parser.add_argument("--json", metavar="FILE", help="write all results to FILE (default bench/results/<time>.json)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.runs = 1
     workloads = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     bad = [w for w in workloads if w not in ALL_WORKLOADS] + [e for e in engines if e not in ALL_ENGINES]
     if bad:
         parser.error(f"unknown workload/engine: {', '.join(bad)}")
+    if "dbos" in engines and importlib.util.find_spec("dbos") is None:
+        print("note: DBOS is not installed (`pip install dbos`): the DBOS peer is skipped", flush=True)
+        engines.remove("dbos")
+    if not args.json:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        args.json = str(BENCH_DIR / "results" / f"{stamp}-embedded.json")
 
     report = {"runs": args.runs, "timeout_s": args.timeout, "size": args.size, "python": sys.version, "results": {}}
+    report["engines"] = {e: LABELS[e] for e in engines}
     report["ratios_celery_over_duroxide"] = {}
     failures = 0
-    for workload in workloads:
-        better = "higher" if HIGHER_IS_BETTER[workload] else "lower"
-        print(f"== {workload}: {DESCRIPTIONS[workload]} ({better} is better)", flush=True)
-        per_engine = report["results"].setdefault(workload, {})
-        for engine in engines:
-            runs = []
-            for i in range(1, args.runs + 1):
-                result = run_once(engine, workload, args.size, args.timeout)
-                runs.append(result)
+    collected = {w: {e: [] for e in engines} for w in workloads}
+    # Interleaved: run 1 of every workload and engine, then run 2, ... so all see the same machine conditions.
+    for i in range(1, args.runs + 1):
+        for workload in workloads:
+            size = args.size or (QUICK_SIZES[workload] if args.quick else None)
+            for engine in engines:
+                result = run_once(engine, workload, size, args.timeout)
+                collected[workload][engine].append(result)
                 if result["ok"]:
-                    print(f"  {engine:9} run {i}: {result['value']:10.3f} {result['unit']}", flush=True)
+                    extra = f", p99 {result['p99']:.1f}" if "p99" in result else ""
+                    unit = per_unit(result)
+                    cost = f"CPU {unit['cpu_ms']:.2f} ms" if "cpu_ms" in unit else ""
+                    if "statements" in unit:
+                        cost += f", {unit['statements']:.1f} stmts, {unit['transactions']:.1f} tx"
+                    per = "orch" if workload in ("W1", "W4") else "step"
+                    print(
+                        f"  run {i} {workload} {engine:9} {result['value']:10.3f} {result['unit']}{extra}"
+                        f"  (per {per}: {cost})",
+                        flush=True,
+                    )
                 else:
                     failures += 1
                     print_failure(engine, workload, i, result)
-            values = [r["value"] for r in runs if r["ok"]]
-            summary = summarize(values) if values else None
+
+    print(f"\n== {', '.join(f'{w}: {DESCRIPTIONS[w]}' for w in workloads)}")
+    for workload in workloads:
+        per_engine = report["results"].setdefault(workload, {})
+        for engine in engines:
+            runs = collected[workload][engine]
+            summary = summarize_runs(workload, runs)
             unit = next((r["unit"] for r in runs if r["ok"]), None)
             per_engine[engine] = {"runs": runs, "summary": summary, "unit": unit}
             if summary:
                 print(
-                    f"  {engine:9} median {summary['median']:10.3f} {unit}"
+                    f"  {workload} {engine:9} median {summary['median']:10.3f} {unit}"
                     f"  (min {summary['min']:.3f}, max {summary['max']:.3f}, {summary['n']}/{args.runs} ok)",
                     flush=True,
                 )
             else:
-                print(f"  {engine:9} NO SUCCESSFUL RUN", flush=True)
+                print(f"  {workload} {engine:9} NO SUCCESSFUL RUN", flush=True)
         ratio = print_ratio(workload, per_engine)
         if ratio is not None:
             report["ratios_celery_over_duroxide"][workload] = ratio
+    print_table(report, engines)
 
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"results written to {args.json}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results written to {args.json}")
     if failures:
         print(f"!!! {failures} run(s) FAILED", flush=True)
     return 1 if failures else 0
+
+
+def _median(report, workload, engine, key=None):
+    summary = (report["results"].get(workload, {}).get(engine) or {}).get("summary")
+    if not summary:
+        return None
+    if key is None:
+        return summary["median"]
+    return summary[key]["median"] if key in summary else None
+
+
+def _fmt(value, spec):
+    return "—" if value is None else format(value, spec)
+
+
+def print_table(report, engines):
+    """The issue's table (medians), the cost per W1 orchestration, and the embedded targets."""
+    print("\n== medians (W1 orch/s higher is better; the others lower)")
+    print(f"| {'system':34} | W1 orch/s | W2 s   | W3 ms/step | W4 late p50/p99 ms | W1 CPU ms/orch | W1 stmts/tx |")
+    print(f"|{'-' * 36}|-----------|--------|------------|--------------------|----------------|-------------|")
+    for engine in engines:
+        w1, w2, w3 = _median(report, "W1", engine), _median(report, "W2", engine), _median(report, "W3", engine)
+        w4 = f"{_fmt(_median(report, 'W4', engine), '.1f')} / {_fmt(_median(report, 'W4', engine, 'p99'), '.1f')}"
+        cpu = _median(report, "W1", engine, "per_unit_cpu_ms")
+        stmts = _median(report, "W1", engine, "per_unit_statements")
+        tx = _median(report, "W1", engine, "per_unit_transactions")
+        sql = f"{stmts:.1f} / {tx:.1f}" if stmts is not None else "n/a"
+        print(
+            f"| {LABELS[engine]:34} | {_fmt(w1, '9.1f')} | {_fmt(w2, '6.2f')} | {_fmt(w3, '10.2f')} | {w4:>18} "
+            f"| {_fmt(cpu, '14.2f')} | {sql:>11} |"
+        )
+    print("  (CPU: the benchmark process, all threads, over the measured window; SQL statements/transactions are")
+    print("   counted through SQLAlchemy, so not for duroxide, whose store is in Rust)")
+    print("\n== targets (issue 13), medians of this run")
+    report["targets"] = []
+    for name, ours, peer, limit, higher in (
+        ("W1 embedded SQLite / duroxide SQLite (orch/s)", ("W1", "celery"), ("W1", "duroxide"), 1.0, True),
+        ("W3 embedded SQLite / DBOS SQLite (ms/step)", ("W3", "celery"), ("W3", "dbos"), 1.0, False),
+    ):
+        a, b = _median(report, *ours), _median(report, *peer)
+        if a is None or not b:
+            print(f"  {name:50} —  (needs {ours[1]} and {peer[1]} {ours[0]})")
+            continue
+        value = a / b
+        met = value >= limit if higher else value <= limit
+        report["targets"].append({"target": name, "ratio": value, "limit": limit, "met": met})
+        print(f"  {name:50} {value:6.3f}  ({'>=' if higher else '<='} {limit:g}: {'met' if met else 'NOT met'})")
 
 
 def print_ratio(workload, per_engine):
