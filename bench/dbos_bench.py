@@ -10,7 +10,8 @@ this process as DBOS is meant to be used:
   each `handle.get_result()`.
 - W2: one workflow `fan_out(n)` fanning out n `add_one` steps with DBOS's idiomatic concurrent fan-out: enqueue
   each on a queue (`DBOS.register_queue("bench_fanout")`, default settings: no concurrency limit, 1 s polling), then
-  `get_result()` of each handle. (Starting n child workflows with `DBOS.start_workflow` is the other way.)
+  `get_result()` of each handle. The other way, starting each step as a child workflow with `DBOS.start_workflow`
+  (a thread each, no queue), is measured with BENCH_DBOS_FANOUT=children in the environment.
 - W3: one workflow `sequence(n)` of n sequential `add_one` steps.
 - W4: n workflows `timer(i)`: `DBOS.sleep(2)` (durable: the wake-up time is recorded as a step), then a step that
   returns the wall clock. Lateness per workflow = that clock minus the recorded wake-up time (the `DBOS.sleep`
@@ -42,6 +43,7 @@ from bench.measure import StatementCounter, count_delta  # noqa: E402
 DEFAULT_SIZES = {"W1": 500, "W2": 1000, "W3": 200, "W4": 100}
 TIMER_S = 2.0
 FANOUT_QUEUE = "bench_fanout"
+FANOUT = os.environ.get("BENCH_DBOS_FANOUT", "queue")  # W2: "queue" (default) or "children"
 
 
 class BenchFailure(Exception):
@@ -65,8 +67,11 @@ def define(DBOS):  # noqa: N803 - the DBOS class
 
     @DBOS.workflow()
     def fan_out(n):
-        queue = DBOS.retrieve_queue(FANOUT_QUEUE)
-        handles = [queue.enqueue(add_one, i) for i in range(n)]
+        if FANOUT == "children":
+            handles = [DBOS.start_workflow(add_one, i) for i in range(n)]
+        else:
+            queue = DBOS.retrieve_queue(FANOUT_QUEUE)
+            handles = [queue.enqueue(add_one, i) for i in range(n)]
         return sum(h.get_result() for h in handles)
 
     @DBOS.workflow()
@@ -192,6 +197,8 @@ def run(workload: str, url: str, size: int, schema: str | None = None, handshake
         result["cpu_ms"] = (_cpu_s() - cpu0) * 1000
         result["sql"] = count_delta(stats0, counter.snapshot())
         result.update(engine="dbos", workload=workload, size=size, setup_s=setup_s)
+        if workload == "W2":
+            result["dbos_fanout"] = FANOUT
         print("MEASURED " + json.dumps(result), flush=True)
         if handshake:
             sys.stdin.readline()

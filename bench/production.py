@@ -238,6 +238,7 @@ class Deployment:
         self.meter: CpuMeter | None = None
         self.cost: dict[str, Any] | None = None
         self._window: tuple[dict, dict, int | None] | None = None
+        self.profilers: list[subprocess.Popen] = []
         self._saved_appname = os.environ.get("PGAPPNAME")
         self.env: dict[str, str] = {}
 
@@ -392,7 +393,37 @@ class Deployment:
             self.meter.add_tree("dbos", self.dbos.pid)
         redis_cmds = redis_commands(self.broker_url) if self.broker_url else None
         self._window = (self.counter.snapshot(), read_stats_dir(self.stats_dir), redis_cmds)
+        if self.cfg.profile:
+            self._start_profilers()
         self.meter.start()
+
+    def _start_profilers(self) -> None:
+        """py-spy on every worker, beat and DBOS process over the window (--profile DIR): collapsed stacks of the
+        active threads (idle ones are left out), without pausing the process, in DIR/<run>-<engine>-<process>.txt."""
+        targets = [(proc.name, proc.popen.pid) for proc in self.procs]
+        if self.dbos is not None:
+            targets.append(("dbos", self.dbos.pid))
+        directory = Path(self.cfg.profile)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, pid in targets:
+            out = directory / f"{self.workload}-{self.engine}-{self.tag}-{name}.txt"
+            argv = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--output", str(out)]
+            argv += ["--rate", "200", "--nolineno", "--nonblocking", "--subprocesses"]
+            log = open(self.logdir / f"py-spy-{name}-{self.tag}.log", "ab")  # noqa: SIM115 - the child keeps it
+            self.profilers.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+        time.sleep(1.0)  # py-spy attaches within a few hundred ms; the window starts after that
+
+    def _stop_profilers(self) -> None:
+        for prof in self.profilers:
+            with contextlib.suppress(ProcessLookupError):
+                prof.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+        for prof in self.profilers:
+            try:
+                prof.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                prof.kill()
+        self.profilers = []
 
     def end_window(self, sql: dict[str, int] | None = None) -> None:
         """Stop the accounting (once; the workloads call it as soon as their figure is taken, before any checks).
@@ -401,6 +432,7 @@ class Deployment:
             return
         time.sleep(0.15)  # the processes' statement files are written every 50 ms
         cpu = self.meter.stop()
+        self._stop_profilers()
         own0, files0, redis0 = self._window
         counts = stats_delta(files0, read_stats_dir(self.stats_dir))
         client = count_delta(own0, self.counter.snapshot())
@@ -445,6 +477,7 @@ class Deployment:
         if self.meter is not None and self.cost is None:
             with contextlib.suppress(Exception):
                 self.meter.stop()
+        self._stop_profilers()
         for proc in self.procs:
             try:
                 proc.kill()
@@ -887,6 +920,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--canvas-prefork", type=int, default=2, help="canvas prefork worker processes (2)")
     parser.add_argument("--canvas-concurrency", type=int, default=8, help="canvas-threads worker threads (8)")
     parser.add_argument("--logs", metavar="DIR", help="keep the worker/beat logs in DIR (default: a temp dir)")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy every worker/beat/DBOS process over the window into DIR (then bench/profile_summary.py DIR)",
+    )
     parser.add_argument(
         "--json",
         metavar="FILE",
