@@ -408,7 +408,7 @@ class Deployment:
         for name, pid in targets:
             out = directory / f"{self.workload}-{self.engine}-{self.tag}-{name}.txt"
             argv = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--output", str(out)]
-            argv += ["--rate", "200", "--nolineno", "--nonblocking", "--subprocesses"]
+            argv += ["--rate", "200", "--gil", "--nolineno", "--nonblocking", "--subprocesses"]
             log = open(self.logdir / f"py-spy-{name}-{self.tag}.log", "ab")  # noqa: SIM115 - the child keeps it
             self.profilers.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
             log.close()

@@ -1,6 +1,7 @@
 """Summarize py-spy collapsed-stack profiles (`py-spy record --format raw`, as `production.py --profile DIR` writes):
-the top functions by own samples (the frame on top of the stack: where the CPU was spent) and by inclusive samples
-(anywhere on the stack), as Markdown.
+per process, the top functions by own samples (the frame on top of the stack: where the CPU was spent) with their
+inclusive share (anywhere on the stack), own samples per package (sqlalchemy, psycopg, redis, kombu, celery,
+duroxide_celery, ...), and duroxide_celery's functions by inclusive samples, as Markdown.
 
     python bench/profile_summary.py /tmp/prof [--top 15] [--match worker-orch]
 
@@ -38,6 +39,15 @@ def parse(path: Path) -> tuple[Counter, Counter, int]:
     return own, inclusive, total
 
 
+def package(frame: str) -> str:
+    """`Connection.wait (psycopg/connection.py)` -> `psycopg`; the standard library's modules have no folder."""
+    match = re.search(r"\(([^()]*)\)$", frame)
+    where = match.group(1) if match else ""
+    if "/" not in where:
+        return "stdlib/other" if where else "?"
+    return where.split("/", 1)[0]
+
+
 def process_name(path: Path) -> str:
     match = re.search(r"-[0-9a-f]{10}-(.+)\.txt$", path.name)
     return match.group(1) if match else path.stem
@@ -67,6 +77,21 @@ def summarize(directory: Path, top: int, match: str | None) -> str:
         for rank, (frame, n) in enumerate(own.most_common(top), 1):
             out.append(f"| {rank} | `{frame}` | {100 * n / total:.1f} | {100 * inclusive[frame] / total:.1f} |")
         out.append("")
+        by_package: Counter = Counter()
+        for frame, n in own.items():
+            by_package[package(frame)] += n
+        out.append(
+            "Own samples by package: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in by_package.most_common())
+        )
+        out.append("")
+        ours = [(f, n) for f, n in inclusive.most_common() if package(f) == "duroxide_celery"][:top]
+        if ours:
+            out.append("duroxide_celery functions by inclusive samples:\n")
+            out.append("| function (file) | inclusive % | own % |")
+            out.append("|---|---|---|")
+            for frame, n in ours:
+                out.append(f"| `{frame}` | {100 * n / total:.1f} | {100 * own[frame] / total:.1f} |")
+            out.append("")
     return "\n".join(out)
 
 
