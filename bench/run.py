@@ -21,11 +21,13 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 ALL_WORKLOADS = ("W1", "W2", "W3", "W4")
-ALL_ENGINES = ("duroxide", "celery", "dbos")
+ALL_ENGINES = ("duroxide", "celery", "dbos", "duroxide-pg", "celery-pg")
 LABELS = {
     "duroxide": "duroxide 0.2.2, SQLite",
     "celery": "duroxide-celery embedded, SQLite",
     "dbos": "DBOS, SQLite",
+    "duroxide-pg": "duroxide 0.2.2, PostgreSQL",
+    "celery-pg": "duroxide-celery embedded, PostgreSQL",
 }
 HIGHER_IS_BETTER = {"W1": True, "W2": False, "W3": False, "W4": False}
 QUICK_SIZES = {"W1": 50, "W2": 100, "W3": 20, "W4": 10}
@@ -48,13 +50,15 @@ def tail(text, lines=15):
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def run_once(engine, workload, size, timeout):
+def run_once(engine, workload, size, timeout, pg_url=None):
     """Run one workload once in a subprocess; return a dict with ok, value or error."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{engine}-{workload}-") as tmp:
         cmd = [sys.executable, str(BENCH_DIR / "workloads.py"), "--engine", engine, "--workload", workload]
         cmd += ["--db", os.path.join(tmp, "bench.db")]
         if size:
             cmd += ["--size", str(size)]
+        if pg_url and engine.endswith("-pg"):
+            cmd += ["--pg-url", pg_url]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")])))
         t0 = time.perf_counter()
         # Own session, so a timeout kills the whole process group (engines may spawn worker processes).
@@ -138,6 +142,11 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=300, help="seconds per single run (default 300)")
     parser.add_argument("--size", type=int, help="override the size of every workload (default 500/1000/200/100)")
     parser.add_argument("--quick", action="store_true", help="1 run at sizes 50/100/20/10 (a smoke test)")
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="PostgreSQL of the -pg engines (a fresh schema per run, dropped afterwards)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write all results to FILE (default bench/results/<time>.json)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -164,7 +173,7 @@ def main(argv=None):
         for workload in workloads:
             size = args.size or (QUICK_SIZES[workload] if args.quick else None)
             for engine in engines:
-                result = run_once(engine, workload, size, args.timeout)
+                result = run_once(engine, workload, size, args.timeout, args.pg_url)
                 collected[workload][engine].append(result)
                 if result["ok"]:
                     extra = f", p99 {result['p99']:.1f}" if "p99" in result else ""
@@ -227,8 +236,8 @@ def _fmt(value, spec):
 def print_table(report, engines):
     """The issue's table (medians), the cost per W1 orchestration, and the embedded targets."""
     print("\n== medians (W1 orch/s higher is better; the others lower)")
-    print(f"| {'system':34} | W1 orch/s | W2 s   | W3 ms/step | W4 late p50/p99 ms | W1 CPU ms/orch | W1 stmts/tx |")
-    print(f"|{'-' * 36}|-----------|--------|------------|--------------------|----------------|-------------|")
+    print(f"| {'system':37} | W1 orch/s | W2 s   | W3 ms/step | W4 late p50/p99 ms | W1 CPU ms/orch | W1 stmts/tx |")
+    print(f"|{'-' * 39}|-----------|--------|------------|--------------------|----------------|-------------|")
     for engine in engines:
         w1, w2, w3 = _median(report, "W1", engine), _median(report, "W2", engine), _median(report, "W3", engine)
         w4 = f"{_fmt(_median(report, 'W4', engine), '.1f')} / {_fmt(_median(report, 'W4', engine, 'p99'), '.1f')}"
@@ -237,11 +246,12 @@ def print_table(report, engines):
         tx = _median(report, "W1", engine, "per_unit_transactions")
         sql = f"{stmts:.1f} / {tx:.1f}" if stmts is not None else "n/a"
         print(
-            f"| {LABELS[engine]:34} | {_fmt(w1, '9.1f')} | {_fmt(w2, '6.2f')} | {_fmt(w3, '10.2f')} | {w4:>18} "
+            f"| {LABELS[engine]:37} | {_fmt(w1, '9.1f')} | {_fmt(w2, '6.2f')} | {_fmt(w3, '10.2f')} | {w4:>18} "
             f"| {_fmt(cpu, '14.2f')} | {sql:>11} |"
         )
-    print("  (CPU: the benchmark process, all threads, over the measured window; SQL statements/transactions are")
-    print("   counted through SQLAlchemy, so not for duroxide, whose store is in Rust)")
+    print("  (CPU: the benchmark process, all threads, over the measured window, plus on PostgreSQL the backends")
+    print("   serving it; SQL statements/transactions are counted through SQLAlchemy, so not for duroxide, whose")
+    print("   store is in Rust)")
     print("\n== targets (issue 13), medians of this run")
     report["targets"] = []
     for name, ours, peer, limit, higher in (

@@ -24,7 +24,8 @@ from pathlib import Path
 if str(Path(__file__).resolve().parent.parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ENGINES = ("duroxide", "celery", "dbos")
+ENGINES = ("duroxide", "celery", "dbos", "duroxide-pg", "celery-pg")
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_SIZES = {"W1": 500, "W2": 1000, "W3": 200, "W4": 100}
 TIMER_MS = 2000  # W4's durable timer
 WAIT_TIMEOUT_MS = 600_000  # the parent's per-run timeout is what bounds a run
@@ -162,11 +163,34 @@ WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4}
 
 def load_engine(engine):
     """The only engine-specific code: which module the API comes from."""
-    if engine == "duroxide":
-        from duroxide import Client, Runtime, SqliteProvider
+    if engine.startswith("duroxide"):
+        from duroxide import Client, PostgresProvider, Runtime, SqliteProvider
     else:
-        from duroxide_celery import Client, Runtime, SqliteProvider
-    return SqliteProvider, Client, Runtime
+        from duroxide_celery import Client, PostgresProvider, Runtime, SqliteProvider
+    return (PostgresProvider if engine.endswith("-pg") else SqliteProvider), Client, Runtime
+
+
+class PgSchema:
+    """A fresh PostgreSQL schema for one run (the -pg engines), dropped afterwards; every connection of this process
+    carries the application name `bench-<schema>`, so a CpuMeter finds the backends serving it."""
+
+    def __init__(self, url):
+        import uuid
+
+        import psycopg
+
+        self.url = url
+        self.name = f"bench_{uuid.uuid4().hex[:10]}"
+        self.appname = f"bench-{self.name}"
+        os.environ["PGAPPNAME"] = self.appname
+        with psycopg.connect(url, autocommit=True, application_name="bench-setup") as conn:
+            conn.execute(f'CREATE SCHEMA "{self.name}"')
+
+    def drop(self):
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True, application_name="bench-setup") as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
 
 
 def cpu_s():
@@ -176,28 +200,49 @@ def cpu_s():
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def run(engine, workload, db, size):
+def run(engine, workload, db, size, pg_url=DEFAULT_PG_URL):
     if engine == "dbos":
         from bench import dbos_bench
 
         return dbos_bench.run(
             workload, "sqlite:///" + os.path.join(os.path.dirname(os.path.abspath(db)), "dbos.sqlite"), size
         )
-    from bench.measure import StatementCounter, count_delta
+    from bench.measure import StatementCounter
 
-    counter = StatementCounter.install() if engine == "celery" else None
-    SqliteProvider, Client, Runtime = load_engine(engine)
+    counter = StatementCounter.install() if engine.startswith("celery") else None
+    Provider, Client, Runtime = load_engine(engine)
+    schema = PgSchema(pg_url) if engine.endswith("-pg") else None
+    try:
+        return _run(engine, workload, db, size, counter, Provider, Client, Runtime, schema)
+    finally:
+        if schema is not None:
+            schema.drop()
+
+
+def _run(engine, workload, db, size, counter, Provider, Client, Runtime, schema):  # noqa: N803
+    from bench.measure import CpuMeter, count_delta
+
     t0 = time.perf_counter()
-    provider = SqliteProvider.open(db)
+    provider = Provider.connect_with_schema(schema.url, schema.name) if schema else Provider.open(db)
     runtime = Runtime(provider)
     client = Client(provider)
     register(runtime)
     runtime.start()
     setup_s = time.perf_counter() - t0
     try:
+        meter = CpuMeter(pg_dsn=schema.url, pg_appname=schema.appname, include_self=False) if schema else None
+        if meter:
+            meter.start()
         stats0, cpu0 = counter.snapshot() if counter else None, cpu_s()
         result = WORKLOADS[workload](client, size)
         result["cpu_ms"] = (cpu_s() - cpu0) * 1000
+        if meter:
+            # The PostgreSQL backends serving this process (the meter's sampling thread is in cpu_ms: a little).
+            backends = meter.stop()
+            result["pg_backend_cpu_ms"] = backends.get("postgres backends", 0.0)
+            result["pg_backends"] = backends.get("postgres backends (count)", 0)
+            result["process_cpu_ms"] = result["cpu_ms"]
+            result["cpu_ms"] += result["pg_backend_cpu_ms"]
         if counter:
             result["sql"] = count_delta(stats0, counter.snapshot())
         result.update(engine=engine, workload=workload, size=size, setup_s=setup_s)
@@ -216,11 +261,12 @@ def main(argv=None):
     parser.add_argument("--workload", choices=sorted(WORKLOADS), required=True)
     parser.add_argument("--db", required=True, help="path of a fresh SQLite database file")
     parser.add_argument("--size", type=int, help="orchestrations (W1), activities (W2) or steps (W3)")
+    parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL), help="-pg engines")
     args = parser.parse_args(argv)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # run.py asks for the stacks of a hung run
     size = args.size or DEFAULT_SIZES[args.workload]
     try:
-        result = run(args.engine, args.workload, args.db, size)
+        result = run(args.engine, args.workload, args.db, size, args.pg_url)
     except Exception as exc:
         traceback.print_exc()
         print("RESULT " + json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
