@@ -803,6 +803,10 @@ def _median(report: dict[str, Any], workload: str, engine: str, key: str = "valu
     return summary[key]["median"] if key in summary else None
 
 
+def _runs(report: dict[str, Any], workload: str, engine: str) -> list[dict[str, Any]]:
+    return [r for r in report["results"].get(workload, {}).get(engine, {}).get("runs", []) if r.get("ok")]
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
@@ -832,6 +836,8 @@ def print_table(report: dict[str, Any], workloads: list[str], engines: list[str]
         sql = f"{_fmt(stmts, '.1f')} ({_fmt(client, '.1f')})" if stmts else "—"
         tx_text = _fmt(tx, ".1f") if tx else "—"
         print(f"| {TABLE_LABELS[engine]:42} | {_fmt(cpu, '6.2f')} | {sql:>18} | {tx_text:>6} | {_fmt(cmds, '10.1f')} |")
+    if any(r.get("cost", {}).get("redis_shared") for e in engines for r in _runs(report, "W1", e)):
+        print("  (--shared-redis: the Redis CPU and command counts include the other users of that server)")
     for engine in engines:
         parts = (report["results"].get("W1", {}).get(engine, {}).get("summary") or {}).get("cpu_ms_parts")
         if parts:
