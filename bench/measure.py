@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -37,13 +38,37 @@ STATS_DIR_ENV = "BENCH_STATS_DIR"
 
 
 # -- statements ----------------------------------------------------------------------------------------------------
+_TABLE = r'([\w."]+)'
+_KIND_PATTERNS = [
+    (re.compile(r"^\s*INSERT\s+INTO\s+" + _TABLE, re.I), "INSERT"),
+    (re.compile(r"^\s*UPDATE\s+" + _TABLE, re.I), "UPDATE"),
+    (re.compile(r"^\s*DELETE\s+FROM\s+" + _TABLE, re.I), "DELETE"),
+    (re.compile(r"^\s*SELECT\b.*?\bFROM\s+" + _TABLE, re.I | re.S), "SELECT"),
+    (re.compile(r"^\s*WITH\b.*?\b(?:INTO|UPDATE|FROM)\s+" + _TABLE, re.I | re.S), "WITH"),
+]
+
+
+def statement_kind(statement: str) -> str:
+    """`INSERT dx_history`, `SELECT dx_inbox`, `WITH dx_instances`, `BEGIN`: the verb and the first table."""
+    for pattern, verb in _KIND_PATTERNS:
+        match = pattern.match(statement)
+        if match:
+            table = match.group(1).replace('"', "").split(".")[-1]
+            return f"{verb} {table}"
+    words = statement.split(None, 1)
+    return words[0].upper() if words else "?"
+
+
 class StatementCounter:
-    """Counts this process's SQL statements, commits and rollbacks (every SQLAlchemy engine)."""
+    """Counts this process's SQL statements (also by kind: verb and first table), commits and rollbacks (every
+    SQLAlchemy engine)."""
 
     _installed: StatementCounter | None = None
 
     def __init__(self) -> None:
         self.counts = {"statements": 0, "rows": 0, "commits": 0, "rollbacks": 0}
+        self.kinds: dict[str, int] = {}
+        self._kind_of: dict[str, str] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -56,9 +81,15 @@ class StatementCounter:
         counter = cls()
 
         def _execute(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool):
+            kind = counter._kind_of.get(statement)
+            if kind is None:
+                kind = statement_kind(statement)
+                if len(counter._kind_of) < 5000:
+                    counter._kind_of[statement] = kind
             with counter._lock:
                 counter.counts["statements"] += 1
                 counter.counts["rows"] += len(parameters) if executemany and parameters else 1
+                counter.kinds[kind] = counter.kinds.get(kind, 0) + 1
 
         def _commit(conn: Any) -> None:
             with counter._lock:
@@ -74,9 +105,9 @@ class StatementCounter:
         cls._installed = counter
         return counter
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return dict(self.counts)
+            return {**self.counts, "by_kind": dict(self.kinds)}
 
     def write_periodically(self, path: Path, interval: float = 0.05) -> None:
         def loop() -> None:
@@ -118,25 +149,35 @@ def read_stats_dir(directory: Path) -> dict[str, dict[str, int]]:
     return result
 
 
-def stats_delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, int]:
-    total: dict[str, int] = {"statements": 0, "rows": 0, "commits": 0, "rollbacks": 0}
+def stats_delta(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The counts of every process file over the window, added up."""
+    total: dict[str, Any] = {"statements": 0, "rows": 0, "commits": 0, "rollbacks": 0, "by_kind": {}}
     for key, counts in after.items():
-        base = before.get(key, {})
-        for name in total:
-            total[name] += counts.get(name, 0) - base.get(name, 0)
+        add_counts(total, count_delta(before.get(key, {}), counts))
     return total
 
 
-def add_counts(*parts: dict[str, int]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for part in parts:
-        for name, value in part.items():
+def add_counts(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """Add `part` into `total` (in place, also its by_kind) and return `total`."""
+    for name, value in part.items():
+        if name == "by_kind":
+            kinds = total.setdefault("by_kind", {})
+            for kind, n in value.items():
+                kinds[kind] = kinds.get(kind, 0) + n
+        else:
             total[name] = total.get(name, 0) + value
     return total
 
 
-def count_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {name: after[name] - before.get(name, 0) for name in after}
+def count_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    delta: dict[str, Any] = {}
+    for name, value in after.items():
+        if name == "by_kind":
+            base = before.get("by_kind", {})
+            delta["by_kind"] = {k: n - base.get(k, 0) for k, n in value.items() if n - base.get(k, 0)}
+        else:
+            delta[name] = value - before.get(name, 0)
+    return delta
 
 
 # -- CPU -----------------------------------------------------------------------------------------------------------

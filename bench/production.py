@@ -44,6 +44,7 @@ from celery import Celery, chain, chord, group  # noqa: E402
 from bench.measure import (  # noqa: E402
     CpuMeter,
     StatementCounter,
+    add_counts,
     count_delta,
     find_redis_server,
     read_stats_dir,
@@ -437,8 +438,8 @@ class Deployment:
         counts = stats_delta(files0, read_stats_dir(self.stats_dir))
         client = count_delta(own0, self.counter.snapshot())
         if sql:
-            client = {k: client.get(k, 0) + v for k, v in sql.items()}
-        total = {k: counts.get(k, 0) + client.get(k, 0) for k in client}
+            add_counts(client, sql)
+        total = add_counts(add_counts({}, counts), client)
         redis_cmds = redis_commands(self.broker_url) - redis0 - 1 if redis0 is not None else 0  # minus the 1st INFO
         self.cost = {
             "cpu_ms": cpu,
@@ -791,6 +792,11 @@ def summarize_runs(workload: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         costs = [c for r in ok if (c := per_unit_cost(r, workload, r["size"]))]
         for key in costs[0] if costs else []:
             summary[f"per_unit_{key}"] = summarize([c[key] for c in costs])
+        kinds = sorted({k for r in ok if r.get("cost") for k in r["cost"]["sql"].get("by_kind", {})})
+        summary["per_unit_statement_kinds"] = {
+            k: statistics.median([r["cost"]["sql"]["by_kind"].get(k, 0) / r["size"] for r in ok if r.get("cost")])
+            for k in kinds
+        }
         parts = sorted({k for r in ok if r.get("cost") for k in r["cost"]["cpu_ms"]})
         summary["cpu_ms_parts"] = {
             k: statistics.median([r["cost"]["cpu_ms"].get(k, 0) for r in ok if r.get("cost")]) for k in parts
@@ -848,6 +854,12 @@ def print_table(report: dict[str, Any], workloads: list[str], engines: list[str]
             server = parts.get("pg_server_total_ms")
             server_text = f"; whole PostgreSQL server (shared) {server:.0f}" if server is not None else ""
             print(f"  W1 CPU ms, {LABELS[engine]}: {text}{server_text}")
+
+    for engine in engines:
+        kinds = (report["results"].get("W1", {}).get(engine, {}).get("summary") or {}).get("per_unit_statement_kinds")
+        if kinds:
+            top = sorted(kinds.items(), key=lambda kv: -kv[1])[:14]
+            print(f"  W1 statements per orchestration, {LABELS[engine]}: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
 
     print("\n== targets (issue 13), medians of this run", flush=True)
     targets = []

@@ -129,6 +129,11 @@ def summarize_runs(workload, runs):
     units = [per_unit(r) for r in ok]
     for key in units[0]:
         summary[f"per_unit_{key}"] = summarize([u[key] for u in units if key in u])
+    kinds = sorted({k for r in ok for k in (r.get("sql") or {}).get("by_kind", {})})
+    if kinds:
+        summary["per_unit_statement_kinds"] = {
+            k: statistics.median([r["sql"]["by_kind"].get(k, 0) / r["size"] for r in ok]) for k in kinds
+        }
     return summary
 
 
@@ -252,6 +257,11 @@ def print_table(report, engines):
     print("  (CPU: the benchmark process, all threads, over the measured window, plus on PostgreSQL the backends")
     print("   serving it; SQL statements/transactions are counted through SQLAlchemy, so not for duroxide, whose")
     print("   store is in Rust)")
+    for engine in engines:
+        summary = (report["results"].get("W1", {}).get(engine) or {}).get("summary") or {}
+        if summary.get("per_unit_statement_kinds"):
+            top = sorted(summary["per_unit_statement_kinds"].items(), key=lambda kv: -kv[1])[:14]
+            print(f"  W1 statements per orchestration, {LABELS[engine]}: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
     print("\n== targets (issue 13), medians of this run")
     report["targets"] = []
     for name, ours, peer, limit, higher in (
