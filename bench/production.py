@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -484,6 +485,10 @@ class Deployment:
                 proc.kill()
             except Exception as exc:  # noqa: BLE001 - kill the others anyway
                 errors.append(f"kill {proc.name}: {exc}")
+        # Canvas results (a chain's AsyncResults link to each other) unsubscribe from the result backend when they
+        # are collected: let that happen now, while this measurement's Redis still runs, not in a later measurement
+        # (where it would retry against the killed server and stall the driver).
+        gc.collect()
         if self.dbos is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.dbos.pid, signal.SIGKILL)
