@@ -251,8 +251,8 @@ def print_table(report, engines):
         tx = _median(report, "W1", engine, "per_unit_transactions")
         sql = f"{stmts:.1f} / {tx:.1f}" if stmts is not None else "n/a"
         print(
-            f"| {LABELS[engine]:37} | {_fmt(w1, '9.1f')} | {_fmt(w2, '6.2f')} | {_fmt(w3, '10.2f')} | {w4:>18} "
-            f"| {_fmt(cpu, '14.2f')} | {sql:>11} |"
+            f"| {LABELS[engine]:37} | {_fmt(w1, '.1f'):>9} | {_fmt(w2, '.2f'):>6} | {_fmt(w3, '.2f'):>10} | {w4:>18} "
+            f"| {_fmt(cpu, '.2f'):>14} | {sql:>11} |"
         )
     print("  (CPU: the benchmark process, all threads, over the measured window, plus on PostgreSQL the backends")
     print("   serving it; SQL statements/transactions are counted through SQLAlchemy, so not for duroxide, whose")
