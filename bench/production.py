@@ -846,7 +846,8 @@ def print_table(report: dict[str, Any], workloads: list[str], engines: list[str]
         cmds = _median(report, "W1", engine, "per_unit_redis_commands")
         sql = f"{_fmt(stmts, '.1f')} ({_fmt(client, '.1f')})" if stmts else "—"
         tx_text = _fmt(tx, ".1f") if tx else "—"
-        print(f"| {TABLE_LABELS[engine]:42} | {_fmt(cpu, '.2f'):>6} | {sql:>18} | {tx_text:>6} | {_fmt(cmds, '.1f'):>10} |")
+        cpu_text, cmds_text = _fmt(cpu, ".2f"), _fmt(cmds, ".1f")
+        print(f"| {TABLE_LABELS[engine]:42} | {cpu_text:>6} | {sql:>18} | {tx_text:>6} | {cmds_text:>10} |")
     if any(r.get("cost", {}).get("redis_shared") for e in engines for r in _runs(report, "W1", e)):
         print("  (--shared-redis: the Redis CPU and command counts include the other users of that server)")
     for engine in engines:
