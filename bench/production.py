@@ -485,10 +485,6 @@ class Deployment:
                 proc.kill()
             except Exception as exc:  # noqa: BLE001 - kill the others anyway
                 errors.append(f"kill {proc.name}: {exc}")
-        # Canvas results (a chain's AsyncResults link to each other) unsubscribe from the result backend when they
-        # are collected: let that happen now, while this measurement's Redis still runs, not in a later measurement
-        # (where it would retry against the killed server and stall the driver).
-        gc.collect()
         if self.dbos is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.dbos.pid, signal.SIGKILL)
@@ -501,6 +497,11 @@ class Deployment:
         if self.app is not None:
             with contextlib.suppress(Exception):
                 self.app.close()
+        # Canvas results unsubscribe from the result backend when they are collected, and the driver app's backend
+        # holds the pending ones: drop the app and collect now, while this measurement's Redis still runs, not
+        # during a later measurement (where they would retry against the killed server and stall the driver).
+        self.app = self.client = None
+        gc.collect()
         if self.provider is not None:
             self.provider.dispose()
         if self._saved_appname is None:
