@@ -13,6 +13,8 @@ from .errors import (
     InstanceStillRunning,
     OperationTimedOut,
     OrchestrationFailed,
+    ScheduleAlreadyExists,
+    ScheduleNotFound,
     StoreNotReady,
 )
 from .metrics import MetricsSnapshot
@@ -36,6 +38,8 @@ from .types import (
     PruneOptions,
     PruneResult,
     QueueDepths,
+    ScheduleInfo,
+    ScheduleRun,
     SystemMetrics,
     SystemStats,
     TimerWait,
@@ -73,6 +77,10 @@ __all__ = [
     "QueueDepths",
     "Runtime",
     "RuntimeOptions",
+    "ScheduleAlreadyExists",
+    "ScheduleInfo",
+    "ScheduleNotFound",
+    "ScheduleRun",
     "SqliteProvider",
     "StoreNotReady",
     "SystemMetrics",

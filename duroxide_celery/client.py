@@ -10,13 +10,22 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
 
-from .errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, OperationTimedOut
+from . import schedules as sched
+from .errors import (
+    CannotDeleteSubOrchestration,
+    InstanceNotFound,
+    InstanceStillRunning,
+    OperationTimedOut,
+    ScheduleNotFound,
+)
 from .options import check_queue_prefix
 from .providers import Provider
+from .providers.schedules import ScheduleStore, for_store
 from .providers.store import Store
 from .providers.waits import read_waits
 from .replay import events as ev
@@ -46,6 +55,7 @@ from .types import (
     PruneOptions,
     PruneResult,
     QueueDepths,
+    ScheduleInfo,
     SystemMetrics,
     SystemStats,
     Waits,
@@ -147,6 +157,10 @@ class Client:
     def _store(self) -> Store:
         return self.provider.store
 
+    @property
+    def _schedules(self) -> ScheduleStore:
+        return for_store(self.provider.store)
+
     def _publisher(self) -> Publisher | None:
         return self._own_publisher or live_publishers.get(self.provider.token)
 
@@ -203,6 +217,125 @@ class Client:
             self._poke(instance_id, name)
         else:
             log.info("instance %s already exists; start ignored (the first start wins)", instance_id)
+
+    # -- schedules (README "Schedules"; the rules are in schedules.py) -----------------------------------------
+    def create_schedule(
+        self,
+        schedule_id: str,
+        orchestration: str,
+        input: Any = None,
+        *,
+        cron: str | None = None,
+        every_ms: int | None = None,
+        timezone: str = "UTC",
+        overlap: str = "skip",
+        catchup_window_ms: int = sched.DEFAULT_CATCHUP_WINDOW_MS,
+        jitter_ms: int = 0,
+        start_at: datetime | int | None = None,
+        end_at: datetime | int | None = None,
+        paused: bool = False,
+        version: str | None = None,
+    ) -> ScheduleInfo:
+        """Create a durable schedule: each tick of `cron` (5 fields, in `timezone`) or of `every_ms` starts
+        `orchestration` with `input` as instance `<schedule_id>@<tick UTC ISO-8601>`, once, whatever the number of
+        beats. `overlap` says what a tick does while the previous run is still running (skip, buffer_one,
+        allow_all, cancel_previous); ticks later than `catchup_window_ms` (downtime) are skipped and recorded.
+        `start_at`/`end_at`: aware datetimes or epoch ms, both inclusive. Every argument is checked here; a taken
+        id raises ScheduleAlreadyExists."""
+        if not isinstance(paused, bool):
+            raise TypeError(f"paused must be a bool, got {type(paused).__name__}")
+        spec = sched.make_spec(
+            schedule_id,
+            orchestration,
+            _encode(input, "schedule input"),
+            cron=cron,
+            every_ms=every_ms,
+            timezone=timezone,
+            overlap=overlap,
+            catchup_window_ms=catchup_window_ms,
+            jitter_ms=jitter_ms,
+            start_at=start_at,
+            end_at=end_at,
+            version=version,
+        )
+        self._schedules.create(spec, paused)
+        self._wake_timer_loop()
+        return self._require_schedule(schedule_id)
+
+    def update_schedule(self, schedule_id: str, **changes: Any) -> ScheduleInfo:
+        """Change some of a schedule's fields (create_schedule's keyword names, and `orchestration`, `input`);
+        the result is checked as a whole. Giving `cron` drops `every_ms` and the reverse. A new cadence (cron,
+        every_ms, timezone, jitter_ms, start_at, end_at) plans the next tick from now."""
+        _read_text(schedule_id, "schedule id")
+        allowed = set(sched.UPDATABLE_FIELDS)
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            hint = " (use pause_schedule/resume_schedule)" if "paused" in unknown else ""
+            raise TypeError(f"update_schedule: unknown field(s) {', '.join(unknown)}{hint}; it takes {sorted(allowed)}")
+        if not changes:
+            raise ValueError("update_schedule needs at least one field to change")
+        if "input" in changes:
+            changes["input"] = _encode(changes["input"], "schedule input")
+
+        def merge(old: sched.ScheduleSpec) -> sched.ScheduleSpec:
+            fields = sched.spec_fields(old)
+            if changes.get("cron") is not None and "every_ms" not in changes:
+                fields["every_ms"] = None
+            if changes.get("every_ms") is not None and "cron" not in changes:
+                fields["cron"] = None
+            fields.update(changes)
+            return sched.make_spec(old.schedule_id, **fields)
+
+        self._schedules.update(schedule_id, merge)
+        self._wake_timer_loop()
+        return self._require_schedule(schedule_id)
+
+    def pause_schedule(self, schedule_id: str) -> None:
+        """Stop a schedule's ticks until resume_schedule (no-op if paused); ScheduleNotFound if unknown."""
+        self._schedules.set_paused(_read_text(schedule_id, "schedule id"), True)
+
+    def resume_schedule(self, schedule_id: str) -> None:
+        """Resume a paused schedule from its next tick after now: the ticks of the pause are not caught up."""
+        self._schedules.set_paused(_read_text(schedule_id, "schedule id"), False)
+        self._wake_timer_loop()
+
+    def trigger_schedule(self, schedule_id: str, overlap: str | None = None) -> str | None:
+        """Run the schedule now, outside its cadence (its next tick does not move; paused schedules too), as
+        instance `<schedule_id>@<now, UTC ISO-8601 with ms>`. The schedule's overlap policy applies, as in
+        Temporal's trigger, unless `overlap` names another (`"allow_all"`: start whatever runs). Returns the
+        started instance id, or None when the policy skipped or buffered the run (get_schedule says which)."""
+        _read_text(schedule_id, "schedule id")
+        if overlap is not None and overlap not in sched.OVERLAP_POLICIES:
+            raise ValueError(f"overlap must be one of {', '.join(sched.OVERLAP_POLICIES)} or None, got {overlap!r}")
+        started, pokes = self._schedules.trigger(schedule_id, overlap)
+        for instance_id, name in pokes:
+            self._poke(instance_id, name)
+        return started
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Delete a schedule and its run records; the instances it started stay. ScheduleNotFound if unknown."""
+        self._schedules.delete(_read_text(schedule_id, "schedule id"))
+
+    def get_schedule(self, schedule_id: str) -> ScheduleInfo | None:
+        """A schedule's definition, state, next fire times and latest run records (with the instances' statuses
+        now), or None if there is no such schedule."""
+        return self._schedules.get(_read_text(schedule_id, "schedule id"))
+
+    def list_schedules(self) -> list[ScheduleInfo]:
+        """Every schedule, by id (next_fire_times holds the next tick only; recent_runs is empty)."""
+        return self._schedules.list()
+
+    def _require_schedule(self, schedule_id: str) -> ScheduleInfo:
+        info = self._schedules.get(schedule_id)
+        if info is None:  # deleted meanwhile by someone else
+            raise ScheduleNotFound(f"schedule {schedule_id!r} not found")
+        return info
+
+    def _wake_timer_loop(self) -> None:
+        """An embedded runtime in this process looks at the schedules now rather than at its next poll."""
+        publisher = self._publisher()
+        if publisher is not None and publisher.on_timer is not None:
+            publisher.on_timer(0)
 
     # -- signals ------------------------------------------------------------------------------------------------
     def raise_event(self, instance_id: str, event_name: str, data: Any = None) -> None:

@@ -14,6 +14,8 @@ __all__ = [
     "InstanceStillRunning",
     "OperationTimedOut",
     "OrchestrationFailed",
+    "ScheduleAlreadyExists",
+    "ScheduleNotFound",
     "StepFailed",
     "StoreNotReady",
 ]
@@ -33,6 +35,14 @@ class InstanceStillRunning(RuntimeError):
 
 class CannotDeleteSubOrchestration(RuntimeError):
     """delete_instance on a sub-orchestration: only whole trees are deleted, from their root."""
+
+
+class ScheduleNotFound(LookupError, RuntimeError):
+    """A schedule call named a schedule that does not exist."""
+
+
+class ScheduleAlreadyExists(ValueError, RuntimeError):
+    """create_schedule with an id that is taken (delete the schedule first, or pick another id)."""
 
 
 class StoreNotReady(RuntimeError):

@@ -292,3 +292,53 @@ class SystemStats:
     queue_pending_count: int
     kv_user_key_count: int
     kv_total_value_bytes: int
+
+
+@dataclass(frozen=True)
+class ScheduleRun:
+    """What happened to one tick of a schedule (or, with `ticks` > 1, to a run of ticks from `fire_at` on).
+
+    `action`: "started" (its instance `instance_id` was started), "triggered" (trigger_schedule started it),
+    "buffered" (it waits for the previous run to end; a "started" record follows), "skipped" (`detail` says why:
+    the previous run still running, superseded by a later tick, or missed beyond the catch-up window).
+    `status` is the started instance's status now (Running, Completed, Failed, or NotFound once deleted).
+    Times are epoch milliseconds (UTC); `fire_at` is the tick's nominal time."""
+
+    fire_at: int
+    action: str
+    instance_id: str | None = None
+    status: str | None = None
+    ticks: int = 1
+    detail: str | None = None
+    recorded_at: int = 0
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """A schedule: its definition, its state and (from get_schedule) what happened to its latest ticks.
+
+    Times are epoch milliseconds (UTC). `next_fire_times` are nominal ticks (each may start up to `jitter_ms`
+    later); empty once `end_at` has passed. `recent_runs` is newest first (the store keeps the latest 50 records
+    per schedule; list_schedules leaves it empty). `skipped_count` counts every skipped tick since creation."""
+
+    schedule_id: str
+    orchestration_name: str
+    input: Any
+    version: str | None
+    cron: str | None
+    every_ms: int | None
+    timezone: str
+    overlap: str
+    catchup_window_ms: int
+    jitter_ms: int
+    start_at: int | None
+    end_at: int | None
+    paused: bool
+    next_fire_times: list[int]
+    buffered_fire_at: int | None
+    last_fire_at: int | None
+    last_instance_id: str | None
+    skipped_count: int
+    created_at: int
+    updated_at: int
+    recent_runs: list[ScheduleRun]

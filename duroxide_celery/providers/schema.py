@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text
 from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
@@ -181,4 +181,52 @@ kv = Table(
     Column("key", String(512), primary_key=True),
     Column("value", NulSafeText, nullable=False),
     Column("last_updated_at_ms", BigInteger, nullable=False),
+)
+
+# Durable schedules (duroxide_celery/schedules.py has the rules, providers/schedules.py the statements).
+schedules = Table(
+    "dx_schedules",
+    metadata,
+    Column("schedule_id", String(512), primary_key=True),
+    Column("orchestration_name", String(256), nullable=False),
+    Column("orchestration_version", String(64)),
+    Column("input", Text, nullable=False),
+    Column("cron", String(256)),
+    Column("every_ms", BigInteger),
+    Column("timezone", String(64), nullable=False),
+    Column("overlap", String(32), nullable=False),
+    Column("catchup_window_ms", BigInteger, nullable=False),
+    Column("jitter_ms", BigInteger, nullable=False),
+    Column("start_at", BigInteger),
+    Column("end_at", BigInteger),
+    Column("paused", Boolean, nullable=False),
+    # The next tick not yet handled (nominal UTC time); NULL once end_at has passed.
+    Column("next_fire_at", BigInteger),
+    # When the timer loop must look at the row next (the next tick plus its jitter, or sooner to start a buffered
+    # tick); NULL while paused or finished. The loop's only query when nothing is due reads this index.
+    Column("due_at", BigInteger),
+    # buffer_one: the tick waiting for the previous run to end.
+    Column("buffered_fire_at", BigInteger),
+    Column("last_fire_at", BigInteger),
+    Column("last_instance_id", String(512)),
+    Column("skipped_count", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_dx_schedules_due", "due_at"),
+)
+
+# What happened to each tick (started, triggered, skipped, buffered), the newest few per schedule.
+schedule_runs = Table(
+    "dx_schedule_runs",
+    metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("schedule_id", String(512), nullable=False),
+    Column("fire_at", BigInteger, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("instance_id", String(512)),
+    # How many ticks the record stands for (a run of missed ticks is one record).
+    Column("ticks", BigInteger, nullable=False),
+    Column("detail", Text),
+    Column("recorded_at", BigInteger, nullable=False),
+    Index("ix_dx_schedule_runs_schedule", "schedule_id", "id"),
 )

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from ..providers.schedules import for_store
 from ..providers.store import Store, now_ms
 from .publish import Publisher
 
@@ -39,8 +40,8 @@ def fire_timers(store: Store, publisher: Publisher, *, timers: bool = True, dead
 
 def fire_what_is_due(store: Store, publisher: Publisher) -> int | None:
     """One scheduler round (beat's tick, the embedded scheduler): fire what the store says is due, then return
-    when the next timer or claim deadline falls due (epoch ms; None if there is none). Three round trips when
-    something is due, one when nothing is."""
+    when the next timer, claim deadline or schedule tick falls due (epoch ms; None if there is none). Three round
+    trips when something is due, one when nothing is (plus the schedules' due-index read, once a second)."""
     timer, deadline = store.next_due()
     now = now_ms()
     timers_due = timer is not None and timer <= now
@@ -48,7 +49,14 @@ def fire_what_is_due(store: Store, publisher: Publisher) -> int | None:
     if timers_due or deadlines_due:
         fire_timers(store, publisher, timers=timers_due, deadlines=deadlines_due)
         timer, deadline = store.next_due()
-    return min((due for due in (timer, deadline) if due is not None), default=None)
+    schedule = fire_due_schedules(store, publisher)
+    return min((due for due in (timer, deadline, schedule) if due is not None), default=None)
+
+
+def fire_due_schedules(store: Store, publisher: Publisher, now: int | None = None) -> int | None:
+    """Start the instances of the schedule ticks due by `now` (epoch ms; default the clock), each tick exactly once
+    however many loops run, and wake them after each commit; returns when the next tick falls due, or None."""
+    return for_store(store).fire_due(publisher.poke, now)
 
 
 def sweep(store: Store, publisher: Publisher, older_than_ms: int) -> dict[str, int]:
