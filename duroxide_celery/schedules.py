@@ -63,7 +63,7 @@ MAX_TIMEZONE_CHARS = 64
 #: At most this many instances started for one schedule in one round (allow_all catching up continues in the next).
 MAX_STARTS_PER_ROUND = 100
 #: Skipped cron ticks are counted one by one up to here; beyond, the record says "at least" this many.
-MAX_COUNTED_TICKS = 10_000
+MAX_COUNTED_TICKS = 1000
 #: While a tick is buffered behind a running instance, the timer loop looks at the schedule this often (ms).
 BUFFER_RECHECK_MS = 1000
 #: Fire times get_schedule shows.
@@ -321,38 +321,33 @@ class Cadence:
                 return 0, True
             return (hi - lo) // self.spec.every_ms + 1, True
         n = 0
-        tick = self.after(first - 1)
-        while tick is not None and tick <= last:
+        for tick in self._cron_ticks(first - 1):
+            if tick > last or (self.spec.end_at is not None and tick > self.spec.end_at):
+                break
             n += 1
             if n >= MAX_COUNTED_TICKS:
                 return n, False
-            tick = self.after(tick)
         return n, True
 
     # croniter works in seconds on aware datetimes in the zone; a 5-field cron never fires between whole minutes.
-    def _cron_after(self, t: int) -> int | None:
-        start = datetime.fromtimestamp(t // 1000, tz=UTC).astimezone(self._zone)
+    def _cron_ticks(self, t: int, forward: bool = True) -> Iterator[int]:
+        """The cron's ticks strictly after t (or strictly before it), in order, less fall-back repeats."""
+        seconds = t // 1000 if forward else -(-t // 1000)  # croniter's next and prev are strict at whole seconds
+        it = croniter(self.spec.cron, datetime.fromtimestamp(seconds, tz=UTC).astimezone(self._zone))
+        step = it.get_next if forward else it.get_prev
         try:
-            it = croniter(self.spec.cron, start)
             while True:
-                moment = it.get_next(datetime)
-                tick = _ms(moment)
-                if tick > t and not self._repeated(tick):
-                    return tick
-        except CroniterError:  # croniter searched far ahead and found no matching date
-            return None
+                tick = _ms(step(datetime))
+                if (tick > t if forward else tick < t) and not self._repeated(tick):
+                    yield tick
+        except CroniterError:  # croniter searched far and found no matching date
+            return
+
+    def _cron_after(self, t: int) -> int | None:
+        return next(self._cron_ticks(t), None)
 
     def _cron_before(self, t: int) -> int | None:
-        start = datetime.fromtimestamp(-(-t // 1000), tz=UTC).astimezone(self._zone)  # ceil: prev is strict
-        try:
-            it = croniter(self.spec.cron, start)
-            while True:
-                moment = it.get_prev(datetime)
-                tick = _ms(moment)
-                if tick < t and not self._repeated(tick):
-                    return tick
-        except CroniterError:
-            return None
+        return next(self._cron_ticks(t, forward=False), None)
 
     def _repeated(self, tick: int) -> bool:
         """Whether the tick is the second occurrence of a local time repeated by a fall-back, for a fixed-time cron
