@@ -1,4 +1,5 @@
-"""`duroxide-celery`: operate on the store from a shell (migrate, start, inspect, signal, cancel, delete, prune).
+"""`duroxide-celery`: operate on the store from a shell (migrate, start, inspect, signal, cancel, delete, prune,
+schedules).
 
 Where the store is:
 
@@ -37,16 +38,31 @@ from click.core import ParameterSource
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from .client import Client, _check_instance_id
-from .errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, OperationTimedOut
+from .errors import (
+    CannotDeleteSubOrchestration,
+    InstanceNotFound,
+    InstanceStillRunning,
+    OperationTimedOut,
+    ScheduleAlreadyExists,
+    ScheduleNotFound,
+)
 from .options import check_queue_prefix
 from .providers import PostgresProvider, Provider, SqliteProvider
 from .providers.check import StoreNotReady, check_store, describe
 from .providers.migrate import VERSION_TABLE, upgrade
+from .schedules import OVERLAP_POLICIES
 from .tasks.binding import runtime_of
 from .tasks.publish import live_publishers
 from .types import TERMINAL_STATUSES, InstanceFilter, PruneOptions, Waits
 
-_MANAGEMENT_ERRORS = (InstanceNotFound, InstanceStillRunning, CannotDeleteSubOrchestration, OperationTimedOut)
+_MANAGEMENT_ERRORS = (
+    InstanceNotFound,
+    InstanceStillRunning,
+    CannotDeleteSubOrchestration,
+    OperationTimedOut,
+    ScheduleNotFound,
+    ScheduleAlreadyExists,
+)
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -825,6 +841,180 @@ def dashboard(obj: Ctx, host: str, port: int, token: str | None, show_payloads: 
     where = f"[{host}]" if ":" in host else host
     click.echo(f"dashboard on http://{where}:{port}/ (payloads {'shown' if show_payloads else 'hidden'})", err=True)
     serve(app, host=host, port=port, threads=threads, ident="duroxide-dashboard")
+
+
+# -- schedules ---------------------------------------------------------------------------------------------------
+_OVERLAP = click.Choice(list(OVERLAP_POLICIES))
+
+
+def _schedule_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The definition options shared by `schedule create` and `schedule update` (absent: not given)."""
+    options = [
+        click.option("--input", "input_json", help="Input as JSON."),
+        click.option("--cron", help="Cron expression, 5 fields (minute hour day-of-month month day-of-week)."),
+        click.option("--every-ms", type=click.IntRange(min=1), help="Fixed interval in milliseconds (>= 1000)."),
+        click.option("--timezone", help="IANA time zone of the cron expression (default UTC)."),
+        click.option("--overlap", type=_OVERLAP, help="While the previous run still runs (default skip)."),
+        click.option("--catchup-window-ms", type=click.IntRange(min=0), help="Ticks later than this are skipped."),
+        click.option("--jitter-ms", type=click.IntRange(min=0), help="Each tick starts up to this much later."),
+        click.option("--start-at", type=When(), help="First possible tick: epoch ms or ISO-8601 (UTC by default)."),
+        click.option("--end-at", type=When(), help="Last possible tick: epoch ms or ISO-8601 (UTC by default)."),
+        click.option("--version", help="Pin an exact orchestration version."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _schedule_changes(input_json: str | None, **given: Any) -> dict[str, Any]:
+    changes = {name: value for name, value in given.items() if value is not None}
+    if input_json is not None:
+        changes["input"] = _json_arg(input_json, "--input")
+    return changes
+
+
+def _cadence(info: Any) -> str:
+    if info.cron is not None:
+        return f"cron {info.cron!r} {info.timezone}"
+    return f"every {info.every_ms} ms"
+
+
+def _schedule_document(info: Any) -> dict[str, Any]:
+    return dataclasses.asdict(info)
+
+
+@main.group()
+def schedule() -> None:
+    """Durable schedules: create, list, get, pause, resume, trigger, update, delete."""
+
+
+@schedule.command("create")
+@click.argument("schedule_id")
+@click.argument("orchestration")
+@_schedule_options
+@click.option("--paused", is_flag=True, help="Create it paused.")
+@_json_option
+@click.pass_obj
+@_store_errors
+def schedule_create(
+    obj: Ctx, schedule_id: str, orchestration: str, input_json: str | None, paused: bool, as_json: bool, **given: Any
+) -> None:
+    """Create schedule SCHEDULE_ID starting ORCHESTRATION at each tick (--cron or --every-ms)."""
+    changes = _schedule_changes(input_json, **given)
+    info = obj.client().create_schedule(schedule_id, orchestration, paused=paused, **changes)
+    if as_json or obj.json:
+        _emit_json(_schedule_document(info))
+        return
+    when = ", ".join(_when(t) for t in info.next_fire_times[:3]) or "none"
+    click.echo(f"schedule {info.schedule_id} created{' (paused)' if info.paused else ''}; next ticks (UTC): {when}")
+
+
+@schedule.command("update")
+@click.argument("schedule_id")
+@click.option("--orchestration", help="Start this orchestration instead.")
+@_schedule_options
+@_json_option
+@click.pass_obj
+@_store_errors
+def schedule_update(obj: Ctx, schedule_id: str, input_json: str | None, as_json: bool, **given: Any) -> None:
+    """Change some fields of a schedule (the others stay); --cron replaces --every-ms and the reverse."""
+    changes = _schedule_changes(input_json, **given)
+    if not changes:
+        raise click.UsageError("give at least one field to change")
+    info = obj.client().update_schedule(schedule_id, **changes)
+    if as_json or obj.json:
+        _emit_json(_schedule_document(info))
+        return
+    click.echo(f"schedule {info.schedule_id} updated; next tick (UTC): {_when(next(iter(info.next_fire_times), 0))}")
+
+
+@schedule.command("list")
+@_json_option
+@click.pass_obj
+@_store_errors
+def schedule_list(obj: Ctx, as_json: bool) -> None:
+    """List schedules: id, orchestration, cadence, overlap, state, next tick (UTC), last instance."""
+    infos = obj.client().list_schedules()
+    if as_json or obj.json:
+        _emit_json([_schedule_document(info) for info in infos])
+        return
+    for info in infos:
+        state = "paused" if info.paused else "active"
+        upcoming = _when(info.next_fire_times[0]) if info.next_fire_times else "-"
+        click.echo(
+            f"{info.schedule_id}\t{info.orchestration_name}\t{_cadence(info)}\t{info.overlap}\t{state}\t"
+            f"{upcoming}\t{info.last_instance_id or '-'}"
+        )
+
+
+@schedule.command("get")
+@click.argument("schedule_id")
+@_json_option
+@click.pass_obj
+@_store_errors
+def schedule_get(obj: Ctx, schedule_id: str, as_json: bool) -> None:
+    """Show a schedule: its definition, next ticks and its latest runs with their instances' statuses."""
+    info = obj.client().get_schedule(schedule_id)
+    if info is None:
+        raise click.ClickException(f"no schedule {schedule_id!r}")
+    if as_json or obj.json:
+        _emit_json(_schedule_document(info))
+        return
+    _rows(
+        [
+            ("schedule", info.schedule_id),
+            ("orchestration", f"{info.orchestration_name} {info.version or ''}".strip()),
+            ("input", json.dumps(info.input)),
+            ("cadence", _cadence(info)),
+            ("overlap", info.overlap),
+            ("catch-up window", f"{info.catchup_window_ms} ms"),
+            ("jitter", f"{info.jitter_ms} ms"),
+            ("window", f"{_when(info.start_at)} .. {_when(info.end_at)}"),
+            ("state", "paused" if info.paused else "active"),
+            ("next ticks", ", ".join(_when(t) for t in info.next_fire_times) or "-"),
+            ("buffered tick", _when(info.buffered_fire_at)),
+            ("skipped ticks", str(info.skipped_count)),
+        ]
+    )
+    for run in info.recent_runs:
+        what = run.instance_id or ""
+        if run.status:
+            what += f" ({run.status})"
+        ticks = f" x{run.ticks}" if run.ticks > 1 else ""
+        click.echo(f"  {_when(run.fire_at)}  {run.action}{ticks}  {what}  {run.detail or ''}".rstrip())
+
+
+def _schedule_action(name: str, verb: str, method: str) -> None:
+    @schedule.command(name, help=f"{verb.capitalize()} a schedule.")
+    @click.argument("schedule_id")
+    @click.pass_obj
+    @_store_errors
+    def command(obj: Ctx, schedule_id: str) -> None:
+        getattr(obj.client(), method)(schedule_id)
+        click.echo(f"schedule {schedule_id} {verb}")
+
+
+_schedule_action("pause", "paused", "pause_schedule")
+_schedule_action("resume", "resumed", "resume_schedule")
+_schedule_action("delete", "deleted", "delete_schedule")
+
+
+@schedule.command("trigger")
+@click.argument("schedule_id")
+@click.option("--overlap", type=_OVERLAP, help="Policy for this run (default: the schedule's own).")
+@click.pass_obj
+@_store_errors
+def schedule_trigger(obj: Ctx, schedule_id: str, overlap: str | None) -> None:
+    """Run a schedule now; prints the started instance id. Exit 1 when the overlap policy skips or buffers it."""
+    client = obj.client()
+    started = client.trigger_schedule(schedule_id, overlap=overlap)
+    if started is None:
+        info = client.get_schedule(schedule_id)
+        last = info.recent_runs[0] if info is not None and info.recent_runs else None
+        why = f"{last.action}: {last.detail}" if last is not None else "not started"
+        raise click.ClickException(f"schedule {schedule_id} not run now ({why})")
+    click.echo(started)
+    obj.note_no_wake_up()
 
 
 if __name__ == "__main__":  # pragma: no cover

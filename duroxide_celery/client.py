@@ -264,7 +264,8 @@ class Client:
 
     def update_schedule(self, schedule_id: str, **changes: Any) -> ScheduleInfo:
         """Change some of a schedule's fields (create_schedule's keyword names, and `orchestration`, `input`);
-        the result is checked as a whole. Giving `cron` drops `every_ms` and the reverse. A new cadence (cron,
+        the result is checked as a whole. Giving `cron` drops `every_ms`, and `every_ms` drops `cron` (and its
+        timezone). A new cadence (cron,
         every_ms, timezone, jitter_ms, start_at, end_at) plans the next tick from now."""
         _read_text(schedule_id, "schedule id")
         allowed = set(sched.UPDATABLE_FIELDS)
@@ -283,6 +284,8 @@ class Client:
                 fields["every_ms"] = None
             if changes.get("every_ms") is not None and "cron" not in changes:
                 fields["cron"] = None
+                if "timezone" not in changes:
+                    fields["timezone"] = "UTC"  # an interval counts real time
             fields.update(changes)
             return sched.make_spec(old.schedule_id, **fields)
 
