@@ -8,6 +8,8 @@ base scheduler asks for), and in between the mixin works straight on the store, 
   turns create meanwhile are seen soon), moves due timers into their instances' inboxes in one transaction and
   pokes them. Firing is idempotent (each timer row is deleted by exactly one firer), so two beats, or a beat
   restarted mid-fire, never fire a timer twice into history;
+- in the same round it starts the instances of due schedule ticks (Client.create_schedule), each tick once however
+  many beats run (README "Schedules");
 - every `RuntimeOptions.recovery_interval_ms` it runs the recovery sweep, which republishes work the store says is
   pending and undelivered for longer than `recovery_threshold_ms` (the first sweep after beat starts republishes
   everything pending). No beat entry and no Celery task message is involved: Flower's task list shows none.
