@@ -279,3 +279,31 @@ def test_the_embedded_scheduler_fires_schedules_on_the_real_clock(client, rt):
     assert done[0].instance_id.startswith("live@") and done[0].action == "started"
     assert client.get_status(done[0].instance_id).output == "now"
     client.delete_schedule("live")
+
+
+def test_dst_transitions_in_new_york_start_one_instance_per_local_time(client, rt):
+    # 2027-03-14: 02:00 EST jumps to 03:00 EDT. 2027-11-07: 02:00 EDT falls back to 01:00 EST.
+    def utc(*parts: int) -> int:
+        return int(datetime(*parts, tzinfo=UTC).timestamp() * 1000)
+
+    client.create_schedule(
+        "spring", "Echo", cron="30 2 * * *", timezone="America/New_York", start_at=utc(2027, 3, 13), overlap="allow_all"
+    )
+    for day in range(13, 16):  # one round a day, after the day's tick
+        fire(rt, utc(2027, 3, day, 12))
+    client.delete_schedule("spring")  # else the autumn rounds would catch its whole summer up
+    client.create_schedule(
+        "fall", "Echo", cron="30 1 * * *", timezone="America/New_York", start_at=utc(2027, 11, 6), overlap="allow_all"
+    )
+    for day in range(6, 9):
+        fire(rt, utc(2027, 11, day, 12))
+    assert sorted(i for i in client.list_all_instances() if i.startswith("spring@")) == [
+        "spring@2027-03-13T07:30:00Z",  # 02:30 EST
+        "spring@2027-03-14T07:00:00Z",  # 02:30 does not exist: 03:00 EDT, once
+        "spring@2027-03-15T06:30:00Z",  # 02:30 EDT
+    ]
+    assert sorted(i for i in client.list_all_instances() if i.startswith("fall@")) == [
+        "fall@2027-11-06T05:30:00Z",  # 01:30 EDT
+        "fall@2027-11-07T05:30:00Z",  # 01:30 happens twice: the first (EDT) only
+        "fall@2027-11-08T06:30:00Z",  # 01:30 EST
+    ]
