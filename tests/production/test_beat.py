@@ -27,6 +27,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -273,6 +274,12 @@ class FakeStore:
 
     def stale_work_items(self, older_than_ms: int) -> list[Any]:
         return []
+
+    @contextmanager
+    def read(self) -> Iterator[Any]:
+        """The schedules' due-index read (ScheduleStore.next_due): there is no schedule."""
+        self._check()
+        yield SimpleNamespace(execute=lambda *a, **k: SimpleNamespace(scalar=lambda: None))
 
 
 def fake_app(store: FakeStore, interval_s: float = 3600.0) -> Celery:
