@@ -26,7 +26,7 @@ from .errors import (
 from .options import check_queue_prefix
 from .providers import Provider
 from .providers.schedules import ScheduleStore, for_store
-from .providers.store import Store
+from .providers.store import Store, now_ms
 from .providers.waits import read_waits
 from .replay import events as ev
 from .replay.events import dumps, loads
@@ -258,6 +258,8 @@ class Client:
             end_at=end_at,
             version=version,
         )
+        if spec.end_at is not None and sched.Cadence(spec).after(now_ms()) is None:
+            raise ValueError(f"end_at ({sched.format_tick(spec.end_at)}) leaves the schedule no tick after now")
         self._schedules.create(spec, paused)
         self._wake_timer_loop()
         return self._require_schedule(schedule_id)

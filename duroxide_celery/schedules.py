@@ -222,8 +222,10 @@ def make_spec(
         schedule_id, orchestration, input, cron, every_ms, timezone, overlap, catchup_window_ms, jitter_ms, start, end,
         version,
     )  # fmt: skip
-    if cron is not None and Cadence(spec).after((start or 0) - 1) is None and end is None:
-        raise ValueError(f"cron {cron!r} never fires (no date matches it)")
+    if cron is not None and Cadence(spec).after((start or 0) - 1) is None:
+        if end is None:
+            raise ValueError(f"cron {cron!r} never fires (no date matches it)")
+        raise ValueError(f"cron {cron!r} has no tick between start_at and end_at ({format_tick(end)})")
     return spec
 
 

@@ -318,7 +318,8 @@ class ScheduleInfo:
     """A schedule: its definition, its state and (from get_schedule) what happened to its latest ticks.
 
     Times are epoch milliseconds (UTC). `next_fire_times` are nominal ticks (each may start up to `jitter_ms`
-    later); empty once `end_at` has passed. `recent_runs` is newest first (the store keeps the latest 50 records
+    later); empty once `end_at` has passed; for a paused schedule, those from where it stood when paused (resuming
+    plans from the first tick after now). `recent_runs` is newest first (the store keeps the latest 50 records
     per schedule; list_schedules leaves it empty). `skipped_count` counts every skipped tick since creation."""
 
     schedule_id: str

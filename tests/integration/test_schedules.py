@@ -113,6 +113,8 @@ def test_bad_input_is_refused_at_the_call_and_writes_nothing(client):
         client.create_schedule("s", "Echo", cron="0 * * * *", timezone="Nowhere/City")
     with pytest.raises(ValueError, match="give exactly one of cron= and every_ms="):
         client.create_schedule("s", "Echo")
+    with pytest.raises(ValueError, match=r"end_at \(2020-01-01T00:00:00Z\) leaves the schedule no tick after now"):
+        client.create_schedule("s", "Echo", every_ms=1000, end_at=datetime(2020, 1, 1, tzinfo=UTC))
     with pytest.raises(TypeError, match="paused must be a bool"):
         client.create_schedule("s", "Echo", every_ms=1000, paused="yes")
     assert client.list_schedules() == []

@@ -255,6 +255,7 @@ def test_trigger_applies_the_policy_unless_overridden():
         ({"cron": "0 0 * * * *"}, ValueError, "must have 5 fields"),
         ({"cron": "@sometimes"}, ValueError, "unknown alias"),
         ({"cron": "0 0 31 2 *"}, ValueError, "never fires"),
+        ({"cron": "0 0 1 1 *", "start_at": ms(2026, 1, 2), "end_at": ms(2026, 12, 31)}, ValueError, "has no tick"),
         ({"cron": 5}, TypeError, "cron must be a str"),
         ({"cron": "* * * * *", "every_ms": 1000}, ValueError, "exactly one of cron= and every_ms="),
         ({"every_ms": 999}, ValueError, "every_ms must be at least 1000 ms"),
