@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -510,9 +510,7 @@ def plan_trigger(
 
 
 def _with_overlap(spec: ScheduleSpec, overlap: str) -> ScheduleSpec:
-    if overlap == spec.overlap:
-        return spec
-    return ScheduleSpec(**{**spec.__dict__, "overlap": overlap})
+    return spec if overlap == spec.overlap else replace(spec, overlap=overlap)
 
 
 def ticks_between(spec: ScheduleSpec, after: int, until: int) -> Iterator[int]:

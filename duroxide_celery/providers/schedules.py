@@ -102,11 +102,14 @@ class ScheduleStore:
         #: time.monotonic() before which the timer loop need not read the due index (unless `_known_due` came).
         self._look_after = 0.0
         self._known_due: int | None = None
+        #: Bumped by every write through this process, so a round that overlapped one does not cache past it.
+        self._writes = 0
 
     def _changed(self) -> None:
         """A schedule was written through this process: the next timer-loop round reads the due index."""
         with self._lock:
             self._look_after = 0.0
+            self._writes += 1
 
     def _locked(self, conn: Connection, schedule_id: str, *, skip_locked: bool = False) -> Any:
         query = select(schedules).where(schedules.c.schedule_id == schedule_id)
@@ -247,6 +250,7 @@ class ScheduleStore:
         with self._lock:
             if time.monotonic() < self._look_after and (self._known_due is None or self._known_due > wall):
                 return self._known_due
+            writes = self._writes
         due = self.next_due()
         batches = 0
         while due is not None and due <= wall and batches < MAX_BATCHES:
@@ -268,8 +272,9 @@ class ScheduleStore:
                         log.warning("schedule %s: could not publish %d wake-ups: %s", schedule_id, len(pokes), exc)
             due = self.next_due()
         with self._lock:
-            self._known_due = due
-            self._look_after = time.monotonic() + POLL_S
+            if self._writes == writes:  # else a write came meanwhile: look again at the next round
+                self._known_due = due
+                self._look_after = time.monotonic() + POLL_S
         return due
 
     def _fire_one(self, schedule_id: str, now: int) -> Pokes:
