@@ -112,10 +112,9 @@ class ScheduleStore:
             self._writes += 1
 
     def _locked(self, conn: Connection, schedule_id: str, *, skip_locked: bool = False) -> Any:
+        # PostgreSQL locks the row; SQLite renders no FOR UPDATE: its write transaction excludes every other writer.
         query = select(schedules).where(schedules.c.schedule_id == schedule_id)
-        if not self.store.is_sqlite:  # SQLite: the write transaction already excludes every other writer
-            query = query.with_for_update(skip_locked=skip_locked)
-        return conn.execute(query).first()
+        return conn.execute(query.with_for_update(skip_locked=skip_locked)).first()
 
     # -- definitions --------------------------------------------------------------------------------------------
     def create(self, spec: ScheduleSpec, paused: bool, now: int | None = None) -> None:
@@ -327,10 +326,9 @@ class ScheduleStore:
         """Write a plan in the caller's transaction: cancel, instances, run records, schedule state."""
         pokes: Pokes = []
         if plan.cancel_previous and running is not None:
+            # Locked as Client.cancel_instance does: a concurrent delete sees the message or makes us see no row.
             query = select(instances.c.status, instances.c.orchestration_name).where(instances.c.instance_id == running)
-            if not self.store.is_sqlite:  # as Client.cancel_instance: a concurrent delete sees the message or no row
-                query = query.with_for_update()
-            previous = conn.execute(query).first()
+            previous = conn.execute(query.with_for_update()).first()
             if previous is not None and previous.status not in TERMINAL_STATUSES:
                 reason = f"schedule {spec.schedule_id}: overlap=cancel_previous"
                 self.store.enqueue(conn, running, ev.MSG_CANCEL, {"reason": reason}, now)
