@@ -956,7 +956,7 @@ def schedule_get(obj: Ctx, schedule_id: str, as_json: bool) -> None:
     """Show a schedule: its definition, next ticks and its latest runs with their instances' statuses."""
     info = obj.client().get_schedule(schedule_id)
     if info is None:
-        raise click.ClickException(f"no schedule {schedule_id!r}")
+        raise click.ClickException(f"schedule {schedule_id!r} not found")
     if as_json or obj.json:
         _emit_json(_schedule_document(info))
         return

@@ -241,7 +241,7 @@ class Client:
         beats. `overlap` says what a tick does while the previous run is still running (skip, buffer_one,
         allow_all, cancel_previous); ticks later than `catchup_window_ms` (downtime) are skipped and recorded.
         `start_at`/`end_at`: aware datetimes or epoch ms, both inclusive. Every argument is checked here; a taken
-        id raises ScheduleAlreadyExists."""
+        id raises ScheduleAlreadyExists. Returns the new schedule's ScheduleInfo (its next fire times)."""
         if not isinstance(paused, bool):
             raise TypeError(f"paused must be a bool, got {type(paused).__name__}")
         spec = sched.make_spec(
@@ -268,7 +268,7 @@ class Client:
         """Change some of a schedule's fields (create_schedule's keyword names, and `orchestration`, `input`);
         the result is checked as a whole. Giving `cron` drops `every_ms`, and `every_ms` drops `cron` (and its
         timezone). A new cadence (cron,
-        every_ms, timezone, jitter_ms, start_at, end_at) plans the next tick from now."""
+        every_ms, timezone, jitter_ms, start_at, end_at) plans the next tick from now. Returns the ScheduleInfo."""
         _read_text(schedule_id, "schedule id")
         allowed = set(sched.UPDATABLE_FIELDS)
         unknown = sorted(set(changes) - allowed)
