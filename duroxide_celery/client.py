@@ -267,8 +267,8 @@ class Client:
     def update_schedule(self, schedule_id: str, **changes: Any) -> ScheduleInfo:
         """Change some of a schedule's fields (create_schedule's keyword names, and `orchestration`, `input`);
         the result is checked as a whole. Giving `cron` drops `every_ms`, and `every_ms` drops `cron` (and its
-        timezone). A new cadence (cron,
-        every_ms, timezone, jitter_ms, start_at, end_at) plans the next tick from now. Returns the ScheduleInfo."""
+        timezone). A new cadence (cron, every_ms, timezone, jitter_ms, start_at, end_at) plans the next tick from
+        now. Returns the ScheduleInfo."""
         _read_text(schedule_id, "schedule id")
         allowed = set(sched.UPDATABLE_FIELDS)
         unknown = sorted(set(changes) - allowed)
