@@ -390,7 +390,10 @@ class ScheduleStore:
 
 
 def _info(row: Any, runs: list[ScheduleRun], next_count: int = rules.NEXT_FIRE_TIMES) -> ScheduleInfo:
-    spec = _spec(row)
+    try:
+        upcoming = rules.next_fire_times(_spec(row), row.next_fire_at, next_count)
+    except (KeyError, ValueError):  # a zone or cron this system no longer reads: the schedule still shows
+        upcoming = []
     return ScheduleInfo(
         schedule_id=row.schedule_id,
         orchestration_name=row.orchestration_name,
@@ -405,7 +408,7 @@ def _info(row: Any, runs: list[ScheduleRun], next_count: int = rules.NEXT_FIRE_T
         start_at=row.start_at,
         end_at=row.end_at,
         paused=bool(row.paused),
-        next_fire_times=rules.next_fire_times(spec, row.next_fire_at, next_count),
+        next_fire_times=upcoming,
         buffered_fire_at=row.buffered_fire_at,
         last_fire_at=row.last_fire_at,
         last_instance_id=row.last_instance_id,

@@ -309,3 +309,20 @@ def test_dst_transitions_in_new_york_start_one_instance_per_local_time(client, r
         "fall@2027-11-07T05:30:00Z",  # 01:30 happens twice: the first (EDT) only
         "fall@2027-11-08T06:30:00Z",  # 01:30 EST
     ]
+
+
+def test_a_broken_schedule_is_postponed_and_the_others_still_fire(client, rt, caplog):
+    import sqlalchemy as sa
+
+    client.create_schedule("broken", "Echo", every_ms=MINUTE, start_at=BASE)
+    client.create_schedule("fine", "Echo", every_ms=MINUTE, start_at=BASE)
+    with rt.store.engine.begin() as conn:  # a zone the system no longer knows (e.g. tzdata changed under it)
+        conn.execute(sa.text("UPDATE dx_schedules SET timezone = 'Gone/Zone' WHERE schedule_id = 'broken'"))
+    fire(rt, BASE)
+    assert client.list_all_instances() == [iid("fine", BASE)]
+    assert "schedule broken: firing failed; retrying in 60 s" in caplog.text
+    with rt.store.engine.connect() as conn:
+        due = conn.execute(sa.text("SELECT due_at FROM dx_schedules WHERE schedule_id = 'broken'")).scalar()
+    assert due == BASE + 60_000
+    assert client.get_schedule("broken").next_fire_times == []  # still readable, as is the list
+    assert [s.schedule_id for s in client.list_schedules()] == ["broken", "fine"]
