@@ -23,7 +23,7 @@ from weakref import WeakKeyDictionary
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .. import schedules as rules
 from ..errors import ScheduleAlreadyExists, ScheduleNotFound
@@ -286,6 +286,8 @@ class ScheduleStore:
                 running = self._running(conn, row.last_instance_id)
                 plan = rules.plan_round(spec, row.next_fire_at, row.buffered_fire_at, running, now)
                 return self._apply(conn, row, spec, plan, running, now)
+        except DBAPIError:
+            raise  # the database's trouble, not this schedule's: the loop retries the round after its backoff
         except Exception:
             # One broken schedule must not stop the others, nor be retried at every tick of the loop.
             log.exception("schedule %s: firing failed; retrying in %d s", schedule_id, FAILED_ROUND_RETRY_MS // 1000)
