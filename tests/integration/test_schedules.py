@@ -326,3 +326,19 @@ def test_a_broken_schedule_is_postponed_and_the_others_still_fire(client, rt, ca
     assert due == BASE + 60_000
     assert client.get_schedule("broken").next_fire_times == []  # still readable, as is the list
     assert [s.schedule_id for s in client.list_schedules()] == ["broken", "fine"]
+
+
+def test_run_records_are_bounded_and_the_skip_count_is_not(client, rt):
+    from duroxide_celery.providers.schedules import KEEP_RUNS
+
+    client.create_schedule("busy", "Hold", every_ms=MINUTE, start_at=BASE)
+    fire(rt, BASE)
+    wait_for_kind(client, iid("busy", BASE), "ExternalSubscribed")
+    for k in range(1, KEEP_RUNS + 6):  # every later tick finds the first run still running
+        fire(rt, BASE + k * MINUTE)
+    info = client.get_schedule("busy")
+    assert len(info.recent_runs) == KEEP_RUNS
+    assert info.recent_runs[0].fire_at == BASE + (KEEP_RUNS + 5) * MINUTE  # the newest kept
+    assert {r.action for r in info.recent_runs} == {"skipped"}  # the oldest, the started one, went first
+    assert info.skipped_count == KEEP_RUNS + 5
+    assert info.last_instance_id == iid("busy", BASE)
