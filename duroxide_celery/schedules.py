@@ -280,6 +280,7 @@ class Cadence:
         spec = self.spec
         if spec.start_at is not None and t < spec.start_at:
             t = spec.start_at - 1
+        tick: int | None
         if spec.every_ms is not None:
             anchor = spec.start_at or 0
             tick = anchor + ((t - anchor) // spec.every_ms + 1) * spec.every_ms
@@ -294,6 +295,7 @@ class Cadence:
         spec = self.spec
         if spec.end_at is not None and t > spec.end_at:
             t = spec.end_at + 1
+        tick: int | None
         if spec.every_ms is not None:
             anchor = spec.start_at or 0
             tick = anchor + ((t - 1 - anchor) // spec.every_ms) * spec.every_ms
@@ -464,18 +466,19 @@ def plan_round(
     return plan
 
 
-def _skip_missed(cadence: Cadence, plan: Plan, tick: int, now: int) -> int | None:
+def _skip_missed(cadence: Cadence, plan: Plan, first: int, now: int) -> int | None:
     """Record the ticks due before the catch-up window as one skipped record; returns the first tick after them."""
+    tick: int | None = first
     window_start = now - cadence.spec.catchup_window_ms
-    if cadence.due(tick) >= window_start:
-        return tick
-    first, count, exact = tick, 0, True
+    if cadence.due(first) >= window_start:
+        return first
+    count, exact = 0, True
     # Every tick before this one falls due before the window whatever its jitter: jump over them arithmetically.
     jump_to = window_start - cadence.spec.jitter_ms
-    if tick < jump_to:
+    if first < jump_to:
         last = cadence.before(jump_to)
-        if last is not None and last >= tick:
-            count, exact = cadence.count(tick, last)
+        if last is not None and last >= first:
+            count, exact = cadence.count(first, last)
             tick = cadence.after(last)
     while tick is not None and cadence.due(tick) < window_start:
         count += 1
