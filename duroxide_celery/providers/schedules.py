@@ -10,6 +10,11 @@ the caller, to publish after the commit.
 
 Cost when idle: one indexed `min(due_at)` read, at most once a second per process (`POLL_S`) unless the earliest
 known due time has come, or a schedule was written through this process's store.
+
+Alternatives considered: Celery beat entries (beat keeps no durable state, and every beat would send its own);
+a durable timer row per tick in dx_timers (timers belong to an instance's history, a schedule has none); a
+conditional UPDATE of next_fire_at as the claim (it would need the plan decided before the claim, while the
+overlap policy needs the previous run's status read in the same transaction: the row lock gives both).
 """
 
 from __future__ import annotations
