@@ -1,4 +1,4 @@
-"""The dashboard's Flask blueprint: instance list, instance page, live JSON, and actions through the Client.
+"""The dashboard's Flask blueprint: instance list, instance page, live JSON, schedules, and actions through the Client.
 
 Security rules it keeps:
 - payloads (inputs, outputs, event data, KV values, results, errors, custom status) are hidden unless the
@@ -28,7 +28,7 @@ from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
 from ..client import Client
-from ..errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning
+from ..errors import CannotDeleteSubOrchestration, InstanceNotFound, InstanceStillRunning, ScheduleNotFound
 from ..providers import dashboard_reads as reads
 from ..providers.waits import read_history
 from ..replay.limits import check_storable
@@ -266,6 +266,32 @@ def create_blueprint(
             return _error(404, str(exc))
         notice = f"deleted {info.instance_id} ({result.instances_deleted} instance(s))"
         return redirect(url_for(".index", notice=notice), code=303)
+
+    # -- schedules ----------------------------------------------------------------------------------------------
+    @bp.route("/schedules")
+    def schedules() -> Any:
+        return render_template(
+            "duroxide_dashboard/schedules.html", schedules=client.list_schedules(), notice=request.args.get("notice")
+        )
+
+    @bp.route("/schedules/<action>", methods=["POST"])
+    def schedule_action(action: str) -> Any:
+        schedule_id = _required("id", "the schedule id")
+        try:
+            if action == "pause":
+                client.pause_schedule(schedule_id)
+                notice = f"schedule {schedule_id} paused"
+            elif action == "resume":
+                client.resume_schedule(schedule_id)
+                notice = f"schedule {schedule_id} resumed"
+            elif action == "trigger":
+                started = client.trigger_schedule(schedule_id)
+                notice = f"started {started}" if started else f"schedule {schedule_id}: its overlap policy held the run"
+            else:
+                abort(404, f"no schedule action {action!r}")
+        except ScheduleNotFound as exc:
+            return _error(404, str(exc))
+        return redirect(url_for(".schedules", notice=notice), code=303)
 
     # -- helpers ------------------------------------------------------------------------------------------------
     def _instance_context() -> dict[str, Any]:
