@@ -336,6 +336,7 @@ class Cadence:
     # croniter works in seconds on aware datetimes in the zone; a 5-field cron never fires between whole minutes.
     def _cron_ticks(self, t: int, forward: bool = True) -> Iterator[int]:
         """The cron's ticks strictly after t (or strictly before it), in order, less fall-back repeats."""
+        assert self.spec.cron is not None  # only cron cadences get here
         seconds = t // 1000 if forward else -(-t // 1000)  # croniter's next and prev are strict at whole seconds
         it = croniter(self.spec.cron, datetime.fromtimestamp(seconds, tz=UTC).astimezone(self._zone))
         step = it.get_next if forward else it.get_prev
