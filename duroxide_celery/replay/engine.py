@@ -50,6 +50,7 @@ from .limits import (
     MAX_QUEUE_NAME_BYTES,
 )
 from .retry import ActivityTimeout, retry_loop
+from .rewind import effective_history
 from .yieldables import (
     SINGLE_TASKS,
     ActivityTask,
@@ -100,7 +101,8 @@ class ReplayEngine:
         self.execution_id = inp.execution_id
         self.orchestration_name = ""
         self.orchestration_version = ""
-        self.history: list[HistoryEvent] = list(inp.history)
+        # Events set aside by Client.rewind are replaced by inert placeholders (replay/rewind.py).
+        self.history: list[HistoryEvent] = effective_history(inp.history)
         self.old_count = len(self.history)
         self.new_events: list[HistoryEvent] = []
         self.outgoing: list[Command] = []

@@ -22,6 +22,8 @@ ORCHESTRATION_COMPLETED = "OrchestrationCompleted"
 ORCHESTRATION_FAILED = "OrchestrationFailed"
 ORCHESTRATION_CONTINUED_AS_NEW = "OrchestrationContinuedAsNew"
 ORCHESTRATION_CANCEL_REQUESTED = "OrchestrationCancelRequested"
+#: Client.rewind's audit record: the events it lists are set aside by replay (replay/rewind.py), never deleted.
+ORCHESTRATION_REWOUND = "OrchestrationRewound"
 # Activities
 ACTIVITY_SCHEDULED = "ActivityScheduled"
 ACTIVITY_COMPLETED = "ActivityCompleted"
@@ -51,6 +53,9 @@ KEY_VALUE_CLEARED = "KeyValueCleared"
 KEY_VALUES_CLEARED = "KeyValuesCleared"
 
 TERMINAL_KINDS = frozenset({ORCHESTRATION_COMPLETED, ORCHESTRATION_FAILED, ORCHESTRATION_CONTINUED_AS_NEW})
+
+#: Records for people, not for replay: no replay rule reads them (a rewind's effect is replay/rewind.py's view).
+AUDIT_KINDS = frozenset({ORCHESTRATION_REWOUND})
 
 #: Events the orchestration code itself produces; replay matches them, in order, against what the code emits.
 ACTION_KINDS = frozenset(
@@ -109,6 +114,8 @@ MSG_QUEUE_MESSAGE = "QueueMessage"
 MSG_SUB_COMPLETED = "SubOrchCompleted"
 MSG_SUB_FAILED = "SubOrchFailed"
 MSG_CANCEL = "CancelInstance"
+#: Wakes a rewound instance so its next turn replays at once; it carries no event (ingestion drops it).
+MSG_REWOUND = "Rewound"
 
 # Error categories (semantics.md 2.19)
 APPLICATION = "Application"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from duroxide_celery.replay import events as ev
+from duroxide_celery.replay.rewind import plan_rewind
 
 from .sim import ActivityError, Sim, assert_replay_stable, drive, error_message, output_of
 
@@ -18,8 +19,10 @@ ALL_EVENT_KINDS = {
 
 
 def test_event_kind_catalogue_is_consistent():
-    assert ALL_EVENT_KINDS == ev.ACTION_KINDS | ev.INPUT_KINDS | ev.TERMINAL_KINDS | {ev.ORCHESTRATION_STARTED}
-    assert len(ALL_EVENT_KINDS) == 26
+    assert ALL_EVENT_KINDS == (
+        ev.ACTION_KINDS | ev.INPUT_KINDS | ev.TERMINAL_KINDS | ev.AUDIT_KINDS | {ev.ORCHESTRATION_STARTED}
+    )
+    assert len(ALL_EVENT_KINDS) == 27
     assert not ev.ACTION_KINDS & ev.INPUT_KINDS
 
 
@@ -110,6 +113,7 @@ def test_every_event_kind_is_produced_and_replayed():
 
     fail_sim = Sim({"f": fails}).start("f")
     assert fail_sim.turn().status == "Failed"
+    fail_sim.history.append(plan_rewind(fail_sim.history, "fixed", fail_sim.now_ms).event)
     seen |= set(fail_sim.kinds())
 
     assert seen == ALL_EVENT_KINDS, ALL_EVENT_KINDS - seen
