@@ -18,6 +18,7 @@ from celery import Celery
 from . import schedules as sched
 from .errors import (
     CannotDeleteSubOrchestration,
+    InstanceAlreadyExists,
     InstanceNotFound,
     InstanceStillRunning,
     OperationTimedOut,
@@ -25,9 +26,12 @@ from .errors import (
 )
 from .options import check_queue_prefix
 from .providers import Provider
+from .providers.restart import current_execution, replace_finished, restart_id, restart_instance
+from .providers.rewind import rewind_instance
 from .providers.schedules import ScheduleStore, for_store
 from .providers.store import Store, now_ms
 from .providers.waits import read_waits
+from .registry import Registry
 from .replay import events as ev
 from .replay.events import dumps, loads
 from .replay.limits import (
@@ -56,6 +60,7 @@ from .types import (
     PruneResult,
     QueueDepths,
     ScheduleInfo,
+    StartResult,
     SystemMetrics,
     SystemStats,
     Waits,
@@ -119,6 +124,16 @@ def _check_instance_id(instance_id: Any) -> str:
     return check_length(instance_id, "instance id", MAX_INSTANCE_ID_CHARS)
 
 
+#: What start_orchestration(..., if_exists=...) accepts.
+IF_EXISTS = ("keep", "fail", "restart_if_finished")
+
+
+def _check_if_exists(value: Any) -> str:
+    if value not in IF_EXISTS:
+        raise ValueError(f"if_exists must be one of {', '.join(map(repr, IF_EXISTS))}, got {value!r}")
+    return str(value)
+
+
 def _check_name(name: Any, what: str, max_chars: int | None = None) -> str:
     # The Client's rule: a wrong type is a TypeError, a str it cannot take a ValueError.
     if not isinstance(name, str):
@@ -146,6 +161,7 @@ class Client:
             raise TypeError(f"Client needs a provider, got {provider!r}")
         check_queue_prefix(queue_prefix)
         self.provider = provider
+        self._app = app
         self._own_publisher: Publisher | None = None
         self._warned_no_broker = False
         if app is not None:
@@ -183,22 +199,29 @@ class Client:
             log.warning("could not publish wake-up for %s; the recovery sweep will deliver it", instance_id)
 
     # -- starting -----------------------------------------------------------------------------------------------
-    def start_orchestration(self, instance_id: str, orchestration_name: str, input: Any = None) -> None:
-        """Start an instance. Starting an id that already exists is a no-op: the first start wins."""
-        self._start(instance_id, orchestration_name, input, None)
+    def start_orchestration(
+        self, instance_id: str, orchestration_name: str, input: Any = None, *, if_exists: str = "keep"
+    ) -> StartResult:
+        """Start an instance. `if_exists` says what a start of an existing id does: "keep" (duroxide's rule:
+        nothing, the first start wins), "fail" (raise InstanceAlreadyExists) or "restart_if_finished" (a Completed
+        or Failed instance gets a fresh execution with this input; a running one is kept). Returns a StartResult
+        saying which happened (true when this call started something)."""
+        return self._start(instance_id, orchestration_name, input, None, if_exists)
 
     start_orchestration_typed = start_orchestration
 
     def start_orchestration_versioned(
-        self, instance_id: str, orchestration_name: str, input: Any, version: str
-    ) -> None:
-        """Start an instance pinned to an exact registered version."""
-        self._start(instance_id, orchestration_name, input, version)
+        self, instance_id: str, orchestration_name: str, input: Any, version: str, *, if_exists: str = "keep"
+    ) -> StartResult:
+        """Start an instance pinned to an exact registered version (`if_exists` as in start_orchestration)."""
+        return self._start(instance_id, orchestration_name, input, version, if_exists)
 
     start_orchestration_versioned_typed = start_orchestration_versioned
 
-    def _start(self, instance_id: str, name: str, input: Any, version: str | None) -> None:
-        self._create(instance_id, name, self._checked_start(instance_id, name, input, version), version)
+    def _start(self, instance_id: str, name: str, input: Any, version: str | None, if_exists: str) -> StartResult:
+        _check_if_exists(if_exists)
+        payload = self._checked_start(instance_id, name, input, version)
+        return self._create(instance_id, name, payload, version, if_exists)
 
     @staticmethod
     def _checked_start(instance_id: str, name: str, input: Any, version: str | None) -> str:
@@ -209,14 +232,78 @@ class Client:
         _check_name(name, "orchestration name", MAX_NAME_CHARS)
         return _encode(input, "orchestration input")
 
-    def _create(self, instance_id: str, name: str, payload: str, version: str | None) -> None:
-        """Write a checked start and wake a worker (the first start of an id wins)."""
+    def _create(
+        self, instance_id: str, name: str, payload: str, version: str | None, if_exists: str = "keep"
+    ) -> StartResult:
+        """Write a checked start and wake a worker; an existing id is handled as `if_exists` says."""
         with self._store.write() as conn:
-            created = self._store.create_instance(conn, instance_id, name, payload, version)
-        if created:
+            if self._store.create_instance(conn, instance_id, name, payload, version):
+                outcome, execution_id = "created", 1
+            elif if_exists == "fail":
+                raise InstanceAlreadyExists(f"Instance {instance_id} already exists")
+            elif if_exists == "restart_if_finished":
+                outcome, execution_id = replace_finished(conn, instance_id, name, payload, version)
+            else:
+                outcome, execution_id = "kept", current_execution(conn, instance_id)
+        if outcome != "kept":
             self._poke(instance_id, name)
         else:
             log.info("instance %s already exists; start ignored (the first start wins)", instance_id)
+        return StartResult(instance_id, outcome, execution_id)
+
+    # -- rewind and restart (issue 16) ------------------------------------------------------------------------
+    def rewind(self, instance_id: str, reason: str = "", *, registry: Registry | None = None) -> None:
+        """Resume a Failed instance from its failed step with the code now deployed (Azure's rewind).
+
+        The failure is kept in history and recorded as rewound (one OrchestrationRewound event; replay sets the
+        rewound events aside), the failed activity runs again under the same scheduled event id (its retry
+        policy's attempt count is not reset: the last attempt runs once more), a failed sub-orchestration is
+        rewound with its parent, and an orchestration that failed by its own exception (or nondeterminism, or
+        poison) re-runs its last turn. All in one transaction; workers are woken after it commits.
+
+        With `registry` (or the Runtime of this Client's app), the rewound history is first replayed here with
+        that code, and a history it no longer reproduces is refused; without one, the next turn replays it and
+        fails the instance again with the nondeterminism error. Raises InstanceNotFound, or RewindRefused for an
+        instance that is not Failed, was canceled, or would not replay (nothing is written then)."""
+        _management_id(instance_id)
+        text = check_storable(_read_text(reason, "rewind reason"), "rewind reason")
+        code = registry if registry is not None else getattr(self._app, "duroxide_runtime", None)
+        if code is not None and not isinstance(code, Registry):
+            raise TypeError(f"registry must be a Registry or Runtime, got {type(code).__name__}")
+        outcome = rewind_instance(self._store, instance_id, text, code.resolve_orchestration if code else None)
+        log.info("rewound %s: %s", ", ".join(i for i, _ in outcome.rewound), text)
+        publisher = self._publisher()
+        if publisher is not None:
+            try:
+                publisher.activities(outcome.activities)
+                if outcome.earliest_timer is not None:
+                    publisher.timers_created(outcome.earliest_timer)
+            except Exception:  # noqa: BLE001 - committed; the recovery sweep republishes the work items
+                log.warning("could not publish the rerun work of %s; the recovery sweep will", instance_id)
+        for rewound_id, name in outcome.rewound:
+            self._poke(rewound_id, name)
+
+    def restart(self, instance_id: str, new_instance_id: str | None = None, *, version: str | None = None) -> str:
+        """Start a new instance with a finished (Completed or Failed) instance's orchestration and input, pinned
+        to the version it ran (or `version`), linked to it (InstanceInfo.restarted_from); returns the new id.
+
+        The default new id is `<instance_id>:restart-<n>`, n counting this instance's restarts from 1. Raises
+        InstanceNotFound, InstanceStillRunning for a running instance, InstanceAlreadyExists when an explicit
+        `new_instance_id` exists."""
+        _management_id(instance_id)
+        if version is not None:
+            _check_name(version, "version", MAX_VERSION_CHARS)
+        if new_instance_id is not None:
+            _check_instance_id(new_instance_id)
+        else:
+            # The longest default id (n up to 6 digits) must itself be a valid id.
+            try:
+                _check_instance_id(restart_id(instance_id, 999_999))
+            except ValueError as exc:
+                raise ValueError(f"{exc}; pass new_instance_id to restart {instance_id!r}") from None
+        new_id, name = restart_instance(self._store, instance_id, new_instance_id, version)
+        self._poke(new_id, name)
+        return new_id
 
     # -- schedules (README "Schedules"; the rules are in schedules.py) -----------------------------------------
     def create_schedule(
@@ -479,6 +566,7 @@ class Client:
             parent_instance_id=row["parent_instance_id"],
             waiting_reason=_waiting_reason(row),
             waits=waits,
+            restarted_from=row.get("restarted_from"),
         )
 
     def get_waits(self, instance_id: str) -> Waits:

@@ -10,10 +10,12 @@ from __future__ import annotations
 __all__ = [
     "ActivityFailed",
     "CannotDeleteSubOrchestration",
+    "InstanceAlreadyExists",
     "InstanceNotFound",
     "InstanceStillRunning",
     "OperationTimedOut",
     "OrchestrationFailed",
+    "RewindRefused",
     "ScheduleAlreadyExists",
     "ScheduleNotFound",
     "StepFailed",
@@ -30,7 +32,17 @@ class InstanceNotFound(LookupError, RuntimeError):
 
 
 class InstanceStillRunning(RuntimeError):
-    """delete_instance without force=True on an instance (or sub-orchestration of it) that is still running."""
+    """A call that needs a finished instance got a running one: delete_instance without force=True (the instance
+    or a sub-orchestration of it still runs), or restart."""
+
+
+class InstanceAlreadyExists(RuntimeError):
+    """start_orchestration(..., if_exists="fail"), or restart to an explicit new id, named an existing instance."""
+
+
+class RewindRefused(RuntimeError):
+    """Client.rewind cannot rewind this instance (not Failed, canceled, or its history would not replay with the
+    code now deployed); the message says which, and nothing was written."""
 
 
 class CannotDeleteSubOrchestration(RuntimeError):

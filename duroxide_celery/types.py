@@ -156,6 +156,22 @@ class InstanceInfo:
     waiting_reason: str | None = None
     #: What it waits on (get_instance_info(..., include_waits=False) leaves it None).
     waits: Waits | None = None
+    #: The instance this one restarts (Client.restart), else None.
+    restarted_from: str | None = None
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """What a start did: `outcome` is "created" (a new instance), "restarted" (a finished instance's id got a
+    fresh execution: if_exists="restart_if_finished") or "kept" (the id existed; nothing was written). True when
+    this call started something."""
+
+    instance_id: str
+    outcome: str
+    execution_id: int
+
+    def __bool__(self) -> bool:
+        return self.outcome != "kept"
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,8 @@ instances = Table(
     Column("next_attempt_at", BigInteger, nullable=False, default=0),
     # Why a running instance waits (a handler no worker has registered), for get_status; None otherwise.
     Column("waiting_reason", NulSafeText),
+    # Client.restart: the instance this one was restarted from (the link is kept if that one is deleted).
+    Column("restarted_from", String(512)),
     Index("ix_dx_instances_parent", "parent_instance_id"),
     # Listing page by page (dashboard): newest first, optionally by status or name, and by id prefix.
     Index("ix_dx_instances_created", "created_at", "instance_id"),
