@@ -1,5 +1,5 @@
-"""`duroxide-celery`: operate on the store from a shell (migrate, start, inspect, signal, cancel, delete, prune,
-schedules).
+"""`duroxide-celery`: operate on the store from a shell (migrate, start, inspect, signal, cancel, rewind, restart,
+delete, prune, schedules).
 
 Where the store is:
 
@@ -40,9 +40,11 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from .client import Client, _check_instance_id
 from .errors import (
     CannotDeleteSubOrchestration,
+    InstanceAlreadyExists,
     InstanceNotFound,
     InstanceStillRunning,
     OperationTimedOut,
+    RewindRefused,
     ScheduleAlreadyExists,
     ScheduleNotFound,
 )
@@ -58,8 +60,10 @@ from .types import TERMINAL_STATUSES, InstanceFilter, PruneOptions, Waits
 _MANAGEMENT_ERRORS = (
     InstanceNotFound,
     InstanceStillRunning,
+    InstanceAlreadyExists,
     CannotDeleteSubOrchestration,
     OperationTimedOut,
+    RewindRefused,
     ScheduleNotFound,
     ScheduleAlreadyExists,
 )
@@ -428,29 +432,49 @@ def db_upgrade(obj: Ctx) -> None:
 @click.option("--id", "instance_id", callback=_instance_id_option, help="Instance id (default: a new UUID).")
 @click.option("--input", "input_json", help="Input as JSON.")
 @click.option("--version", help="Pin an exact orchestration version.")
+@click.option(
+    "--if-exists",
+    type=click.Choice(["fail", "keep", "restart_if_finished"]),
+    default="fail",
+    show_default=True,
+    help="When the id exists: fail (exit 1), keep it (start nothing, exit 0), or restart_if_finished (a "
+    "Completed or Failed instance gets a fresh execution; a running one is kept).",
+)
+@_json_option
 @click.pass_obj
 @_store_errors
-def start(obj: Ctx, name: str, instance_id: str | None, input_json: str | None, version: str | None) -> None:
-    """Start orchestration NAME; prints the instance id. An id that exists already is an error."""
+def start(
+    obj: Ctx,
+    name: str,
+    instance_id: str | None,
+    input_json: str | None,
+    version: str | None,
+    if_exists: str,
+    as_json: bool,
+) -> None:
+    """Start orchestration NAME; prints the instance id (--json: id, outcome, execution)."""
     import uuid
 
     value = _json_arg(input_json, "--input")
     client = obj.client()
     instance_id = instance_id or str(uuid.uuid4())
-    existing = client.get_instance_info(instance_id, include_waits=False)
-    if existing is not None:
-        raise click.ClickException(f"instance {instance_id} already exists (status {existing.status})")
-    before = int(time.time() * 1000)
-    if version:
-        client.start_orchestration_versioned(instance_id, name, value, version)
+    try:
+        if version:
+            result = client.start_orchestration_versioned(instance_id, name, value, version, if_exists=if_exists)
+        else:
+            result = client.start_orchestration(instance_id, name, value, if_exists=if_exists)
+    except InstanceAlreadyExists:
+        info = client.get_instance_info(instance_id, include_waits=False)
+        status = info.status if info is not None else "deleted meanwhile"
+        raise click.ClickException(f"instance {instance_id} already exists (status {status})") from None
+    if as_json or obj.json:
+        _emit_json({"instance_id": instance_id, "outcome": result.outcome, "execution_id": result.execution_id})
     else:
-        client.start_orchestration(instance_id, name, value)
-    # Client.start_orchestration ignores a duplicate: another start may have won the race since the check above.
-    info = client.get_instance_info(instance_id, include_waits=False)
-    if info is not None and (info.created_at < before or info.orchestration_name != name):
-        raise click.ClickException(f"instance {instance_id} already exists (status {info.status})")
-    click.echo(instance_id)
-    obj.note_no_wake_up()
+        click.echo(instance_id)
+        if result.outcome == "kept":
+            click.echo(f"note: instance {instance_id} already exists: kept, nothing started", err=True)
+    if result:
+        obj.note_no_wake_up()
 
 
 def _waits_lines(waits: Waits) -> list[str]:
@@ -610,6 +634,49 @@ def cancel(obj: Ctx, instance_id: str, reason: str) -> None:
     _require_running(client, instance_id, "nothing to cancel")
     client.cancel_instance(instance_id, reason)
     click.echo("cancel requested")
+    obj.note_no_wake_up()
+
+
+@main.command()
+@click.argument("instance_id")
+@click.option("--reason", required=True, help="Why (recorded in the OrchestrationRewound history event).")
+@_json_option
+@click.pass_obj
+@_store_errors
+def rewind(obj: Ctx, instance_id: str, reason: str, as_json: bool) -> None:
+    """Resume a Failed instance from its failed step with the code now deployed.
+
+    The failure stays in history, recorded as rewound; the failed activity (or sub-orchestration) runs again.
+    With --app, the app's Runtime first replays the history with its code and refuses (exit 1) one it no longer
+    reproduces; without it, the next turn detects that and fails the instance again. Exit 1 for an unknown,
+    running, completed or canceled instance, with the reason."""
+    client = obj.client()
+    client.rewind(instance_id, reason)
+    if as_json or obj.json:
+        _emit_json({"instance_id": instance_id, "status": client.get_status(instance_id).status})
+    else:
+        click.echo(f"rewound {instance_id}")
+    obj.note_no_wake_up()
+
+
+@main.command()
+@click.argument("instance_id")
+@click.option("--new-id", "new_id", callback=_instance_id_option, help="Id of the new instance.")
+@click.option("--version", help="Run this orchestration version (default: the one the instance ran).")
+@_json_option
+@click.pass_obj
+@_store_errors
+def restart(obj: Ctx, instance_id: str, new_id: str | None, version: str | None, as_json: bool) -> None:
+    """Start a new instance with a finished instance's orchestration and input, linked to it; prints its id.
+
+    The default new id is INSTANCE_ID:restart-N. Exit 1 for an unknown or running instance, or an existing
+    --new-id."""
+    client = obj.client()
+    created = client.restart(instance_id, new_id, version=version)
+    if as_json or obj.json:
+        _emit_json({"instance_id": created, "restarted_from": instance_id})
+    else:
+        click.echo(created)
     obj.note_no_wake_up()
 
 

@@ -267,9 +267,9 @@ def test_a_start_that_loses_the_race_exits_1(cli: Cli, provider: Any, monkeypatc
     and the CLI says so."""
     real_start = Client.start_orchestration
 
-    def racing(self: Client, instance_id: str, name: str, input: Any = None) -> None:
+    def racing(self: Client, instance_id: str, name: str, input: Any = None, **options: Any) -> Any:
         real_start(Client(provider), instance_id, "Other", "first")  # the competing process wins
-        real_start(self, instance_id, name, input)
+        return real_start(self, instance_id, name, input, **options)
 
     monkeypatch.setattr(Client, "start_orchestration", racing)
     cli.fails(1, "instance r1 already exists (status Running)", "start", "Greeter", "--id", "r1")
