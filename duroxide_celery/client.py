@@ -271,7 +271,7 @@ class Client:
         if code is not None and not isinstance(code, Registry):
             raise TypeError(f"registry must be a Registry or Runtime, got {type(code).__name__}")
         outcome = rewind_instance(self._store, instance_id, text, code.resolve_orchestration if code else None)
-        log.info("rewound %s: %s", ", ".join(i for i, _ in outcome.rewound), text)
+        log.info("rewound %s", ", ".join(i for i, _ in outcome.rewound))
         publisher = self._publisher()
         if publisher is not None:
             try:

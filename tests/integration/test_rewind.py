@@ -244,3 +244,39 @@ def test_if_exists_keep_fail_and_restart_if_finished(runtime_factory, client):
     with pytest.raises(ValueError, match="if_exists must be one of 'keep', 'fail', 'restart_if_finished'"):
         client.start_orchestration("ie-3", "TwoSteps", if_exists="replace")
     assert client.get_status("ie-3").status == "NotFound"
+
+
+def raced(ctx, x):
+    won = yield ctx.race(ctx.schedule_activity("Flaky", x), ctx.schedule_timer(3_600_000))
+    return won["value"]
+
+
+def test_rewind_recreates_the_work_the_failure_cancelled_and_a_late_parent_rewind_reuses_the_child(
+    runtime_factory, client
+):
+    rt = runtime_factory({**ORCHESTRATIONS, "Raced": raced}, ACTIVITIES)
+    client.start_orchestration("rw-race", "Raced", 1)
+    client.start_orchestration("rw-p2", "Parent", 2)
+    for instance_id in ("rw-race", "rw-p2"):
+        assert client.wait_for_orchestration(instance_id, WAIT_MS).status == "Failed"
+    rt.shutdown(timeout_ms=2000)
+    assert client.get_queue_depths().timer_queue == 0  # the failure's race cancelled the timer
+
+    # Nothing runs now: what the rewind wrote is all there is to see.
+    client.rewind("rw-race", "x")
+    depths = client.get_queue_depths()
+    assert (depths.worker_queue, depths.timer_queue) == (1, 1)  # the failed activity again, and the race's timer
+
+    # The child alone first: it completes and reports to its parent, which has failed and ignores the report.
+    FIXED["activity"] = True
+    runtime_factory({**ORCHESTRATIONS, "Raced": raced}, ACTIVITIES)
+    child_id = client.get_instance_tree("rw-p2").all_ids[1]
+    client.rewind(child_id, "child first")
+    assert client.wait_for_orchestration(child_id, WAIT_MS).output == [4, 40]
+    assert client.wait_for_orchestration("rw-race", WAIT_MS).output == 10
+    assert client.get_queue_depths().timer_queue == 0  # the race's winner cancelled the timer again
+    assert client.get_status("rw-p2").status == "Failed"
+    # Then the parent: its child is Completed now, so its result is delivered again.
+    client.rewind("rw-p2", "parent too")
+    assert client.wait_for_orchestration("rw-p2", WAIT_MS).output == {"child": [4, 40]}
+    assert kinds(client, child_id).count("OrchestrationRewound") == 1
