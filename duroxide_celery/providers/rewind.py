@@ -77,7 +77,7 @@ def _rewind(
     exec_id = int(inst["current_execution_id"])
     stored = _history(conn, instance_id, exec_id)
     try:
-        plan = plan_rewind(stored, reason, now)
+        plan = plan_rewind(stored, reason, now, exec_id)
     except CannotRewind as exc:
         raise RewindRefused(f"cannot rewind {who}: {exc}") from None
     snapshot = _kv_snapshot(conn, instance_id, exec_id)
@@ -286,4 +286,8 @@ def _write(
         .where(executions.c.instance_id == instance_id, executions.c.execution_id == exec_id)
         .values(status="Running", output=None, error=None, completed_at=None)
     )
-    conn.execute(insert(inbox).values(instance_id=instance_id, kind=ev.MSG_REWOUND, payload="{}", created_at=now))
+    messages = [(m.pop("kind"), m) for m in (dict(m) for m in plan.redeliver)] + [(ev.MSG_REWOUND, {})]
+    conn.execute(
+        insert(inbox),
+        [{"instance_id": instance_id, "kind": k, "payload": json.dumps(p), "created_at": now} for k, p in messages],
+    )

@@ -36,7 +36,14 @@ from .events import HistoryEvent
 #: The kind a rewound event has in the effective history: no replay rule matches it.
 REWOUND_PLACEHOLDER = "Rewound"
 
+#: On an OrchestrationFailed written without running the code (poison, a BaseException): the inbox messages that
+#: turn consumed, which no history event records; a rewind puts them back in the inbox.
+UNPROCESSED_MESSAGES = "unprocessed_messages"
+
 _FAILURES = frozenset({ev.ACTIVITY_FAILED, ev.SUB_ORCHESTRATION_FAILED})
+_COMPLETION_MESSAGES = frozenset(
+    {ev.MSG_ACTIVITY_COMPLETED, ev.MSG_ACTIVITY_FAILED, ev.MSG_TIMER_FIRED, ev.MSG_SUB_COMPLETED, ev.MSG_SUB_FAILED}
+)
 _CANCEL_BREADCRUMBS = frozenset({ev.ACTIVITY_CANCEL_REQUESTED, ev.SUB_ORCHESTRATION_CANCEL_REQUESTED})
 
 
@@ -66,6 +73,8 @@ class RewindPlan:
     reopened: list[OpenStep] = field(default_factory=list)
     #: The schedule event ids of the failed steps rerun; empty when the last turn itself runs again.
     failed_steps: list[int] = field(default_factory=list)
+    #: Inbox messages to deliver again ({"kind": ..., payload fields}): those the failed turn consumed unrecorded.
+    redeliver: list[dict[str, Any]] = field(default_factory=list)
     #: Whether rewound events had written KV or custom status (the stored state then follows `kept`).
     kv_changed: bool = False
     custom_status_changed: bool = False
@@ -107,8 +116,11 @@ def _is_scheduled_step(e: HistoryEvent) -> bool:
     return e.kind in (ev.TIMER_CREATED, ev.SUB_ORCHESTRATION_SCHEDULED, ev.EXTERNAL_SUBSCRIBED)
 
 
-def plan_rewind(history: Sequence[HistoryEvent], reason: str, now_ms: int) -> RewindPlan:
-    """Plan the rewind of a failed execution's history (all its stored events, rewound ones included).
+def plan_rewind(
+    history: Sequence[HistoryEvent], reason: str, now_ms: int, execution_id: int | None = None
+) -> RewindPlan:
+    """Plan the rewind of a failed execution's history (all its stored events, rewound ones included);
+    `execution_id` is that execution's (completions recorded for another one are not redelivered).
 
     Raises CannotRewind when the execution has not failed, or failed because it was canceled."""
     view = effective_history(history)
@@ -157,11 +169,20 @@ def plan_rewind(history: Sequence[HistoryEvent], reason: str, now_ms: int) -> Re
         None,
         now_ms,
     )
+    redeliver = [
+        dict(m)
+        for m in terminal.data.get(UNPROCESSED_MESSAGES) or []
+        if m.get("kind") not in (ev.MSG_START, ev.MSG_CONTINUE_AS_NEW)
+        and not (m.get("kind") in _COMPLETION_MESSAGES and execution_id not in (None, m.get("execution_id")))
+    ]
+    # A step whose completion is redelivered does not run again.
+    arriving = {m.get("event_id") for m in redeliver if m.get("kind") in _COMPLETION_MESSAGES}
     return RewindPlan(
         event=event,
         rewound=rewound,
         kept=kept,
-        reopened=open_steps(kept),
+        reopened=[s for s in open_steps(kept) if s.event.event_id not in arriving],
+        redeliver=redeliver,
         failed_steps=[int(body[i].source_event_id or 0) for i in causes],
         kv_changed=any(e.kind in (ev.KEY_VALUE_SET, ev.KEY_VALUE_CLEARED, ev.KEY_VALUES_CLEARED) for e in rewound),
         custom_status_changed=any(e.kind == ev.CUSTOM_STATUS_UPDATED for e in rewound),

@@ -23,8 +23,9 @@ FIXED = {"on": False}
 
 def rewind(sim: Sim, reason: str = "fixed"):
     """Apply a rewind the way the store does: append its event (the caller recreates the reopened work)."""
-    plan = plan_rewind(sim.history, reason, sim.now_ms)
+    plan = plan_rewind(sim.history, reason, sim.now_ms, sim.execution_id)
     sim.history.append(plan.event)
+    sim._engine = None  # history changed outside a turn: no engine of an earlier turn resumes (as in workers)
     return plan
 
 
@@ -274,3 +275,30 @@ def test_rerun_work_of_a_reopened_activity_matches_its_schedule():
     (step,) = rewind(sim).reopened
     assert step.event.data["name"] == scheduled.name
     assert step.event.data["input"] == scheduled.input and step.event.data["tag"] == "gpu"
+
+
+def test_messages_a_poisoned_turn_consumed_are_redelivered_and_their_steps_not_rerun():
+    def orch(ctx, _):
+        a = yield ctx.schedule_activity("A")
+        got = yield ctx.wait_for_event("go")
+        return [a, got]
+
+    sim = Sim({"o": orch}).start("o")
+    sim.turn()
+    consumed = [
+        {"kind": ev.MSG_ACTIVITY_COMPLETED, "execution_id": 1, "event_id": 2, "result": '"a"'},
+        {"kind": ev.MSG_EXTERNAL_RAISED, "name": "go", "data": "1"},
+        {"kind": ev.MSG_ACTIVITY_COMPLETED, "execution_id": 7, "event_id": 2, "result": '"stale"'},
+    ]
+    details = ev.error_details(ev.POISON, "poison: ...", "Poison")
+    sim.history.append(
+        ev.HistoryEvent(
+            len(sim.history) + 1, ev.ORCHESTRATION_FAILED, {"details": details, "unprocessed_messages": consumed}
+        )
+    )
+    plan = rewind(sim)
+    assert plan.redeliver == consumed[:1] + consumed[1:2]
+    assert plan.reopened == []  # A's completion comes back: A does not run again
+    sim.inbox.extend(plan.redeliver)
+    r = sim.turn()
+    assert (r.status, output_of(r)) == ("Completed", ["a", 1])
