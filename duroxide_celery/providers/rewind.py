@@ -170,7 +170,17 @@ def _reopen_child(
     ).first()
     if child is None:
         raise RewindRefused(f"cannot rewind {parent_id}: its sub-orchestration {child_id} no longer exists")
-    if child[1] != parent_id:
+    link = conn.execute(
+        select(history.c.data)
+        .where(history.c.instance_id == child_id, history.c.event_id == 1)
+        .order_by(history.c.execution_id)
+        .limit(1)
+    ).scalar()
+    started = json.loads(link) if link else {}
+    if child[1] != parent_id or (
+        link is not None
+        and (started.get("parent_execution_id"), started.get("parent_id")) != (exec_id, scheduled.event_id)
+    ):
         raise RewindRefused(
             f"cannot rewind {parent_id}: sub-orchestration id {child_id} belongs to another instance (it existed "
             "before the parent scheduled it); schedule the child under a free id"

@@ -280,3 +280,20 @@ def test_rewind_recreates_the_work_the_failure_cancelled_and_a_late_parent_rewin
     client.rewind("rw-p2", "parent too")
     assert client.wait_for_orchestration("rw-p2", WAIT_MS).output == {"child": [4, 40]}
     assert kinds(client, child_id).count("OrchestrationRewound") == 1
+
+
+def adopts(ctx, _):
+    return (yield ctx.schedule_sub_orchestration_with_id("TwoSteps", "rw-taken", 1))
+
+
+def test_a_child_id_that_belonged_to_another_instance_is_not_rewound(runtime_factory, client):
+    FIXED["activity"] = True
+    runtime_factory({**ORCHESTRATIONS, "Adopts": adopts}, ACTIVITIES)
+    client.start_orchestration("rw-taken", "TwoSteps", 1)
+    assert client.wait_for_orchestration("rw-taken", WAIT_MS).status == "Completed"
+    client.start_orchestration("rw-adopts", "Adopts")
+    failed = client.wait_for_orchestration("rw-adopts", WAIT_MS)
+    assert "sub-orchestration instance id 'rw-taken' already exists" in failed.error
+    with pytest.raises(RewindRefused, match="sub-orchestration id rw-taken belongs to another instance"):
+        client.rewind("rw-adopts", "x")
+    assert client.get_status("rw-adopts").status == "Failed"
