@@ -519,6 +519,7 @@ def _status_document(info: Any, result: Any, waits: Waits | None = None) -> dict
         "error": result.error,
         "waiting_reason": getattr(result, "waiting_reason", None),
         "waits": None if waits is None else dataclasses.asdict(waits),
+        "restarted_from": getattr(info, "restarted_from", None),
     }
 
 
@@ -549,6 +550,8 @@ def status(obj: Ctx, instance_id: str, as_json: bool) -> None:
     ]
     if info.parent_instance_id:
         rows.insert(1, ("parent", info.parent_instance_id))
+    if info.restarted_from:
+        rows.insert(1, ("restarted from", info.restarted_from))
     waiting = getattr(result, "waiting_reason", None)
     if waiting is not None:
         rows.append(("waiting reason", waiting))

@@ -59,6 +59,8 @@ def test_rewind_and_restart_commands(cli: Cli, engine: Client) -> None:  # noqa:
     }
     assert engine.wait_for_orchestration("cr1-b", WAIT_MS).output == 2
     assert engine.get_instance_info("cr1:restart-1").restarted_from == "cr1"
+    assert json.loads(cli.ok("status", "cr1:restart-1", "--json"))["restarted_from"] == "cr1"
+    assert "restarted from  cr1" in cli.ok("status", "cr1-b").splitlines()
     cli.fails(1, "Instance cr1-b already exists", "restart", "cr1", "--new-id", "cr1-b")
     cli.fails(1, "Instance nope not found", "restart", "nope")
 
