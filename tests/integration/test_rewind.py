@@ -7,7 +7,13 @@ import json
 
 import pytest
 
-from duroxide_celery import InstanceAlreadyExists, InstanceNotFound, InstanceStillRunning, RewindRefused
+from duroxide_celery import (
+    InstanceAlreadyExists,
+    InstanceNotFound,
+    InstanceStillRunning,
+    RewindRefused,
+    RuntimeOptions,
+)
 from duroxide_celery.registry import Registry
 
 from .helpers import WAIT_MS, kinds, wait_for_kind
@@ -297,3 +303,15 @@ def test_a_child_id_that_belonged_to_another_instance_is_not_rewound(runtime_fac
     with pytest.raises(RewindRefused, match="sub-orchestration id rw-taken belongs to another instance"):
         client.rewind("rw-adopts", "x")
     assert client.get_status("rw-adopts").status == "Failed"
+
+
+def test_a_poisoned_instance_whose_orchestration_is_now_deployed_is_rewound(runtime_factory, client):
+    rt = runtime_factory({}, ACTIVITIES, options=RuntimeOptions(max_attempts=1))
+    client.start_orchestration("rw-poison", "TwoSteps", 1)
+    failed = client.wait_for_orchestration("rw-poison", WAIT_MS)
+    assert failed.error.startswith("poison: orchestration rw-poison exceeded")
+    rt.shutdown(timeout_ms=2000)
+    FIXED["activity"] = True
+    deployed = runtime_factory(ORCHESTRATIONS, ACTIVITIES)
+    client.rewind("rw-poison", "deployed TwoSteps", registry=deployed)
+    assert client.wait_for_orchestration("rw-poison", WAIT_MS).output == [2, 20]
