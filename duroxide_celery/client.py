@@ -266,11 +266,12 @@ class Client:
         fails the instance again with the nondeterminism error. Raises InstanceNotFound, or RewindRefused for an
         instance that is not Failed, was canceled, or would not replay (nothing is written then)."""
         _management_id(instance_id)
-        text = check_storable(_read_text(reason, "rewind reason"), "rewind reason")
+        text = _read_text(reason, "rewind reason")
         code = registry if registry is not None else getattr(self._app, "duroxide_runtime", None)
-        if code is not None and not isinstance(code, Registry):
+        resolve = getattr(code, "resolve_orchestration", None)
+        if code is not None and not callable(resolve):
             raise TypeError(f"registry must be a Registry or Runtime, got {type(code).__name__}")
-        outcome = rewind_instance(self._store, instance_id, text, code.resolve_orchestration if code else None)
+        outcome = rewind_instance(self._store, instance_id, text, resolve)
         log.info("rewound %s", ", ".join(i for i, _ in outcome.rewound))
         publisher = self._publisher()
         if publisher is not None:

@@ -315,3 +315,10 @@ def test_a_poisoned_instance_whose_orchestration_is_now_deployed_is_rewound(runt
     deployed = runtime_factory(ORCHESTRATIONS, ACTIVITIES)
     client.rewind("rw-poison", "deployed TwoSteps", registry=deployed)
     assert client.wait_for_orchestration("rw-poison", WAIT_MS).output == [2, 20]
+
+
+def test_rewind_argument_errors(client):
+    with pytest.raises(TypeError, match="registry must be a Registry or Runtime, got dict"):
+        client.rewind("any", "x", registry={})
+    with pytest.raises(TypeError, match="instance id must be a str"):
+        client.rewind(7, "x")
