@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -322,3 +323,30 @@ def test_rewind_argument_errors(client):
         client.rewind("any", "x", registry={})
     with pytest.raises(TypeError, match="instance id must be a str"):
         client.rewind(7, "x")
+
+
+def test_concurrent_rewinds_of_one_instance_commit_once(runtime_factory, client):
+    rt = runtime_factory(ORCHESTRATIONS, ACTIVITIES)
+    client.start_orchestration("rw-twice", "TwoSteps", 1)
+    assert client.wait_for_orchestration("rw-twice", WAIT_MS).status == "Failed"
+    rt.shutdown(timeout_ms=2000)
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def rewind() -> None:
+        barrier.wait()
+        try:
+            client.rewind("rw-twice", "race")
+            outcomes.append("rewound")
+        except RewindRefused as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=rewind) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(outcomes) == 4 and outcomes.count("rewound") == 1, outcomes
+    assert all("it is Running" in o or "changed while being rewound" in o for o in outcomes if o != "rewound")
+    assert kinds(client, "rw-twice").count("OrchestrationRewound") == 1
+    assert client.get_queue_depths().worker_queue == 1
