@@ -14,7 +14,7 @@ What is rewound (`plan_rewind`):
   the failure decided, the cancels of the terminal turn), custom status, KV writes, detached starts and
   utc_now/new_guid results. Replay records them again if the code, now deployed, still does those things.
 With no failed step (the code raised, replay found nondeterminism, or the instance was poisoned), the point is
-the end of the last turn's inputs: that turn runs again with the code now deployed.
+just after the last scheduled step and the last input: the last turn runs again with the code now deployed.
 
 Scheduled steps are never rewound: a step with no effective completion is open again (`RewindPlan.reopened`),
 and the caller makes sure each has its work (an activity work item for the same scheduled event id, a timer, a
@@ -34,7 +34,7 @@ from . import events as ev
 from .events import HistoryEvent
 
 #: The kind a rewound event has in the effective history: no replay rule matches it.
-REWOUND_PLACEHOLDER = "Rewound"
+REWOUND_PLACEHOLDER = "RewoundEvent"
 
 #: On an OrchestrationFailed written without running the code (poison, a BaseException): the inbox messages that
 #: turn consumed, which no history event records; a rewind puts them back in the inbox.
