@@ -240,6 +240,7 @@ class TurnExecutor:
         else:
             engine = ReplayEngine(inp, self.registry.resolve_orchestration)
             replay = engine.run
+        stored = len(history)  # a resumed engine appends this turn's events to `history` itself (the same list)
         try:
             result = replay()
         except Exception:
@@ -248,8 +249,9 @@ class TurnExecutor:
             if not raised_by_user_code(exc):
                 raise
             # SystemExit, KeyboardInterrupt, GeneratorExit raised by the orchestration's code: deterministic, so
-            # another attempt would raise it again. Fail the orchestration with it now, once.
-            return self._end_as_failed(turn, lease, history, messages, _base_exception_failure(exc))
+            # another attempt would raise it again. Fail the orchestration with it now, once, after the stored
+            # history only (the events the interrupted turn appended in memory are not stored: ids stay dense).
+            return self._end_as_failed(turn, lease, history[:stored], messages, _base_exception_failure(exc))
         result.replay_engine = engine
         if result.status == "Unregistered":
             return self._backoff(turn, lease, result)
