@@ -14,6 +14,7 @@ from . import events as ev
 from .commands import NotifyParent, TurnResult
 from .events import HistoryEvent
 from .ingest import start_message, started_event_data
+from .rewind import UNPROCESSED_MESSAGES
 
 
 def poisoned_turn(
@@ -33,9 +34,12 @@ def poisoned_turn(
     else:
         started = started_event_data(start_message(messages) or {}, name, version)
         new_events.append(HistoryEvent(1, ev.ORCHESTRATION_STARTED, started, None, now_ms))
-    new_events.append(
-        HistoryEvent(len(history) + len(new_events) + 1, ev.ORCHESTRATION_FAILED, {"details": details}, None, now_ms)
-    )
+    failed: dict[str, Any] = {"details": details}
+    # No event records the messages this turn consumed: keep them on the failure, for Client.rewind to redeliver.
+    unprocessed = [dict(m) for m in messages if m.get("kind") not in (ev.MSG_START, ev.MSG_CONTINUE_AS_NEW)]
+    if unprocessed:
+        failed[UNPROCESSED_MESSAGES] = unprocessed
+    new_events.append(HistoryEvent(len(history) + len(new_events) + 1, ev.ORCHESTRATION_FAILED, failed, None, now_ms))
     result = TurnResult(
         status="Failed",
         new_events=new_events,

@@ -60,12 +60,24 @@ def waits_then_raises(ctx, _):
     return got + 1
 
 
+def exits_on_event(ctx, _):
+    got = yield ctx.wait_for_event("go")
+    if not FIXED["orchestration"]:
+        raise SystemExit("deploy me")  # a BaseException: the turn fails without recording what it consumed
+    return got
+
+
 def reordered(ctx, x):  # a "fix" that changes the steps already in history: not replayable
     b = yield ctx.schedule_activity("Flaky", x)
     return [b]
 
 
-ORCHESTRATIONS = {"TwoSteps": two_steps, "Parent": parent, "WaitsThenRaises": waits_then_raises}
+ORCHESTRATIONS = {
+    "TwoSteps": two_steps,
+    "Parent": parent,
+    "WaitsThenRaises": waits_then_raises,
+    "ExitsOnEvent": exits_on_event,
+}
 ACTIVITIES = {"Flaky": flaky, "Double": double}
 
 
@@ -350,3 +362,19 @@ def test_concurrent_rewinds_of_one_instance_commit_once(runtime_factory, client)
     assert all("it is Running" in o or "changed while being rewound" in o for o in outcomes if o != "rewound")
     assert kinds(client, "rw-twice").count("OrchestrationRewound") == 1
     assert client.get_queue_depths().worker_queue == 1
+
+
+def test_the_event_a_failed_turn_consumed_unrecorded_is_delivered_again(runtime_factory, client):
+    rt = runtime_factory(ORCHESTRATIONS, ACTIVITIES)
+    client.start_orchestration("rw-exit", "ExitsOnEvent")
+    wait_for_kind(client, "rw-exit", "ExternalSubscribed")
+    client.raise_event("rw-exit", "go", {"order": 9})
+    failed = client.wait_for_orchestration("rw-exit", WAIT_MS)
+    assert failed.error.startswith("SystemExit: deploy me")
+    assert "ExternalEvent" not in kinds(client, "rw-exit")  # consumed, recorded only on the failure
+    # The hot instance's engine had appended the event in memory: the stored ids stay dense all the same.
+    ids = [e.event_id for e in client.read_execution_history("rw-exit", 1)]
+    assert ids == [1, 2, 3], ids
+    FIXED["orchestration"] = True
+    client.rewind("rw-exit", "fixed", registry=rt)
+    assert client.wait_for_orchestration("rw-exit", WAIT_MS).output == {"order": 9}

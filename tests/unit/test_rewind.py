@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from duroxide_celery.replay import events as ev
-from duroxide_celery.replay.engine import ScheduleActivity
+from duroxide_celery.replay.commands import ScheduleActivity
+from duroxide_celery.replay.poison import poisoned_turn
 from duroxide_celery.replay.rewind import (
     REWOUND_PLACEHOLDER,
     CannotRewind,
@@ -302,3 +303,18 @@ def test_messages_a_poisoned_turn_consumed_are_redelivered_and_their_steps_not_r
     sim.inbox.extend(plan.redeliver)
     r = sim.turn()
     assert (r.status, output_of(r)) == ("Completed", ["a", 1])
+
+
+def test_a_turn_failed_without_the_code_keeps_what_it_consumed_for_a_rewind():
+    def orch(ctx, _):
+        return (yield ctx.wait_for_event("go"))
+
+    sim = Sim({"o": orch}).start("o")
+    sim.turn()
+    consumed = [{"kind": ev.MSG_EXTERNAL_RAISED, "name": "go", "data": "5"}]
+    details = ev.error_details(ev.POISON, "poison: ...", "Poison")
+    failed = poisoned_turn(sim.history, consumed, "o", "1.0.0", details, sim.now_ms)
+    assert failed.new_events[-1].data == {"details": details, "unprocessed_messages": consumed}
+    sim.history.extend(failed.new_events)
+    sim.inbox.extend(rewind(sim).redeliver)
+    assert output_of(sim.turn()) == 5
