@@ -267,7 +267,7 @@ class Client:
         instance that is not Failed, was canceled, or would not replay (nothing is written then)."""
         _management_id(instance_id)
         text = _read_text(reason, "rewind reason")
-        code = registry if registry is not None else getattr(self._app, "duroxide_runtime", None)
+        code = registry if registry is not None else (runtime_of(self._app) if self._app is not None else None)
         resolve = getattr(code, "resolve_orchestration", None)
         if code is not None and not callable(resolve):
             raise TypeError(f"registry must be a Registry or Runtime, got {type(code).__name__}")
