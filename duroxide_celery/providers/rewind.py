@@ -77,7 +77,7 @@ def _rewind(
     exec_id = int(inst["current_execution_id"])
     stored = _history(conn, instance_id, exec_id)
     try:
-        plan = plan_rewind(stored, reason, now, exec_id)
+        plan = plan_rewind(stored, reason, now, exec_id, undo_parent_cancel=child_of is not None)
     except CannotRewind as exc:
         raise RewindRefused(f"cannot rewind {who}: {exc}") from None
     snapshot = _kv_snapshot(conn, instance_id, exec_id)

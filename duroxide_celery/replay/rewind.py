@@ -45,6 +45,9 @@ _COMPLETION_MESSAGES = frozenset(
     {ev.MSG_ACTIVITY_COMPLETED, ev.MSG_ACTIVITY_FAILED, ev.MSG_TIMER_FIRED, ev.MSG_SUB_COMPLETED, ev.MSG_SUB_FAILED}
 )
 _CANCEL_BREADCRUMBS = frozenset({ev.ACTIVITY_CANCEL_REQUESTED, ev.SUB_ORCHESTRATION_CANCEL_REQUESTED})
+#: The reasons a parent's cancel gives its children (engine.py: a parent that ended, or was canceled, with the
+#: child still running). Rewinding that parent takes such a cancel back; a cancel someone asked for stays.
+PARENT_CANCEL_REASONS = frozenset({"parent dropped sub-orchestration future", "parent canceled"})
 
 
 class CannotRewind(Exception):
@@ -117,10 +120,16 @@ def _is_scheduled_step(e: HistoryEvent) -> bool:
 
 
 def plan_rewind(
-    history: Sequence[HistoryEvent], reason: str, now_ms: int, execution_id: int | None = None
+    history: Sequence[HistoryEvent],
+    reason: str,
+    now_ms: int,
+    execution_id: int | None = None,
+    *,
+    undo_parent_cancel: bool = False,
 ) -> RewindPlan:
     """Plan the rewind of a failed execution's history (all its stored events, rewound ones included);
-    `execution_id` is that execution's (completions recorded for another one are not redelivered).
+    `execution_id` is that execution's (completions recorded for another one are not redelivered). With
+    `undo_parent_cancel` (a child rewound with its parent), a cancel the parent sent as it failed is rewound too.
 
     Raises CannotRewind when the execution has not failed, or failed because it was canceled."""
     view = effective_history(history)
@@ -131,9 +140,13 @@ def plan_rewind(
     if terminal.kind != ev.ORCHESTRATION_FAILED:
         raise CannotRewind(f"its history ends with {terminal.kind}, not OrchestrationFailed")
     details = terminal.data.get("details") or {}
+    cancels = [e for e in live if e.kind == ev.ORCHESTRATION_CANCEL_REQUESTED]
+    undone: set[int] = set()
     if details.get("kind") == "Cancelled":
-        raise CannotRewind(f"it was canceled ({details.get('message', '')}); restart it instead")
-    body = live[:-1]
+        if not (undo_parent_cancel and cancels and all(e.data.get("reason") in PARENT_CANCEL_REASONS for e in cancels)):
+            raise CannotRewind(f"it was canceled ({details.get('message', '')}); restart it instead")
+        undone = {e.event_id for e in cancels}
+    body = [e for e in live[:-1] if e.event_id not in undone]
     syscalls = {e.event_id for e in body if _is_syscall_schedule(e)}
 
     def is_input(e: HistoryEvent) -> bool:
@@ -149,7 +162,7 @@ def plan_rewind(
     else:
         last_input = max((i for i, e in enumerate(body) if is_input(e)), default=0)
         cut = max(last_step, last_input) + 1
-    rewound_set = {body[i].event_id for i in causes}
+    rewound_set = {body[i].event_id for i in causes} | undone
     for e in body[cut:]:
         # After the cut, everything the code recorded goes (it records it again on replay); arrivals stay.
         if e.kind in ev.ACTION_KINDS or e.source_event_id in syscalls:

@@ -378,3 +378,38 @@ def test_the_event_a_failed_turn_consumed_unrecorded_is_delivered_again(runtime_
     FIXED["orchestration"] = True
     client.rewind("rw-exit", "fixed", registry=rt)
     assert client.wait_for_orchestration("rw-exit", WAIT_MS).output == {"order": 9}
+
+
+def waits_for_go(ctx, _):
+    return (yield ctx.wait_for_event("go"))
+
+
+def both_children(ctx, _):
+    results = yield ctx.all(
+        [
+            ctx.schedule_sub_orchestration_with_id("Undeployed", "rw-kids-a", 1),
+            ctx.schedule_sub_orchestration_with_id("WaitsForGo", "rw-kids-b", None),
+        ]
+    )
+    return results
+
+
+def test_a_child_the_failed_parent_canceled_is_rewound_with_it(runtime_factory, client):
+    orchestrations = {"BothChildren": both_children, "WaitsForGo": waits_for_go}
+    rt = runtime_factory(orchestrations, ACTIVITIES, options=RuntimeOptions(max_attempts=1))
+    client.start_orchestration("rw-kids", "BothChildren")
+    failed = client.wait_for_orchestration("rw-kids", WAIT_MS)
+    assert failed.error.startswith("poison: orchestration rw-kids-a exceeded")  # not catchable: it aborts the parent
+    b = client.wait_for_orchestration("rw-kids-b", WAIT_MS)
+    assert b.error == "canceled: parent dropped sub-orchestration future"
+    with pytest.raises(RewindRefused, match="it was canceled"):
+        client.rewind("rw-kids-b", "alone")  # a cancel is undone only with the parent that sent it
+    rt.shutdown(timeout_ms=2000)
+
+    deployed = runtime_factory({**orchestrations, "Undeployed": lambda ctx, x: x + 1}, ACTIVITIES)
+    client.rewind("rw-kids", "deployed Undeployed", registry=deployed)
+    assert client.get_status("rw-kids-b").status == "Running"
+    wait_for_kind(client, "rw-kids-b", "ExternalSubscribed")
+    client.raise_event("rw-kids-b", "go", "b")
+    done = client.wait_for_orchestration("rw-kids", WAIT_MS)
+    assert (done.status, done.output) == ("Completed", [{"ok": 2}, {"ok": "b"}])

@@ -318,3 +318,29 @@ def test_a_turn_failed_without_the_code_keeps_what_it_consumed_for_a_rewind():
     sim.history.extend(failed.new_events)
     sim.inbox.extend(rewind(sim).redeliver)
     assert output_of(sim.turn()) == 5
+
+
+def test_a_cancel_from_the_parent_is_rewound_with_the_parent_and_a_requested_one_is_not():
+    def child(ctx, _):
+        return (yield ctx.schedule_activity("A"))
+
+    for reason, undoable in (("parent dropped sub-orchestration future", True), ("ops said stop", False)):
+        sim = Sim({"c": child}).start("c")
+        sim.turn()
+        assert sim.cancel(reason).turn().status == "Failed"
+        with pytest.raises(CannotRewind, match="it was canceled"):
+            plan_rewind(sim.history, "r", 0)
+        if not undoable:
+            with pytest.raises(CannotRewind, match="ops said stop"):
+                plan_rewind(sim.history, "r", 0, undo_parent_cancel=True)
+            continue
+        plan = plan_rewind(sim.history, "r", 0, undo_parent_cancel=True)
+        assert kinds_of(plan.rewound) == [
+            ev.ORCHESTRATION_CANCEL_REQUESTED,
+            ev.ACTIVITY_CANCEL_REQUESTED,
+            ev.ORCHESTRATION_FAILED,
+        ]
+        assert [s.event.event_id for s in plan.reopened] == [2]
+        sim.history.append(plan.event)
+        sim._engine = None
+        assert output_of(sim.complete(2, "a").turn()) == "a"
