@@ -654,11 +654,11 @@ def rewind(obj: Ctx, instance_id: str, reason: str, as_json: bool) -> None:
     reproduces; without it, the next turn detects that and fails the instance again. Exit 1 for an unknown,
     running, completed or canceled instance, with the reason."""
     client = obj.client()
-    client.rewind(instance_id, reason)
+    rewound = client.rewind(instance_id, reason)
     if as_json or obj.json:
-        _emit_json({"instance_id": instance_id, "status": client.get_status(instance_id).status})
+        _emit_json({"instance_id": instance_id, "rewound": rewound})
     else:
-        click.echo(f"rewound {instance_id}")
+        click.echo(f"rewound {', '.join(rewound)}")
     obj.note_no_wake_up()
 
 

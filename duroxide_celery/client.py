@@ -252,7 +252,7 @@ class Client:
         return StartResult(instance_id, outcome, execution_id)
 
     # -- rewind and restart (issue 16) ------------------------------------------------------------------------
-    def rewind(self, instance_id: str, reason: str = "", *, registry: Registry | None = None) -> None:
+    def rewind(self, instance_id: str, reason: str = "", *, registry: Registry | None = None) -> list[str]:
         """Resume a Failed instance from its failed step with the code now deployed (Azure's rewind).
 
         The failure is kept in history and recorded as rewound (one OrchestrationRewound event; replay sets the
@@ -263,8 +263,9 @@ class Client:
 
         With `registry` (or the Runtime of this Client's app), the rewound history is first replayed here with
         that code, and a history it no longer reproduces is refused; without one, the next turn replays it and
-        fails the instance again with the nondeterminism error. Raises InstanceNotFound, or RewindRefused for an
-        instance that is not Failed, was canceled, or would not replay (nothing is written then)."""
+        fails the instance again with the nondeterminism error. Returns the ids rewound: this instance first, then
+        the sub-orchestrations rewound with it. Raises InstanceNotFound, or RewindRefused for an instance that is
+        not Failed, was canceled, or would not replay (nothing is written then)."""
         _management_id(instance_id)
         text = _read_text(reason, "rewind reason")
         code = registry if registry is not None else (runtime_of(self._app) if self._app is not None else None)
@@ -283,6 +284,7 @@ class Client:
                 log.warning("could not publish the rerun work of %s; the recovery sweep will", instance_id)
         for rewound_id, name in outcome.rewound:
             self._poke(rewound_id, name)
+        return [rewound_id for rewound_id, _ in outcome.rewound]
 
     def restart(self, instance_id: str, new_instance_id: str | None = None, *, version: str | None = None) -> str:
         """Start a new instance with a finished (Completed or Failed) instance's orchestration and input, pinned

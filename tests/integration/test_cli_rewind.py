@@ -39,7 +39,10 @@ def test_rewind_and_restart_commands(cli: Cli, engine: Client) -> None:  # noqa:
     cli.fails(1, "Instance nope not found", "rewind", "nope", "--reason", "x")
 
     STATE["fixed"] = True
-    assert cli.ok("rewind", "cr1", "--reason", "fixed Flaky") == "rewound cr1\n"
+    assert json.loads(cli.ok("rewind", "cr1", "--reason", "fixed Flaky", "--json")) == {
+        "instance_id": "cr1",
+        "rewound": ["cr1"],
+    }
     assert engine.wait_for_orchestration("cr1", WAIT_MS).output == 2
     assert kinds(engine, "cr1").count("OrchestrationRewound") == 1
     cli.fails(

@@ -124,7 +124,7 @@ def test_rewind_of_a_child_failure_rewinds_the_child_with_its_parent(runtime_fac
     assert client.get_status(child_id).status == "Failed"
 
     FIXED["activity"] = True
-    client.rewind("rw-parent", "child fixed", registry=rt)
+    assert client.rewind("rw-parent", "child fixed", registry=rt) == ["rw-parent", child_id]
     done = client.wait_for_orchestration("rw-parent", WAIT_MS)
     assert (done.status, done.output) == ("Completed", {"child": [6, 60]})
     assert client.get_status(child_id).status == "Completed"
@@ -407,7 +407,7 @@ def test_a_child_the_failed_parent_canceled_is_rewound_with_it(runtime_factory, 
     rt.shutdown(timeout_ms=2000)
 
     deployed = runtime_factory({**orchestrations, "Undeployed": lambda ctx, x: x + 1}, ACTIVITIES)
-    client.rewind("rw-kids", "deployed Undeployed", registry=deployed)
+    assert client.rewind("rw-kids", "deployed Undeployed", registry=deployed) == ["rw-kids", "rw-kids-a", "rw-kids-b"]
     assert client.get_status("rw-kids-b").status == "Running"
     wait_for_kind(client, "rw-kids-b", "ExternalSubscribed")
     client.raise_event("rw-kids-b", "go", "b")
