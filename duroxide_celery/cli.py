@@ -647,7 +647,8 @@ def cancel(obj: Ctx, instance_id: str, reason: str) -> None:
 @click.pass_obj
 @_store_errors
 def rewind(obj: Ctx, instance_id: str, reason: str, as_json: bool) -> None:
-    """Resume a Failed instance from its failed step with the code now deployed.
+    """Resume a Failed instance from its failed step with the code now deployed; prints the instances rewound
+    (it, then the sub-orchestrations rewound with it).
 
     The failure stays in history, recorded as rewound; the failed activity (or sub-orchestration) runs again.
     With --app, the app's Runtime first replays the history with its code and refuses (exit 1) one it no longer
