@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from ..replay import events as ev
 from ..replay.events import HistoryEvent
+from ..replay.rewind import effective_history
 from ..types import TERMINAL_STATUSES, ActivityWait, ChildWait, EventWait, TimerWait, Waits
 from .schema import history, inbox, instances, sessions, timers, work_items
 
@@ -205,7 +206,8 @@ def read_waits(store: Store, instance_id: str, now_ms: int | None = None) -> Wai
         status, execution_id = row["status"], row["current_execution_id"]
         if status in TERMINAL_STATUSES:
             return Waits(instance_id=instance_id, status=status, execution_id=execution_id)
-        open_ = open_work(read_history(conn, instance_id, execution_id))
+        # As replay sees it: events set aside by a rewind (replay/rewind.py) close nothing.
+        open_ = open_work(effective_history(read_history(conn, instance_id, execution_id)))
         items = conn.execute(
             select(
                 work_items.c.event_id,

@@ -285,6 +285,9 @@ def test_rewind_recreates_the_work_the_failure_cancelled_and_a_late_parent_rewin
     client.rewind("rw-race", "x")
     depths = client.get_queue_depths()
     assert (depths.worker_queue, depths.timer_queue) == (1, 1)  # the failed activity again, and the race's timer
+    waits = client.get_waits("rw-race")
+    assert [(a.name, a.state) for a in waits.activities] == [("Flaky", "queued")]
+    assert len(waits.timers) == 1
 
     # The child alone first: it completes and reports to its parent, which has failed and ignores the report.
     FIXED["activity"] = True
@@ -413,3 +416,20 @@ def test_a_child_the_failed_parent_canceled_is_rewound_with_it(runtime_factory, 
     client.raise_event("rw-kids-b", "go", "b")
     done = client.wait_for_orchestration("rw-kids", WAIT_MS)
     assert (done.status, done.output) == ("Completed", [{"ok": 2}, {"ok": "b"}])
+
+
+def flaky_or_stop(ctx, x):
+    won = yield ctx.race(ctx.schedule_activity("Flaky", x), ctx.wait_for_event("stop"))
+    return won["value"]
+
+
+def test_get_waits_sees_the_rewound_history(runtime_factory, client):
+    rt = runtime_factory({"FlakyOrStop": flaky_or_stop}, ACTIVITIES)
+    client.start_orchestration("rw-waits", "FlakyOrStop", 1)
+    assert client.wait_for_orchestration("rw-waits", WAIT_MS).status == "Failed"
+    rt.shutdown(timeout_ms=2000)
+    client.rewind("rw-waits", "x")
+    # The race the failure decided is open again: the activity runs again and the event is awaited again.
+    waits = client.get_waits("rw-waits")
+    assert [a.name for a in waits.activities] == ["Flaky"]
+    assert [e.name for e in waits.events] == ["stop"]
