@@ -12,6 +12,7 @@ from typing import Any
 from ..providers.waits import open_work
 from ..replay import events as ev
 from ..replay.events import HistoryEvent
+from ..replay.rewind import REWOUND_PLACEHOLDER, effective_history
 
 #: Event fields that hold user data (shared with the Django admin); everything else is always shown.
 PAYLOAD_FIELDS = ev.PAYLOAD_FIELDS
@@ -126,6 +127,8 @@ def timeline(events: list[HistoryEvent], now_ms: int, running: bool) -> dict[str
     TIMELINE_WIDTH."""
     if not events:
         return {"bars": [], "height": 0, "width": TIMELINE_WIDTH, "label_width": LABEL_WIDTH, "ticks": [], "more": 0}
+    # As replay sees it: a step rewound after its failure shows how it ran again (the table keeps the failure).
+    events = [e for e in effective_history(events) if e.kind != REWOUND_PLACEHOLDER]
     outcome: dict[int, HistoryEvent] = {}
     for event in events:
         if event.kind in _ENDS and event.source_event_id is not None:

@@ -344,3 +344,20 @@ def test_a_cancel_from_the_parent_is_rewound_with_the_parent_and_a_requested_one
         sim.history.append(plan.event)
         sim._engine = None
         assert output_of(sim.complete(2, "a").turn()) == "a"
+
+
+def test_the_dashboard_timeline_shows_a_rewound_step_as_it_ran_again():
+    from duroxide_celery.dashboard.present import timeline
+
+    def orch(ctx, _):
+        return (yield ctx.schedule_activity("A"))
+
+    sim = Sim({"o": orch}).start("o")
+    sim.turn()
+    sim.fail(2, "x").turn()
+    failed_bars = timeline(sim.history, sim.now_ms, running=False)["bars"]
+    assert [(b["label"], b["state"]) for b in failed_bars][1] == ("activity A #2", "failed")
+    rewind(sim)
+    sim.complete(2, "ok").turn()
+    bars = timeline(sim.history, sim.now_ms, running=False)["bars"]
+    assert [b["state"] for b in bars] == ["ok", "ok"]
