@@ -361,3 +361,19 @@ def test_the_dashboard_timeline_shows_a_rewound_step_as_it_ran_again():
     sim.complete(2, "ok").turn()
     bars = timeline(sim.history, sim.now_ms, running=False)["bars"]
     assert [b["state"] for b in bars] == ["ok", "ok"]
+
+
+def test_a_timed_out_attempt_is_not_a_failed_step_replay_times_out_again():
+    def orch(ctx, _):
+        return (yield ctx.schedule_activity_with_retry("Slow", None, {"max_attempts": 3, "timeout_ms": 50}))
+
+    sim = Sim({"o": orch}).start("o")
+    sim.turn()
+    (timer,) = sim.timers()
+    r = sim.fire(timer).turn()
+    assert r.status == "Failed" and error_message(r).startswith("timeout: activity timed out")
+    plan = rewind(sim)
+    # The last turn runs again: the activity it dropped is open again until replay drops it again.
+    assert plan.failed_steps == [] and [s.event.event_id for s in plan.reopened] == [2]
+    again = sim.replay()
+    assert again.status == "Failed" and error_message(again).startswith("timeout: activity timed out")
