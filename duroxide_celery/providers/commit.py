@@ -93,7 +93,10 @@ class TurnCommit(TurnStore):
         pokes: list[tuple[str, str | None]] = []
         for child in changes.child_starts:
             parent = (instance_id, exec_id, child.parent_event_id) if child.parent_event_id is not None else None
-            if self.create_instance(conn, child.instance_id, child.name, child.input, child.version, parent, now):
+            traced = changes.child_trace_context
+            if self.create_instance(
+                conn, child.instance_id, child.name, child.input, child.version, parent, now, trace_context=traced
+            ):
                 pokes.append((child.instance_id, child.name))
             elif child.if_taken is not None:
                 self.enqueue(conn, child.if_taken.instance_id, child.if_taken.kind, child.if_taken.payload, now)

@@ -162,6 +162,8 @@ class TurnChanges:
     timers: list[NewTimer] = field(default_factory=list)
     cancelled_timers: list[int] = field(default_factory=list)
     child_starts: list[ChildStart] = field(default_factory=list)
+    #: The trace context the child instances' spans descend from (the turn's span; observability/otel.py).
+    child_trace_context: str | None = None
     #: Cancel requests for other instances, queued only to those still running.
     cancels: list[InboxMessage] = field(default_factory=list)
     #: Completions and failures for parent instances.

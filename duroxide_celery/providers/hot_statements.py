@@ -64,8 +64,8 @@ INSTANCE = select(instances).where(instances.c.instance_id == bindparam("iid"))
 
 
 def _insert_new_instance(dialect: Any) -> Any:
-    """INSERT of a new instance row (`iid`, `name`, `version`, `parent`, `now`) that silently skips an existing
-    id; returns the id only when it inserted."""
+    """INSERT of a new instance row (`iid`, `name`, `version`, `parent`, `trace_context`, `now`) that silently
+    skips an existing id; returns the id only when it inserted."""
     return (
         dialect.insert(instances)
         .values(
@@ -76,6 +76,7 @@ def _insert_new_instance(dialect: Any) -> Any:
             current_execution_id=1,
             custom_status_version=0,
             parent_instance_id=bindparam("parent", type_=String),
+            trace_context=bindparam("trace_context", type_=Text),
             created_at=bindparam("now"),
             updated_at=bindparam("now"),
             locked_until=0,
@@ -116,8 +117,8 @@ def _create_instance_pg() -> Any:
     return select(created.c.instance_id).add_cte(first_execution.cte("execution"), start_message.cte("message"))
 
 
-#: PostgreSQL: create an instance (`iid`, `name`, `version`, `parent`, `now`), its first execution and its
-#: StartOrchestration message (`payload`) in one statement; returns the id only when the id was new.
+#: PostgreSQL: create an instance (`iid`, `name`, `version`, `parent`, `trace_context`, `now`), its first execution
+#: and its StartOrchestration message (`payload`) in one statement; returns the id only when the id was new.
 CREATE_INSTANCE = _create_instance_pg()
 
 

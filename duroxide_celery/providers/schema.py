@@ -83,6 +83,8 @@ instances = Table(
     Column("waiting_reason", NulSafeText),
     # Client.restart: the instance this one was restarted from (the link is kept if that one is deleted).
     Column("restarted_from", String(512)),
+    # The W3C trace context (JSON of traceparent/tracestate) its spans descend from; None when not traced.
+    Column("trace_context", Text),
     Index("ix_dx_instances_parent", "parent_instance_id"),
     # Listing page by page (dashboard): newest first, optionally by status or name, and by id prefix.
     Index("ix_dx_instances_created", "created_at", "instance_id"),

@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar
 
 from sqlalchemy.engine import Connection
 
+from . import telemetry
 from .dto import InstanceLease, PublishPlan, TurnChanges, TurnLoad
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,14 @@ class TurnTransaction:
 
     def read_kv(self, instance_id: str, key: str) -> str | None:
         raise NotImplementedError
+
+    def trace_context(self) -> str | None:
+        """The instance's stored trace context, read in the lease transaction (observability/otel.py)."""
+        return telemetry.trace_context(self._leased_conn(), self.instance_id)
+
+    def adopt_trace_context(self, context: str) -> None:
+        """Store `context` for an instance started untraced, in the lease transaction (which holds the lease)."""
+        telemetry.adopt_trace_context(self._leased_conn(), self.instance_id, context)
 
     def replay_starts(self) -> None:
         raise NotImplementedError

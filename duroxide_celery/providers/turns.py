@@ -33,9 +33,10 @@ class TurnStore(StoreBase):
         version: str | None = None,
         parent: tuple[str, int, int] | None = None,
         now: int | None = None,
+        trace_context: str | None = None,
     ) -> bool:
         """Insert an instance, its first execution and its StartOrchestration message. False if the id exists
-        (the first start wins)."""
+        (the first start wins). `trace_context`: the JSON its spans descend from (observability/otel.py)."""
         now = now or now_ms()
         payload: dict[str, Any] = {"name": name, "input": input_json, "version": version}
         if parent:
@@ -45,6 +46,7 @@ class TurnStore(StoreBase):
             "name": name,
             "version": version,
             "parent": parent[0] if parent else None,
+            "trace_context": trace_context,
             "now": now,
             "payload": json.dumps(payload),
         }
