@@ -24,6 +24,7 @@ from .errors import (
     OperationTimedOut,
     ScheduleNotFound,
 )
+from .observability.otel import Tracing
 from .options import check_queue_prefix
 from .providers import Provider
 from .providers.restart import current_execution, replace_finished, restart_id, restart_instance
@@ -162,6 +163,7 @@ class Client:
         check_queue_prefix(queue_prefix)
         self.provider = provider
         self._app = app
+        self._tracing = Tracing()
         self._own_publisher: Publisher | None = None
         self._warned_no_broker = False
         if app is not None:
@@ -235,20 +237,22 @@ class Client:
     def _create(
         self, instance_id: str, name: str, payload: str, version: str | None, if_exists: str = "keep"
     ) -> StartResult:
-        """Write a checked start and wake a worker; an existing id is handled as `if_exists` says."""
-        with self._store.write() as conn:
-            if self._store.create_instance(conn, instance_id, name, payload, version):
-                outcome, execution_id = "created", 1
-            elif if_exists == "fail":
-                raise InstanceAlreadyExists(f"Instance {instance_id} already exists")
-            elif if_exists == "restart_if_finished":
-                outcome, execution_id = replace_finished(conn, instance_id, name, payload, version)
+        """Write a checked start and wake a worker, inside its start span; an existing id is handled as
+        `if_exists` says."""
+        with self._tracing.start(instance_id, name, version) as traced:
+            with self._store.write() as conn:
+                if self._store.create_instance(conn, instance_id, name, payload, version, trace_context=traced):
+                    outcome, execution_id = "created", 1
+                elif if_exists == "fail":
+                    raise InstanceAlreadyExists(f"Instance {instance_id} already exists")
+                elif if_exists == "restart_if_finished":
+                    outcome, execution_id = replace_finished(conn, instance_id, name, payload, version)
+                else:
+                    outcome, execution_id = "kept", current_execution(conn, instance_id)
+            if outcome != "kept":
+                self._poke(instance_id, name)
             else:
-                outcome, execution_id = "kept", current_execution(conn, instance_id)
-        if outcome != "kept":
-            self._poke(instance_id, name)
-        else:
-            log.info("instance %s already exists; start ignored (the first start wins)", instance_id)
+                log.info("instance %s already exists; start ignored (the first start wins)", instance_id)
         return StartResult(instance_id, outcome, execution_id)
 
     # -- rewind and restart (issue 16) ------------------------------------------------------------------------

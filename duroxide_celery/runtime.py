@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery
 
 from .metrics import Metrics, MetricsSnapshot
+from .observability.otel import Tracing
 from .options import RuntimeOptions
 from .providers import Provider
 from .providers.store import Store
@@ -69,6 +70,8 @@ class Runtime(Registry):
         #: filter fails here, not later. The executors read it; `configure_worker` is the one way to change it.
         self.identity = WorkerIdentity.create(self.options.worker_node_id, self.options.worker_tag_filter)
         self.metrics = Metrics()
+        #: OpenTelemetry spans of turns and activity attempts (inert without a configured TracerProvider).
+        self.tracing = Tracing()
         Registry.__init__(self)
         prefix = self.options.prefix
         #: The user's Celery app, untouched apart from the engine's own tasks (DESIGN invariant 8); None embedded.

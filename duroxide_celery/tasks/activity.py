@@ -15,6 +15,7 @@ from typing import Any
 from ..context import ActivityContext
 from ..errors import ActivityFailed
 from ..metrics import Metrics
+from ..observability.otel import ActivitySpan, Tracing
 from ..options import RuntimeOptions
 from ..providers import Provider
 from ..providers.store import ClaimedWorkItem, PendingActivity, SessionBusy, SessionPolicy, now_ms
@@ -167,6 +168,7 @@ class ActivityExecutor:
         registry: Registry,
         metrics: Metrics,
         provider: Provider,
+        tracing: Tracing,
     ):
         self.store = store
         self.publisher = publisher
@@ -176,6 +178,8 @@ class ActivityExecutor:
         self.metrics = metrics
         #: What an activity's `ctx.get_client()` opens (the store's location, not this process's Store).
         self.provider = provider
+        #: OpenTelemetry spans of activity attempts (observability/otel.py; inert without a TracerProvider).
+        self.tracing = tracing
         self.renewer = self._new_renewer()
 
     def _new_renewer(self) -> LeaseRenewer:
@@ -187,6 +191,11 @@ class ActivityExecutor:
             self.renewer = self._new_renewer()
 
     def run(self, key: Key) -> None:
+        """One activity task, traced (observability/otel.py: its span begins once the row is claimed)."""
+        with self.tracing.activity_attempt(self.store(), self.identity.worker_id) as span:
+            self._claimed_run(key, span)
+
+    def _claimed_run(self, key: Key, span: ActivitySpan) -> None:
         """Claim the activity row, run its function, record the outcome (at most once), wake the orchestration."""
         options = self.settings
         node = self.identity.worker_id
@@ -199,6 +208,7 @@ class ActivityExecutor:
         if isinstance(item, SessionBusy):
             self._reroute(key, item)
             return
+        span.claimed(item)
         if item.session_id is not None:
             self.renewer.session_claimed()
         if item.attempt_count > options.max_attempts_value:
@@ -206,7 +216,9 @@ class ActivityExecutor:
                 f"poison: activity {item.name}#{item.event_id} exceeded {item.attempt_count} attempts "
                 f"(max {options.max_attempts_value})"
             )
-            self._fail(item, error_details(ev.POISON, message, "Poison"), f"Poison: {message}")
+            details = error_details(ev.POISON, message, "Poison")
+            self.metrics.record_activity(False, {"details": details}, item.name, item.attempt_count)
+            self._fail(item, details, f"Poison: {message}")
             return
         fn = self.registry.activities.get(item.name)
         if fn is None:
@@ -222,7 +234,9 @@ class ActivityExecutor:
             message = (
                 f"activity '{item.name}' is not registered on any worker that took it ({item.attempt_count} attempts)"
             )
-            self._fail(item, error_details(ev.CONFIGURATION, message, "Unregistered"), f"Unregistered: {message}")
+            details = error_details(ev.CONFIGURATION, message, "Unregistered")
+            self.metrics.record_activity(False, {"details": details}, item.name, item.attempt_count)
+            self._fail(item, details, f"Unregistered: {message}")
             return
         delay = unregistered_backoff_ms(item.attempt_count)
         retry_at = when(now_ms() + delay)
@@ -278,7 +292,7 @@ class ActivityExecutor:
             kind, payload = ev.MSG_ACTIVITY_FAILED, {"details": _failure(item.name, exc)}
         finally:
             self.renewer.untrack(held)
-        self.metrics.record_activity(kind == ev.MSG_ACTIVITY_COMPLETED, payload)
+        self.metrics.record_activity(kind == ev.MSG_ACTIVITY_COMPLETED, payload, item.name, item.attempt_count)
         if kind == ev.MSG_ACTIVITY_FAILED:
             self._fail(item, payload["details"], error)  # type: ignore[arg-type]
         else:

@@ -20,17 +20,22 @@ What a `celery -A proj worker` of the user's app does for the engine:
   queues also consumes its session queue and, with the `any` filter, follows tags first used later
   (tasks/consume.py).
 - worker_ready: wake instances that were waiting for this worker's handlers.
+- With DUROXIDE_METRICS_PORT set, each process of the worker that runs tasks serves its Prometheus metrics
+  (observability/prometheus.py).
 - beat_init: a beat of an app with a Runtime whose scheduler lacks durable timers says so.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any, Protocol
 
 import click
-from celery import Celery, bootsteps
-from celery.signals import beat_init, worker_init, worker_ready
+from celery import Celery, bootsteps, concurrency
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.signals import beat_init, worker_init, worker_process_init, worker_ready
+from celery.utils.log import current_process_index
 
 from ..beat import warn_without_durable_timers
 from ..broker_acks import apply_to_worker
@@ -150,6 +155,7 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     runtime = _worker_runtime(sender)
     if runtime is not None:
         prepare_worker(sender, runtime)
+        serve_metrics(sender, runtime)
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
@@ -184,6 +190,26 @@ def prepare_worker(worker: Any, runtime: HookedRuntime) -> None:
     if len(ours) == len(consumed):
         _engine_only_settings(worker, app)
         apply_to_worker(app, names)
+
+
+def serve_metrics(worker: Any, runtime: HookedRuntime) -> None:
+    """DUROXIDE_METRICS_PORT=N: prefork children serve their metrics on N + their index (their counters are their
+    own), a solo or thread-pool worker on N."""
+    if not os.environ.get("DUROXIDE_METRICS_PORT", "").strip():
+        return
+    try:
+        from ..observability.prometheus import serve_worker_process
+    except ImportError:
+        log.error("DUROXIDE_METRICS_PORT is set, but prometheus_client is not installed: no metrics endpoint")
+        return
+    pool = concurrency.get_implementation(worker.pool_cls)
+    if isinstance(pool, type) and issubclass(pool, PreforkPool):
+        # Connected here, in the parent: the handler runs in each child the pool forks (and re-forks).
+        worker_process_init.connect(
+            lambda **_: serve_worker_process(runtime, current_process_index(base=0)), weak=False
+        )
+    else:
+        serve_worker_process(runtime, None)
 
 
 def _engine_only_settings(worker: Any, app: Celery) -> None:

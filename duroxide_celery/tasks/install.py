@@ -63,6 +63,7 @@ def install_tasks(app: Celery, runtime: Runtime) -> InstalledTasks:
         "identity": runtime.identity,
         "registry": runtime,
         "metrics": runtime.metrics,
+        "tracing": runtime.tracing,  # OpenTelemetry spans (observability/otel.py)
     }
     turns = TurnExecutor(**shared, queues=runtime.names)
     activities = ActivityExecutor(**shared, provider=runtime.provider)

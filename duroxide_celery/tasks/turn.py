@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import OrchestrationFailed
 from ..metrics import Metrics
+from ..observability.otel import Tracing, TurnSpan
 from ..options import RuntimeOptions
 from ..providers.dto import InstanceLease, LeaseLost, PublishPlan, TurnLoad
 from ..providers.store import Store, now_ms
@@ -105,6 +106,7 @@ class TurnExecutor:
         registry: Registry,
         metrics: Metrics,
         queues: QueueNames,
+        tracing: Tracing,
     ):
         self.store = store
         self.publisher = publisher
@@ -113,6 +115,8 @@ class TurnExecutor:
         self.registry = registry
         self.metrics = metrics
         self.queues = queues
+        #: OpenTelemetry spans of turns (observability/otel.py; inert without a configured TracerProvider).
+        self.tracing = tracing
         self.engines: LruCache[ReplayEngine] = LruCache(max_bytes=settings.engine_cache_bytes)
         self.fault = FaultAfterCommit.from_env()
         self._task = _TaskState()  # one per pool thread: tasks of a thread pool share this executor
@@ -134,6 +138,11 @@ class TurnExecutor:
             raise failed
 
     def _turn(self, instance_id: str) -> bool:
+        """One turn, traced (observability/otel.py: its span begins once the turn holds the lease)."""
+        with self.tracing.turn(instance_id, self.identity.worker_id) as span:
+            return self._traced_turn(instance_id, span)
+
+    def _traced_turn(self, instance_id: str, span: TurnSpan) -> bool:
         """One turn; True when the inbox may hold more work for this instance. Its transactions (one, or a lease
         then a fenced commit) are the store's business: `Store.begin_turn`."""
         # This turn's own lease owner: a turn that lost its lease fails every owner-guarded write.
@@ -145,6 +154,7 @@ class TurnExecutor:
                 if turn.lease is None:
                     return False  # no message (a duplicate or late poke), or the lease holder re-reads the inbox
                 name = turn.lease.orchestration_name
+                span.leased(turn.lease, turn)
                 after_commit = self._leased_turn(turn, turn.lease)
             return after_commit()
         except LeaseLost:
@@ -154,6 +164,7 @@ class TurnExecutor:
             return False  # a simulated crash: no retry poke either; only the recovery sweep may heal this
         except Exception as exc:
             log.exception("turn of %s failed; it will be retried", instance_id, extra={"instance_id": instance_id})
+            span.failed(exc)
             try:
                 turn.record_failed_attempt(clip(f"turn attempt failed: {describe(exc)}"))
             finally:
@@ -183,6 +194,8 @@ class TurnExecutor:
             more = turn.release(reset_attempts=True, consumed_ids=msg_ids)
             return lambda: more
         changes = turn_changes(lease, decided, msg_ids, now_ms(), self.settings.default_activity_ttl_ms)
+        if changes.child_starts:  # their spans join this turn's trace, under this turn's span
+            changes.child_trace_context = self.tracing.current_context()
         plan = turn.commit(changes)
         return partial(self._after_commit, lease, decided, plan)
 
@@ -349,6 +362,7 @@ class TurnExecutor:
         else:
             self.engines.drop(key)
         self.metrics.record_turn(result, started_fresh(result))
+        self.tracing.turn_committed(result)
         if self.fault is not None and self.fault.hit():
             log.warning("fault injected after the commit of a turn of %s: its publishes are dropped", instance_id)
             raise InjectedCrash(instance_id)

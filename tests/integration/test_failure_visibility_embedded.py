@@ -182,11 +182,14 @@ def test_poisoned_activity_is_a_failed_task_too(runtime_factory, client, outcome
     with provider.store.write() as conn:  # two workers died running it
         conn.execute(sa.update(work_items).where(work_items.c.instance_id == "fv-poison").values(attempt_count=2))
     no_activities.shutdown(timeout_ms=2000)
-    runtime_factory({"O": orch}, {"Never": lambda ctx, _: "ran"}, options=options)
+    rt = runtime_factory({"O": orch}, {"Never": lambda ctx, _: "ran"}, options=options)
     result = client.wait_for_orchestration("fv-poison", WAIT_MS)
     assert result.status == "Failed" and "poison: activity Never#2 exceeded" in result.error, result.error
     (failure,) = wait_until(lambda: outcomes.failed(ACTIVITY_TASK, "fv-poison"), what="the poisoned activity task")
     assert str(failure).startswith("Poison: poison: activity Never#2 exceeded 3 attempts")
+    # Counted, once, as duroxide counts a poisoned activity.
+    assert rt.metrics_snapshot().activity_poison == 1
+    assert rt.metrics.labeled()["duroxide_activity_executions_total"] == {("Never", "poison", "2"): 1}
 
 
 def test_an_orchestration_that_never_found_its_handler_fails_its_last_turn(runtime_factory, client, outcomes):

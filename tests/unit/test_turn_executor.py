@@ -16,6 +16,7 @@ import pytest
 from duroxide_celery import RuntimeOptions
 from duroxide_celery.errors import OrchestrationFailed
 from duroxide_celery.metrics import Metrics
+from duroxide_celery.observability.otel import Tracing
 from duroxide_celery.providers.dto import (
     InstanceLease,
     LeaseLost,
@@ -163,6 +164,7 @@ def executor(store: FakeStore, publisher: FakePublisher, options: RuntimeOptions
         registry=registry,
         metrics=Metrics(),
         queues=QueueNames("duroxide"),
+        tracing=Tracing(),
     )
 
 
