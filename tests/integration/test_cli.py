@@ -617,7 +617,8 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
 def test_app_names_the_store_and_queues(tmp_path: Path, store: Store) -> None:
     """`--app module` (a real process, the module on PYTHONPATH): the app's Runtime's store is used."""
     name = _write_app(tmp_path)
-    env = {**_app_env(store), "PYTHONPATH": str(tmp_path)}
+    # The checkout after the app: the CLI process runs the duroxide_celery under test, not another installed copy.
+    env = {**_app_env(store), "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     if store.kind == "sqlite":  # the CLI refuses a store the app's Runtime names but nobody created
