@@ -181,8 +181,8 @@ def test_plain_pip_install_runs_a_workflow(
         env=_clean_env(),
         check=True,
     )
-    module_file, prefix = probe.stdout.splitlines()
-    assert Path(module_file).is_relative_to(venv) and Path(prefix) == venv
+    module_file, venv_prefix = probe.stdout.splitlines()
+    assert Path(module_file).is_relative_to(venv) and Path(venv_prefix) == venv
     for dev_only in ("pytest", "duroxide", "flower"):
         missing = subprocess.run([str(python), "-c", f"import {dev_only}"], capture_output=True, env=_clean_env())
         assert missing.returncode != 0, f"{dev_only} is importable in the fresh venv"

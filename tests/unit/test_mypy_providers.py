@@ -25,7 +25,8 @@ def test_mypy_strict_passes_on_providers() -> None:
             pytest.fail(reason + " (CI is set: the type check is required)", pytrace=False)
         pytest.skip("!!! SKIPPED: " + reason)
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "duroxide_celery/providers"],
+        # The parent package's __init__ is followed (it imports Celery-side modules); only providers/ must pass.
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "duroxide_celery/providers"],
         cwd=ROOT,
         capture_output=True,
         text=True,
