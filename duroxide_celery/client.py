@@ -42,6 +42,7 @@ from .replay.limits import (
     MAX_VERSION_CHARS,
     check_int64,
     check_length,
+    check_name,
     check_storable,
     check_timeout_ms,
 )
@@ -136,15 +137,7 @@ def _check_if_exists(value: Any) -> str:
 
 
 def _check_name(name: Any, what: str, max_chars: int | None = None) -> str:
-    # The Client's rule: a wrong type is a TypeError, a str it cannot take a ValueError.
-    if not isinstance(name, str):
-        raise TypeError(f"{what} must be a str, got {type(name).__name__}")
-    if not name.strip():
-        raise ValueError(f"{what} must be a non-empty string, got {name!r}")
-    check_storable(name, what)
-    if max_chars is not None:
-        check_length(name, what, max_chars)
-    return name
+    return check_name(name, what, max_chars)
 
 
 def _encode(value: Any, what: str) -> str:

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .replay.limits import MAX_NAME_CHARS, MAX_VERSION_CHARS, check_length, check_storable
+from .replay.limits import MAX_NAME_CHARS, MAX_VERSION_CHARS, check_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_VERSION = "1.0.0"
@@ -21,13 +21,8 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 
 def _check_name(name: Any, what: str) -> str:
-    """A name the store can hold, as the Client checks the names it is given (TypeError for a wrong type)."""
-    if not isinstance(name, str):
-        raise TypeError(f"{what} name must be a str, got {type(name).__name__}")
-    if not name.strip():
-        raise ValueError(f"{what} name must be a non-empty string, got {name!r}")
-    check_storable(name, f"{what} name")
-    return check_length(name, f"{what} name", MAX_NAME_CHARS)
+    """A name the store can hold, by the Client's rule (replay.limits.check_name)."""
+    return check_name(name, f"{what} name", MAX_NAME_CHARS)
 
 
 def _check_replacement(old: Callable[..., Any] | None, new: Callable[..., Any], what: str) -> None:

@@ -80,6 +80,19 @@ def check_text(value: Any, what: str, max_chars: int | None = None) -> str:
     return value
 
 
+def check_name(value: Any, what: str, max_chars: int | None = None) -> str:
+    """A name (orchestration, activity, event, instance...): a str with something besides whitespace, that the
+    store can hold. The one rule the Client, the registry and the context share (TypeError for a wrong type)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    check_storable(value, what)
+    if max_chars is not None:
+        check_length(value, what, max_chars)
+    return value
+
+
 def check_delay_ms(value: Any, what: str, *, minimum: int = 0) -> int:
     """A delay in milliseconds: an int, or a float with an integral value, within [minimum, MAX_DELAY_MS]."""
     if isinstance(value, bool) or not isinstance(value, int | float):
