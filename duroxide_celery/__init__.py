@@ -4,8 +4,8 @@ The public names match duroxide-python, so its programs port by changing imports
 """
 
 from . import errors
+from .activity_context import ActivityContext, OrchestrationContext
 from .client import Client
-from .context import ActivityContext, OrchestrationContext
 from .errors import (
     ActivityFailed,
     CannotDeleteSubOrchestration,

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .context import ActivityContext
+from .activity_context import ActivityContext
 from .registry import DEFAULT_VERSION, Registry
 from .replay import events as ev
 from .replay.commands import (

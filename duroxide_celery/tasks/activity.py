@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..context import ActivityContext
+from ..activity_context import ActivityContext
 from ..errors import ActivityFailed
 from ..metrics import Metrics
 from ..observability.otel import ActivitySpan, Tracing
