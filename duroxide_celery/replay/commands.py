@@ -22,6 +22,9 @@ class ScheduleActivity:
     session_id: str | None = None
     tag: str | None = None
     ttl_ms: int | None = None
+    #: Flow control (`.with_key()`, `.with_priority()`): the key the activity's limits count it under, its priority.
+    key: str | None = None
+    priority: int | None = None
 
 
 @dataclass

@@ -436,12 +436,27 @@ class ReplayEngine:
             }
             if task.ttl_ms is not None:
                 data["ttl_ms"] = task.ttl_ms  # shown in history; not part of the determinism check
+            # Flow control, recorded only when set (histories without it replay unchanged): the key is part of the
+            # determinism check (it decides which limit counts the work); the priority, like the ttl, is not.
+            if task.key is not None:
+                data["key"] = task.key
+            if task.priority is not None:
+                data["priority"] = task.priority
             event = self._emit(
                 ev.ACTIVITY_SCHEDULED,
                 data,
-                ("name", "input", "session_id", "tag"),
+                ("name", "input", "session_id", "tag", "key"),
                 on_new=lambda e: self.outgoing.append(
-                    ScheduleActivity(e.event_id, task.name, task.input, task.session_id, task.tag, task.ttl_ms)
+                    ScheduleActivity(
+                        e.event_id,
+                        task.name,
+                        task.input,
+                        task.session_id,
+                        task.tag,
+                        task.ttl_ms,
+                        task.key,
+                        task.priority,
+                    )
                 ),
             )
             return self._register(Future("activity", event.event_id, task.name))
@@ -872,7 +887,7 @@ def _app_failure(exc: BaseException) -> dict[str, Any]:
 
 def _describe_action(kind: str, data: dict[str, Any], compare: tuple[str, ...]) -> str:
     fields = ", ".join(
-        f"{f}: {data.get(f)!r}" for f in compare if f != "source" and not (f == "try" and data.get(f) is None)
+        f"{f}: {data.get(f)!r}" for f in compare if f != "source" and not (f in ("try", "key") and data.get(f) is None)
     )
     return f"{kind}{{{fields}}}"
 

@@ -12,6 +12,7 @@ Limits (characters, as the columns of providers/schema.py count them):
   and queue names) may not contain NUL (U+0000, which PostgreSQL text cannot hold) or lone surrogates (which no
   UTF-8 database can). JSON payloads may contain both: JSON escapes them.
 - timer delays, TTLs and retry timeouts: an int (or an integral float) from 0 to MAX_DELAY_MS (100 years);
+- flow-control keys: 256;
 - broker queue names are at most 255 bytes (AMQP), so `<queue prefix>.activities.<tag>` must fit in 255 bytes.
 """
 
@@ -43,6 +44,12 @@ MAX_JSON_DEPTH = 256
 #: An activity tag's length in bytes, and how many tags one worker's filter may name.
 MAX_TAG_NAME_BYTES = 256
 MAX_WORKER_TAGS = 5
+#: A flow-control key's length (`.with_key()`: the unit a per-key limit counts), and the activity priority range
+#: (`.with_priority()`: higher is admitted first among held work of the same activity and key).
+MAX_FLOW_KEY_CHARS = 256
+MIN_PRIORITY, MAX_PRIORITY = 0, 9
+#: The largest concurrency limit `Runtime.limit` takes (a 32-bit column; more is no limit at all).
+MAX_CONCURRENCY_LIMIT = 1_000_000
 #: A worker node id's length (it names the worker's session queue).
 MAX_NODE_ID_CHARS = 200
 #: Signed 64-bit integers: what BIGINT (PostgreSQL) and INTEGER (SQLite) columns hold.

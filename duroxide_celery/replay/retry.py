@@ -60,7 +60,9 @@ def retry_loop(task: ActivityTask) -> Generator[Any, Any, Any]:
                 raise ActivityTimeout(f"timeout: retry budget of {budget} ms exhausted")
             if not limit or left < int(limit):
                 limit, by_budget = left, True
-        call = ActivityTask(task.name, task.input, task.session_id, task.tag, ttl_ms=task.ttl_ms)
+        call = ActivityTask(
+            task.name, task.input, task.session_id, task.tag, ttl_ms=task.ttl_ms, key=task.key, priority=task.priority
+        )
         try:
             if limit:
                 outcome = yield RaceTask([call, TimerTask(int(limit))])

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .limits import MAX_DELAY_MS, MAX_TAG_NAME_BYTES
+from .limits import MAX_DELAY_MS, MAX_FLOW_KEY_CHARS, MAX_PRIORITY, MAX_TAG_NAME_BYTES, MIN_PRIORITY, check_text
 
 _TAG = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
@@ -39,6 +39,9 @@ class ActivityTask(Task):
     retry: dict[str, Any] | None = None
     kind: str = "activity"
     ttl_ms: int | None = None
+    #: Flow control: the key a per-key limit counts this activity under, and its admission priority.
+    key: str | None = None
+    priority: int | None = None
 
     def with_tag(self, tag: str) -> ActivityTask:
         """Route this activity to workers whose tag filter names `tag` (semantics.md 2.18)."""
@@ -50,6 +53,31 @@ class ActivityTask(Task):
         activity whose tag no worker serves then fails instead of waiting forever."""
         self.ttl_ms = check_ttl(ttl_ms)
         return self
+
+    def with_key(self, key: str) -> ActivityTask:
+        """Count this activity under `key` (e.g. "tenant:42") for the activity's limits (`Runtime.limit`): at most
+        `key_limit` activities of one key run at once, and held work is admitted fairly across keys."""
+        self.key = check_flow_key(key)
+        return self
+
+    def with_priority(self, priority: int) -> ActivityTask:
+        """Admit this activity before lower-priority held work of the same activity and key (0-9, higher first;
+        default 0). Only work held by a limit is ordered: unlimited work is published at once."""
+        self.priority = check_priority(priority)
+        return self
+
+
+def check_flow_key(key: object) -> str:
+    """A flow-control key is stored and compared as-is: a non-empty str, no NUL, at most 256 characters."""
+    return check_text(key, "activity flow-control key", MAX_FLOW_KEY_CHARS)
+
+
+def check_priority(priority: object) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"activity priority must be an int from {MIN_PRIORITY} to {MAX_PRIORITY}, got {priority!r}")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValueError(f"activity priority must be from {MIN_PRIORITY} to {MAX_PRIORITY}, got {priority}")
+    return priority
 
 
 def check_ttl(ttl_ms: object) -> int:
