@@ -19,8 +19,10 @@ from .metrics import Metrics, MetricsSnapshot
 from .observability.otel import Tracing
 from .options import RuntimeOptions
 from .providers import Provider
+from .providers.flow import ActivityLimit
 from .providers.store import Store
 from .registry import Registry
+from .replay.limits import MAX_CONCURRENCY_LIMIT, MAX_NAME_CHARS, check_text
 from .tagfilter import parse_cli_tag_filter, parse_filter
 from .tasks.binding import bind_runtime
 from .tasks.consume import activity_queues, served_tags
@@ -53,6 +55,13 @@ def _is_in_memory(provider: Provider) -> bool:
     return getattr(provider, "is_in_memory", getattr(provider, "in_memory", False)) is True
 
 
+def _check_concurrency(value: object, what: str, of: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} of {of} must be a positive int, got {value!r}")
+    if not 1 <= value <= MAX_CONCURRENCY_LIMIT:
+        raise ValueError(f"{what} of {of} must be from 1 to {MAX_CONCURRENCY_LIMIT}, got {value}")
+
+
 class Runtime(Registry):
     """Runs orchestrations and activities (duroxide-python's `Runtime`, on Celery)."""
 
@@ -73,6 +82,8 @@ class Runtime(Registry):
         #: OpenTelemetry spans of turns and activity attempts (inert without a configured TracerProvider).
         self.tracing = Tracing()
         Registry.__init__(self)
+        #: Activity limits by activity name (`limit`), written to the store at start.
+        self.limits: dict[str, ActivityLimit] = {}
         prefix = self.options.prefix
         #: The user's Celery app, untouched apart from the engine's own tasks (DESIGN invariant 8); None embedded.
         self.host_app = app
@@ -167,6 +178,31 @@ class Runtime(Registry):
             self.identity.worker_id, self.identity.stable = changes["worker_node_id"], True
         self.identity.tag_filter = parsed
 
+    # -- flow control -------------------------------------------------------------------------------------------
+    def limit(self, activity: str, *, limit: int | None = None, key_limit: int | None = None) -> None:
+        """Limit how many `activity` run at once, across all workers: at most `limit` in all, and at most
+        `key_limit` per key (`ctx.schedule_activity(...).with_key("tenant:42")`; work without a key shares one).
+        Work beyond a limit waits in the store (not in the broker) and is admitted fairly across keys as slots free.
+
+        Limits are stored (where every worker reads them) when this runtime starts, or at once if it has; register
+        them on every runtime of the app, like activities. The activity need not be registered here (a turn-only
+        worker stores the limits of activities other workers run)."""
+        name = check_text(activity, "limit's activity name", MAX_NAME_CHARS)
+        if limit is None and key_limit is None:
+            raise ValueError(f"limit({name!r}) needs limit= (across keys), key_limit= (per key), or both")
+        for what, value in (("limit", limit), ("key_limit", key_limit)):
+            if value is not None:
+                _check_concurrency(value, what, f"activity {name!r}")
+        self.limits[name] = ActivityLimit(name, limit, key_limit)
+        if self._started:
+            self.store_limits([self.limits[name]])
+
+    def store_limits(self, which: list[ActivityLimit] | None = None) -> None:
+        """Write this runtime's limits to the store (the truth every worker's claims go by) and publish the held
+        work they now let in (at start, and by each `celery worker` when ready)."""
+        for item in self.limits.values() if which is None else which:
+            self.publisher.activities(self.store.set_limit(item))
+
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the embedded worker and scheduler (non-blocking). With your own Celery app this only checks the
@@ -176,6 +212,7 @@ class Runtime(Registry):
         _ = self.store  # create/migrate the schema now, not in the first task
         self._started = True
         live_publishers.attach(self.provider.token, self.publisher)
+        self.store_limits()
         wake_backed_off(self.store, self.publisher, self.orchestration_names())
         if self._embedded is None:
             return
@@ -244,8 +281,10 @@ class Runtime(Registry):
                     continue  # already done, cancelled, or held by someone (a session owner)
                 message = f"activity '{item.name}' cannot be delivered to a worker: {bad.reason}"
                 details = error_details(ev.APPLICATION, message, "Undeliverable")  # catchable
-                if store.fail_work_item(key, self.worker_id, details, claimed.session_id):
+                recorded = store.fail_work_item(key, self.worker_id, details, claimed.session_id)
+                if recorded is not None:
                     self.publisher.poke([(item.instance_id, claimed.orchestration_name)])
+                    self.publisher.activities(recorded.admitted)  # held work its freed slot let in
             except Exception:  # noqa: BLE001 - the sweep offers it again; other rows are unaffected
                 log.exception(
                     "could not record undeliverable activity %s#%d of instance %s as failed",

@@ -10,14 +10,16 @@ from sqlalchemy.engine import Connection
 
 from ..replay import events as ev
 from . import hot_statements as hot
-from .base import StoreBase, now_ms, work_item_params
+from .base import now_ms, work_item_params
 from .dto import (
     ClaimedWorkItem,
     HeldWorkItem,
     PendingActivity,
+    RecordedOutcome,
     SessionBusy,
     SessionPolicy,
 )
+from .flow import ADMITTED, FlowStore
 from .schema import instances, sessions, work_items
 
 
@@ -28,7 +30,7 @@ class _Refused(Exception):
         self.busy = busy
 
 
-class ActivityStore(StoreBase):
+class ActivityStore(FlowStore):
     """One named operation per state transition of an activity row."""
 
     def claim_work_item(
@@ -150,10 +152,11 @@ class ActivityStore(StoreBase):
         result: str,
         session_id: str | None = None,
         node: str | None = None,
-    ) -> bool:
+    ) -> RecordedOutcome | None:
         """Record an activity's result (JSON text) at most once: delete our leased row and queue ActivityCompleted,
-        atomically. False when the row is gone or another lease holder has it (the outcome is dropped). `node`
-        (default `owner`): the worker whose session's idle clock restarts."""
+        atomically, admitting the held work its freed slot lets in (RecordedOutcome.admitted, to publish). None
+        when the row is gone or another lease holder has it (the outcome is dropped). `node` (default `owner`):
+        the worker whose session's idle clock restarts."""
         return self._record_outcome(key, owner, ev.MSG_ACTIVITY_COMPLETED, {"result": result}, session_id, node)
 
     def fail_work_item(
@@ -163,7 +166,7 @@ class ActivityStore(StoreBase):
         details: dict[str, Any],
         session_id: str | None = None,
         node: str | None = None,
-    ) -> bool:
+    ) -> RecordedOutcome | None:
         """Record an activity's failure (`details`, error_details' shape) at most once, as complete_work_item."""
         return self._record_outcome(key, owner, ev.MSG_ACTIVITY_FAILED, {"details": details}, session_id, node)
 
@@ -175,19 +178,23 @@ class ActivityStore(StoreBase):
         payload: dict[str, Any],
         session_id: str | None,
         node: str | None,
-    ) -> bool:
-        params = work_item_params(key, owner, now=now_ms())
+    ) -> RecordedOutcome | None:
+        now = now_ms()
+        params = work_item_params(key, owner, now=now)
         message = dict(payload, execution_id=key[1], event_id=key[2])
         with self.write() as conn:
-            if not self.dialect.complete_work_item(conn, params, kind, message):
-                return False
+            done = self.dialect.complete_work_item(conn, params, kind, message)
+            if done is None:
+                return None
             if session_id is not None:  # the session's idle clock starts now
                 conn.execute(
                     update(sessions)
                     .where(sessions.c.session_id == session_id, sessions.c.owner == (node or owner))
-                    .values(last_activity_at=now_ms())
+                    .values(last_activity_at=now)
                 )
-            return True
+            name, flow_state = done
+            # The slot this row held goes to the next held row in the same transaction: none leaks, none idles.
+            return RecordedOutcome(self.admit(conn, [name], now) if flow_state == ADMITTED else [])
 
     def abandon_work_item(
         self, key: tuple[str, int, int], owner: str, visible_at: int, waiting_reason: str | None = None

@@ -23,11 +23,12 @@ from .dto import (
     PublishPlan,
     TurnChanges,
 )
+from .flow import ADMITTED, HELD, FlowStore
 from .turn_shapes import LeaseKeeper, TurnTransaction
 from .turns import TurnStore
 
 
-class TurnCommit(TurnStore):
+class TurnCommit(TurnStore, FlowStore):
     """A turn end to end: `begin_turn` (its transactions, which use every operation of TurnStore and this class),
     `commit_turn` and the row writers it composes (each takes the open connection)."""
 
@@ -57,12 +58,17 @@ class TurnCommit(TurnStore):
         self.append_history(conn, instance_id, exec_id, changes.history)
         self.delete_inbox(conn, changes.consumed)
         activities = changes.activities
+        # Activities with a limit start held in the store (providers/flow.py); one statement, only for a turn that
+        # schedules activities.
+        limited = self.limited_names(conn, (a.name for a in activities))
         self.add_work_items(
-            conn, instance_id, exec_id, changes.orchestration, activities, now, changes.default_activity_ttl_ms
+            conn, instance_id, exec_id, changes.orchestration, activities, now, changes.default_activity_ttl_ms, limited
         )
         # Activities of a session some worker holds go straight to that worker's session queue.
         owners = self.session_owners(conn, (a.session_id for a in activities if a.session_id))
-        self.delete_work_items(conn, instance_id, exec_id, changes.cancelled_activities)
+        freed = self.delete_work_items(conn, instance_id, exec_id, changes.cancelled_activities)
+        # The same transaction admits what the new work and the freed slots allow (no slot leaks, none is lost).
+        admitted = self.admit(conn, limited | freed, now) if limited or freed else []
         self.add_timers(conn, instance_id, exec_id, changes.timers)
         self.delete_timers(conn, instance_id, exec_id, changes.cancelled_timers)
         pokes = self._send_messages(conn, instance_id, exec_id, changes, now)
@@ -81,7 +87,7 @@ class TurnCommit(TurnStore):
             for a in activities
         ]
         return PublishPlan(
-            activities=publish,
+            activities=[a for a in publish if a.name not in limited] + admitted,
             pokes=pokes,
             first_timer_at=min((t.fire_at_ms for t in changes.timers), default=None),
         )
@@ -151,9 +157,11 @@ class TurnCommit(TurnStore):
         items: list[NewActivity],
         now: int,
         default_ttl_ms: int | None = None,
+        limited: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         """Insert the activities a turn scheduled; one with a ttl (its own, else the runtime default) gets a claim
-        deadline, after which it fails unless a worker has claimed it."""
+        deadline, after which it fails unless a worker has claimed it. One whose name is `limited` is inserted held
+        and unpublished: only admission (flow.py) publishes it."""
         if items:
             conn.execute(
                 hot.INSERT_WORK_ITEMS,
@@ -172,8 +180,11 @@ class TurnCommit(TurnStore):
                         "attempt_count": 0,
                         "visible_at": 0,
                         "created_at": now,
-                        "published_at": now,
+                        "published_at": 0 if a.name in limited else now,
                         "claim_deadline": now + ttl if (ttl := a.ttl_ms or default_ttl_ms) else 0,
+                        "flow_key": a.key or "",
+                        "priority": a.priority,
+                        "flow_state": HELD if a.name in limited else None,
                     }
                     for a in items
                 ],
@@ -187,10 +198,15 @@ class TurnCommit(TurnStore):
         rows = conn.execute(hot.SESSION_OWNERS, {"ids": ids, "now": now_ms()}).all()
         return {r[0]: r[1] for r in rows}
 
-    def delete_work_items(self, conn: Connection, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
-        """Delete cancelled activity rows of an execution by their scheduled event ids."""
-        if event_ids:
-            conn.execute(hot.DELETE_WORK_ITEMS_OF, {"iid": instance_id, "exec": execution_id, "eids": event_ids})
+    def delete_work_items(
+        self, conn: Connection, instance_id: str, execution_id: int, event_ids: list[int]
+    ) -> set[str]:
+        """Delete cancelled activity rows of an execution by their scheduled event ids (held ones included: a
+        cancelled orchestration leaves nothing waiting); returns the activities whose admitted rows freed a slot."""
+        if not event_ids:
+            return set()
+        rows = conn.execute(hot.DELETE_WORK_ITEMS_OF, {"iid": instance_id, "exec": execution_id, "eids": event_ids})
+        return {name for name, state in rows.all() if state == ADMITTED}
 
     def add_timers(self, conn: Connection, instance_id: str, execution_id: int, items: list[NewTimer]) -> None:
         if items:

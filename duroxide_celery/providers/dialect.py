@@ -47,8 +47,11 @@ class Dialect:
         StartOrchestration message (`payload`); False if the id exists."""
         raise NotImplementedError
 
-    def complete_work_item(self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]) -> bool:
-        """Delete the activity row its lease holder names (`params`) and queue its outcome; False if it is gone."""
+    def complete_work_item(
+        self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
+    ) -> tuple[str, str | None] | None:
+        """Delete the activity row its lease holder names (`params`) and queue its outcome; the row's (name, flow
+        state), or None if it is gone."""
         raise NotImplementedError
 
     def fire_due_timers(self, conn: Connection, now: int, limit: int) -> tuple[list[Wake], int]:
@@ -61,6 +64,11 @@ class Dialect:
     def skip_locked(self, query: Select[Any]) -> Select[Any]:
         """`query` made to pass over rows another transaction holds (two callers take disjoint rows)."""
         return query
+
+    def lock_rows(self, plain: Any, locking: Any) -> Any:
+        """Of two prebuilt statements, the one that locks the rows it reads until commit where the database locks
+        rows (PostgreSQL: `locking`); SQLite's single writer already serializes the transaction (`plain`)."""
+        return plain
 
     def byte_length(self, column: Any) -> Any:
         """Length in bytes (UTF-8) of a text column."""
@@ -121,14 +129,17 @@ class SqliteDialect(Dialect):
         )
         return True
 
-    def complete_work_item(self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]) -> bool:
-        if not conn.execute(hot.DELETE_LEASED_WORK_ITEM, params).rowcount:
-            return False
+    def complete_work_item(
+        self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
+    ) -> tuple[str, str | None] | None:
+        done = conn.execute(hot.DELETE_LEASED_WORK_ITEM, params).first()
+        if done is None:
+            return None
         conn.execute(
             hot.INSERT_INBOX,
             {"instance_id": params["iid"], "kind": kind, "payload": json.dumps(message), "created_at": params["now"]},
         )
-        return True
+        return done[0], done[1]
 
     def fire_due_timers(self, conn: Connection, now: int, limit: int) -> tuple[list[Wake], int]:
         due = conn.execute(hot.DUE_TIMERS, {"now": now, "limit": limit}).all()
@@ -187,9 +198,12 @@ class PostgresDialect(Dialect):
     def create_instance(self, conn: Connection, params: dict[str, Any]) -> bool:
         return conn.execute(hot.CREATE_INSTANCE, params).first() is not None
 
-    def complete_work_item(self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]) -> bool:
+    def complete_work_item(
+        self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
+    ) -> tuple[str, str | None] | None:
         statement_params = dict(params, kind=kind, payload=json.dumps(message), created=params["now"])
-        return conn.execute(hot.COMPLETE_WORK_ITEM, statement_params).first() is not None
+        done = conn.execute(hot.COMPLETE_WORK_ITEM, statement_params).first()
+        return (done[0], done[1]) if done is not None else None
 
     def fire_due_timers(self, conn: Connection, now: int, limit: int) -> tuple[list[Wake], int]:
         rows = conn.execute(hot.FIRE_DUE_TIMERS, {"now": now, "limit": limit}).all()
@@ -200,6 +214,9 @@ class PostgresDialect(Dialect):
 
     def skip_locked(self, query: Select[Any]) -> Select[Any]:
         return query.with_for_update(skip_locked=True)
+
+    def lock_rows(self, plain: Any, locking: Any) -> Any:
+        return locking
 
     def byte_length(self, column: Any) -> Any:
         return func.octet_length(column)

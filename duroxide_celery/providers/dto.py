@@ -65,6 +65,14 @@ class PendingActivity:
 
 
 @dataclass
+class RecordedOutcome:
+    """An activity's outcome, recorded. `admitted`: held work of its activity that the slot it freed let in (flow
+    control), to publish after the commit. (Truthy: `if not store.complete_work_item(...)` reads "dropped".)"""
+
+    admitted: list[PendingActivity] = field(default_factory=list)
+
+
+@dataclass
 class SessionBusy:
     """A claim refused for its session: `owner` holds it (publish there), or, with owner None, this worker is at
     max_sessions_per_runtime (publish back to the claim path for another worker). `activity` is the refused row,
@@ -104,6 +112,10 @@ class NewActivity:
     session_id: str | None = None
     tag: str | None = None
     ttl_ms: int | None = None
+    #: Flow control (`.with_key()`, `.with_priority()`): the key its activity's limits count it under, and its
+    #: admission priority among held rows.
+    key: str | None = None
+    priority: int = 0
 
 
 @dataclass

@@ -7,14 +7,15 @@ from sqlalchemy import and_, delete, or_, select, tuple_, update
 from ..replay import events as ev
 from ..replay.events import error_details
 from . import hot_statements as hot
-from .base import StoreBase, now_ms
+from .base import now_ms
 from .dto import (
     PendingActivity,
 )
+from .flow import ADMITTED, HELD, FlowStore
 from .schema import inbox, instances, sessions, work_items
 
 
-class DueWorkStore(StoreBase):
+class DueWorkStore(FlowStore):
     """What beat, the embedded scheduler and the recovery sweep ask the store."""
 
     def next_due(self) -> tuple[int | None, int | None]:
@@ -24,16 +25,17 @@ class DueWorkStore(StoreBase):
             timer, deadline = conn.execute(hot.NEXT_DUE).one()
         return timer, deadline
 
-    def expire_unclaimed(self, limit: int = 500) -> list[tuple[str, str | None]]:
+    def expire_unclaimed(self, limit: int = 500) -> tuple[list[tuple[str, str | None]], list[PendingActivity]]:
         """Fail the activities that no worker claimed before their claim deadline (ttl_ms): the rows are deleted
         (one statement) and an ActivityFailed queued for each instance, in one transaction; returns the instances
-        to poke. A claim
-        clears the deadline, and a row is deleted by one caller only, so this races safely with claims."""
+        to poke, and the held work the slots of expired admitted rows let in (to publish). A claim clears the
+        deadline, and a row is deleted by one caller only, so this races safely with claims. A row held by a limit
+        past its ttl expires too: the ttl bounds the wait for a worker, whatever kept it waiting."""
         now = now_ms()
         is_due = and_(work_items.c.claim_deadline > 0, work_items.c.claim_deadline <= now)
         with self.read() as conn:  # the common case, nothing expired, takes no write lock (SQLite) to learn it
             if conn.execute(hot.EXPIRED_WORK_ITEM, {"now": now}).first() is None:
-                return []
+                return [], []
         key = (work_items.c.instance_id, work_items.c.execution_id, work_items.c.event_id)
         picked = self.dialect.skip_locked(select(*key).where(is_due).limit(limit))
         with self.write() as conn:
@@ -46,21 +48,24 @@ class DueWorkStore(StoreBase):
                     work_items.c.tag,
                     work_items.c.claim_deadline - work_items.c.created_at,
                     work_items.c.orchestration_name,
+                    work_items.c.flow_state,
                 )
             ).all()
-            failed, messages = [], []
-            for instance_id, execution_id, event_id, name, tag, ttl, orch_name in expired:
+            failed, messages, freed = [], [], set()
+            for instance_id, execution_id, event_id, name, tag, ttl, orch_name, flow_state in expired:
                 served = f"tag '{tag}'" if tag else "untagged activities"
-                message = (
-                    f"activity '{name}' was not picked up by any worker within its ttl of {ttl} ms "
-                    f"(no running worker serves {served})"
-                )
+                why = f"no running worker serves {served}"
+                if flow_state == HELD:
+                    why = "it was held by its activity's limit all that time"
+                elif flow_state == ADMITTED:
+                    freed.add(name)
+                message = f"activity '{name}' was not picked up by any worker within its ttl of {ttl} ms ({why})"
                 details = error_details(ev.APPLICATION, message, "NotPickedUp")  # catchable: the code may fall back
                 payload = {"execution_id": execution_id, "event_id": event_id, "details": details}
                 messages.append((instance_id, ev.MSG_ACTIVITY_FAILED, payload))
                 failed.append((instance_id, orch_name))
             self.enqueue_many(conn, messages, now)
-        return failed
+            return failed, self.admit(conn, freed, now) if freed else []
 
     def fire_due_timers(self, limit: int = 500) -> tuple[list[tuple[str, str | None]], int]:
         """Move up to `limit` due timers into their instances' inboxes, in one transaction; returns the instances
@@ -129,6 +134,8 @@ class DueWorkStore(StoreBase):
                     work_items.c.published_at <= now - older_than_ms,
                     work_items.c.visible_at <= now,
                     or_(work_items.c.lock_owner.is_(None), work_items.c.locked_until < now),
+                    # Held work is not lost, it waits for a slot: only admission publishes it.
+                    or_(work_items.c.flow_state.is_(None), work_items.c.flow_state != HELD),
                 )
                 .limit(limit)
             ).all()

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from .schema import executions, history, inbox, instances, kv, sessions, timers, work_items
+from .schema import FLOW_HELD, executions, history, inbox, instances, kv, sessions, timers, work_items
 
 
 class db_now_ms(FunctionElement[int]):  # noqa: N801 - reads as the SQL function it stands for
@@ -241,6 +241,8 @@ CLAIM_WORK_ITEM = (
         or_(work_items.c.lock_owner.is_(None), work_items.c.locked_until < db_now_ms()),
         work_items.c.visible_at <= bindparam("now"),
         or_(work_items.c.claim_deadline == 0, work_items.c.claim_deadline > bindparam("now")),
+        # Work held by a limit waits for admission (providers/flow.py): a stray message for it claims nothing.
+        or_(work_items.c.flow_state.is_(None), work_items.c.flow_state != FLOW_HELD),
     )
     .values(
         lock_owner=bindparam("owner"),
@@ -265,8 +267,11 @@ def _held_work_item() -> Any:
     return and_(_work_item_key(), work_items.c.lock_owner == bindparam("owner"))
 
 
-#: Delete an activity row we hold (`iid`, `exec`, `eid`, `owner`).
-DELETE_LEASED_WORK_ITEM = delete(work_items).where(_held_work_item())
+#: Delete an activity row we hold (`iid`, `exec`, `eid`, `owner`); returns its name and flow state (an admitted
+#: row frees a slot of its limit).
+DELETE_LEASED_WORK_ITEM = (
+    delete(work_items).where(_held_work_item()).returning(work_items.c.name, work_items.c.flow_state)
+)
 
 #: Extend the lease of an activity row we hold to `lease_ms` from now (the database's clock).
 RENEW_WORK_ITEM = (
@@ -284,23 +289,25 @@ ABANDON_WORK_ITEM = (
 
 
 def _complete_work_item() -> Any:
-    done = DELETE_LEASED_WORK_ITEM.returning(work_items.c.instance_id).cte("done")
+    done = (
+        delete(work_items)
+        .where(_held_work_item())
+        .returning(work_items.c.instance_id, work_items.c.name, work_items.c.flow_state)
+        .cte("done")
+    )
     outcome = select(
         done.c.instance_id,
         bindparam("kind", type_=String),
         bindparam("payload", type_=Text),
         bindparam("created", type_=BigInteger),
     )
-    return (
-        insert(inbox)
-        .from_select(["instance_id", "kind", "payload", "created_at"], outcome)
-        .add_cte(done)
-        .returning(inbox.c.id)
-    )
+    queued = insert(inbox).from_select(["instance_id", "kind", "payload", "created_at"], outcome).cte("queued")
+    return select(done.c.name, done.c.flow_state).add_cte(queued)
 
 
 #: PostgreSQL: delete an activity row we hold and queue its outcome message (`kind`, `payload`, `created`) in one
-#: statement; inserts (and returns) nothing when the row is gone or another worker holds it.
+#: statement; returns the row's name and flow state, or nothing (and inserts nothing) when the row is gone or
+#: another worker holds it.
 COMPLETE_WORK_ITEM = _complete_work_item()
 
 
@@ -401,8 +408,9 @@ def _delete_scheduled(table: Any) -> Any:
     )
 
 
-#: Delete an execution's (`iid`, `exec`) activity rows or timers by their scheduled event ids (`eids`, a list).
-DELETE_WORK_ITEMS_OF = _delete_scheduled(work_items)
+#: Delete an execution's (`iid`, `exec`) activity rows or timers by their scheduled event ids (`eids`, a list);
+#: the activity rows deleted return their name and flow state (an admitted one frees a slot of its limit).
+DELETE_WORK_ITEMS_OF = _delete_scheduled(work_items).returning(work_items.c.name, work_items.c.flow_state)
 DELETE_TIMERS_OF = _delete_scheduled(timers)
 
 #: The live owners of sessions (`ids`, a list) at `now`.

@@ -154,8 +154,41 @@ work_items = Table(
     Column("published_at", BigInteger, nullable=False, default=0),
     # 0: none; else when an unclaimed activity fails (its ttl_ms: no worker serves its tag).
     Column("claim_deadline", BigInteger, nullable=False, default=0, server_default="0"),
+    # Flow control (providers/flow.py): the key a per-key limit counts the row under ('' for none), its admission
+    # priority, and its state under a limit: NULL (its activity has no limit: published at once), 'held' (waits
+    # in the store for a slot: never published, never claimable) or 'admitted' (holds a slot until the row goes).
+    Column("flow_key", String(256), nullable=False, default="", server_default=""),
+    Column("priority", Integer, nullable=False, default=0, server_default="0"),
+    Column("flow_state", String(16)),
     Index("ix_dx_work_items_published", "published_at"),
     Index("ix_dx_work_items_deadline", "claim_deadline"),
+    Index("ix_dx_work_items_flow", "flow_state", "name", "flow_key"),
+)
+
+#: dx_work_items.flow_state of a row waiting for a slot of its activity's limit, and of one holding a slot.
+FLOW_HELD, FLOW_ADMITTED = "held", "admitted"
+
+limits = Table(
+    "dx_limits",
+    metadata,
+    # The limits of one activity (Runtime.limit), written by every runtime that registers them: the store is where
+    # all workers agree. NULL: no such limit.
+    Column("name", String(256), primary_key=True),
+    Column("max_running", Integer),  # concurrent across all keys (`limit=`)
+    Column("key_limit", Integer),  # concurrent per key (`key_limit=`)
+    # Slots handed out so far: the clock of fairness (dx_flow_keys.last_turn).
+    Column("admissions", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+flow_keys = Table(
+    "dx_flow_keys",
+    metadata,
+    # When each key of a limited activity last got a slot: held work goes to the key that waited longest.
+    Column("name", String(256), primary_key=True),
+    Column("flow_key", String(256), primary_key=True),
+    Column("last_turn", BigInteger, nullable=False),  # dx_limits.admissions when it got its last slot
+    Column("last_admitted_at", BigInteger, nullable=False),
 )
 
 sessions = Table(

@@ -22,21 +22,26 @@ from .dto import (
     LeaseLost,
     PendingActivity,
     PublishPlan,
+    RecordedOutcome,
     SessionBusy,
     SessionPolicy,
     TreeDeletion,
     TurnChanges,
 )
 from .due_work import DueWorkStore
+from .flow import ActivityLimit, HeldActivity
 from .management import ManagementStore
 
 __all__ = [
+    "ActivityLimit",
     "ClaimedWorkItem",
+    "HeldActivity",
     "HeldWorkItem",
     "InstanceLease",
     "LeaseLost",
     "PendingActivity",
     "PublishPlan",
+    "RecordedOutcome",
     "SessionBusy",
     "SessionPolicy",
     "Store",

@@ -18,7 +18,14 @@ from ..metrics import Metrics
 from ..observability.otel import ActivitySpan, Tracing
 from ..options import RuntimeOptions
 from ..providers import Provider
-from ..providers.store import ClaimedWorkItem, PendingActivity, SessionBusy, SessionPolicy, now_ms
+from ..providers.store import (
+    ClaimedWorkItem,
+    PendingActivity,
+    RecordedOutcome,
+    SessionBusy,
+    SessionPolicy,
+    now_ms,
+)
 from ..registry import Registry
 from ..replay import events as ev
 from ..replay.events import dumps, error_details, loads
@@ -322,10 +329,13 @@ class ActivityExecutor:
         node = self.identity.worker_id
         self._woken(item, self.store().complete_work_item(key, item.owner, result, item.session_id, node=node))
 
-    def _woken(self, item: ClaimedWorkItem, recorded: bool) -> bool:
-        """After recording an outcome: wake the orchestration; False (and a note) when the outcome was dropped."""
-        if recorded:
+    def _woken(self, item: ClaimedWorkItem, recorded: RecordedOutcome | None) -> bool:
+        """After recording an outcome: wake the orchestration and publish the held work the freed slot let in
+        (flow control); False (and a note) when the outcome was dropped."""
+        if recorded is not None:
             self.publisher.poke([(item.instance_id, item.orchestration_name)])
+            if recorded.admitted:
+                self.publisher.activities(recorded.admitted)
             return True
         log.info(
             "outcome of activity %s#%s dropped: its work item was cancelled or taken over",

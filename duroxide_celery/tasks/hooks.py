@@ -19,7 +19,8 @@ What a `celery -A proj worker` of the user's app does for the engine:
 - When the consumer starts (`EngineQueues.start`, also in the embedded runtime's workers): a consumer of activity
   queues also consumes its session queue and, with the `any` filter, follows tags first used later
   (tasks/consume.py).
-- worker_ready: wake instances that were waiting for this worker's handlers.
+- worker_ready: store the flow-control limits the app registers; wake instances that were waiting for this
+  worker's handlers.
 - With DUROXIDE_METRICS_PORT set, each process of the worker that runs tasks serves its Prometheus metrics
   (observability/prometheus.py).
 - beat_init: a beat of an app with a Runtime whose scheduler lacks durable timers says so.
@@ -92,6 +93,8 @@ class HookedRuntime(Protocol):
 
     def configure_worker(self, worker_id: str | None = None, tag_filter: str | None = None) -> None: ...
 
+    def store_limits(self) -> None: ...
+
 
 def is_configured(app: Celery, key: str) -> bool:
     """Whether the app's own configuration (update(), config_from_object, a Django namespace) sets `key`, as
@@ -162,6 +165,10 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     runtime = _worker_runtime(sender)
     if runtime is None:
         return
+    try:
+        runtime.store_limits()  # the flow-control limits this worker's code registers (Runtime.limit)
+    except Exception:  # noqa: BLE001 - a worker runs without; the limits stored before still hold
+        log.exception("could not store the flow-control limits of this worker")
     try:
         wake_backed_off(runtime.store, runtime.publisher, runtime.orchestration_names())
     except Exception:  # noqa: BLE001 - an optimisation: the backoff retry still comes

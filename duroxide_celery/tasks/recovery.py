@@ -29,11 +29,12 @@ def fire_timers(store: Store, publisher: Publisher, *, timers: bool = True, dead
         if fired < TIMER_BATCH:
             break  # nothing else was due when this batch was taken: the next round looks again
     while deadlines:
-        expired = store.expire_unclaimed()
+        expired, admitted = store.expire_unclaimed()
         if not expired:
             break
         log.warning("%d activities were not picked up within their ttl and failed", len(expired))
         publisher.poke(expired)
+        publisher.activities(admitted)  # held work let in by the slots the expired rows held
         total += len(expired)
     return total
 
@@ -69,7 +70,9 @@ def sweep(store: Store, publisher: Publisher, older_than_ms: int) -> dict[str, i
     except Exception as exc:  # noqa: BLE001 - the activities below are still due; raised after them
         log.warning("recovery sweep could not republish %d instance pokes: %s", len(instances), exc)
         failure = exc
-    activities = store.stale_work_items(older_than_ms)
+    # Held work whose limit has room (a slot freed by a prune or a delete, a limit raised or removed) is admitted
+    # here; it is published with the rest. Held work itself is never republished: it waits in the store.
+    activities = store.admit_waiting() + store.stale_work_items(older_than_ms)
     # Rows the broker refuses one by one (e.g. a queue name too long for AMQP) are isolated and failed by the
     # publisher (Publisher.on_unpublishable): one bad row never stops the sweep for the other instances.
     publisher.activities(activities)

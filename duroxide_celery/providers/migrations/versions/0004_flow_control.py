@@ -1,0 +1,46 @@
+"""Flow control: per-key concurrency limits on activities (dx_limits), fairness across keys (dx_flow_keys), and the
+key, priority and limit state of each activity row.
+
+Revision ID: 0004
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # Existing rows: no key, priority 0, no limit (flow_state NULL): they run as before.
+    op.add_column("dx_work_items", sa.Column("flow_key", sa.String(256), nullable=False, server_default=""))
+    op.add_column("dx_work_items", sa.Column("priority", sa.Integer(), nullable=False, server_default="0"))
+    op.add_column("dx_work_items", sa.Column("flow_state", sa.String(16), nullable=True))
+    op.create_index("ix_dx_work_items_flow", "dx_work_items", ["flow_state", "name", "flow_key"])
+    op.create_table(
+        "dx_limits",
+        sa.Column("name", sa.String(256), primary_key=True),
+        sa.Column("max_running", sa.Integer(), nullable=True),
+        sa.Column("key_limit", sa.Integer(), nullable=True),
+        sa.Column("admissions", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.Column("updated_at", sa.BigInteger(), nullable=False),
+    )
+    op.create_table(
+        "dx_flow_keys",
+        sa.Column("name", sa.String(256), primary_key=True),
+        sa.Column("flow_key", sa.String(256), primary_key=True),
+        sa.Column("last_turn", sa.BigInteger(), nullable=False),
+        sa.Column("last_admitted_at", sa.BigInteger(), nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("dx_flow_keys")
+    op.drop_table("dx_limits")
+    op.drop_index("ix_dx_work_items_flow", table_name="dx_work_items")
+    with op.batch_alter_table("dx_work_items") as batch:
+        batch.drop_column("flow_state")
+        batch.drop_column("priority")
+        batch.drop_column("flow_key")

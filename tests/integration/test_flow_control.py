@@ -1,0 +1,154 @@
+"""Flow control on the embedded runtime, on the suite's store (SQLite, or PostgreSQL with DUROXIDE_TEST_DB=postgres):
+per-key and per-activity concurrency limits enforced by the store, held work waiting in the store, fair admission
+across keys, priorities, restarts and cancellation (providers/flow.py). Concurrency is measured by the activities
+themselves (a counter of running calls per key), order by the order the activities finished."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from duroxide_celery import RuntimeOptions
+
+from .helpers import WAIT_MS, event_data, wait_until
+
+
+class Recorder:
+    """What the activities saw: running calls per key (and the most at once), and the order they finished."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+        self.most_total = 0
+        self.finished: list[Any] = []
+
+    def activity(self, pause_s: float = 0.05) -> Any:
+        def work(ctx: Any, item: dict[str, Any]) -> Any:
+            key = item["key"]
+            with self.lock:
+                self.running[key] = self.running.get(key, 0) + 1
+                self.most[key] = max(self.most.get(key, 0), self.running[key])
+                self.most_total = max(self.most_total, sum(self.running.values()))
+            time.sleep(pause_s)  # gives other calls the chance to overlap (load, not an assertion)
+            with self.lock:
+                self.running[key] -= 1
+                self.finished.append(item["tag"])
+            return item["tag"]
+
+        return work
+
+
+def fan_out(ctx: Any, items: list[dict[str, Any]]) -> Any:
+    tasks = []
+    for item in items:
+        task = ctx.schedule_activity("Call", item)
+        if item["key"] != "":
+            task = task.with_key(item["key"])
+        if "priority" in item:
+            task = task.with_priority(item["priority"])
+        tasks.append(task)
+    return (yield ctx.all_typed(tasks))
+
+
+def items(key: str, n: int, **more: Any) -> list[dict[str, Any]]:
+    return [{"key": key, "tag": f"{key}{i}", **more} for i in range(n)]
+
+
+def test_key_limit_is_never_exceeded_across_keys_and_work_without_a_key_shares_one(runtime_factory, client):
+    rec = Recorder()
+    rt = runtime_factory({"FanOut": fan_out}, {"Call": rec.activity()}, options=RuntimeOptions(worker_concurrency=8))
+    rt.limit("Call", key_limit=2)
+    work = items("a", 6) + items("b", 6) + items("", 4)
+    client.start_orchestration("fan", "FanOut", work)
+    result = client.wait_for_orchestration("fan", WAIT_MS)
+    assert result.status == "Completed", result.error
+    assert sorted(result.output) == sorted(w["tag"] for w in work)
+    assert rec.most == {"a": 2, "b": 2, "": 2}  # reached, never passed
+    scheduled = [event_data(e) for e in client.read_execution_history("fan", 1) if e.kind == "ActivityScheduled"]
+    assert [d.get("key") for d in scheduled] == [w["key"] or None for w in work]  # the key is in history
+    assert rt.store.running_by_key("Call") == {} and rt.store.held_activities() == []  # every slot freed
+
+
+def test_a_quiet_key_is_not_starved_by_a_busy_one(runtime_factory, client):
+    """With one slot for the activity, admission alternates between keys with waiting work: the quiet key's two
+    items, scheduled after the busy key's twenty, finish among the first five (first in, first out: last two)."""
+    rec = Recorder()
+    rt = runtime_factory(
+        {"FanOut": fan_out}, {"Call": rec.activity(0.01)}, options=RuntimeOptions(worker_concurrency=4)
+    )
+    rt.limit("Call", limit=1)
+    client.start_orchestration("busy", "FanOut", items("busy", 20))
+    wait_until(lambda: len(rt.store.held_activities("busy")) >= 15, what="the busy key's work held")
+    client.start_orchestration("quiet", "FanOut", items("quiet", 2))
+    assert client.wait_for_orchestration("quiet", WAIT_MS).status == "Completed"
+    assert client.wait_for_orchestration("busy", WAIT_MS).status == "Completed"
+    assert rec.most_total == 1
+    positions = [rec.finished.index(t) for t in ("quiet0", "quiet1")]
+    assert max(positions) < 5, rec.finished
+
+
+def test_held_work_is_admitted_by_priority_then_in_schedule_order(runtime_factory, client):
+    rec = Recorder()
+    rt = runtime_factory({"FanOut": fan_out}, {"Call": rec.activity(0.0)})
+    rt.limit("Call", limit=1)
+    priorities = [0, 5, 9, 1, 5, 0]
+    work = [{"key": "k", "tag": f"p{p}-{i}", "priority": p} for i, p in enumerate(priorities)]
+    client.start_orchestration("prio", "FanOut", work)
+    assert client.wait_for_orchestration("prio", WAIT_MS).status == "Completed"
+    assert rec.finished == ["p9-2", "p5-1", "p5-4", "p1-3", "p0-0", "p0-5"]
+    scheduled = [event_data(e) for e in client.read_execution_history("prio", 1) if e.kind == "ActivityScheduled"]
+    assert [d["priority"] for d in scheduled] == priorities
+
+
+def test_held_work_waits_in_the_store_survives_a_restart_and_cancellation_frees_its_slot(store, client):
+    from duroxide_celery import Runtime
+
+    # A runtime that runs turns only: the admitted item is published but nobody runs it, the rest stays held.
+    turns_only = Runtime(store.open(), RuntimeOptions(worker_concurrency=0))
+    turns_only.register_orchestration("FanOut", fan_out)
+    turns_only.limit("Call", limit=1)
+    turns_only.start()
+    try:
+        client.start_orchestration("first", "FanOut", items("k", 3))
+        wait_until(lambda: len(turns_only.store.held_activities("first")) == 2, what="two items held")
+        client.start_orchestration("second", "FanOut", items("k", 1))
+        wait_until(lambda: len(turns_only.store.held_activities()) == 3, what="the second instance's item held")
+        held = turns_only.store.held_activities()
+        assert {h.instance_id for h in held} == {"first", "second"}
+        assert all(h.reason == "held by limit Call(limit=1) for key 'k'" for h in held)
+        # Held work is not republished by the recovery sweep: it is waiting, not lost.
+        assert {a.instance_id for a in turns_only.store.stale_work_items(0)} <= {"first"}
+        client.cancel_instance("first", "no longer needed")
+        assert client.wait_for_orchestration("first", WAIT_MS).status == "Failed"
+        # The cancel dropped first's held items and freed its slot, which went to second's item in that commit.
+        assert turns_only.store.held_activities() == []
+        assert turns_only.store.running_by_key("Call") == {"k": 1}
+    finally:
+        turns_only.shutdown(timeout_ms=2000)
+    rec = Recorder()
+    restarted = Runtime(store.open())  # a new process: the admitted item runs, with the limit still stored
+    restarted.register_orchestration("FanOut", fan_out)
+    restarted.register_activity("Call", rec.activity(0.0))
+    restarted.start()
+    try:
+        assert client.wait_for_orchestration("second", WAIT_MS).output == ["k0"]
+        assert [limit.describe() for limit in restarted.store.get_limits()] == ["Call(limit=1)"]
+    finally:
+        restarted.shutdown(timeout_ms=2000)
+
+
+def test_limits_and_flow_options_refuse_bad_input(runtime_factory):
+    rt = runtime_factory(start=False)
+    with pytest.raises(ValueError, match="needs limit= .*key_limit="):
+        rt.limit("Call")
+    with pytest.raises(ValueError, match="key_limit of activity 'Call' must be from 1 to"):
+        rt.limit("Call", key_limit=0)
+    with pytest.raises(TypeError, match="limit of activity 'Call' must be a positive int, got True"):
+        rt.limit("Call", limit=True)
+    with pytest.raises(ValueError, match="must not be empty"):
+        rt.limit("", limit=1)
+    assert rt.limits == {}
