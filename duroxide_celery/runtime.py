@@ -19,7 +19,7 @@ from .metrics import Metrics, MetricsSnapshot
 from .observability.otel import Tracing
 from .options import RuntimeOptions
 from .providers import Provider
-from .providers.flow import ActivityLimit
+from .providers.flow import ActivityLimit, parse_rate
 from .providers.store import Store
 from .registry import Registry
 from .replay.limits import MAX_CONCURRENCY_LIMIT, MAX_NAME_CHARS, check_text
@@ -179,21 +179,34 @@ class Runtime(Registry):
         self.identity.tag_filter = parsed
 
     # -- flow control -------------------------------------------------------------------------------------------
-    def limit(self, activity: str, *, limit: int | None = None, key_limit: int | None = None) -> None:
-        """Limit how many `activity` run at once, across all workers: at most `limit` in all, and at most
-        `key_limit` per key (`ctx.schedule_activity(...).with_key("tenant:42")`; work without a key shares one).
-        Work beyond a limit waits in the store (not in the broker) and is admitted fairly across keys as slots free.
+    def limit(
+        self,
+        activity: str,
+        *,
+        limit: int | None = None,
+        key_limit: int | None = None,
+        rate: str | None = None,
+        key_rate: str | None = None,
+    ) -> None:
+        """Limit `activity` across all workers: at most `limit` running at once in all and `key_limit` per key
+        (`ctx.schedule_activity(...).with_key("tenant:42")`; work without a key shares one key), and at most
+        `rate` admissions per period in all and `key_rate` per key ("10/s", "100/m", "1000/h"). Work beyond a
+        limit waits in the store (not in the broker) and is admitted fairly across keys as slots free.
 
         Limits are stored (where every worker reads them) when this runtime starts, or at once if it has; register
         them on every runtime of the app, like activities. The activity need not be registered here (a turn-only
         worker stores the limits of activities other workers run)."""
         name = check_text(activity, "limit's activity name", MAX_NAME_CHARS)
-        if limit is None and key_limit is None:
-            raise ValueError(f"limit({name!r}) needs limit= (across keys), key_limit= (per key), or both")
+        if limit is None and key_limit is None and rate is None and key_rate is None:
+            raise ValueError(f"limit({name!r}) needs limit=, key_limit=, rate= or key_rate= (any of them)")
         for what, value in (("limit", limit), ("key_limit", key_limit)):
             if value is not None:
                 _check_concurrency(value, what, f"activity {name!r}")
-        self.limits[name] = ActivityLimit(name, limit, key_limit)
+        rates = [
+            None if r is None else parse_rate(r, f"{w} of activity {name!r}")
+            for w, r in (("rate", rate), ("key_rate", key_rate))
+        ]
+        self.limits[name] = ActivityLimit(name, limit, key_limit, rates[0], rates[1])
         if self._started:
             self.store_limits([self.limits[name]])
 

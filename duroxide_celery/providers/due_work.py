@@ -18,12 +18,13 @@ from .schema import inbox, instances, sessions, work_items
 class DueWorkStore(FlowStore):
     """What beat, the embedded scheduler and the recovery sweep ask the store."""
 
-    def next_due(self) -> tuple[int | None, int | None]:
-        """When the next durable timer fires and when the next unclaimed activity reaches its claim deadline, in
-        one round trip: beat and the embedded scheduler ask this on every tick."""
+    def next_due(self) -> tuple[int | None, int | None, int | None]:
+        """When the next durable timer fires, when the next unclaimed activity reaches its claim deadline and when
+        work held by a rate limit may next be admitted, in one round trip: beat and the embedded scheduler ask this
+        on every tick."""
         with self.read() as conn:
-            timer, deadline = conn.execute(hot.NEXT_DUE).one()
-        return timer, deadline
+            timer, deadline, admission = conn.execute(hot.NEXT_DUE).one()
+        return timer, deadline, admission
 
     def expire_unclaimed(self, limit: int = 500) -> tuple[list[tuple[str, str | None]], list[PendingActivity]]:
         """Fail the activities that no worker claimed before their claim deadline (ttl_ms): the rows are deleted

@@ -20,6 +20,7 @@ ordered; a running counter per key is one statement cheaper but leaks a slot on 
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -31,21 +32,51 @@ from .base import StoreBase, now_ms
 from .dto import PendingActivity
 from .schema import FLOW_ADMITTED as ADMITTED
 from .schema import FLOW_HELD as HELD
-from .schema import flow_keys, limits, sessions, work_items
+from .schema import admissions, flow_keys, limits, sessions, work_items
+
+#: A rate: (admissions, per period in ms), e.g. (10, 1000) for "10/s".
+Rate = tuple[int, int]
+_UNITS = {"s": 1000, "m": 60_000, "h": 3_600_000}
+#: The most admissions a rate may allow per period (each is a row of dx_admissions while it is in the window).
+MAX_RATE_COUNT = 100_000
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*([smh])\s*$")
+
+
+def parse_rate(text: object, what: str = "rate") -> Rate:
+    """ "N/s", "N/m" or "N/h" (N from 1 to MAX_RATE_COUNT) as (N, period in ms)."""
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a string like '10/s' (per second, /m minute, /h hour), got {text!r}")
+    match = _RATE.match(text)
+    if match is None:
+        raise ValueError(f"{what} must read 'N/s', 'N/m' or 'N/h' (e.g. '10/s'), got {text!r}")
+    count = int(match.group(1))
+    if not 1 <= count <= MAX_RATE_COUNT:
+        raise ValueError(f"{what} allows from 1 to {MAX_RATE_COUNT} admissions per period, got {count}")
+    return count, _UNITS[match.group(2)]
+
+
+def show_rate(rate: Rate) -> str:
+    count, period = rate
+    unit = next(u for u, ms in _UNITS.items() if ms == period)
+    return f"{count}/{unit}"
 
 
 @dataclass(frozen=True)
 class ActivityLimit:
-    """The limits of one activity, as stored: concurrent runs across all keys and per key (None: no such limit)."""
+    """The limits of one activity, as stored (None: no such limit): concurrent runs across all keys (`limit`) and
+    per key (`key_limit`), admissions per period across all keys (`rate`) and per key (`key_rate`)."""
 
     name: str
     limit: int | None = None
     key_limit: int | None = None
+    rate: Rate | None = None
+    key_rate: Rate | None = None
 
     def describe(self) -> str:
-        parts = [f"limit={self.limit}"] if self.limit is not None else []
-        if self.key_limit is not None:
-            parts.append(f"key_limit={self.key_limit}")
+        parts = [f"{what}={value}" for what, value in (("limit", self.limit), ("key_limit", self.key_limit)) if value]
+        parts += [f"{what}='{show_rate(r)}'" for what, r in (("rate", self.rate), ("key_rate", self.key_rate)) if r]
         return f"{self.name}({', '.join(parts) or 'removed'})"
 
 
@@ -77,17 +108,22 @@ def plan_admissions(
     running: Mapping[str, int],
     waiting: Mapping[str, tuple[int, int]],
     last_turn: Mapping[str, int],
+    key_room: Mapping[str, int] | None = None,
 ) -> list[str]:
     """Which keys get the free slots, one entry per slot, in the order they get them (pure: the store's admission
     and the unit tests share it).
 
     `free`: slots left across keys (None: no such limit); `running`: admitted rows per key; `waiting`: per key,
-    (held rows, when its oldest was scheduled); `last_turn`: the admission number of each key's last slot. Keys
+    (held rows, when its oldest was scheduled); `last_turn`: the admission number of each key's last slot;
+    `key_room`: how many more admissions each key's rate allows now (absent: no per-key rate). Keys
     take turns: the one that least recently got a slot goes first (never: first of all, oldest work first), and
     after a slot a key goes to the back of the line, so one key can never take every slot while another waits.
     """
     line = deque(sorted(waiting, key=lambda k: (last_turn.get(k, 0), waiting[k][1], k)))
     left = {k: count for k, (count, _) in waiting.items()}
+    if key_room is not None:
+        left = {k: min(n, max(0, key_room.get(k, n))) for k, n in left.items()}
+        line = deque(k for k in line if left[k] > 0)
     counts = dict(running)
     plan: list[str] = []
     while line and (free is None or len(plan) < free):
@@ -107,9 +143,16 @@ _NAME = work_items.c.name == bindparam("act")
 LIMITED_NAMES = select(limits.c.name).where(limits.c.name.in_(bindparam("names", expanding=True)))
 #: One activity's limits (`name`) and its admission count; LIMIT_OF_LOCKED also locks the row until commit (on
 #: PostgreSQL: admissions of one activity are serialized, so two never hand out the same slot).
-LIMIT_OF = select(limits.c.max_running, limits.c.key_limit, limits.c.admissions).where(
-    limits.c.name == bindparam("act")
-)
+LIMIT_OF = select(
+    limits.c.max_running,
+    limits.c.key_limit,
+    limits.c.admissions,
+    limits.c.rate_count,
+    limits.c.rate_period_ms,
+    limits.c.key_rate_count,
+    limits.c.key_rate_period_ms,
+).where(limits.c.name == bindparam("act"))
+
 LIMIT_OF_LOCKED = LIMIT_OF.with_for_update()
 #: Admitted rows per key, and held rows per key with their oldest, of one activity (`name`).
 RUNNING_BY_KEY = (
@@ -148,6 +191,26 @@ ADMIT = (
     .values(flow_state=ADMITTED, published_at=bindparam("now"))
 )
 SET_ADMISSIONS = update(limits).where(limits.c.name == bindparam("act")).values(admissions=bindparam("count"))
+SET_NEXT_ADMIT = update(limits).where(limits.c.name == bindparam("act")).values(next_admit_at=bindparam("at"))
+#: Rate-limited activities whose held work may be admitted again at `now` (the due-work loop's pass).
+DUE_LIMITS = select(limits.c.name).where(limits.c.next_admit_at > 0, limits.c.next_admit_at <= bindparam("now"))
+CLEAR_DUE = update(limits).where(limits.c.name.in_(bindparam("names", expanding=True))).values(next_admit_at=0)
+#: Admissions of an activity (`act`) since `since` (exclusive): across keys, and per key, with the oldest.
+ADMITTED_SINCE = select(func.count(), func.min(admissions.c.admitted_at)).where(
+    admissions.c.name == bindparam("act"), admissions.c.admitted_at > bindparam("since")
+)
+ADMITTED_SINCE_BY_KEY = (
+    select(admissions.c.flow_key, func.count(), func.min(admissions.c.admitted_at))
+    .where(admissions.c.name == bindparam("act"), admissions.c.admitted_at > bindparam("since"))
+    .group_by(admissions.c.flow_key)
+)
+#: Forget an activity's admissions up to `until` (inclusive), and record new ones (column names).
+PRUNE_ADMISSIONS = admissions.delete().where(
+    admissions.c.name == bindparam("act"), admissions.c.admitted_at <= bindparam("until")
+)
+INSERT_ADMISSIONS = admissions.insert()
+#: How long admissions are kept at least (longer for a longer rate period): a record worth reading.
+ADMISSIONS_KEPT_MS = 60_000
 #: Activities with held rows (the sweep's admission pass).
 NAMES_WITH_HELD = select(work_items.c.name).where(work_items.c.flow_state == HELD).distinct()
 
@@ -159,16 +222,18 @@ class FlowStore(StoreBase):
         """Store an activity's limits (replacing what was stored) and admit what they now allow; returns the rows
         to publish. Limits only apply to work scheduled after they are stored."""
         now = now_ms()
+        values = {
+            "max_running": limit.limit,
+            "key_limit": limit.key_limit,
+            "rate_count": limit.rate[0] if limit.rate else None,
+            "rate_period_ms": limit.rate[1] if limit.rate else None,
+            "key_rate_count": limit.key_rate[0] if limit.key_rate else None,
+            "key_rate_period_ms": limit.key_rate[1] if limit.key_rate else None,
+            "updated_at": now,
+        }
         with self.write() as conn:
-            upsert = self.dialect.sql.insert(limits).values(
-                name=limit.name, max_running=limit.limit, key_limit=limit.key_limit, admissions=0, updated_at=now
-            )
-            conn.execute(
-                upsert.on_conflict_do_update(
-                    index_elements=[limits.c.name],
-                    set_={"max_running": limit.limit, "key_limit": limit.key_limit, "updated_at": now},
-                )
-            )
+            upsert = self.dialect.sql.insert(limits).values(name=limit.name, admissions=0, next_admit_at=0, **values)
+            conn.execute(upsert.on_conflict_do_update(index_elements=[limits.c.name], set_=values))
             return self.admit(conn, [limit.name], now)
 
     def remove_limit(self, name: str) -> list[PendingActivity]:
@@ -180,9 +245,17 @@ class FlowStore(StoreBase):
     def get_limits(self) -> list[ActivityLimit]:
         with self.read() as conn:
             rows = conn.execute(
-                select(limits.c.name, limits.c.max_running, limits.c.key_limit).order_by(limits.c.name)
+                select(
+                    limits.c.name,
+                    limits.c.max_running,
+                    limits.c.key_limit,
+                    limits.c.rate_count,
+                    limits.c.rate_period_ms,
+                    limits.c.key_rate_count,
+                    limits.c.key_rate_period_ms,
+                ).order_by(limits.c.name)
             ).all()
-        return [ActivityLimit(*r) for r in rows]
+        return [_limit_of(*r) for r in rows]
 
     def limited_names(self, conn: Connection, names: Iterable[str]) -> set[str]:
         """Which of these activities have limits (their new rows start held)."""
@@ -211,47 +284,63 @@ class FlowStore(StoreBase):
                     a.node = owners.get(a.session_id) if a.session_id else None
         return admitted
 
-    def _admit_one(self, conn: Connection, name: str, now: int) -> list[PendingActivity]:
+    def _admit_one(self, conn: Connection, name: str, now: int) -> list[_Admitted]:
         row = conn.execute(self.dialect.lock_rows(LIMIT_OF, LIMIT_OF_LOCKED), {"act": name}).first()
-        max_running, key_limit, turn = row if row is not None else (None, None, 0)
+        stored = _limit_of(name, *row[:2], *row[3:]) if row is not None else ActivityLimit(name)
+        turn = row[2] if row is not None else 0
         running: dict[str, int] = {}
         free = None
-        if max_running is not None or key_limit is not None:
+        if stored.limit is not None or stored.key_limit is not None:
             running = dict(conn.execute(RUNNING_BY_KEY, {"act": name}).all())
-            if max_running is not None:
-                free = max_running - sum(running.values())
+            if stored.limit is not None:
+                free = stored.limit - sum(running.values())
                 if free <= 0:
                     return []  # the common case of a busy limit: two statements, nothing written
         waiting = {k: (count, oldest) for k, count, oldest in conn.execute(WAITING_BY_KEY, {"act": name}).all()}
         if not waiting:
             return []
+        window = _RateWindow(conn, stored, now) if stored.rate or stored.key_rate else None
+        if window is not None and window.free is not None:
+            free = window.free if free is None else min(free, window.free)
         last_turn = dict(conn.execute(LAST_TURNS, {"act": name, "keys": sorted(waiting)}).all())
-        plan = plan_admissions(free=free, key_limit=key_limit, running=running, waiting=waiting, last_turn=last_turn)
-        if not plan:
-            return []
+        plan = plan_admissions(
+            free=free,
+            key_limit=stored.key_limit,
+            running=running,
+            waiting=waiting,
+            last_turn=last_turn,
+            key_room=window.key_room(waiting) if window is not None else None,
+        )
+        admitted = self._take(conn, name, plan, now) if plan else []
+        if row is not None and admitted:
+            turn += len(admitted)
+            conn.execute(SET_ADMISSIONS, {"act": name, "count": turn})
+            self._record_turns(conn, name, [a.flow_key for a in admitted], turn, now)
+        if window is not None:
+            window.record(admitted)
+            conn.execute(SET_NEXT_ADMIT, {"act": name, "at": window.next_admit_at(waiting, admitted)})
+        return admitted
+
+    def _take(self, conn: Connection, name: str, plan: list[str], now: int) -> list[_Admitted]:
+        """Admit, per key, its next held rows (as many as the plan gives it); returned in the plan's order, so the
+        first admitted is published first."""
         wanted: dict[str, int] = {}
         for key in plan:
             wanted[key] = wanted.get(key, 0) + 1
         next_held = self.dialect.lock_rows(NEXT_HELD, NEXT_HELD_SKIP_LOCKED)
-        rows_of: dict[str, deque[PendingActivity]] = {}
+        rows_of: dict[str, deque[_Admitted]] = {}
         for key, n in wanted.items():
-            rows = conn.execute(next_held, {"act": name, "key": key, "n": n}).all()
-            taken: deque[PendingActivity] = deque()
-            for iid, exec_id, eid, session_id, tag in rows:
+            taken: deque[_Admitted] = deque()
+            for iid, exec_id, eid, session_id, tag in conn.execute(next_held, {"act": name, "key": key, "n": n}).all():
                 if conn.execute(ADMIT, {"iid": iid, "exec": exec_id, "eid": eid, "now": now}).rowcount:
-                    taken.append(PendingActivity(iid, exec_id, eid, name, session_id, tag))
+                    taken.append(_Admitted(iid, exec_id, eid, name, session_id, tag, flow_key=key))
             rows_of[key] = taken
-        admitted: list[PendingActivity] = []
-        last: dict[str, int] = {}
-        for key in plan:  # in the order the slots were given: the first admitted is published first
-            if rows_of[key]:
-                admitted.append(rows_of[key].popleft())
-                turn += 1
-                last[key] = turn
-        if not admitted:
-            return []
-        if row is not None:
-            conn.execute(SET_ADMISSIONS, {"act": name, "count": turn})
+        return [rows_of[key].popleft() for key in plan if rows_of[key]]
+
+    def _record_turns(self, conn: Connection, name: str, keys: list[str], turn: int, now: int) -> None:
+        """Each key's last slot, numbered by the activity's admission count (the order fairness goes by)."""
+        first = turn - len(keys)
+        last = {key: first + i + 1 for i, key in enumerate(keys)}
         for key, at in last.items():
             upsert = self.dialect.sql.insert(flow_keys).values(
                 name=name, flow_key=key, last_turn=at, last_admitted_at=now
@@ -262,7 +351,17 @@ class FlowStore(StoreBase):
                     set_={"last_turn": at, "last_admitted_at": now},
                 )
             )
-        return admitted
+
+    def admit_due(self) -> list[PendingActivity]:
+        """The due-work loop's pass: admit the held work of activities whose rate allows more again (their
+        next_admit_at has come); returns the rows to publish."""
+        now = now_ms()
+        with self.write() as conn:
+            names = [r[0] for r in conn.execute(DUE_LIMITS, {"now": now}).all()]
+            if not names:
+                return []
+            conn.execute(CLEAR_DUE, {"names": names})  # admission sets it again while work still waits on a rate
+            return self.admit(conn, names, now)
 
     def admit_waiting(self) -> list[PendingActivity]:
         """The sweep's pass: admit held work wherever its limit allows (a slot freed by a path that does not admit,
@@ -307,4 +406,87 @@ class FlowStore(StoreBase):
             return dict(conn.execute(RUNNING_BY_KEY, {"act": name}).all())
 
 
-__all__ = ["ADMITTED", "HELD", "ActivityLimit", "FlowStore", "HeldActivity", "plan_admissions"]
+@dataclass
+class _Admitted(PendingActivity):
+    """A row admitted by this transaction, with its key (for fairness and the rate window)."""
+
+    flow_key: str = ""
+
+
+def _limit_of(
+    name: str,
+    limit: int | None,
+    key_limit: int | None,
+    rate_count: int | None = None,
+    rate_period: int | None = None,
+    key_rate_count: int | None = None,
+    key_rate_period: int | None = None,
+) -> ActivityLimit:
+    rate = (rate_count, rate_period) if rate_count and rate_period else None
+    key_rate = (key_rate_count, key_rate_period) if key_rate_count and key_rate_period else None
+    return ActivityLimit(name, limit, key_limit, rate, key_rate)
+
+
+class _RateWindow:
+    """An activity's recent admissions, read once per admission pass: how many more its rates allow now, and when
+    held work blocked by a rate may go next. Sliding windows: at most N admissions in any period."""
+
+    def __init__(self, conn: Connection, limit: ActivityLimit, now: int):
+        self.conn, self.limit, self.now = conn, limit, now
+        periods = [r[1] for r in (limit.rate, limit.key_rate) if r]
+        conn.execute(PRUNE_ADMISSIONS, {"act": limit.name, "until": now - max(*periods, ADMISSIONS_KEPT_MS)})
+        self.free: int | None = None
+        self.total_count: int = 0
+        self.total_oldest: int | None = None
+        if limit.rate:
+            count, oldest = conn.execute(ADMITTED_SINCE, {"act": limit.name, "since": now - limit.rate[1]}).one()
+            self.total_count, self.total_oldest = count, oldest
+            self.free = max(0, limit.rate[0] - count)
+        self.by_key: dict[str, tuple[int, int]] = {}
+        if limit.key_rate:
+            params = {"act": limit.name, "since": now - limit.key_rate[1]}
+            self.by_key = {k: (c, o) for k, c, o in conn.execute(ADMITTED_SINCE_BY_KEY, params).all()}
+
+    def key_room(self, waiting: Mapping[str, tuple[int, int]]) -> dict[str, int] | None:
+        if not self.limit.key_rate:
+            return None
+        return {k: self.limit.key_rate[0] - self.by_key.get(k, (0, 0))[0] for k in waiting}
+
+    def record(self, admitted: list[_Admitted]) -> None:
+        if admitted:
+            rows = [{"name": self.limit.name, "flow_key": a.flow_key, "admitted_at": self.now} for a in admitted]
+            self.conn.execute(INSERT_ADMISSIONS, rows)
+
+    def next_admit_at(self, waiting: Mapping[str, tuple[int, int]], admitted: list[_Admitted]) -> int:
+        """When held work left waiting on a rate may go (the oldest admission in its window leaves it); 0 if none
+        waits on a rate. A later pass that finds it still blocked (a lowered rate) computes the next time."""
+        taken: dict[str, int] = {}
+        for a in admitted:
+            taken[a.flow_key] = taken.get(a.flow_key, 0) + 1
+        left = {k: n - taken.get(k, 0) for k, (n, _) in waiting.items() if n > taken.get(k, 0)}
+        if not left:
+            return 0
+        times: list[int] = []
+        if self.limit.rate and self.total_count + len(admitted) >= self.limit.rate[0]:
+            oldest = self.total_oldest if self.total_oldest is not None else self.now
+            times.append(oldest + self.limit.rate[1])
+        if self.limit.key_rate:
+            count, period = self.limit.key_rate
+            for key in left:
+                seen, oldest = self.by_key.get(key, (0, self.now))
+                if seen + taken.get(key, 0) >= count:
+                    times.append((oldest if seen else self.now) + period)
+        return min(times, default=0)
+
+
+__all__ = [
+    "ADMITTED",
+    "HELD",
+    "ActivityLimit",
+    "FlowStore",
+    "HeldActivity",
+    "Rate",
+    "plan_admissions",
+    "parse_rate",
+    "show_rate",
+]

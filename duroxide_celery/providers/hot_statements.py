@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from .schema import FLOW_HELD, executions, history, inbox, instances, kv, sessions, timers, work_items
+from .schema import FLOW_HELD, executions, history, inbox, instances, kv, limits, sessions, timers, work_items
 
 
 class db_now_ms(FunctionElement[int]):  # noqa: N801 - reads as the SQL function it stands for
@@ -311,10 +311,12 @@ def _complete_work_item() -> Any:
 COMPLETE_WORK_ITEM = _complete_work_item()
 
 
-#: When the next durable timer fires and when the next unclaimed activity reaches its claim deadline (either None).
+#: When the next durable timer fires, when the next unclaimed activity reaches its claim deadline, and when work
+#: held by a rate limit may next be admitted (each None if there is none).
 NEXT_DUE = select(
     select(func.min(timers.c.fire_at_ms)).scalar_subquery(),
     select(func.min(work_items.c.claim_deadline)).where(work_items.c.claim_deadline > 0).scalar_subquery(),
+    select(func.min(limits.c.next_admit_at)).where(limits.c.next_admit_at > 0).scalar_subquery(),
 )
 
 

@@ -178,7 +178,28 @@ limits = Table(
     Column("key_limit", Integer),  # concurrent per key (`key_limit=`)
     # Slots handed out so far: the clock of fairness (dx_flow_keys.last_turn).
     Column("admissions", BigInteger, nullable=False, default=0, server_default="0"),
+    # Rate limits: at most `rate_count` admissions per `rate_period_ms` across keys (`rate=`), and per key
+    # (`key_rate=`); counted from dx_admissions.
+    Column("rate_count", Integer),
+    Column("rate_period_ms", BigInteger),
+    Column("key_rate_count", Integer),
+    Column("key_rate_period_ms", BigInteger),
+    # When work held by a rate may next be admitted (0: nothing waits on a rate): the due-work loop's wake-up.
+    Column("next_admit_at", BigInteger, nullable=False, default=0, server_default="0"),
     Column("updated_at", BigInteger, nullable=False),
+    Index("ix_dx_limits_next_admit", "next_admit_at"),
+)
+
+admissions = Table(
+    "dx_admissions",
+    metadata,
+    # Recent admissions of rate-limited activities (kept for a minute, or the rate's period if longer): what a rate
+    # limit counts, and a record an operator (or a test) can read.
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("name", String(256), nullable=False),
+    Column("flow_key", String(256), nullable=False),
+    Column("admitted_at", BigInteger, nullable=False),
+    Index("ix_dx_admissions_name", "name", "admitted_at"),
 )
 
 flow_keys = Table(

@@ -40,18 +40,23 @@ def fire_timers(store: Store, publisher: Publisher, *, timers: bool = True, dead
 
 
 def fire_what_is_due(store: Store, publisher: Publisher) -> int | None:
-    """One scheduler round (beat's tick, the embedded scheduler): fire what the store says is due, then return
-    when the next timer, claim deadline or schedule tick falls due (epoch ms; None if there is none). Three round
-    trips when something is due, one when nothing is (plus the schedules' due-index read, once a second)."""
-    timer, deadline = store.next_due()
+    """One scheduler round (beat's tick, the embedded scheduler): fire what the store says is due, admit the work
+    a rate limit held until now, then return when the next timer, claim deadline, rate admission or schedule tick
+    falls due (epoch ms; None if there is none). Three round trips when something is due, one when nothing is (plus
+    the schedules' due-index read, once a second)."""
+    timer, deadline, admission = store.next_due()
     now = now_ms()
     timers_due = timer is not None and timer <= now
     deadlines_due = deadline is not None and deadline <= now
+    admission_due = admission is not None and admission <= now
     if timers_due or deadlines_due:
         fire_timers(store, publisher, timers=timers_due, deadlines=deadlines_due)
-        timer, deadline = store.next_due()
+    if admission_due:
+        publisher.activities(store.admit_due())
+    if timers_due or deadlines_due or admission_due:
+        timer, deadline, admission = store.next_due()
     schedule = fire_due_schedules(store, publisher)
-    return min((due for due in (timer, deadline, schedule) if due is not None), default=None)
+    return min((due for due in (timer, deadline, admission, schedule) if due is not None), default=None)
 
 
 def fire_due_schedules(store: Store, publisher: Publisher, now: int | None = None) -> int | None:

@@ -141,10 +141,43 @@ def test_held_work_waits_in_the_store_survives_a_restart_and_cancellation_frees_
         restarted.shutdown(timeout_ms=2000)
 
 
+def test_rates_bound_admissions_in_every_window_across_keys_and_per_key(runtime_factory, client):
+    """rate='4/s' and key_rate='2/s': in any second, at most 4 admissions in all and 2 per key, read from the
+    store's record of admissions (dx_admissions); held work becomes due by the scheduler, not by a completion."""
+    import sqlalchemy as sa
+
+    from duroxide_celery.providers.schema import admissions
+
+    rec = Recorder()
+    rt = runtime_factory({"FanOut": fan_out}, {"Call": rec.activity(0.0)})
+    rt.limit("Call", rate="4/s", key_rate="2/s")
+    client.start_orchestration("rated", "FanOut", items("a", 5) + items("b", 5))
+    assert client.wait_for_orchestration("rated", WAIT_MS).status == "Completed"
+    with rt.store.engine.connect() as conn:
+        rows = conn.execute(sa.select(admissions.c.flow_key, admissions.c.admitted_at)).all()
+
+    def within_rate(times: list[int], count: int) -> bool:
+        times = sorted(times)
+        return all(times[i + count] - times[i] >= 1000 for i in range(len(times) - count))
+
+    assert len(rows) == 10
+    assert within_rate([t for _, t in rows], 4)
+    for key in ("a", "b"):
+        assert within_rate([t for k, t in rows if k == key], 2)
+    [stored] = rt.store.get_limits()
+    assert stored.describe() == "Call(rate='4/s', key_rate='2/s')"
+
+
 def test_limits_and_flow_options_refuse_bad_input(runtime_factory):
     rt = runtime_factory(start=False)
-    with pytest.raises(ValueError, match="needs limit= .*key_limit="):
+    with pytest.raises(ValueError, match="needs limit=, key_limit=, rate= or key_rate="):
         rt.limit("Call")
+    with pytest.raises(ValueError, match="rate of activity 'Call' must read 'N/s', 'N/m' or 'N/h'"):
+        rt.limit("Call", rate="10/d")
+    with pytest.raises(ValueError, match="key_rate of activity 'Call' allows from 1 to 100000"):
+        rt.limit("Call", key_rate="0/s")
+    with pytest.raises(TypeError, match="rate of activity 'Call' must be a string like '10/s'"):
+        rt.limit("Call", rate=10)
     with pytest.raises(ValueError, match="key_limit of activity 'Call' must be from 1 to"):
         rt.limit("Call", key_limit=0)
     with pytest.raises(TypeError, match="limit of activity 'Call' must be a positive int, got True"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from duroxide_celery.providers.flow import ActivityLimit, HeldActivity, plan_admissions
+from duroxide_celery.providers.flow import ActivityLimit, HeldActivity, parse_rate, plan_admissions
 from duroxide_celery.replay import events as ev
 from duroxide_celery.replay.engine import ScheduleActivity
 from duroxide_celery.replay.tasks import ActivityTask
@@ -13,9 +13,14 @@ from duroxide_celery.replay.tasks import ActivityTask
 from .sim import Sim, make_resolver, outgoing_of
 
 
-def plan(free=None, key_limit=None, running=None, waiting=None, last_turn=None):
+def plan(free=None, key_limit=None, running=None, waiting=None, last_turn=None, key_room=None):
     return plan_admissions(
-        free=free, key_limit=key_limit, running=running or {}, waiting=waiting or {}, last_turn=last_turn or {}
+        free=free,
+        key_limit=key_limit,
+        running=running or {},
+        waiting=waiting or {},
+        last_turn=last_turn or {},
+        key_room=key_room,
     )
 
 
@@ -45,6 +50,25 @@ def test_no_free_slot_or_no_waiting_work_admits_nothing_and_no_limit_admits_ever
     assert plan(free=0, waiting={"a": (3, 1)}) == []
     assert plan(free=5, waiting={}) == []
     assert plan(waiting={"a": (2, 1), "b": (1, 2)}) == ["a", "b", "a"]
+
+
+def test_a_key_rate_caps_what_each_key_may_take_now():
+    waiting = {"a": (5, 1), "b": (5, 2), "c": (1, 3)}
+    assert plan(free=6, waiting=waiting, key_room={"a": 2, "b": 0, "c": 1}) == ["a", "c", "a"]
+
+
+def test_rates_are_parsed_and_bad_ones_refused():
+    assert (
+        parse_rate("10/s") == (10, 1000) and parse_rate(" 5 / m ") == (5, 60_000) and parse_rate("1/h")[1] == 3_600_000
+    )
+    for bad in ("10", "10/d", "-1/s", "1.5/s", "/s"):
+        with pytest.raises(ValueError, match="must read 'N/s', 'N/m' or 'N/h'"):
+            parse_rate(bad)
+    with pytest.raises(ValueError, match="from 1 to 100000"):
+        parse_rate("100001/s")
+    with pytest.raises(TypeError, match="string like '10/s'"):
+        parse_rate(10)
+    assert ActivityLimit("A", 2, None, (10, 1000), (1, 60_000)).describe() == "A(limit=2, rate='10/s', key_rate='1/m')"
 
 
 def test_held_work_says_which_limit_holds_it():

@@ -1,5 +1,5 @@
-"""Flow control: per-key concurrency limits on activities (dx_limits), fairness across keys (dx_flow_keys), and the
-key, priority and limit state of each activity row.
+"""Flow control: concurrency and rate limits on activities (dx_limits, dx_admissions), fairness across keys
+(dx_flow_keys), and the key, priority and limit state of each activity row.
 
 Revision ID: 0004
 """
@@ -25,8 +25,22 @@ def upgrade() -> None:
         sa.Column("max_running", sa.Integer(), nullable=True),
         sa.Column("key_limit", sa.Integer(), nullable=True),
         sa.Column("admissions", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.Column("rate_count", sa.Integer(), nullable=True),
+        sa.Column("rate_period_ms", sa.BigInteger(), nullable=True),
+        sa.Column("key_rate_count", sa.Integer(), nullable=True),
+        sa.Column("key_rate_period_ms", sa.BigInteger(), nullable=True),
+        sa.Column("next_admit_at", sa.BigInteger(), nullable=False, server_default="0"),
         sa.Column("updated_at", sa.BigInteger(), nullable=False),
     )
+    op.create_index("ix_dx_limits_next_admit", "dx_limits", ["next_admit_at"])
+    op.create_table(
+        "dx_admissions",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("name", sa.String(256), nullable=False),
+        sa.Column("flow_key", sa.String(256), nullable=False),
+        sa.Column("admitted_at", sa.BigInteger(), nullable=False),
+    )
+    op.create_index("ix_dx_admissions_name", "dx_admissions", ["name", "admitted_at"])
     op.create_table(
         "dx_flow_keys",
         sa.Column("name", sa.String(256), primary_key=True),
@@ -37,6 +51,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("dx_admissions")
     op.drop_table("dx_flow_keys")
     op.drop_table("dx_limits")
     op.drop_index("ix_dx_work_items_flow", table_name="dx_work_items")
