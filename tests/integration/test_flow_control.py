@@ -141,6 +141,32 @@ def test_held_work_waits_in_the_store_survives_a_restart_and_cancellation_frees_
         restarted.shutdown(timeout_ms=2000)
 
 
+def test_failed_and_expired_work_frees_its_slot_in_the_same_transaction(runtime_factory, client):
+    def failing(ctx, item):
+        raise RuntimeError(f"upstream refused {item['tag']}")
+
+    def all_of(ctx, n):
+        return (yield ctx.all([ctx.schedule_activity("Call", {"tag": f"k{i}"}) for i in range(n)]))
+
+    def ttl_fan_out(ctx, n):
+        return (yield ctx.all([ctx.schedule_activity("Slow", i, ttl_ms=300).with_tag("nowhere") for i in range(n)]))
+
+    rt = runtime_factory({"AllOf": all_of, "TtlFanOut": ttl_fan_out}, {"Call": failing})
+    rt.limit("Call", limit=1)
+    rt.limit("Slow", limit=1)  # tagged for no worker: its rows are admitted (one at a time) but never claimed
+    client.start_orchestration("failing", "AllOf", 3)
+    outcomes = client.wait_for_orchestration("failing", WAIT_MS).output
+    assert ["upstream refused k" + str(i) in o["err"] for i, o in enumerate(outcomes)] == [True] * 3
+    client.start_orchestration("expiring", "TtlFanOut", 2)
+    outcomes = client.wait_for_orchestration("expiring", WAIT_MS).output
+    errors = [o["err"] for o in outcomes]
+    # Both reach their deadline in one pass: the admitted one (nobody serves it), and the held one, still held.
+    assert "no running worker serves tag 'nowhere'" in errors[0]
+    assert "it was held by its activity's limit all that time" in errors[1]
+    assert rt.store.running_by_key("Call") == {} and rt.store.running_by_key("Slow") == {}
+    assert rt.store.held_activities() == []
+
+
 def test_rates_bound_admissions_in_every_window_across_keys_and_per_key(runtime_factory, client):
     """rate='4/s' and key_rate='2/s': in any second, at most 4 admissions in all and 2 per key, read from the
     store's record of admissions (dx_admissions); held work becomes due by the scheduler, not by a completion."""
