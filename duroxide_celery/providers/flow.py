@@ -1,4 +1,5 @@
-"""Flow control: per-key concurrency limits on activities, enforced by the store for every worker at once.
+"""Flow control: concurrency and rate limits on activities, across keys and per key, enforced by the store for every
+worker at once.
 
 An activity with a limit (a `dx_limits` row, written by `Runtime.limit` on every runtime that registers it) is
 inserted 'held': it waits in the store, is never published and cannot be claimed. Admission turns held rows into
@@ -7,7 +8,8 @@ expired, deleted with its instance), and the caller publishes them after its com
 transaction as whatever may free or need a slot: a turn's commit (new work, cancelled work), an activity's
 outcome, a claim-deadline expiry; the recovery sweep runs it too, as the safety net for every other way a row can
 go (prune, delete, a limit raised or removed). Slots are counted from the rows themselves, never kept in a
-counter, so no path can leak one.
+counter, so no path can leak one. Rates count recent admissions (dx_admissions); work a rate holds back gets a time
+(dx_limits.next_admit_at) at which the due-work loop admits it (`admit_due`).
 
 Fairness: when a slot frees, it goes to the key with waiting work that least recently got a slot (keys that never
 got one first, oldest waiting work first among them): round-robin across keys, so a busy key cannot starve a quiet
@@ -141,7 +143,7 @@ def plan_admissions(
 _NAME = work_items.c.name == bindparam("act")
 #: The limits of activities (`names`, a list): which of a turn's activities are limited.
 LIMITED_NAMES = select(limits.c.name).where(limits.c.name.in_(bindparam("names", expanding=True)))
-#: One activity's limits (`name`) and its admission count; LIMIT_OF_LOCKED also locks the row until commit (on
+#: One activity's limits (`act`) and its admission count; LIMIT_OF_LOCKED also locks the row until commit (on
 #: PostgreSQL: admissions of one activity are serialized, so two never hand out the same slot).
 LIMIT_OF = select(
     limits.c.max_running,
@@ -154,7 +156,7 @@ LIMIT_OF = select(
 ).where(limits.c.name == bindparam("act"))
 
 LIMIT_OF_LOCKED = LIMIT_OF.with_for_update()
-#: Admitted rows per key, and held rows per key with their oldest, of one activity (`name`).
+#: Admitted rows per key, and held rows per key with their oldest, of one activity (`act`).
 RUNNING_BY_KEY = (
     select(work_items.c.flow_key, func.count())
     .where(_NAME, work_items.c.flow_state == ADMITTED)
@@ -165,12 +167,12 @@ WAITING_BY_KEY = (
     .where(_NAME, work_items.c.flow_state == HELD)
     .group_by(work_items.c.flow_key)
 )
-#: When these keys (`keys`, a list) of an activity (`name`) last got a slot.
+#: When these keys (`keys`, a list) of an activity (`act`) last got a slot.
 LAST_TURNS = select(flow_keys.c.flow_key, flow_keys.c.last_turn).where(
     flow_keys.c.name == bindparam("act"), flow_keys.c.flow_key.in_(bindparam("keys", expanding=True))
 )
 _KEY_COLUMNS = (work_items.c.instance_id, work_items.c.execution_id, work_items.c.event_id)
-#: The next `n` held rows of one key (`name`, `key`): priority first, then the order they were scheduled.
+#: The next `n` held rows of one key (`act`, `key`): priority first, then the order they were scheduled.
 NEXT_HELD = (
     select(*_KEY_COLUMNS, work_items.c.session_id, work_items.c.tag)
     .where(_NAME, work_items.c.flow_state == HELD, work_items.c.flow_key == bindparam("key"))
