@@ -46,6 +46,7 @@ from .replay.limits import (
     check_storable,
     check_timeout_ms,
 )
+from .replay.yieldables import check_flow_key
 from .tasks.binding import runtime_of
 from .tasks.publish import Publisher, live_publishers
 from .tasks.queues import QueueNames
@@ -195,28 +196,47 @@ class Client:
 
     # -- starting -----------------------------------------------------------------------------------------------
     def start_orchestration(
-        self, instance_id: str, orchestration_name: str, input: Any = None, *, if_exists: str = "keep"
+        self,
+        instance_id: str,
+        orchestration_name: str,
+        input: Any = None,
+        *,
+        if_exists: str = "keep",
+        key: str | None = None,
     ) -> StartResult:
         """Start an instance. `if_exists` says what a start of an existing id does: "keep" (duroxide's rule:
         nothing, the first start wins), "fail" (raise InstanceAlreadyExists) or "restart_if_finished" (a Completed
         or Failed instance gets a fresh execution with this input; a running one is kept). Returns a StartResult
-        saying which happened (true when this call started something)."""
-        return self._start(instance_id, orchestration_name, input, None, if_exists)
+        saying which happened (true when this call started something). `key` (e.g. "tenant:42") is what the
+        orchestration's start limit counts a new instance under (`Runtime.limit_starts`): a start beyond the limit
+        waits in the store, Running with a waiting reason, until a slot frees."""
+        return self._start(instance_id, orchestration_name, input, None, if_exists, key)
 
     start_orchestration_typed = start_orchestration
 
     def start_orchestration_versioned(
-        self, instance_id: str, orchestration_name: str, input: Any, version: str, *, if_exists: str = "keep"
+        self,
+        instance_id: str,
+        orchestration_name: str,
+        input: Any,
+        version: str,
+        *,
+        if_exists: str = "keep",
+        key: str | None = None,
     ) -> StartResult:
-        """Start an instance pinned to an exact registered version (`if_exists` as in start_orchestration)."""
-        return self._start(instance_id, orchestration_name, input, version, if_exists)
+        """Start an instance pinned to an exact registered version (`if_exists`, `key` as in start_orchestration)."""
+        return self._start(instance_id, orchestration_name, input, version, if_exists, key)
 
     start_orchestration_versioned_typed = start_orchestration_versioned
 
-    def _start(self, instance_id: str, name: str, input: Any, version: str | None, if_exists: str) -> StartResult:
+    def _start(
+        self, instance_id: str, name: str, input: Any, version: str | None, if_exists: str, key: str | None = None
+    ) -> StartResult:
         _check_if_exists(if_exists)
         payload = self._checked_start(instance_id, name, input, version)
-        return self._create(instance_id, name, payload, version, if_exists)
+        return self._create(
+            instance_id, name, payload, version, if_exists, check_flow_key(key) if key is not None else None
+        )
 
     @staticmethod
     def _checked_start(instance_id: str, name: str, input: Any, version: str | None) -> str:
@@ -228,21 +248,33 @@ class Client:
         return _encode(input, "orchestration input")
 
     def _create(
-        self, instance_id: str, name: str, payload: str, version: str | None, if_exists: str = "keep"
+        self,
+        instance_id: str,
+        name: str,
+        payload: str,
+        version: str | None,
+        if_exists: str = "keep",
+        key: str | None = None,
     ) -> StartResult:
         """Write a checked start and wake a worker, inside its start span; an existing id is handled as
-        `if_exists` says."""
+        `if_exists` says. Under a start limit a new instance is held in the same transaction, and only what the
+        limit admits is woken."""
+        woken: list[tuple[str, str]] = []
         with self._tracing.start(instance_id, name, version) as traced:
             with self._store.write() as conn:
                 if self._store.create_instance(conn, instance_id, name, payload, version, trace_context=traced):
                     outcome, execution_id = "created", 1
+                    woken = self._store.hold_start(conn, instance_id, name, key)
                 elif if_exists == "fail":
                     raise InstanceAlreadyExists(f"Instance {instance_id} already exists")
                 elif if_exists == "restart_if_finished":
                     outcome, execution_id = replace_finished(conn, instance_id, name, payload, version)
                 else:
                     outcome, execution_id = "kept", current_execution(conn, instance_id)
-            if outcome != "kept":
+            if outcome == "created":
+                for woken_id, woken_name in woken:
+                    self._poke(woken_id, woken_name)
+            elif outcome != "kept":
                 self._poke(instance_id, name)
             else:
                 log.info("instance %s already exists; start ignored (the first start wins)", instance_id)

@@ -82,8 +82,10 @@ class Runtime(Registry):
         #: OpenTelemetry spans of turns and activity attempts (inert without a configured TracerProvider).
         self.tracing = Tracing()
         Registry.__init__(self)
-        #: Activity limits by activity name (`limit`), written to the store at start.
+        #: Activity limits by activity name (`limit`) and start limits by orchestration name (`limit_starts`),
+        #: written to the store at start.
         self.limits: dict[str, ActivityLimit] = {}
+        self.start_limits: dict[str, ActivityLimit] = {}
         prefix = self.options.prefix
         #: The user's Celery app, untouched apart from the engine's own tasks (DESIGN invariant 8); None embedded.
         self.host_app = app
@@ -210,11 +212,28 @@ class Runtime(Registry):
         if self._started:
             self.store_limits([self.limits[name]])
 
-    def store_limits(self, which: list[ActivityLimit] | None = None) -> None:
+    def limit_starts(self, orchestration: str, *, limit: int | None = None, key_limit: int | None = None) -> None:
+        """Limit how many instances of `orchestration` run at once across all workers: at most `limit` in all and
+        `key_limit` per key (`client.start_orchestration(..., key="tenant:42")`; starts without a key share one).
+        A Client start beyond the limit waits in the store (Running, with a waiting reason) until an instance of
+        the orchestration ends, admitted fairly across keys, oldest first within a key. Stored like `limit`."""
+        name = check_text(orchestration, "limit_starts' orchestration name", MAX_NAME_CHARS)
+        if limit is None and key_limit is None:
+            raise ValueError(f"limit_starts({name!r}) needs limit=, key_limit= or both")
+        for what, value in (("limit", limit), ("key_limit", key_limit)):
+            if value is not None:
+                _check_concurrency(value, what, f"orchestration {name!r}")
+        self.start_limits[name] = ActivityLimit(name, limit, key_limit)
+        if self._started:
+            self.store_limits([], [self.start_limits[name]])
+
+    def store_limits(self, which: list[ActivityLimit] | None = None, starts: list[ActivityLimit] | None = None) -> None:
         """Write this runtime's limits to the store (the truth every worker's claims go by) and publish the held
-        work they now let in (at start, and by each `celery worker` when ready)."""
+        work and wake the held starts they now let in (at start, and by each `celery worker` when ready)."""
         for item in self.limits.values() if which is None else which:
             self.publisher.activities(self.store.set_limit(item))
+        for item in self.start_limits.values() if starts is None else starts:
+            self.publisher.poke(self.store.set_start_limit(item.name, item.limit, item.key_limit))
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -53,8 +53,11 @@ class TurnCommit(TurnStore, FlowStore):
         what to publish once it commits (whether more messages wait is read after the commit: turn_shapes.py)."""
         instance_id, exec_id = lease.instance_id, lease.execution_id
         now = now_ms()
+        # An instance that held a slot of its orchestration's start limit gives it back as it ends (flow.py).
+        frees_start = lease.flow_state == ADMITTED and changes.instance.get("status") in TERMINAL_STATUSES
+        instance_values = dict(changes.instance, flow_state=None) if frees_start else changes.instance
         # First: the fence (LeaseLost unless the lease is still ours) and the instance row lock until commit.
-        self.finish_instance(conn, instance_id, lease.owner, **changes.instance)
+        self.finish_instance(conn, instance_id, lease.owner, **instance_values)
         self.append_history(conn, instance_id, exec_id, changes.history)
         self.delete_inbox(conn, changes.consumed)
         activities = changes.activities
@@ -80,6 +83,8 @@ class TurnCommit(TurnStore, FlowStore):
             self.enqueue(conn, instance_id, ev.MSG_CONTINUE_AS_NEW, changes.next_execution.payload, now)
             pokes.append((instance_id, changes.orchestration[0] or None))  # the next execution starts now
         self.update_execution(conn, instance_id, exec_id, **changes.execution)
+        if frees_start:  # the next held start of the orchestration, in this transaction
+            pokes.extend(self.admit_starts(conn, lease.orchestration_name, now))
         publish = [
             PendingActivity(instance_id, exec_id, a.event_id, a.name, a.session_id, a.tag, owners.get(a.session_id))
             if a.session_id

@@ -32,6 +32,8 @@ class InstanceLease:
     #: This lease's holder: unique per turn (`Store.acquire_instance`'s caller makes it), so a turn whose lease was
     #: taken over, even by another thread of its own process, fails every owner-guarded write.
     owner: str = ""
+    #: 'admitted' when the instance holds a slot of its orchestration's start limit (its end frees it); else None.
+    flow_state: str | None = None
 
 
 @dataclass

@@ -104,6 +104,8 @@ class DueWorkStore(FlowStore):
                     inbox.c.created_at <= now - older_than_ms,
                     or_(instances.c.lock_owner.is_(None), instances.c.locked_until < now),
                     or_(instances.c.next_attempt_at.is_(None), instances.c.next_attempt_at <= now),
+                    # A start held by a limit is waiting, not lost: only admission wakes it.
+                    or_(instances.c.flow_state.is_(None), instances.c.flow_state != HELD),
                 )
                 .group_by(inbox.c.instance_id, instances.c.orchestration_name)
                 .limit(limit)

@@ -27,14 +27,17 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from .base import StoreBase, now_ms
 from .dto import PendingActivity
 from .schema import FLOW_ADMITTED as ADMITTED
 from .schema import FLOW_HELD as HELD
-from .schema import admissions, flow_keys, limits, sessions, work_items
+from .schema import admissions, flow_keys, instances, limits, sessions, work_items
+
+#: dx_limits.kind of an activity's limits, and of an orchestration's start limits.
+ACTIVITY, ORCHESTRATION = "activity", "orchestration"
 
 #: A rate: (admissions, per period in ms), e.g. (10, 1000) for "10/s".
 Rate = tuple[int, int]
@@ -142,7 +145,9 @@ def plan_admissions(
 
 _NAME = work_items.c.name == bindparam("act")
 #: The limits of activities (`names`, a list): which of a turn's activities are limited.
-LIMITED_NAMES = select(limits.c.name).where(limits.c.name.in_(bindparam("names", expanding=True)))
+LIMITED_NAMES = select(limits.c.name).where(
+    limits.c.kind == bindparam("lkind"), limits.c.name.in_(bindparam("names", expanding=True))
+)
 #: One activity's limits (`act`) and its admission count; LIMIT_OF_LOCKED also locks the row until commit (on
 #: PostgreSQL: admissions of one activity are serialized, so two never hand out the same slot).
 LIMIT_OF = select(
@@ -153,7 +158,7 @@ LIMIT_OF = select(
     limits.c.rate_period_ms,
     limits.c.key_rate_count,
     limits.c.key_rate_period_ms,
-).where(limits.c.name == bindparam("act"))
+).where(limits.c.kind == bindparam("lkind"), limits.c.name == bindparam("act"))
 
 LIMIT_OF_LOCKED = LIMIT_OF.with_for_update()
 #: Admitted rows per key, of one activity (`act`).
@@ -170,7 +175,9 @@ FLOW_BY_KEY = (
 )
 #: When these keys (`keys`, a list) of an activity (`act`) last got a slot.
 LAST_TURNS = select(flow_keys.c.flow_key, flow_keys.c.last_turn).where(
-    flow_keys.c.name == bindparam("act"), flow_keys.c.flow_key.in_(bindparam("keys", expanding=True))
+    flow_keys.c.kind == bindparam("lkind"),
+    flow_keys.c.name == bindparam("act"),
+    flow_keys.c.flow_key.in_(bindparam("keys", expanding=True)),
 )
 _KEY_COLUMNS = (work_items.c.instance_id, work_items.c.execution_id, work_items.c.event_id)
 #: The next `n` held rows of one key (`act`, `key`): priority first, then the order they were scheduled.
@@ -195,11 +202,25 @@ ADMIT = (
     )
     .values(flow_state=ADMITTED, published_at=bindparam("now"))
 )
-SET_ADMISSIONS = update(limits).where(limits.c.name == bindparam("act")).values(admissions=bindparam("count"))
-SET_NEXT_ADMIT = update(limits).where(limits.c.name == bindparam("act")).values(next_admit_at=bindparam("at"))
+SET_ADMISSIONS = (
+    update(limits)
+    .where(limits.c.kind == bindparam("lkind"), limits.c.name == bindparam("act"))
+    .values(admissions=bindparam("count"))
+)
+SET_NEXT_ADMIT = (
+    update(limits)
+    .where(limits.c.kind == bindparam("lkind"), limits.c.name == bindparam("act"))
+    .values(next_admit_at=bindparam("at"))
+)
 #: Rate-limited activities whose held work may be admitted again at `now` (the due-work loop's pass).
-DUE_LIMITS = select(limits.c.name).where(limits.c.next_admit_at > 0, limits.c.next_admit_at <= bindparam("now"))
-CLEAR_DUE = update(limits).where(limits.c.name.in_(bindparam("names", expanding=True))).values(next_admit_at=0)
+DUE_LIMITS = select(limits.c.name).where(
+    limits.c.kind == ACTIVITY, limits.c.next_admit_at > 0, limits.c.next_admit_at <= bindparam("now")
+)
+CLEAR_DUE = (
+    update(limits)
+    .where(limits.c.kind == ACTIVITY, limits.c.name.in_(bindparam("names", expanding=True)))
+    .values(next_admit_at=0)
+)
 #: Admissions of an activity (`act`) since `since` (exclusive): across keys, and per key, with the oldest.
 ADMITTED_SINCE = select(func.count(), func.min(admissions.c.admitted_at)).where(
     admissions.c.name == bindparam("act"), admissions.c.admitted_at > bindparam("since")
@@ -220,6 +241,44 @@ ADMISSIONS_KEPT_MS = 60_000
 NAMES_WITH_HELD = select(work_items.c.name).where(work_items.c.flow_state == HELD).distinct()
 
 
+# -- starts (Runtime.limit_starts) --------------------------------------------------------------------------------
+#: Per key and state, the instances of an orchestration (`act`) that count: admitted and still Running, and held.
+START_FLOW_BY_KEY = (
+    select(instances.c.flow_key, instances.c.flow_state, func.count(), func.min(instances.c.created_at))
+    .where(
+        instances.c.orchestration_name == bindparam("act"),
+        or_(and_(instances.c.flow_state == ADMITTED, instances.c.status == "Running"), instances.c.flow_state == HELD),
+    )
+    .group_by(instances.c.flow_key, instances.c.flow_state)
+)
+#: The next `n` held starts of one key (`act`, `key`), oldest first.
+NEXT_HELD_START = (
+    select(instances.c.instance_id)
+    .where(
+        instances.c.orchestration_name == bindparam("act"),
+        instances.c.flow_state == HELD,
+        instances.c.flow_key == bindparam("key"),
+    )
+    .order_by(instances.c.created_at, instances.c.instance_id)
+    .limit(bindparam("n"))
+)
+NEXT_HELD_START_SKIP_LOCKED = NEXT_HELD_START.with_for_update(skip_locked=True)
+#: Admit a held start (`iid`): its first turn may run now; it no longer waits for anything.
+ADMIT_START = (
+    update(instances)
+    .where(instances.c.instance_id == bindparam("iid"), instances.c.flow_state == HELD)
+    .values(flow_state=ADMITTED, waiting_reason=None)
+)
+#: Hold a new instance (`iid`) for its orchestration's start limit, under `fkey`, saying why it waits (`why`).
+HOLD_START = (
+    update(instances)
+    .where(instances.c.instance_id == bindparam("iid"))
+    .values(flow_state=HELD, flow_key=bindparam("fkey"), waiting_reason=bindparam("why"))
+)
+#: Orchestrations with held starts (the sweep's admission pass).
+ORCHESTRATIONS_WITH_HELD = select(instances.c.orchestration_name).where(instances.c.flow_state == HELD).distinct()
+
+
 class FlowStore(StoreBase):
     """Limits, admission and the read of held work; the turn commit, activity outcomes and expiries call `admit`."""
 
@@ -237,14 +296,16 @@ class FlowStore(StoreBase):
             "updated_at": now,
         }
         with self.write() as conn:
-            upsert = self.dialect.sql.insert(limits).values(name=limit.name, admissions=0, next_admit_at=0, **values)
-            conn.execute(upsert.on_conflict_do_update(index_elements=[limits.c.name], set_=values))
+            upsert = self.dialect.sql.insert(limits).values(
+                kind=ACTIVITY, name=limit.name, admissions=0, next_admit_at=0, **values
+            )
+            conn.execute(upsert.on_conflict_do_update(index_elements=[limits.c.kind, limits.c.name], set_=values))
             return self.admit(conn, [limit.name], now)
 
     def remove_limit(self, name: str) -> list[PendingActivity]:
         """Drop an activity's limits: its held rows are all admitted (returned, to publish)."""
         with self.write() as conn:
-            conn.execute(limits.delete().where(limits.c.name == name))
+            conn.execute(limits.delete().where(limits.c.kind == ACTIVITY, limits.c.name == name))
             return self.admit(conn, [name], now_ms())
 
     def get_limits(self) -> list[ActivityLimit]:
@@ -258,7 +319,9 @@ class FlowStore(StoreBase):
                     limits.c.rate_period_ms,
                     limits.c.key_rate_count,
                     limits.c.key_rate_period_ms,
-                ).order_by(limits.c.name)
+                )
+                .where(limits.c.kind == ACTIVITY)
+                .order_by(limits.c.name)
             ).all()
         return [_limit_of(*r) for r in rows]
 
@@ -267,7 +330,7 @@ class FlowStore(StoreBase):
         wanted = sorted(set(names))
         if not wanted:
             return set()
-        return {r[0] for r in conn.execute(LIMITED_NAMES, {"names": wanted}).all()}
+        return {r[0] for r in conn.execute(LIMITED_NAMES, {"lkind": ACTIVITY, "names": wanted}).all()}
 
     def admit(self, conn: Connection, names: Iterable[str], now: int) -> list[PendingActivity]:
         """Admit the held rows of these activities that their limits now allow, in the caller's transaction;
@@ -290,7 +353,7 @@ class FlowStore(StoreBase):
         return admitted
 
     def _admit_one(self, conn: Connection, name: str, now: int) -> list[_Admitted]:
-        row = conn.execute(self.dialect.lock_rows(LIMIT_OF, LIMIT_OF_LOCKED), {"act": name}).first()
+        row = conn.execute(self.dialect.lock_rows(LIMIT_OF, LIMIT_OF_LOCKED), {"lkind": ACTIVITY, "act": name}).first()
         stored = _limit_of(name, *row[:2], *row[3:]) if row is not None else ActivityLimit(name)
         turn = row[2] if row is not None else 0
         running: dict[str, int] = {}
@@ -308,7 +371,9 @@ class FlowStore(StoreBase):
             free = window.free if free is None else min(free, window.free)
         # One waiting key needs no turn order (the common case of one busy key): one statement saved.
         last_turn = (
-            dict(conn.execute(LAST_TURNS, {"act": name, "keys": sorted(waiting)}).all()) if len(waiting) > 1 else {}
+            dict(conn.execute(LAST_TURNS, {"lkind": ACTIVITY, "act": name, "keys": sorted(waiting)}).all())
+            if len(waiting) > 1
+            else {}
         )
         plan = plan_admissions(
             free=free,
@@ -321,11 +386,13 @@ class FlowStore(StoreBase):
         admitted = self._take(conn, name, plan, now) if plan else []
         if row is not None and admitted:
             turn += len(admitted)
-            conn.execute(SET_ADMISSIONS, {"act": name, "count": turn})
-            self._record_turns(conn, name, [a.flow_key for a in admitted], turn, now)
+            conn.execute(SET_ADMISSIONS, {"lkind": ACTIVITY, "act": name, "count": turn})
+            self._record_turns(conn, ACTIVITY, name, [a.flow_key for a in admitted], turn, now)
         if window is not None:
             window.record(admitted)
-            conn.execute(SET_NEXT_ADMIT, {"act": name, "at": window.next_admit_at(waiting, admitted)})
+            conn.execute(
+                SET_NEXT_ADMIT, {"lkind": ACTIVITY, "act": name, "at": window.next_admit_at(waiting, admitted)}
+            )
         return admitted
 
     def _take(self, conn: Connection, name: str, plan: list[str], now: int) -> list[_Admitted]:
@@ -344,17 +411,17 @@ class FlowStore(StoreBase):
             rows_of[key] = taken
         return [rows_of[key].popleft() for key in plan if rows_of[key]]
 
-    def _record_turns(self, conn: Connection, name: str, keys: list[str], turn: int, now: int) -> None:
+    def _record_turns(self, conn: Connection, kind: str, name: str, keys: list[str], turn: int, now: int) -> None:
         """Each key's last slot, numbered by the activity's admission count (the order fairness goes by)."""
         first = turn - len(keys)
         last = {key: first + i + 1 for i, key in enumerate(keys)}
         for key, at in last.items():
             upsert = self.dialect.sql.insert(flow_keys).values(
-                name=name, flow_key=key, last_turn=at, last_admitted_at=now
+                kind=kind, name=name, flow_key=key, last_turn=at, last_admitted_at=now
             )
             conn.execute(
                 upsert.on_conflict_do_update(
-                    index_elements=[flow_keys.c.name, flow_keys.c.flow_key],
+                    index_elements=[flow_keys.c.kind, flow_keys.c.name, flow_keys.c.flow_key],
                     set_={"last_turn": at, "last_admitted_at": now},
                 )
             )
@@ -370,6 +437,80 @@ class FlowStore(StoreBase):
             conn.execute(CLEAR_DUE, {"names": names})  # admission sets it again while work still waits on a rate
             return self.admit(conn, names, now)
 
+    # -- starts ---------------------------------------------------------------------------------------------------
+    def set_start_limit(self, name: str, limit: int | None, key_limit: int | None) -> list[tuple[str, str]]:
+        """Store an orchestration's start limits (instances Running at once, in all and per key) and admit the held
+        starts they now allow; returns the instances to wake (id, orchestration name)."""
+        now = now_ms()
+        values = {"max_running": limit, "key_limit": key_limit, "updated_at": now}
+        with self.write() as conn:
+            upsert = self.dialect.sql.insert(limits).values(kind=ORCHESTRATION, name=name, admissions=0, **values)
+            conn.execute(upsert.on_conflict_do_update(index_elements=[limits.c.kind, limits.c.name], set_=values))
+            return self.admit_starts(conn, name, now)
+
+    def get_start_limits(self) -> list[ActivityLimit]:
+        """The stored start limits, as (orchestration name, limit, key_limit)."""
+        with self.read() as conn:
+            rows = conn.execute(
+                select(limits.c.name, limits.c.max_running, limits.c.key_limit)
+                .where(limits.c.kind == ORCHESTRATION)
+                .order_by(limits.c.name)
+            ).all()
+        return [ActivityLimit(*r) for r in rows]
+
+    def hold_start(self, conn: Connection, instance_id: str, name: str, key: str | None) -> list[tuple[str, str]]:
+        """A new instance (created in the caller's transaction): when its orchestration has a start limit, hold it
+        and admit what the limit allows (maybe this one); returns the instances to wake. Without a limit: the
+        instance alone, as before."""
+        row = conn.execute(LIMIT_OF, {"lkind": ORCHESTRATION, "act": name}).first()
+        if row is None:
+            return [(instance_id, name)]
+        why = f"held by limit {ActivityLimit(name, row[0], row[1]).describe()}" + (
+            f" for key {key!r}" if key is not None else ""
+        )
+        conn.execute(HOLD_START, {"iid": instance_id, "fkey": key or "", "why": why})
+        return self.admit_starts(conn, name, now_ms())
+
+    def admit_starts(self, conn: Connection, name: str, now: int) -> list[tuple[str, str]]:
+        """Admit the held starts of an orchestration that its limits allow, fairly across keys (as activities),
+        oldest first within a key; returns them to wake. Serialized per orchestration by its limit row's lock."""
+        row = conn.execute(
+            self.dialect.lock_rows(LIMIT_OF, LIMIT_OF_LOCKED), {"lkind": ORCHESTRATION, "act": name}
+        ).first()
+        max_running, key_limit, turn = row[:3] if row is not None else (None, None, 0)
+        running: dict[str, int] = {}
+        waiting: dict[str, tuple[int, int]] = {}
+        for key, state, count, oldest in conn.execute(START_FLOW_BY_KEY, {"act": name}).all():
+            if state == ADMITTED:
+                running[key] = count
+            else:
+                waiting[key] = (count, oldest)
+        free = None if max_running is None else max_running - sum(running.values())
+        if not waiting or (free is not None and free <= 0):
+            return []
+        last_turn = (
+            dict(conn.execute(LAST_TURNS, {"lkind": ORCHESTRATION, "act": name, "keys": sorted(waiting)}).all())
+            if len(waiting) > 1
+            else {}
+        )
+        plan = plan_admissions(free=free, key_limit=key_limit, running=running, waiting=waiting, last_turn=last_turn)
+        wanted: dict[str, int] = {}
+        for key in plan:
+            wanted[key] = wanted.get(key, 0) + 1
+        next_held = self.dialect.lock_rows(NEXT_HELD_START, NEXT_HELD_START_SKIP_LOCKED)
+        admitted: list[tuple[str, str]] = []
+        keys: list[str] = []
+        for key, n in wanted.items():
+            for (iid,) in conn.execute(next_held, {"act": name, "key": key, "n": n}).all():
+                if conn.execute(ADMIT_START, {"iid": iid}).rowcount:
+                    admitted.append((iid, name))
+                    keys.append(key)
+        if row is not None and admitted:
+            turn += len(admitted)
+            conn.execute(SET_ADMISSIONS, {"lkind": ORCHESTRATION, "act": name, "count": turn})
+            self._record_turns(conn, ORCHESTRATION, name, keys, turn, now)
+        return admitted
+
     def admit_waiting(self) -> list[PendingActivity]:
         """The sweep's pass: admit held work wherever its limit allows (a slot freed by a path that does not admit,
         such as a prune, a deleted instance or a limit raised by a restarted runtime); returns the rows to publish."""
@@ -379,6 +520,17 @@ class FlowStore(StoreBase):
             return []
         with self.write() as conn:
             return self.admit(conn, names, now_ms())
+
+    def admit_waiting_starts(self) -> list[tuple[str, str]]:
+        """The sweep's pass for starts: admit held starts wherever their limit has room (an instance deleted or
+        failed by a path that does not admit, a limit raised); returns the instances to wake."""
+        with self.read() as conn:
+            names = [r[0] for r in conn.execute(ORCHESTRATIONS_WITH_HELD).all()]
+        woken: list[tuple[str, str]] = []
+        for name in sorted(names):
+            with self.write() as conn:
+                woken.extend(self.admit_starts(conn, name, now_ms()))
+        return woken
 
     def held_activities(self, instance_id: str | None = None, limit: int = 1000) -> list[HeldActivity]:
         """Activity rows waiting for a slot (of one instance, or all), oldest first, with the limit holding each:
@@ -393,7 +545,12 @@ class FlowStore(StoreBase):
                 limits.c.max_running,
                 limits.c.key_limit,
             )
-            .join_from(work_items, limits, limits.c.name == work_items.c.name, isouter=True)
+            .join_from(
+                work_items,
+                limits,
+                and_(limits.c.kind == ACTIVITY, limits.c.name == work_items.c.name),
+                isouter=True,
+            )
             .where(work_items.c.flow_state == HELD)
             .order_by(work_items.c.created_at, *_KEY_COLUMNS)
             .limit(limit)
@@ -487,11 +644,13 @@ class _RateWindow:
 
 
 __all__ = [
+    "ACTIVITY",
     "ADMITTED",
     "HELD",
     "ActivityLimit",
     "FlowStore",
     "HeldActivity",
+    "ORCHESTRATION",
     "Rate",
     "plan_admissions",
     "parse_rate",

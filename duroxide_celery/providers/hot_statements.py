@@ -168,6 +168,8 @@ def _acquire(require_inbox: bool) -> Any:
         instances.c.instance_id == bindparam("iid"),
         or_(instances.c.lock_owner.is_(None), instances.c.locked_until < db_now_ms()),
         instances.c.next_attempt_at <= bindparam("now"),  # set from a worker's clock: compared with one
+        # A start held by its orchestration's limit waits for admission (providers/flow.py): no turn runs for it.
+        or_(instances.c.flow_state.is_(None), instances.c.flow_state != FLOW_HELD),
     ]
     if require_inbox:
         conditions.append(select(inbox.c.id).where(inbox.c.instance_id == bindparam("iid")).exists())
@@ -187,6 +189,7 @@ def _acquire(require_inbox: bool) -> Any:
             instances.c.next_attempt_at,
             instances.c.custom_status_version,
             instances.c.waiting_reason,
+            instances.c.flow_state,
         )
     )
 

@@ -79,18 +79,25 @@ instances = Table(
     # Poison guard and unregistered-handler backoff (semantics.md 2.19).
     Column("attempt_count", Integer, nullable=False, default=0),
     Column("next_attempt_at", BigInteger, nullable=False, default=0),
-    # Why a running instance waits (a handler no worker has registered), for get_status; None otherwise.
+    # Why a running instance waits (a handler no worker has registered, a start held by a limit), for get_status;
+    # None otherwise.
     Column("waiting_reason", NulSafeText),
     # Client.restart: the instance this one was restarted from (the link is kept if that one is deleted).
     Column("restarted_from", String(512)),
     # The W3C trace context (JSON of traceparent/tracestate) its spans descend from; None when not traced.
     Column("trace_context", Text),
+    # Flow control of starts (Runtime.limit_starts): the key its limit counts it under ('' for none) and its state:
+    # NULL (no limit), 'held' (its first turn waits for a slot: it cannot be leased) or 'admitted' (holds a slot
+    # while it is Running).
+    Column("flow_key", String(256), nullable=False, server_default=""),  # no Python default: CTE inserts omit it
+    Column("flow_state", String(16)),
     Index("ix_dx_instances_parent", "parent_instance_id"),
     # Listing page by page (dashboard): newest first, optionally by status or name, and by id prefix.
     Index("ix_dx_instances_created", "created_at", "instance_id"),
     Index("ix_dx_instances_status_created", "status", "created_at", "instance_id"),
     Index("ix_dx_instances_name_created", "orchestration_name", "created_at", "instance_id"),
     Index("ix_dx_instances_id_prefix", "instance_id", postgresql_ops={"instance_id": "text_pattern_ops"}),
+    Index("ix_dx_instances_flow", "flow_state", "orchestration_name", "flow_key"),
 )
 
 executions = Table(
@@ -171,8 +178,9 @@ FLOW_HELD, FLOW_ADMITTED = "held", "admitted"
 limits = Table(
     "dx_limits",
     metadata,
-    # The limits of one activity (Runtime.limit), written by every runtime that registers them: the store is where
-    # all workers agree. NULL: no such limit.
+    # The limits of one activity (Runtime.limit) or of an orchestration's starts (Runtime.limit_starts), written by
+    # every runtime that registers them: the store is where all workers agree. NULL: no such limit.
+    Column("kind", String(16), primary_key=True),  # 'activity' or 'orchestration'
     Column("name", String(256), primary_key=True),
     Column("max_running", Integer),  # concurrent across all keys (`limit=`)
     Column("key_limit", Integer),  # concurrent per key (`key_limit=`)
@@ -205,7 +213,9 @@ admissions = Table(
 flow_keys = Table(
     "dx_flow_keys",
     metadata,
-    # When each key of a limited activity last got a slot: held work goes to the key that waited longest.
+    # When each key of a limited activity (or orchestration) last got a slot: held work goes to the key that
+    # waited longest.
+    Column("kind", String(16), primary_key=True),
     Column("name", String(256), primary_key=True),
     Column("flow_key", String(256), primary_key=True),
     Column("last_turn", BigInteger, nullable=False),  # dx_limits.admissions when it got its last slot

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
+from ..replay import events as ev
 from ..replay.events import HistoryEvent
 from ..types import TERMINAL_STATUSES
 from . import hot_statements as hot
@@ -18,7 +19,7 @@ from .dto import (
     LeaseLost,
     TurnLoad,
 )
-from .schema import instances
+from .schema import FLOW_ADMITTED, FLOW_HELD, instances
 
 
 class TurnStore(StoreBase):
@@ -65,6 +66,14 @@ class TurnStore(StoreBase):
             if row is None or row[0] in TERMINAL_STATUSES:
                 return None
             self.enqueue(conn, instance_id, kind, payload)
+            if kind == ev.MSG_CANCEL:
+                # A start held by a limit must not wait for a slot to be cancelled: admitted now, past the limit,
+                # for the one turn that ends it (flow.py).
+                conn.execute(
+                    update(instances)
+                    .where(instances.c.instance_id == instance_id, instances.c.flow_state == FLOW_HELD)
+                    .values(flow_state=FLOW_ADMITTED, waiting_reason=None)
+                )
             return str(row[1])
 
     def acquire_instance(
@@ -79,7 +88,7 @@ class TurnStore(StoreBase):
             row = conn.execute(statement, params).first()
         if row is None:
             return None
-        execution_id, name, status, attempts, next_attempt_at, custom_status_version, waiting_reason = row
+        execution_id, name, status, attempts, next_attempt_at, custom_status_version, waiting_reason, flow_state = row
         return InstanceLease(
             instance_id,
             execution_id,
@@ -90,6 +99,7 @@ class TurnStore(StoreBase):
             custom_status_version,
             waiting_reason=waiting_reason,
             owner=owner,
+            flow_state=flow_state,
         )
 
     def renew_instance(self, instance_id: str, owner: str, lease_ms: int) -> bool:

@@ -68,7 +68,8 @@ def fire_due_schedules(store: Store, publisher: Publisher, now: int | None = Non
 def sweep(store: Store, publisher: Publisher, older_than_ms: int) -> dict[str, int]:
     """Poke instances whose inbox holds old messages and republish activities nobody holds. Duplicates are
     harmless: every handler is idempotent against the store."""
-    instances = store.stale_instances(older_than_ms)
+    # Held starts whose limit has room (a slot freed by a path that does not admit) are woken with the rest.
+    instances = store.admit_waiting_starts() + store.stale_instances(older_than_ms)
     failure: Exception | None = None
     try:
         publisher.poke(instances, force=True)

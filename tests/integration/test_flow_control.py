@@ -13,7 +13,7 @@ import pytest
 
 from duroxide_celery import RuntimeOptions
 
-from .helpers import WAIT_MS, event_data, wait_until
+from .helpers import WAIT_MS, event_data, kinds, wait_for_kind, wait_until
 
 
 class Recorder:
@@ -194,7 +194,50 @@ def test_rates_bound_admissions_in_every_window_across_keys_and_per_key(runtime_
     assert stored.describe() == "Call(rate='4/s', key_rate='2/s')"
 
 
-def test_limits_and_flow_options_refuse_bad_input(runtime_factory):
+def job(ctx, item):
+    return (yield ctx.schedule_activity("Call", item))
+
+
+def test_start_limits_hold_starts_in_the_store_and_admit_them_as_instances_end(store, client):
+    from duroxide_celery import Runtime
+
+    def runtime(**options: Any) -> Any:
+        rt = Runtime(store.open(), RuntimeOptions(**options))
+        rt.register_orchestration("Job", job)
+        rt.limit_starts("Job", key_limit=1)
+        return rt
+
+    turns_only = runtime(worker_concurrency=0)  # the admitted jobs wait on their activity: nothing else ends
+    turns_only.start()
+    try:
+        for i in range(3):
+            client.start_orchestration(f"a{i}", "Job", {"key": "a", "tag": f"a{i}"}, key="a")
+        client.start_orchestration("b0", "Job", {"key": "b", "tag": "b0"}, key="b")
+        for admitted in ("a0", "b0"):
+            wait_for_kind(client, admitted, "ActivityScheduled")
+        for held in ("a1", "a2"):
+            status = client.get_status(held)
+            assert status.status == "Running" and kinds(client, held) == []  # no turn ran
+            assert status.waiting_reason == "held by limit Job(key_limit=1) for key 'a'"
+        client.cancel_instance("a1", "not needed")  # a held start is not left waiting for a slot to be cancelled
+        assert client.wait_for_orchestration("a1", WAIT_MS).status == "Failed"
+        assert client.get_status("a2").waiting_reason == "held by limit Job(key_limit=1) for key 'a'"
+    finally:
+        turns_only.shutdown(timeout_ms=2000)
+    rec = Recorder()
+    restarted = runtime()
+    restarted.register_activity("Call", rec.activity())
+    restarted.start()
+    try:
+        for done in ("a0", "a2", "b0"):
+            assert client.wait_for_orchestration(done, WAIT_MS).status == "Completed"
+        assert rec.most == {"a": 1, "b": 1} and rec.finished.index("a0") < rec.finished.index("a2")
+        assert [limit.describe() for limit in restarted.store.get_start_limits()] == ["Job(key_limit=1)"]
+    finally:
+        restarted.shutdown(timeout_ms=2000)
+
+
+def test_limits_and_flow_options_refuse_bad_input(runtime_factory, client):
     rt = runtime_factory(start=False)
     with pytest.raises(ValueError, match="needs limit=, key_limit=, rate= or key_rate="):
         rt.limit("Call")
@@ -210,4 +253,11 @@ def test_limits_and_flow_options_refuse_bad_input(runtime_factory):
         rt.limit("Call", limit=True)
     with pytest.raises(ValueError, match="must not be empty"):
         rt.limit("", limit=1)
-    assert rt.limits == {}
+    with pytest.raises(ValueError, match="limit_starts\\('Job'\\) needs limit=, key_limit= or both"):
+        rt.limit_starts("Job")
+    with pytest.raises(TypeError, match="key_limit of orchestration 'Job' must be a positive int"):
+        rt.limit_starts("Job", key_limit=1.5)
+    assert rt.limits == {} and rt.start_limits == {}
+    with pytest.raises(ValueError, match="flow-control key must not contain NUL"):
+        client.start_orchestration("bad-key", "Job", None, key="a\x00b")
+    assert client.get_status("bad-key").status == "NotFound"  # refused before anything was written
