@@ -7,8 +7,8 @@ import pytest
 
 from duroxide_celery.providers.flow import ActivityLimit, HeldActivity, parse_rate, plan_admissions
 from duroxide_celery.replay import events as ev
-from duroxide_celery.replay.engine import ScheduleActivity
-from duroxide_celery.replay.tasks import ActivityTask
+from duroxide_celery.replay.commands import ScheduleActivity
+from duroxide_celery.replay.yieldables import ActivityTask
 
 from .sim import Sim, make_resolver, outgoing_of
 
