@@ -105,12 +105,15 @@ class WorkflowHarness:
         return fn
 
     # -- the Client's calls -------------------------------------------------------------------------------------
-    def start_orchestration(self, instance_id: str, orchestration_name: str, input: Any = None) -> None:
-        """Start an instance and run it until it waits for an event or a timer (or ends)."""
+    def start_orchestration(
+        self, instance_id: str, orchestration_name: str, input: Any = None, *, key: str | None = None
+    ) -> None:
+        """Start an instance and run it until it waits for an event or a timer (or ends). `key` is accepted, as
+        the Client's, and not used: the harness applies no flow-control limits."""
         self._start(instance_id, orchestration_name, input, None)
 
     def start_orchestration_versioned(
-        self, instance_id: str, orchestration_name: str, input: Any, version: str
+        self, instance_id: str, orchestration_name: str, input: Any, version: str, *, key: str | None = None
     ) -> None:
         self._start(instance_id, orchestration_name, input, version)
 
