@@ -58,7 +58,8 @@ class ActivityWait:
 
     state: "queued" (no worker holds it), "running" (claimed: `claimed_by` is the lease owner, `claimed_until`
     its expiry), "backing off" (given back until `visible_at`: no worker has its handler, or it is retried),
-    "delivered" (finished; its result waits for the next turn)."""
+    "held" (waiting in the store for a slot of its activity's limit: `held_by` says which, e.g. "held by limit
+    CallApi(key_limit=2) for key 'tenant:42'"), "delivered" (finished; its result waits for the next turn)."""
 
     event_id: int
     name: str
@@ -72,6 +73,8 @@ class ActivityWait:
     visible_at: int = 0
     #: The worker node that owns the activity's session (its session queue), if it has one.
     session_owner: str | None = None
+    #: Why a "held" activity waits (flow control: the limit holding it); None otherwise.
+    held_by: str | None = None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from ..replay import events as ev
 from ..replay.events import HistoryEvent
 from ..replay.rewind import effective_history
 from ..types import TERMINAL_STATUSES, ActivityWait, ChildWait, EventWait, TimerWait, Waits
-from .schema import history, inbox, instances, sessions, timers, work_items
+from .schema import FLOW_HELD, history, inbox, instances, sessions, timers, work_items
 
 if TYPE_CHECKING:
     from .store import Store
@@ -219,6 +219,7 @@ def read_waits(store: Store, instance_id: str, now_ms: int | None = None) -> Wai
                 work_items.c.locked_until,
                 work_items.c.visible_at,
                 work_items.c.created_at,
+                work_items.c.flow_state,
             )
             .where(work_items.c.instance_id == instance_id, work_items.c.execution_id == execution_id)
             .order_by(work_items.c.event_id)
@@ -252,6 +253,12 @@ def read_waits(store: Store, instance_id: str, now_ms: int | None = None) -> Wai
         )
         pending = conn.execute(select(func.count()).where(inbox.c.instance_id == instance_id)).scalar() or 0
 
+    # Work held by a flow-control limit waits in the store: say which limit (one more read, only when some is held).
+    held_by = (
+        {h.event_id: h.reason for h in store.held_activities(instance_id) if h.execution_id == execution_id}
+        if any(r.flow_state == FLOW_HELD for r in items)
+        else {}
+    )
     scheduled_at = {e.event_id: e.timestamp_ms for e in open_.activities}
     activities = [
         ActivityWait(
@@ -260,12 +267,13 @@ def read_waits(store: Store, instance_id: str, now_ms: int | None = None) -> Wai
             tag=r.tag,
             session_id=r.session_id,
             attempt=r.attempt_count,
-            state=_activity_state(r.lock_owner, r.locked_until, r.visible_at, now),
+            state="held" if r.event_id in held_by else _activity_state(r.lock_owner, r.locked_until, r.visible_at, now),
             claimed_by=r.lock_owner if r.lock_owner and r.locked_until > now else None,
             claimed_until=r.locked_until if r.lock_owner and r.locked_until > now else None,
             scheduled_at=scheduled_at.get(r.event_id, r.created_at),
             visible_at=r.visible_at,
             session_owner=owners.get(r.session_id) if r.session_id else None,
+            held_by=held_by.get(r.event_id),
         )
         for r in items
     ]

@@ -120,6 +120,11 @@ def test_held_work_waits_in_the_store_survives_a_restart_and_cancellation_frees_
         held = turns_only.store.held_activities()
         assert {h.instance_id for h in held} == {"first", "second"}
         assert all(h.reason == "held by limit Call(limit=1) for key 'k'" for h in held)
+        # Client.get_waits says so: one activity queued (admitted, nobody runs it here), two held by the limit.
+        states = [(a.state, a.held_by) for a in client.get_waits("first").activities]
+        assert sorted(states, key=str) == sorted(
+            [("queued", None)] + [("held", "held by limit Call(limit=1) for key 'k'")] * 2, key=str
+        )
         # Held work is not republished by the recovery sweep: it is waiting, not lost.
         assert {a.instance_id for a in turns_only.store.stale_work_items(0)} <= {"first"}
         client.cancel_instance("first", "no longer needed")

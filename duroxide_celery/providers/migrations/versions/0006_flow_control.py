@@ -1,14 +1,14 @@
 """Flow control: concurrency and rate limits on activities and on orchestration starts (dx_limits, dx_admissions),
 fairness across keys (dx_flow_keys), and the key, priority and limit state of each activity row and instance.
 
-Revision ID: 0004
+Revision ID: 0006
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
