@@ -57,6 +57,6 @@ class DjangoClient(Client):
         if on_commit is None:
             on_commit = transaction.get_connection(using).in_atomic_block
         if on_commit:
-            transaction.on_commit(lambda: self._create(instance_id, name, payload, version, key), using=using)
+            transaction.on_commit(lambda: self._create(instance_id, name, payload, version, key=key), using=using)
         else:
-            self._create(instance_id, name, payload, version, key)
+            self._create(instance_id, name, payload, version, key=key)

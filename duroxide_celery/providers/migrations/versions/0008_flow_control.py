@@ -1,14 +1,14 @@
 """Flow control: concurrency and rate limits on activities and on orchestration starts (dx_limits, dx_admissions),
 fairness across keys (dx_flow_keys), and the key, priority and limit state of each activity row and instance.
 
-Revision ID: 0006
+Revision ID: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
