@@ -342,7 +342,7 @@ def test_a_worker_with_a_slow_clock_never_takes_an_already_expired_lease(provide
 
 
 class _Item:
-    event_id, name, input, session_id, tag, ttl_ms = 2, "Act", "null", None, None, None
+    event_id, name, input, session_id, tag, ttl_ms, key, priority = 2, "Act", "null", None, None, None, None, 0
 
 
 # -- a poison decision whose commit fails --------------------------------------------------------------------
