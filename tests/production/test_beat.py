@@ -263,9 +263,16 @@ class FakeStore:
         if self.fail:
             raise ConnectionError("database is down")
 
-    def next_due(self) -> tuple[None, None]:
+    def next_due(self) -> tuple[None, None, None]:
+        """Nothing due: no timer, no claim deadline, no rate admission."""
         self._check()
-        return None, None
+        return None, None, None
+
+    def admit_waiting_starts(self) -> list[str]:
+        return []
+
+    def admit_waiting(self) -> list[Any]:
+        return []
 
     def stale_instances(self, older_than_ms: int) -> list[str]:
         self._check()
