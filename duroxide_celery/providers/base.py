@@ -73,6 +73,13 @@ class StoreBase:
             yield conn
 
     @contextmanager
+    def single_read(self) -> Iterator[Connection]:
+        """A connection for one read statement, outside any transaction where the database allows it (PostgreSQL:
+        autocommit; the statement sees every commit made before it)."""
+        with self.dialect.read_lock(), self.dialect.single_read(self.engine) as conn:
+            yield conn
+
+    @contextmanager
     def _reusing(self, conn: Connection | None, open_new: Callable[[], Any]) -> Iterator[Connection]:
         """The caller's connection (and transaction) when given one, else a new one from `open_new`."""
         if conn is not None:
@@ -108,5 +115,5 @@ class StoreBase:
             conn.execute(hot.DELETE_INBOX, {"ids": ids})
 
     def has_inbox(self, instance_id: str, conn: Connection | None = None) -> bool:
-        with self._reading(conn) as conn:
+        with self._reusing(conn, self.single_read) as conn:
             return inbox_pending(conn, instance_id)

@@ -31,7 +31,7 @@ class ManagementStore(StoreBase):
     """The cold path: statements built per call."""
 
     def get_instance(self, instance_id: str) -> dict[str, Any] | None:
-        with self.read() as conn:
+        with self.single_read() as conn:  # one statement: Client.get_status and its waits poll it
             row = conn.execute(hot.INSTANCE, {"iid": instance_id}).mappings().first()
         return dict(row) if row else None
 
