@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from .conftest import ROOT, _pg_engine
+from .conftest import ROOT, Proc, _pg_engine
 
 
 def free_port() -> int:
@@ -81,3 +81,20 @@ def run_pytest_django(project: Path, env: dict[str, str]) -> subprocess.Complete
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done
+
+
+def worker_and_web(
+    project: Path, prefix: str, env: dict[str, str], logs: Path, port: int, concurrency: int
+) -> list[Proc]:
+    """The project's `celery worker` (prefork) and `manage.py runserver` on 127.0.0.1:<port>, in that order."""
+    worker_argv = [sys.executable, "-m", "celery", "-A", "proj", "worker", "-P", "prefork", "-c", str(concurrency)]
+    worker_argv += ["-l", "INFO", "-n", f"{prefix}@%h", "--without-mingle", "--without-gossip", "--without-heartbeat"]
+    web_argv = [
+        sys.executable,
+        str(project / "manage.py"),
+        "runserver",
+        f"127.0.0.1:{port}",
+        "--noreload",
+        "--insecure",
+    ]
+    return [Proc("worker", worker_argv, env, logs / "worker.log"), Proc("web", web_argv, env, logs / "web.log")]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from .conftest import REDIS_URL, Proc
-from .django_support import free_port, fresh_database, manage, project_env
+from .django_support import free_port, fresh_database, manage, project_env, worker_and_web
 
 pytest.importorskip("django", reason="Django is not installed (pip install -e '.[dev]')")
 
@@ -127,21 +126,7 @@ def test_the_admin_lists_shows_and_operates_workflow_instances_in_a_browser(
     )
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    procs = [
-        Proc(
-            "worker",
-            [sys.executable, "-m", "celery", "-A", "proj", "worker", "-P", "prefork", "-c", "2", "-l", "INFO"]
-            + ["-n", f"{prefix}@%h", "--without-mingle", "--without-gossip", "--without-heartbeat"],
-            env,
-            tmp_path / "worker.log",
-        ),
-        Proc(
-            "web",
-            [sys.executable, str(PROJECT / "manage.py"), "runserver", f"127.0.0.1:{port}", "--noreload", "--insecure"],
-            env,
-            tmp_path / "web.log",
-        ),
-    ]
+    procs = worker_and_web(PROJECT, prefix, env, tmp_path, port, concurrency=2)
     try:
         procs[0].wait_for_log(" ready.")
         procs[1].wait_for_log("Quit the server")

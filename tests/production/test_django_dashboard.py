@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import REDIS_URL, Proc
-from .django_support import free_port, fresh_database
+from .conftest import REDIS_URL
+from .django_support import free_port, fresh_database, worker_and_web
 from .test_django_admin import PASSWORD, PROJECT, Admin, _env, _eventually, _login, _manage
 
 pytest.importorskip("django", reason="Django is not installed (pip install -e '.[dev]')")
@@ -111,21 +111,7 @@ def test_the_dashboard_under_the_admin_with_djangos_login_and_permissions(
     _manage(env, "shell", "-c", USERS)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    procs = [
-        Proc(
-            "worker",
-            [sys.executable, "-m", "celery", "-A", "proj", "worker", "-P", "prefork", "-c", "1", "-l", "INFO"]
-            + ["-n", f"{prefix}@%h", "--without-mingle", "--without-gossip", "--without-heartbeat"],
-            env,
-            tmp_path / "worker.log",
-        ),
-        Proc(
-            "web",
-            [sys.executable, str(PROJECT / "manage.py"), "runserver", f"127.0.0.1:{port}", "--noreload", "--insecure"],
-            env,
-            tmp_path / "web.log",
-        ),
-    ]
+    procs = worker_and_web(PROJECT, prefix, env, tmp_path, port, concurrency=1)
     try:
         started = _manage(env, "duroxide", "start", "AwaitApproval", "--id", "approve-1", "--input", f'"{SECRET}"')
         assert started.stdout.split() == ["approve-1"], started.stdout
