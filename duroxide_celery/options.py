@@ -88,7 +88,13 @@ class RuntimeOptions:
     engine_cache_max_bytes [64 MiB]: each worker process keeps the replay engines of instances waiting mid-run so
     their next turn replays nothing; this bounds that cache by the estimated size of the histories and KV the
     engines hold (payload text counted twice: stored and decoded), evicting the least recently used. 0 disables
-    the cache (every turn replays its history).
+    the cache (every turn replays its history);
+    inline_steps [True]: run the next step where the last one finished, without a broker hop. A worker whose pool
+    serves both the orchestrator queue and an activity's queue (one `celery worker` for both, as without `-Q`) runs
+    the single activity a turn schedules right after the turn's commit, claimed in that commit; a worker that serves
+    orchestrations runs the next turn of an instance whose activity it just completed. The store stays the truth: a
+    crash mid-step is healed as for a published step (leases lapse, the recovery sweep republishes). False publishes
+    every step.
     """
 
     orchestration_concurrency: int | None = None
@@ -115,10 +121,15 @@ class RuntimeOptions:
     activity_cancellation_grace_period_ms: int | None = None
     default_activity_ttl_ms: int | None = None
     engine_cache_max_bytes: int | None = None
+    inline_steps: bool | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.type.startswith("bool"):
+                if value is not None and not isinstance(value, bool):
+                    raise TypeError(f"RuntimeOptions.{f.name} must be a bool, got {type(value).__name__}")
+                continue
             if value is None or f.type.startswith("str"):
                 if value is not None and not isinstance(value, str):
                     raise TypeError(f"RuntimeOptions.{f.name} must be a str, got {type(value).__name__}")
@@ -151,6 +162,11 @@ class RuntimeOptions:
                 )
 
     # Resolved values ------------------------------------------------------------------------------------------
+    @property
+    def inline(self) -> bool:
+        """Whether a worker may run the next step where the last one finished (inline_steps)."""
+        return True if self.inline_steps is None else self.inline_steps
+
     @property
     def orchestration_threads(self) -> int:
         return 4 if self.orchestration_concurrency is None else self.orchestration_concurrency

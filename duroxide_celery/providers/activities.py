@@ -192,9 +192,9 @@ class ActivityStore(FlowStore):
                     .where(sessions.c.session_id == session_id, sessions.c.owner == (node or owner))
                     .values(last_activity_at=now)
                 )
-            name, flow_state = done
+            name, flow_state, others = done
             # The slot this row held goes to the next held row in the same transaction: none leaks, none idles.
-            return RecordedOutcome(self.admit(conn, [name], now) if flow_state == ADMITTED else [])
+            return RecordedOutcome(self.admit(conn, [name], now) if flow_state == ADMITTED else [], others)
 
     def abandon_work_item(
         self, key: tuple[str, int, int], owner: str, visible_at: int, waiting_reason: str | None = None

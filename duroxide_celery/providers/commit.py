@@ -15,6 +15,8 @@ from ..types import TERMINAL_STATUSES
 from . import hot_statements as hot
 from .base import now_ms, set_clause
 from .dto import (
+    ClaimedWorkItem,
+    InlineClaim,
     InstanceLease,
     LeaseLost,
     NewActivity,
@@ -64,8 +66,17 @@ class TurnCommit(TurnStore, FlowStore):
         # Activities with a limit start held in the store (providers/flow.py); one statement, only for a turn that
         # schedules activities.
         limited = self.limited_names(conn, (a.name for a in activities))
+        inline = _inline_claim(changes, limited)
         self.add_work_items(
-            conn, instance_id, exec_id, changes.orchestration, activities, now, changes.default_activity_ttl_ms, limited
+            conn,
+            instance_id,
+            exec_id,
+            changes.orchestration,
+            activities,
+            now,
+            changes.default_activity_ttl_ms,
+            limited,
+            inline,
         )
         # Activities of a session some worker holds go straight to that worker's session queue.
         owners = self.session_owners(conn, (a.session_id for a in activities if a.session_id))
@@ -91,10 +102,12 @@ class TurnCommit(TurnStore, FlowStore):
             else PendingActivity(instance_id, exec_id, a.event_id, a.name, None, a.tag)
             for a in activities
         ]
+        claimed = inline.event_id if inline is not None else None
         return PublishPlan(
-            activities=[a for a in publish if a.name not in limited] + admitted,
+            activities=[a for a in publish if a.name not in limited and a.event_id != claimed] + admitted,
             pokes=pokes,
             first_timer_at=min((t.fire_at_ms for t in changes.timers), default=None),
+            inline=_claimed_item(lease, changes, inline) if inline is not None else None,
         )
 
     def _send_messages(
@@ -163,37 +176,44 @@ class TurnCommit(TurnStore, FlowStore):
         now: int,
         default_ttl_ms: int | None = None,
         limited: set[str] | frozenset[str] = frozenset(),
+        inline: InlineClaim | None = None,
     ) -> None:
         """Insert the activities a turn scheduled; one with a ttl (its own, else the runtime default) gets a claim
         deadline, after which it fails unless a worker has claimed it. One whose name is `limited` is inserted held
-        and unpublished: only admission (flow.py) publishes it."""
+        and unpublished: only admission (flow.py) publishes it. The `inline` one is inserted claimed by its owner,
+        its lease running from the database's clock, as a claim would leave it (tasks/inline.py)."""
         if items:
-            conn.execute(
-                hot.INSERT_WORK_ITEMS,
-                [
-                    {
-                        "instance_id": instance_id,
-                        "execution_id": execution_id,
-                        "event_id": a.event_id,
-                        "name": a.name,
-                        "input": a.input,
-                        "session_id": a.session_id,
-                        "tag": a.tag,
-                        "orchestration_name": orch[0],
-                        "orchestration_version": orch[1],
-                        "locked_until": 0,
-                        "attempt_count": 0,
-                        "visible_at": 0,
-                        "created_at": now,
-                        "published_at": 0 if a.name in limited else now,
-                        "claim_deadline": now + ttl if (ttl := a.ttl_ms or default_ttl_ms) else 0,
-                        "flow_key": a.key or "",
-                        "priority": a.priority,
-                        "flow_state": HELD if a.name in limited else None,
-                    }
-                    for a in items
-                ],
-            )
+            rows = [
+                {
+                    "instance_id": instance_id,
+                    "execution_id": execution_id,
+                    "event_id": a.event_id,
+                    "name": a.name,
+                    "input": a.input,
+                    "session_id": a.session_id,
+                    "tag": a.tag,
+                    "orchestration_name": orch[0],
+                    "orchestration_version": orch[1],
+                    "locked_until": 0,
+                    "attempt_count": 0,
+                    "visible_at": 0,
+                    "created_at": now,
+                    "published_at": 0 if a.name in limited else now,
+                    "claim_deadline": now + ttl if (ttl := a.ttl_ms or default_ttl_ms) else 0,
+                    "flow_key": a.key or "",
+                    "priority": a.priority,
+                    "flow_state": HELD if a.name in limited else None,
+                }
+                for a in items
+            ]
+            if inline is not None:
+                claimed = next(r for r in rows if r["event_id"] == inline.event_id)
+                rows.remove(claimed)
+                claimed.update(lock_owner=inline.owner, attempt_count=1, claim_deadline=0, lease_ms=inline.lease_ms)
+                del claimed["locked_until"]
+                conn.execute(hot.INSERT_CLAIMED_WORK_ITEM, claimed)
+            if rows:
+                conn.execute(hot.INSERT_WORK_ITEMS, rows)
 
     def session_owners(self, conn: Connection, session_ids: Iterable[str]) -> dict[str, str]:
         """The live owners (node ids) of these sessions; a session nobody holds is absent."""
@@ -278,3 +298,31 @@ class TurnCommit(TurnStore, FlowStore):
     def instance_status(self, conn: Connection, instance_id: str) -> str | None:
         status: str | None = conn.execute(hot.INSTANCE_STATUS, {"iid": instance_id}).scalar()
         return status
+
+
+def _inline_claim(changes: TurnChanges, limited: set[str]) -> InlineClaim | None:
+    """The turn's inline claim, unless its activity is held by a limit (admission publishes it) or is not new."""
+    inline = changes.inline_claim
+    if inline is None:
+        return None
+    activity = next((a for a in changes.activities if a.event_id == inline.event_id), None)
+    return inline if activity is not None and activity.name not in limited else None
+
+
+def _claimed_item(lease: InstanceLease, changes: TurnChanges, inline: InlineClaim) -> ClaimedWorkItem:
+    """The row the commit claimed, as a claim returns it."""
+    a = next(a for a in changes.activities if a.event_id == inline.event_id)
+    name, version = changes.orchestration
+    return ClaimedWorkItem(
+        lease.instance_id,
+        lease.execution_id,
+        a.event_id,
+        a.name,
+        a.input,
+        a.session_id,
+        a.tag,
+        name or None,
+        version or None,
+        1,
+        owner=inline.owner,
+    )

@@ -53,9 +53,9 @@ class Dialect:
 
     def complete_work_item(
         self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
-    ) -> tuple[str, str | None] | None:
+    ) -> tuple[str, str | None, bool] | None:
         """Delete the activity row its lease holder names (`params`) and queue its outcome; the row's (name, flow
-        state), or None if it is gone."""
+        state) and whether the instance has other activity rows, or None if it is gone."""
         raise NotImplementedError
 
     def fire_due_timers(self, conn: Connection, now: int, limit: int) -> tuple[list[Wake], int]:
@@ -135,7 +135,7 @@ class SqliteDialect(Dialect):
 
     def complete_work_item(
         self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
-    ) -> tuple[str, str | None] | None:
+    ) -> tuple[str, str | None, bool] | None:
         done = conn.execute(hot.DELETE_LEASED_WORK_ITEM, params).first()
         if done is None:
             return None
@@ -143,7 +143,8 @@ class SqliteDialect(Dialect):
             hot.INSERT_INBOX,
             {"instance_id": params["iid"], "kind": kind, "payload": json.dumps(message), "created_at": params["now"]},
         )
-        return done[0], done[1]
+        others = conn.execute(hot.WORK_ITEM_OF, {"iid": params["iid"]}).first() is not None
+        return done[0], done[1], others
 
     def fire_due_timers(self, conn: Connection, now: int, limit: int) -> tuple[list[Wake], int]:
         due = conn.execute(hot.DUE_TIMERS, {"now": now, "limit": limit}).all()
@@ -210,10 +211,10 @@ class PostgresDialect(Dialect):
 
     def complete_work_item(
         self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
-    ) -> tuple[str, str | None] | None:
+    ) -> tuple[str, str | None, bool] | None:
         statement_params = dict(params, kind=kind, payload=json.dumps(message), created=params["now"])
         done = conn.execute(hot.COMPLETE_WORK_ITEM, statement_params).first()
-        return (done[0], done[1]) if done is not None else None
+        return (done[0], done[1], bool(done[2])) if done is not None else None
 
     def fire_due_timers(self, conn: Connection, now: int, limit: int) -> tuple[list[Wake], int]:
         rows = conn.execute(hot.FIRE_DUE_TIMERS, {"now": now, "limit": limit}).all()

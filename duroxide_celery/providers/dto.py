@@ -72,6 +72,8 @@ class RecordedOutcome:
     control), to publish after the commit. (Truthy: `if not store.complete_work_item(...)` reads "dropped".)"""
 
     admitted: list[PendingActivity] = field(default_factory=list)
+    #: Whether the instance still has other activity rows (its orchestration may be waiting for more of them).
+    others_pending: bool = False
 
 
 @dataclass
@@ -187,6 +189,18 @@ class TurnChanges:
     custom_status_changed: bool = False
     custom_status: str | None = None
     next_execution: NextExecution | None = None
+    #: The activity this turn claims in its commit, to run inline once committed (tasks/inline.py); honoured only
+    #: when its row is not held by a limit.
+    inline_claim: InlineClaim | None = None
+
+
+@dataclass
+class InlineClaim:
+    """Claim a turn's new activity row (`event_id`) in the turn's commit, for lease holder `owner`."""
+
+    event_id: int
+    owner: str
+    lease_ms: int
 
 
 @dataclass
@@ -201,3 +215,5 @@ class PublishPlan:
     first_timer_at: int | None = None
     #: Whether more messages wait for this instance (read after the commit's fence).
     more: bool = False
+    #: The activity row the commit claimed for this worker to run now (TurnChanges.inline_claim), if any.
+    inline: ClaimedWorkItem | None = None

@@ -58,6 +58,9 @@ INSERT_INBOX = insert(inbox)
 INSERT_EXECUTION = insert(executions)
 INSERT_HISTORY = insert(history)
 INSERT_WORK_ITEMS = insert(work_items)
+#: A new activity row claimed by the turn that schedules it (tasks/inline.py): its other columns by name, and its
+#: lease of `lease_ms` from the database's clock (db_now_ms), as CLAIM_WORK_ITEM would leave it.
+INSERT_CLAIMED_WORK_ITEM = insert(work_items).values(locked_until=db_now_ms() + bindparam("lease_ms", type_=BigInteger))
 
 #: The instance row (`iid`).
 INSTANCE = select(instances).where(instances.c.instance_id == bindparam("iid"))
@@ -305,12 +308,21 @@ def _complete_work_item() -> Any:
         bindparam("created", type_=BigInteger),
     )
     queued = insert(inbox).from_select(["instance_id", "kind", "payload", "created_at"], outcome).cte("queued")
-    return select(done.c.name, done.c.flow_state).add_cte(queued)
+    # The statement's snapshot still shows the row it deletes: the other rows are those with another key.
+    others = (
+        select(work_items.c.event_id)
+        .where(
+            work_items.c.instance_id == bindparam("iid"),
+            or_(work_items.c.execution_id != bindparam("exec"), work_items.c.event_id != bindparam("eid")),
+        )
+        .exists()
+    )
+    return select(done.c.name, done.c.flow_state, others).add_cte(queued)
 
 
 #: PostgreSQL: delete an activity row we hold and queue its outcome message (`kind`, `payload`, `created`) in one
-#: statement; returns the row's name and flow state, or nothing (and inserts nothing) when the row is gone or
-#: another worker holds it.
+#: statement; returns the row's name, its flow state and whether the instance has other activity rows, or nothing
+#: (and inserts nothing) when the row is gone or another worker holds it.
 COMPLETE_WORK_ITEM = _complete_work_item()
 
 
@@ -430,6 +442,9 @@ OWNED_WORK_ITEMS = select(
     work_items.c.instance_id.in_(bindparam("iids", expanding=True)),
     work_items.c.lock_owner.in_(bindparam("owners", expanding=True)),
 )
+
+#: Whether an instance (`iid`) has activity rows.
+WORK_ITEM_OF = select(work_items.c.event_id).where(work_items.c.instance_id == bindparam("iid")).limit(1)
 
 #: Any activity row past its claim deadline at `now` (the scheduler asks on every tick).
 EXPIRED_WORK_ITEM = (

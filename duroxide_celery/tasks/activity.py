@@ -31,6 +31,7 @@ from ..replay import events as ev
 from ..replay.events import dumps, error_details, loads
 from .failures import clip, describe, lease_owner, raised_by_user_code, when, worker_log
 from .identity import WorkerIdentity
+from .inline import InlinePolicy
 from .publish import Publisher
 from .turn import StoreSource, unregistered_backoff_ms
 
@@ -176,6 +177,7 @@ class ActivityExecutor:
         metrics: Metrics,
         provider: Provider,
         tracing: Tracing,
+        inline: InlinePolicy | None = None,
     ):
         self.store = store
         self.publisher = publisher
@@ -188,6 +190,11 @@ class ActivityExecutor:
         #: OpenTelemetry spans of activity attempts (observability/otel.py; inert without a TracerProvider).
         self.tracing = tracing
         self.renewer = self._new_renewer()
+        #: Which steps run inline (tasks/inline.py); None: none.
+        self.inline = inline
+        #: Runs the next turns of an instance whose activity completed here, instead of a poke (install.py wires the
+        #: TurnExecutor's; None: always poke).
+        self.next_turn: Callable[[str], None] | None = None
 
     def _new_renewer(self) -> LeaseRenewer:
         return LeaseRenewer(store=self.store, settings=self.settings, identity=self.identity)
@@ -201,6 +208,21 @@ class ActivityExecutor:
         """One activity task, traced (observability/otel.py: its span begins once the row is claimed)."""
         with self.tracing.activity_attempt(self.store(), self.identity.worker_id) as span:
             self._claimed_run(key, span)
+
+    def run_claimed(self, item: ClaimedWorkItem) -> bool:
+        """Run an activity row that a turn of this worker claimed in its commit (tasks/inline.py); True once its
+        outcome is recorded: the caller runs the instance's next turn itself (no poke). A failure is recorded for
+        the orchestration and logged, as from a task."""
+        try:
+            with self.tracing.activity_attempt(self.store(), self.identity.worker_id) as span:
+                span.claimed(item)
+                fn = self.registry.activities.get(item.name)
+                if fn is None:  # unregistered since the turn looked: given back, as for a delivered row
+                    self._unregistered(item)
+                    return False
+                return self._execute(item, fn, wake=False)
+        except ActivityFailed:
+            return True
 
     def _claimed_run(self, key: Key, span: ActivitySpan) -> None:
         """Claim the activity row, run its function, record the outcome (at most once), wake the orchestration."""
@@ -265,8 +287,9 @@ class ActivityExecutor:
         again = PendingActivity(*key, item.name, item.session_id, item.tag, node)
         self.publisher.activities([again], countdown=delay / 1000 + 0.05)
 
-    def _execute(self, item: ClaimedWorkItem, fn: Callable[..., Any]) -> None:
-        """Run the function with its context, its lease renewed meanwhile; record what it returned or raised."""
+    def _execute(self, item: ClaimedWorkItem, fn: Callable[..., Any], *, wake: bool = True) -> bool:
+        """Run the function with its context, its lease renewed meanwhile; record what it returned or raised, and
+        (`wake`) wake the orchestration. True when the outcome was recorded."""
         ctx = ActivityContext(
             instance_id=item.instance_id,
             execution_id=item.execution_id,
@@ -301,9 +324,8 @@ class ActivityExecutor:
             self.renewer.untrack(held)
         self.metrics.record_activity(kind == ev.MSG_ACTIVITY_COMPLETED, payload, item.name, item.attempt_count)
         if kind == ev.MSG_ACTIVITY_FAILED:
-            self._fail(item, payload["details"], error)  # type: ignore[arg-type]
-        else:
-            self._complete(item, payload["result"])  # type: ignore[arg-type]
+            return self._fail(item, payload["details"], error, wake=wake)  # type: ignore[arg-type]
+        return self._complete(item, payload["result"], wake=wake)  # type: ignore[arg-type]
 
     def _reroute(self, key: Key, busy: SessionBusy) -> None:
         """A session activity this worker may not run: hand it to the session's owner, or (at our session cap)
@@ -323,19 +345,21 @@ class ActivityExecutor:
             )
             self.publisher.activities([item], countdown=SESSION_CAP_RETRY_S)
 
-    def _complete(self, item: ClaimedWorkItem, result: str) -> None:
-        """Record the activity's result (JSON text) and wake the orchestration."""
+    def _complete(self, item: ClaimedWorkItem, result: str, *, wake: bool = True) -> bool:
+        """Record the activity's result (JSON text) and wake the orchestration (`wake`); True when recorded."""
         key = (item.instance_id, item.execution_id, item.event_id)
         node = self.identity.worker_id
-        self._woken(item, self.store().complete_work_item(key, item.owner, result, item.session_id, node=node))
+        recorded = self.store().complete_work_item(key, item.owner, result, item.session_id, node=node)
+        return self._woken(item, recorded, wake)
 
-    def _woken(self, item: ClaimedWorkItem, recorded: RecordedOutcome | None) -> bool:
-        """After recording an outcome: wake the orchestration and publish the held work the freed slot let in
-        (flow control); False (and a note) when the outcome was dropped."""
+    def _woken(self, item: ClaimedWorkItem, recorded: RecordedOutcome | None, wake: bool = True) -> bool:
+        """After recording an outcome: publish the held work the freed slot let in (flow control) and wake the
+        orchestration (`wake`); False (and a note) when the outcome was dropped."""
         if recorded is not None:
-            self.publisher.poke([(item.instance_id, item.orchestration_name)])
             if recorded.admitted:
                 self.publisher.activities(recorded.admitted)
+            if wake:
+                self._wake(item, recorded)
             return True
         log.info(
             "outcome of activity %s#%s dropped: its work item was cancelled or taken over",
@@ -345,15 +369,31 @@ class ActivityExecutor:
         )
         return False
 
-    def _fail(self, item: ClaimedWorkItem, details: dict[str, object], error: str) -> None:
+    def _wake(self, item: ClaimedWorkItem, recorded: RecordedOutcome) -> None:
+        """Run the instance's next turn here when this worker serves orchestrations and the instance has no other
+        activity in flight (tasks/inline.py), else poke: the pokes of a fan-out's completions coalesce into a few
+        turns, where running each completion's turn at once would run a turn per completion."""
+        inline = self.inline
+        if (
+            self.next_turn is not None
+            and inline is not None
+            and not recorded.others_pending
+            and inline.runs_next_turn(item.orchestration_name, item.orchestration_version)
+        ):
+            self.next_turn(item.instance_id)
+        else:
+            self.publisher.poke([(item.instance_id, item.orchestration_name)])
+
+    def _fail(self, item: ClaimedWorkItem, details: dict[str, object], error: str, *, wake: bool = True) -> bool:
         """Record a failed activity and wake its orchestration, as for any outcome; then log it and raise
         ActivityFailed, so that Celery marks the task FAILURE (acked at start: never redelivered). A failure
         dropped with its work item (cancelled, or taken over after a lapsed lease) is nobody's news: no raise.
         `error` reads `<error type>: <text>`; only its first line, clipped, reaches logs and task events."""
         key = (item.instance_id, item.execution_id, item.event_id)
         node = self.identity.worker_id
-        if not self._woken(item, self.store().fail_work_item(key, item.owner, details, item.session_id, node=node)):
-            return
+        recorded = self.store().fail_work_item(key, item.owner, details, item.session_id, node=node)
+        if not self._woken(item, recorded, wake):
+            return False
         error_type = error.split(":", 1)[0]
         error = clip(error)
         worker_log.warning(

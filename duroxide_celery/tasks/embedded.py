@@ -83,11 +83,19 @@ class EmbeddedWorker:
         # A scheduler thread left over from before (stuck past stop()) keeps its own stop flag.
         self._stop, self._wake = threading.Event(), threading.Event()
         self._workers, self._threads = [], []
+        consumed: list[str] = []
+        if self._options.orchestration_threads > 0:
+            consumed.append(self._names.orchestrator)
+        if self._options.activity_threads > 0:
+            tag_filter = self._identity.tag_filter
+            consumed += activity_queues(self._names, tag_filter, served_tags(tag_filter, self._store()))
+        # Two pools (activities never take the turns' threads): an activity's next turn may run inline in the
+        # activity pool, never an activity in the turn pool (tasks/inline.py).
+        self._identity.consumed, self._identity.shared_pool = frozenset(consumed), False
         if self._options.orchestration_threads > 0:
             self._start_worker("turns", [self._names.orchestrator], self._options.orchestration_threads)
         if self._options.activity_threads > 0:
-            tag_filter = self._identity.tag_filter
-            queues = activity_queues(self._names, tag_filter, served_tags(tag_filter, self._store()))
+            queues = [q for q in consumed if q != self._names.orchestrator]
             queues.append(self._names.session_queue(self._identity.worker_id))  # the sessions it owns
             self._start_worker("activities", queues, self._options.activity_threads)
         wake = self._wake

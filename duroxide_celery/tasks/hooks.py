@@ -229,6 +229,14 @@ def _engine_only_settings(worker: Any, app: Celery) -> None:
     log.debug("engine-only worker: prefetch %s", getattr(worker, "prefetch_multiplier", None))
 
 
+def note_consumed(rt: HookedRuntime, queues: Any) -> None:
+    """Record the engine queues this `celery worker` consumes (its `-Q` and tag filter, before a prefork pool
+    forks): one pool runs all of them, so the inline steps they allow are decided from it (tasks/inline.py)."""
+    selected = queues.consume_from if getattr(queues, "_consume_from", None) is not None else queues
+    rt.identity.consumed = frozenset(name for name in selected if rt.names.is_ours(name))
+    rt.identity.shared_pool = True
+
+
 class EngineQueues(bootsteps.StartStopStep):
     """The engine's queues of one worker consumer: the tag filter's activity queues, the session queue, new tags.
 
@@ -252,6 +260,7 @@ class EngineQueues(bootsteps.StartStopStep):
             if duroxide_node_id is not None or duroxide_tag_filter is not None:
                 rt.configure_worker(worker_id=duroxide_node_id, tag_filter=duroxide_tag_filter)
             self._select_filter_queues(c, rt)
+            note_consumed(rt, c.app.amqp.queues)
         if rt.identity.tag_filter.any_tag:
             self.follower = TagFollower(lambda: rt.store, rt.names)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..options import check_worker_id
 from ..tagfilter import ParsedFilter, parse_filter
@@ -31,6 +31,12 @@ class WorkerIdentity:
     #: same worker; a generated id is never seen again once the process ends.
     stable: bool
     tag_filter: ParsedFilter
+    #: The engine queues this process's workers consume, set before they consume (empty: not a worker): which steps
+    #: may run inline (RuntimeOptions.inline_steps; tasks/inline.py).
+    consumed: frozenset[str] = field(default_factory=frozenset)
+    #: Whether turns and activities run in one pool (one `celery worker` consuming both queues), so a turn may run
+    #: the activity it scheduled; the embedded runtime keeps them apart (activities never take the turns' threads).
+    shared_pool: bool = False
 
     @classmethod
     def create(cls, worker_id: str | None, tag_filter: str | None) -> WorkerIdentity:

@@ -12,6 +12,7 @@ from ..errors import ActivityFailed, OrchestrationFailed
 from ..replay.engine import ReplayEngine
 from .activity import ActivityExecutor
 from .engine_cache import LruCache
+from .inline import InlinePolicy, early_ack
 from .queues import ACTIVITY_TASK, ENGINE_TASK_OPTIONS, RECOVERY_TASK, TIMER_TASK, TURN_TASK, queue
 from .recovery import fire_timers, sweep
 from .turn import TurnExecutor
@@ -65,8 +66,12 @@ def install_tasks(app: Celery, runtime: Runtime) -> InstalledTasks:
         "metrics": runtime.metrics,
         "tracing": runtime.tracing,  # OpenTelemetry spans (observability/otel.py)
     }
-    turns = TurnExecutor(**shared, queues=runtime.names)
-    activities = ActivityExecutor(**shared, provider=runtime.provider)
+    inline = InlinePolicy(settings=runtime.options, identity=runtime.identity, registry=runtime, queues=runtime.names)
+    turns = TurnExecutor(**shared, queues=runtime.names, inline=inline)
+    activities = ActivityExecutor(**shared, provider=runtime.provider, inline=inline)
+    # Inline steps (tasks/inline.py): a turn runs the activity its commit claimed, an activity the turn after it.
+    turns.run_claimed = activities.run_claimed
+    activities.next_turn = turns.run_after_activity
 
     @app.task(
         name=TURN_TASK,
@@ -78,7 +83,7 @@ def install_tasks(app: Celery, runtime: Runtime) -> InstalledTasks:
     )
     def turn(instance_id: str) -> None:
         """Run the pending turn(s) of one orchestration instance."""
-        turns.run(instance_id)
+        turns.run(instance_id, ack=early_ack())
 
     # Acked when a worker starts it, not when it ends: the activity's lease and heartbeats live in the store, so a
     # delivery held for a whole long activity buys nothing and costs much: Redis redelivers it after the

@@ -22,7 +22,7 @@ from ..errors import OrchestrationFailed
 from ..metrics import Metrics
 from ..observability.otel import Tracing, TurnSpan
 from ..options import RuntimeOptions
-from ..providers.dto import InstanceLease, LeaseLost, PublishPlan, TurnLoad
+from ..providers.dto import ClaimedWorkItem, InlineClaim, InstanceLease, LeaseLost, PublishPlan, TurnChanges, TurnLoad
 from ..providers.store import Store, now_ms
 from ..providers.turn_shapes import TurnTransaction
 from ..registry import Registry
@@ -34,6 +34,7 @@ from ..replay.poison import poisoned_turn
 from .engine_cache import LruCache
 from .failures import clip, describe, lease_owner, raised_by_user_code, when, worker_log
 from .identity import WorkerIdentity
+from .inline import InlinePolicy
 from .publish import Publisher
 from .queues import QueueNames
 from .turn_changes import started_fresh, turn_changes
@@ -85,6 +86,11 @@ def unregistered_backoff_ms(attempt: int) -> int:
 class _TaskState(threading.local):
     #: The failure of the orchestration that a turn of this task committed and published, raised at its end.
     failed: OrchestrationFailed | None = None
+    #: Whether this task's turns may claim an activity to run inline, and whether they run in the turn pool.
+    may_inline: bool = False
+    in_turn_pool: bool = True
+    #: The activity row the last turn's commit claimed for this task to run next (tasks/inline.py).
+    claimed: ClaimedWorkItem | None = None
 
 
 #: What a leased turn leaves to do once its transaction has ended (publish what it committed); returns whether
@@ -107,6 +113,7 @@ class TurnExecutor:
         metrics: Metrics,
         queues: QueueNames,
         tracing: Tracing,
+        inline: InlinePolicy | None = None,
     ):
         self.store = store
         self.publisher = publisher
@@ -120,22 +127,49 @@ class TurnExecutor:
         self.engines: LruCache[ReplayEngine] = LruCache(max_bytes=settings.engine_cache_bytes)
         self.fault = FaultAfterCommit.from_env()
         self._task = _TaskState()  # one per pool thread: tasks of a thread pool share this executor
+        #: Which steps run inline (tasks/inline.py); None: none.
+        self.inline = inline
+        #: Runs an activity row a turn's commit claimed for this worker; True once its outcome is recorded (install.py
+        #: wires the ActivityExecutor's; None: no inline activities).
+        self.run_claimed: Callable[[ClaimedWorkItem], bool] | None = None
 
-    def run(self, instance_id: str) -> None:
+    def run(self, instance_id: str, *, ack: Callable[[], None] | None = None, after_activity: bool = False) -> None:
         """The turns of one task. When one of them failed the orchestration, raise OrchestrationFailed once all
         is committed and published, so that Celery marks the task FAILURE; the turn task acks failures, so this
-        never runs the turn again (and a later delivery would find nothing to do)."""
-        self._task.failed = None
+        never runs the turn again (and a later delivery would find nothing to do).
+        A turn may claim the activity it schedules and run it here (tasks/inline.py), then the turn that follows:
+        from a turn task only once `ack` (the early ack of its delivery) is available, from an activity task
+        (`after_activity`, acked when it started) always."""
+        task = self._task
+        task.failed, task.claimed = None, None
+        task.may_inline = self.run_claimed is not None and (after_activity or ack is not None)
+        task.in_turn_pool = not after_activity
         if self.publisher.pending is not None:
             self.publisher.pending.taken(instance_id)
         for _ in range(MAX_DRAINS_PER_TASK):
-            if not self._turn(instance_id):
+            more = self._turn(instance_id)
+            claimed, task.claimed = task.claimed, None
+            if claimed is not None and self.run_claimed is not None:
+                if ack is not None:
+                    ack, early = None, ack
+                    early()  # the turn committed: its delivery is done with before a long activity runs
+                more = self.run_claimed(claimed) or more  # its outcome waits in the inbox: the next turn takes it
+            if not more:
                 break
         else:
             self.publisher.poke([instance_id])
-        failed, self._task.failed = self._task.failed, None
+        failed, task.failed = task.failed, None
         if failed is not None:
             raise failed
+
+    def run_after_activity(self, instance_id: str) -> None:
+        """The next turns of an instance whose activity this worker just completed, instead of a poke. An
+        orchestration they fail is logged (WARNING, with ids) and shown failed; the activity's task stays a
+        success."""
+        try:
+            self.run(instance_id, after_activity=True)
+        except OrchestrationFailed:
+            pass
 
     def _turn(self, instance_id: str) -> bool:
         """One turn, traced (observability/otel.py: its span begins once the turn holds the lease)."""
@@ -194,10 +228,20 @@ class TurnExecutor:
             more = turn.release(reset_attempts=True, consumed_ids=msg_ids)
             return lambda: more
         changes = turn_changes(lease, decided, msg_ids, now_ms(), self.settings.default_activity_ttl_ms)
+        self._claim_inline(changes)
         if changes.child_starts:  # their spans join this turn's trace, under this turn's span
             changes.child_trace_context = self.tracing.current_context()
         plan = turn.commit(changes)
         return partial(self._after_commit, lease, decided, plan)
+
+    def _claim_inline(self, changes: TurnChanges) -> None:
+        """Have the commit claim the turn's activity for this task to run next, when the policy allows it."""
+        if not self._task.may_inline or self.inline is None:
+            return
+        event_id = self.inline.activity_to_claim(changes.activities, in_turn_pool=self._task.in_turn_pool)
+        if event_id is not None:
+            owner = lease_owner(self.identity.worker_id)  # the activity execution's own lease holder
+            changes.inline_claim = InlineClaim(event_id, owner, self.settings.worker_lock_ms)
 
     def _load(self, turn: TurnTransaction, lease: InstanceLease) -> TurnLoad:
         """The execution's history, inbox and KV snapshot. A worker that ran this instance's last turn keeps its
@@ -372,6 +416,7 @@ class TurnExecutor:
             self.publisher.timers_created(plan.first_timer_at)
         if result.status == "Failed":
             self._report_failure(lease, result)
+        self._task.claimed = plan.inline  # run() runs it once this turn is over
         return plan.more
 
     def _report_failure(self, lease: InstanceLease, result: TurnResult) -> None:
