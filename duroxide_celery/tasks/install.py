@@ -78,7 +78,7 @@ def install_tasks(app: Celery, runtime: Runtime) -> InstalledTasks:
         base=EngineTask,
         acks_late=True,
         shared=False,
-        throws=(OrchestrationFailed,),
+        throws=(OrchestrationFailed, ActivityFailed),  # ActivityFailed: an activity it ran inline
         **ENGINE_TASK_OPTIONS,
     )
     def turn(instance_id: str) -> None:

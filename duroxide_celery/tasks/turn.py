@@ -18,7 +18,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from ..errors import OrchestrationFailed
+from ..errors import ActivityFailed, OrchestrationFailed
 from ..metrics import Metrics
 from ..observability.otel import Tracing, TurnSpan
 from ..options import RuntimeOptions
@@ -91,6 +91,8 @@ class _TaskState(threading.local):
     in_turn_pool: bool = True
     #: The activity row the last turn's commit claimed for this task to run next (tasks/inline.py).
     claimed: ClaimedWorkItem | None = None
+    #: The failure of an activity this task ran inline (recorded), raised at its end like an activity task's.
+    activity_failed: ActivityFailed | None = None
 
 
 #: What a leased turn leaves to do once its transaction has ended (publish what it committed); returns whether
@@ -141,7 +143,7 @@ class TurnExecutor:
         from a turn task only once `ack` (the early ack of its delivery) is available, from an activity task
         (`after_activity`, acked when it started) always."""
         task = self._task
-        task.failed, task.claimed = None, None
+        task.failed, task.claimed, task.activity_failed = None, None, None
         task.may_inline = self.run_claimed is not None and (after_activity or ack is not None)
         task.in_turn_pool = not after_activity
         if self.publisher.pending is not None:
@@ -153,14 +155,20 @@ class TurnExecutor:
                 if ack is not None:
                     ack, early = None, ack
                     early()  # the turn committed: its delivery is done with before a long activity runs
-                more = self.run_claimed(claimed) or more  # its outcome waits in the inbox: the next turn takes it
+                try:
+                    more = self.run_claimed(claimed) or more  # its outcome waits in the inbox: the next turn takes it
+                except ActivityFailed as exc:
+                    task.activity_failed, more = exc, True  # recorded: the orchestration's next turn handles it
             if not more:
                 break
         else:
             self.publisher.poke([instance_id])
         failed, task.failed = task.failed, None
+        activity_failed, task.activity_failed = task.activity_failed, None
         if failed is not None:
             raise failed
+        if activity_failed is not None:
+            raise activity_failed
 
     def run_after_activity(self, instance_id: str) -> None:
         """The next turns of an instance whose activity this worker just completed, instead of a poke. An
@@ -223,6 +231,8 @@ class TurnExecutor:
         decided = self._decide(turn, lease, history, messages, kv_snapshot)
         if not isinstance(decided, TurnResult):
             return decided  # poisoned, failed without its code, or backed off: committed already
+        if decided.status == "Failed" and not self._task.in_turn_pool:
+            return self._leave_failure_to_turn_task(turn, lease)
         msg_ids = [m[0] for m in messages]
         if decided.status == "Idle":
             more = turn.release(reset_attempts=True, consumed_ids=msg_ids)
@@ -233,6 +243,18 @@ class TurnExecutor:
             changes.child_trace_context = self.tracing.current_context()
         plan = turn.commit(changes)
         return partial(self._after_commit, lease, decided, plan)
+
+    def _leave_failure_to_turn_task(self, turn: TurnTransaction, lease: InstanceLease) -> AfterCommit:
+        """A turn run inline after an activity that would fail its orchestration is not committed: a turn task
+        redoes it (replay is deterministic), so the failure ends a turn task as FAILURE, where Flower shows it."""
+        turn.release(reset_attempts=True)
+        self.engines.drop((lease.instance_id, lease.execution_id))  # its engine ran past the stored history
+
+        def poke() -> bool:
+            self.publisher.poke([(lease.instance_id, lease.orchestration_name)])
+            return False
+
+        return poke
 
     def _claim_inline(self, changes: TurnChanges) -> None:
         """Have the commit claim the turn's activity for this task to run next, when the policy allows it."""
