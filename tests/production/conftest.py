@@ -239,8 +239,10 @@ class Cluster:
         env: dict[str, str] | None = None,
         wait: bool = True,
     ) -> Proc:
-        """A worker on `<prefix>.orchestrator` (role "orch") or `<prefix>.activities` (role "act")."""
-        queue = {"orch": f"{self.prefix}.orchestrator", "act": f"{self.prefix}.activities"}[role]
+        """A worker on `<prefix>.orchestrator` (role "orch"), `<prefix>.activities` (role "act") or both in one pool
+        (role "both": it runs steps inline, tasks/inline.py)."""
+        orchestrator, activities = f"{self.prefix}.orchestrator", f"{self.prefix}.activities"
+        queue = {"orch": orchestrator, "act": activities, "both": f"{orchestrator},{activities}"}[role]
         node = f"{role}{len(self.procs)}-{self.prefix}@%h"
         proc = self._celery(
             f"worker-{role}",

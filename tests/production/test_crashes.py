@@ -66,6 +66,35 @@ def test_orchestrator_worker_killed_mid_turns(any_cluster: Cluster) -> None:
     check_histories(cluster, timers_all_fired=True)
 
 
+def test_worker_killed_mid_inline_activity(any_cluster: Cluster) -> None:
+    """One worker serves turns and activities in one pool, so each turn claims the activity it schedules in its own
+    commit and runs it right there, with no activity message (tasks/inline.py). SIGKILL it while those inline
+    activities run: their leases lapse, the sweep publishes the rows, and a new worker completes each once."""
+    cluster = any_cluster
+    cluster.env["SHOP_WORKER_LOCK_MS"] = "3000"
+    cluster.beat()
+    doomed = cluster.worker("both", concurrency=3)
+    ids = [f"inline-{i}" for i in range(3)]
+    for instance_id in ids:
+        cluster.client.start_orchestration(instance_id, "SlowJob", SLOW_S)
+    claimed = "SELECT count(*) FROM dx_work_items WHERE lock_owner IS NOT NULL AND instance_id = ANY(:ids)"
+    cluster.wait_for(lambda: cluster.scalar(claimed, ids=ids) == len(ids), "the doomed worker to claim all three")
+    doomed.kill()
+    pending = cluster.scalar("SELECT count(*) FROM dx_work_items WHERE instance_id = ANY(:ids)", ids=ids)
+    assert pending == len(ids), "an activity finished before the kill: the test did not kill mid-activity"
+    received = [line for line in doomed.text().splitlines() if line.endswith(" received")]
+    assert all("] received" in line and " orch:SlowJob#inline-" in line for line in received), received
+    assert len(received) == len(ids), "the doomed worker received other tasks: its activities did not run inline"
+    cluster.worker("both", concurrency=3)
+    cluster.wait_all_terminal(ids)
+    for instance_id, out in outputs(cluster, ids).items():
+        assert out == {"job": instance_id, "result": f"slept {SLOW_S}"}
+    for instance_id, executions in histories(cluster, ids).items():
+        kinds = [k for _, k, _ in executions[1]]
+        assert kinds.count("ActivityScheduled") == 1 and kinds.count("ActivityCompleted") == 1, (instance_id, kinds)
+    check_histories(cluster)
+
+
 def test_beat_killed_while_timers_pending(redis_cluster: Cluster) -> None:
     """Kill beat while timers are pending and let them all fall due while it is down; two new beats (racing each
     other on the same timer rows) fire each of them exactly once."""
