@@ -33,6 +33,8 @@ class Dialect:
 
     #: SQLAlchemy's dialect module (its `insert` has `on_conflict_do_*`).
     sql: Any = None
+    #: The INSERT of a new instance row that skips an existing id and returns the id it inserted.
+    insert_new_instance: Any = None
 
     def write(self, engine: Engine) -> AbstractContextManager[Connection]:
         """A write transaction on `engine` (committed when the block ends, rolled back on an exception)."""
@@ -50,6 +52,40 @@ class Dialect:
         """Insert an instance (`iid`, `name`, `version`, `parent`, `now`), its first execution and its
         StartOrchestration message (`payload`); False if the id exists."""
         raise NotImplementedError
+
+    def create_instances(self, conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
+        """Many `create_instance`s (its `params`, one dict per instance) in three multi-row INSERTs (SQLAlchemy
+        sends a list of parameters to one INSERT as one statement): the ids that were new."""
+        created = {row[0] for row in conn.execute(self.insert_new_instance, rows)}
+        new = [row for row in rows if row["iid"] in created]
+        if new:
+            conn.execute(
+                hot.INSERT_EXECUTION,
+                [
+                    {
+                        "instance_id": row["iid"],
+                        "execution_id": 1,
+                        "status": "Running",
+                        "started_at": row["now"],
+                        "event_count": 0,
+                        "kv_snapshot": "{}",
+                    }
+                    for row in new
+                ],
+            )
+            conn.execute(
+                hot.INSERT_INBOX,
+                [
+                    {
+                        "instance_id": row["iid"],
+                        "kind": "StartOrchestration",
+                        "payload": row["payload"],
+                        "created_at": row["now"],
+                    }
+                    for row in new
+                ],
+            )
+        return created
 
     def complete_work_item(
         self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
@@ -91,6 +127,7 @@ class SqliteDialect(Dialect):
     """One writer at a time: writes queue on a fair process-local lock, then `BEGIN IMMEDIATE`."""
 
     sql = sqlite_dialect
+    insert_new_instance = hot.INSERT_NEW_INSTANCE
 
     def __init__(self, *, serialize_all: bool = False):
         self._write_lock = FairRLock()
@@ -194,6 +231,7 @@ class PostgresDialect(Dialect):
     """Row locks and one-statement operations (data-modifying WITH), a lease-only engine without WAL waits."""
 
     sql = pg_dialect
+    insert_new_instance = hot.INSERT_NEW_INSTANCE_PG
 
     @contextmanager
     def write(self, engine: Engine) -> Iterator[Connection]:

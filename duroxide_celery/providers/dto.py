@@ -105,6 +105,18 @@ class TreeDeletion:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class NewInstance:
+    """A checked start of `Store.create_instances` (a Client bulk start): its encoded input, and the trace context
+    its spans descend from (observability/otel.py), if any."""
+
+    instance_id: str
+    name: str
+    input: str
+    version: str | None = None
+    trace_context: str | None = None
+
+
 # -- a turn's commit (Store.commit_turn) ------------------------------------------------------------------------
 @dataclass
 class NewActivity:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, bindparam, func, or_, select, update
@@ -465,11 +465,35 @@ class FlowStore(StoreBase):
         row = conn.execute(LIMIT_OF, {"lkind": ORCHESTRATION, "act": name}).first()
         if row is None:
             return [(instance_id, name)]
-        why = f"held by limit {ActivityLimit(name, row[0], row[1]).describe()}" + (
-            f" for key {key!r}" if key is not None else ""
-        )
+        why = _held_start_reason(name, row[0], row[1], key)
         conn.execute(HOLD_START, {"iid": instance_id, "fkey": key or "", "why": why})
         return self.admit_starts(conn, name, now_ms())
+
+    def hold_starts(self, conn: Connection, starts: Sequence[tuple[str, str, str | None]]) -> list[tuple[str, str]]:
+        """`hold_start` for many new instances (id, orchestration name, key) of one transaction: the starts of
+        limited orchestrations are held in one statement, then each such orchestration admits once; returns the
+        instances to wake (the unlimited ones in the order given)."""
+        limited: dict[str, tuple[int | None, int | None]] = {}
+        for name in sorted({name for _, name, _ in starts}):
+            row = conn.execute(LIMIT_OF, {"lkind": ORCHESTRATION, "act": name}).first()
+            if row is not None:
+                limited[name] = (row[0], row[1])
+        held = [
+            {
+                "iid": iid,
+                "fkey": key or "",
+                "why": _held_start_reason(name, *limited[name], key),
+            }
+            for iid, name, key in starts
+            if name in limited
+        ]
+        if held:
+            conn.execute(HOLD_START, held)
+        woken = [(iid, name) for iid, name, _ in starts if name not in limited]
+        now = now_ms()
+        for name in limited:
+            woken.extend(self.admit_starts(conn, name, now))
+        return woken
 
     def admit_starts(self, conn: Connection, name: str, now: int) -> list[tuple[str, str]]:
         """Admit the held starts of an orchestration that its limits allow, fairly across keys (as activities),
@@ -568,6 +592,12 @@ class FlowStore(StoreBase):
         """Admitted (running or about to run) rows of an activity per key ('' for no key): an operator's view."""
         with self.read() as conn:
             return dict(conn.execute(RUNNING_BY_KEY, {"act": name}).all())
+
+
+def _held_start_reason(name: str, max_running: int | None, key_limit: int | None, key: str | None) -> str:
+    """A held start's waiting reason: the limit that holds it, and its key when it has one."""
+    why = f"held by limit {ActivityLimit(name, max_running, key_limit).describe()}"
+    return why + (f" for key {key!r}" if key is not None else "")
 
 
 @dataclass

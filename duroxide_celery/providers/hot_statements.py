@@ -93,6 +93,8 @@ def _insert_new_instance(dialect: Any) -> Any:
 
 #: SQLite (no data-modifying WITH): the instance row alone; see CREATE_INSTANCE.
 INSERT_NEW_INSTANCE = _insert_new_instance(sqlite)
+#: PostgreSQL's, for many rows at once (Store.create_instances: executed with a list, it is one multi-row INSERT).
+INSERT_NEW_INSTANCE_PG = _insert_new_instance(postgresql)
 
 
 def _create_instance_pg() -> Any:

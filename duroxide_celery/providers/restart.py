@@ -87,6 +87,21 @@ def current_execution(conn: Connection, instance_id: str) -> int:
     return int(value or 0)
 
 
+def current_executions(conn: Connection, instance_ids: list[str], chunk: int = 1000) -> dict[str, int]:
+    """`current_execution` of many instances (a bulk start's existing ids), `chunk` ids per statement; an id that
+    does not exist is left out."""
+    found: dict[str, int] = {}
+    for at in range(0, len(instance_ids), chunk):
+        found.update(
+            conn.execute(
+                select(instances.c.instance_id, instances.c.current_execution_id).where(
+                    instances.c.instance_id.in_(instance_ids[at : at + chunk])
+                )
+            ).all()
+        )
+    return found
+
+
 def replace_finished(
     conn: Connection, instance_id: str, name: str, input_json: str, version: str | None
 ) -> tuple[str, int]:
