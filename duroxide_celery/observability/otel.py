@@ -5,7 +5,9 @@ The trace context (W3C `traceparent`/`tracestate`, as JSON) is stored with the i
 replays, descends from it:
 
 - `duroxide.start <Name>`: `Client.start_orchestration`; a child of the caller's current span, else the root of a
-  new trace. Its context is the one stored, and the wake-up it publishes is sent inside it.
+  new trace. Its context is the one stored, and the wake-up it publishes is sent inside it. A bulk start
+  (`Client.start_orchestrations`) has one such span per instance, siblings; its wake-ups go out in one batch, in
+  the caller's context.
 - `duroxide.turn <Name>`, `duroxide.activity <Name>`: children of the stored context (one level under the start:
   a long workflow's trace stays flat). A span that is current when they begin, such as the `run/duroxide.turn`
   span of opentelemetry-instrumentation-celery, becomes a link, not the parent: a poke sent by the recovery sweep
@@ -28,7 +30,7 @@ import contextvars
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +106,13 @@ def _links() -> list[Any] | None:
     return [Link(current)] if current.is_valid else None
 
 
+def _start_attributes(instance_id: str, name: str, version: str | None) -> dict[str, str]:
+    attributes = {INSTANCE_ID: instance_id, ORCHESTRATION_NAME: name}
+    if version:
+        attributes[ORCHESTRATION_VERSION] = version
+    return attributes
+
+
 def _mark_failed(span: Span, error_type: str) -> None:
     span.set_attribute(ERROR_TYPE, error_type)
     span.set_status(Status(StatusCode.ERROR, error_type))
@@ -133,17 +142,44 @@ class Tracing:
         if tracer is None:
             yield None
             return
-        attributes = {INSTANCE_ID: instance_id, ORCHESTRATION_NAME: name}
-        if version:
-            attributes[ORCHESTRATION_VERSION] = version
         with tracer.start_as_current_span(
-            f"duroxide.start {name}", attributes=attributes, record_exception=False, set_status_on_exception=False
+            f"duroxide.start {name}",
+            attributes=_start_attributes(instance_id, name, version),
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             try:
                 yield dump_context(span)
             except BaseException as exc:
                 _mark_failed(span, type(exc).__name__)
                 raise
+
+    @contextmanager
+    def starts(self, starts: Sequence[tuple[str, str, str | None]]) -> Iterator[list[str | None]]:
+        """A bulk start's spans: one `duroxide.start` span per (instance id, name, version), siblings under the
+        caller's current span (each instance keeps its own trace); yields their trace contexts in order."""
+        tracer = self.tracer()
+        if tracer is None:
+            yield [None] * len(starts)
+            return
+        spans = [
+            tracer.start_span(
+                f"duroxide.start {name}",
+                attributes=_start_attributes(instance_id, name, version),
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+            for instance_id, name, version in starts
+        ]
+        try:
+            yield [dump_context(span) for span in spans]
+        except BaseException as exc:
+            for span in spans:
+                _mark_failed(span, type(exc).__name__)
+            raise
+        finally:
+            for span in spans:
+                span.end()
 
     def current_context(self) -> str | None:
         """The trace context for an instance created inside the current span (a turn's child): that span's."""
