@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +29,8 @@ from .errors import (
 from .observability.otel import Tracing
 from .options import check_queue_prefix
 from .providers import Provider
-from .providers.restart import current_execution, replace_finished, restart_id, restart_instance
+from .providers.dto import NewInstance
+from .providers.restart import current_execution, current_executions, replace_finished, restart_id, restart_instance
 from .providers.rewind import rewind_instance
 from .providers.schedules import ScheduleStore, for_store
 from .providers.store import Store, now_ms
@@ -63,6 +66,7 @@ from .types import (
     PruneResult,
     QueueDepths,
     ScheduleInfo,
+    StartRequest,
     StartResult,
     SystemMetrics,
     SystemStats,
@@ -75,6 +79,29 @@ INT32_MAX = 2**31 - 1
 SUB_ORCHESTRATION_MARKER = "::sub::"
 #: How many instances a bulk delete or prune handles when the filter sets no limit (duroxide's default).
 DEFAULT_BULK_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class _CheckedStart:
+    """One start of a bulk start, checked: its index in the call, arguments and encoded input."""
+
+    index: int
+    instance_id: str
+    name: str
+    payload: str
+    version: str | None
+    key: str | None
+
+
+def _start_request(item: Any) -> StartRequest:
+    if isinstance(item, StartRequest):
+        return item
+    if isinstance(item, tuple) and len(item) in (2, 3):
+        return StartRequest(*item)
+    raise TypeError(
+        "a start must be a StartRequest or an (instance_id, orchestration_name[, input]) tuple, got "
+        + (f"a tuple of {len(item)} items" if isinstance(item, tuple) else type(item).__name__)
+    )
 
 
 # Every Client call checks its arguments here, before any database access, with the store's limits
@@ -177,6 +204,13 @@ class Client:
         return self._own_publisher or live_publishers.get(self.provider.token)
 
     def _poke(self, instance_id: str, name: str | None = None) -> None:
+        self._wake([(instance_id, name)])
+
+    def _wake(self, targets: list[tuple[str, str | None]]) -> None:
+        """Wake the turns of committed instances (id, orchestration name), in one broker batch."""
+        if not targets:
+            return
+        first = targets[0][0]
         publisher = self._publisher()
         if publisher is None:
             # No worker reachable from here: the recovery sweep delivers it, seconds later. Say so once.
@@ -186,13 +220,14 @@ class Client:
                     "Client for %s has no Celery app to wake workers: instance %s starts when the recovery sweep "
                     "finds it (pass Client(provider, app=your_celery_app) for an immediate start)",
                     self.provider,
-                    instance_id,
+                    first,
                 )
             return
         try:
-            publisher.poke([(instance_id, name)])
-        except Exception:  # noqa: BLE001 - the row is committed; the sweep heals a failed publish
-            log.warning("could not publish wake-up for %s; the recovery sweep will deliver it", instance_id)
+            publisher.poke(targets)
+        except Exception:  # noqa: BLE001 - the rows are committed; the sweep heals a failed publish
+            more = f" and {len(targets) - 1} more" if len(targets) > 1 else ""
+            log.warning("could not publish wake-up for %s%s; the recovery sweep will deliver it", first, more)
 
     # -- starting -----------------------------------------------------------------------------------------------
     def start_orchestration(
@@ -247,6 +282,35 @@ class Client:
         _check_name(name, "orchestration name", MAX_NAME_CHARS)
         return _encode(input, "orchestration input")
 
+    @staticmethod
+    def _checked_starts(starts: Any) -> list[_CheckedStart]:
+        """Check every start of a bulk start as start_orchestration checks one (the same errors, prefixed with
+        `starts[i]: `), and that no id comes twice; nothing is written before all pass."""
+        if isinstance(starts, str | bytes | Mapping | StartRequest) or not isinstance(starts, Iterable):
+            raise TypeError(f"starts must be an iterable of StartRequest or tuples, got {type(starts).__name__}")
+        checked: list[_CheckedStart] = []
+        seen: dict[str, int] = {}
+        for index, item in enumerate(starts):
+            try:
+                request = _start_request(item)
+                payload = Client._checked_start(
+                    request.instance_id, request.orchestration_name, request.input, request.version
+                )
+                key = check_flow_key(request.key) if request.key is not None else None
+            except (TypeError, ValueError) as exc:
+                raise (TypeError if isinstance(exc, TypeError) else ValueError)(f"starts[{index}]: {exc}") from None
+            first = seen.get(request.instance_id)
+            if first is not None:
+                raise ValueError(
+                    f"starts[{index}]: instance id {request.instance_id!r} is also starts[{first}]; "
+                    "an id can start only once per call"
+                )
+            seen[request.instance_id] = index
+            checked.append(
+                _CheckedStart(index, request.instance_id, request.orchestration_name, payload, request.version, key)
+            )
+        return checked
+
     def _create(
         self,
         instance_id: str,
@@ -279,6 +343,52 @@ class Client:
             else:
                 log.info("instance %s already exists; start ignored (the first start wins)", instance_id)
         return StartResult(instance_id, outcome, execution_id)
+
+    def start_orchestrations(
+        self, starts: Iterable[StartRequest | tuple[Any, ...]], *, if_exists: str = "keep"
+    ) -> list[StartResult]:
+        """Start many instances at once: each a StartRequest or an (instance_id, orchestration_name[, input])
+        tuple, handled as start_orchestration handles it (`if_exists` applies to each). Every item is checked
+        before anything is written (a bad one raises naming its index, `starts[i]`, and nothing is written); all
+        are written in one transaction and woken in one broker batch. Returns their StartResults in order."""
+        _check_if_exists(if_exists)
+        checked = self._checked_starts(starts)
+        return self._create_many(checked, if_exists) if checked else []
+
+    def _create_many(self, starts: list[_CheckedStart], if_exists: str) -> list[StartResult]:
+        """Write checked starts of distinct ids in one transaction (start limits applied), then wake them; an
+        existing id is handled as `if_exists` says ("fail": nothing is written)."""
+        outcomes: dict[str, tuple[str, int]] = {}
+        with self._tracing.starts([(s.instance_id, s.name, s.version) for s in starts]) as contexts:
+            with self._store.write() as conn:
+                new = [
+                    NewInstance(s.instance_id, s.name, s.payload, s.version, trace_context=context)
+                    for s, context in zip(starts, contexts, strict=True)
+                ]
+                created = self._store.create_instances(conn, new)
+                existing = [s for s in starts if s.instance_id not in created]
+                if existing and if_exists == "fail":
+                    taken = existing[0]
+                    raise InstanceAlreadyExists(f"starts[{taken.index}]: Instance {taken.instance_id} already exists")
+                if if_exists == "restart_if_finished":
+                    for s in existing:
+                        outcomes[s.instance_id] = replace_finished(conn, s.instance_id, s.name, s.payload, s.version)
+                else:
+                    executions = current_executions(conn, [s.instance_id for s in existing])
+                    outcomes.update({s.instance_id: ("kept", executions.get(s.instance_id, 0)) for s in existing})
+                woken: list[tuple[str, str | None]] = list(
+                    self._store.hold_starts(
+                        conn, [(s.instance_id, s.name, s.key) for s in starts if s.instance_id in created]
+                    )
+                )
+            woken += [(s.instance_id, s.name) for s in existing if outcomes[s.instance_id][0] != "kept"]
+            self._wake(woken)
+        kept = sum(1 for outcome, _ in outcomes.values() if outcome == "kept")
+        if kept:
+            log.info(
+                "%d of %d starts named existing instances; those were ignored (the first start wins)", kept, len(starts)
+            )
+        return [StartResult(s.instance_id, *outcomes.get(s.instance_id, ("created", 1))) for s in starts]
 
     # -- rewind and restart (issue 16) ------------------------------------------------------------------------
     def rewind(self, instance_id: str, reason: str = "", *, registry: Registry | None = None) -> list[str]:

@@ -164,6 +164,18 @@ class InstanceInfo:
 
 
 @dataclass(frozen=True)
+class StartRequest:
+    """One start of `Client.start_orchestrations`: the arguments of `start_orchestration` (a `version` pins it as
+    `start_orchestration_versioned` does; `key` is what a start limit counts it under). Checked by the call."""
+
+    instance_id: str
+    orchestration_name: str
+    input: Any = None
+    version: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
 class StartResult:
     """What a start did: `outcome` is "created" (a new instance), "restarted" (a finished instance's id got a
     fresh execution: if_exists="restart_if_finished") or "kept" (the id existed; nothing was written). True when

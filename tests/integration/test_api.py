@@ -50,6 +50,7 @@ def test_export_list_is_pinned():
         "ScheduleNotFound",
         "ScheduleRun",
         "SqliteProvider",
+        "StartRequest",
         "StartResult",
         "StoreNotReady",
         "SystemMetrics",
