@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.test.globals_test import reset_trace_globals  # noqa: E402
 from opentelemetry.trace import StatusCode  # noqa: E402
 
+from duroxide_celery import InstanceAlreadyExists  # noqa: E402
 from duroxide_celery.providers.telemetry import trace_context  # noqa: E402
 
 from .helpers import wait_until  # noqa: E402
@@ -144,6 +145,36 @@ def test_a_caller_span_is_the_parent_and_failures_are_marked(
     (attempt,) = _of(spans, "duroxide.activity Refuse", "traced-2")
     assert attempt.status.status_code == StatusCode.ERROR
     assert attempt.attributes["error.type"] == "ValueError"
+    _assert_no_orphans(spans)
+    _assert_no_payload(spans)
+
+
+def test_a_bulk_start_gives_each_instance_its_own_start_span(
+    spans: InMemorySpanExporter, runtime_factory: Any, client: Any
+) -> None:
+    runtime_factory({"Child": child, "Failing": failing}, {"Greet": greet, "Refuse": refuse})
+    client.start_orchestrations([("bulk-1", "Child", SECRET), ("bulk-2", "Child", SECRET)])
+    with trace.get_tracer("test").start_as_current_span("web request") as request:
+        client.start_orchestrations([("bulk-3", "Child", SECRET), ("bulk-4", "Child", SECRET)])
+    with pytest.raises(InstanceAlreadyExists):
+        client.start_orchestrations([("bulk-5", "Child", SECRET), ("bulk-1", "Child", SECRET)], if_exists="fail")
+    for i in range(1, 5):
+        assert client.wait_for_orchestration(f"bulk-{i}").status == "Completed"
+    wait_until(lambda: len(_turns_ended(spans, "Child", "Completed")) == 4, what="the four last turn spans")
+    refused = [s for s in _of(spans, "duroxide.start Child") if s.status.status_code == StatusCode.ERROR]
+    assert sorted(s.attributes["duroxide.instance_id"] for s in refused) == ["bulk-1", "bulk-5"]
+    assert {s.attributes["error.type"] for s in refused} == {"InstanceAlreadyExists"}  # the refused call: all marked
+    starts = {s.attributes["duroxide.instance_id"]: s for s in _of(spans, "duroxide.start Child") if s not in refused}
+    assert sorted(starts) == ["bulk-1", "bulk-2", "bulk-3", "bulk-4"]
+    # Not nested in each other: the roots of two traces, then two siblings under the caller's span.
+    assert starts["bulk-1"].parent is None and starts["bulk-2"].parent is None
+    assert starts["bulk-1"].context.trace_id != starts["bulk-2"].context.trace_id
+    for i in (3, 4):
+        assert starts[f"bulk-{i}"].parent.span_id == request.get_span_context().span_id
+    for i in range(1, 5):
+        for turn in _of(spans, "duroxide.turn Child", f"bulk-{i}"):
+            assert turn.parent.span_id == starts[f"bulk-{i}"].context.span_id  # each instance under its own start
+    assert client.get_status("bulk-5").status == "NotFound"
     _assert_no_orphans(spans)
     _assert_no_payload(spans)
 
