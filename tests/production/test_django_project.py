@@ -41,7 +41,7 @@ def _manage(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess
 def test_djangos_test_runner_runs_the_projects_workflow_tests_on_the_test_database(project_db: str) -> None:
     done = _manage(_env(PROJ_PG_NAME=project_db, PROJ_EAGER="1"), "test", "orders", "-v", "2")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Ran 7 tests" in done.stderr and "OK" in done.stderr, done.stderr
+    assert "Ran 8 tests" in done.stderr and "OK" in done.stderr, done.stderr
     # The store's pools closed before the runner dropped the test database: no leftover, no "being accessed".
     assert "being accessed by other users" not in done.stderr
     assert f"test_{project_db}" not in databases()

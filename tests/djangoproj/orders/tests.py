@@ -39,6 +39,27 @@ class PlaceOrderTests(TransactionTestCase):
             pass
         self.assertEqual(get_client().get_status("never-1").status, "NotFound")
 
+    def test_a_bulk_start_waits_for_the_commit_and_a_rollback_starts_none(self):
+        class Rollback(Exception):
+            pass
+
+        try:
+            with transaction.atomic():
+                get_client().start_orchestrations([("never-2", "Echo", 1), ("never-3", "Echo", 2)])
+                raise Rollback
+        except Rollback:
+            pass
+        for never in ("never-2", "never-3"):
+            self.assertEqual(get_client().get_status(never).status, "NotFound")
+        with transaction.atomic():
+            get_client().start_orchestrations([("bulk-1", "Echo", 1), ("bulk-2", "Echo", {"n": 2})])
+            self.assertEqual(get_client().get_status("bulk-1").status, "NotFound")  # not before the commit
+        self.assertEqual(get_client().wait_for_orchestration("bulk-1", 20_000).output, 1)
+        self.assertEqual(get_client().wait_for_orchestration("bulk-2", 20_000).output, {"n": 2})
+        with self.assertRaisesMessage(ValueError, "starts[1]: instance id must not be empty"):
+            get_client().start_orchestrations([("bulk-3", "Echo", 3), ("", "Echo", 4)])  # refused at the call
+        self.assertEqual(get_client().get_status("bulk-3").status, "NotFound")
+
     def test_everyday_django_values_are_encoded_with_djangos_json_encoder(self):
         order_uuid = uuid.UUID("12345678-1234-5678-1234-567812345678")
         value = {
