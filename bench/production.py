@@ -4,6 +4,7 @@ as an extra row) on the same broker, and DBOS on PostgreSQL (see bench/README.md
 
     python bench/production.py --runs 3
     python bench/production.py --quick          # W1-W4 at small sizes, 1 run: a smoke test of the harness
+    python bench/production.py --bulk           # plus a W1 row whose starts go through one start_orchestrations
 
 Every single measurement (one workload, one engine, one run) gets a fresh deployment: its own Redis server (or the
 shared one's broker and result databases flushed, with --shared-redis), a fresh PostgreSQL schema (dropped
@@ -61,6 +62,7 @@ LABELS = {
     "canvas": "celery canvas",
     "canvas-threads": "canvas threads",
     "dbos": "DBOS postgres",
+    "duroxide-bulk": "duroxide bulk",
 }
 #: Rows of the issue's table (bench/README.md says what each deployment is).
 TABLE_LABELS = {
@@ -68,7 +70,12 @@ TABLE_LABELS = {
     "canvas": "Celery canvas, prefork -c 2 (not durable)",
     "canvas-threads": "Celery canvas, threads -c 8 (not durable)",
     "dbos": "DBOS, PostgreSQL",
+    "duroxide-bulk": "duroxide-celery production, W1 bulk start",
 }
+#: `--bulk`: W1 on the duroxide deployment with its starts in one Client.start_orchestrations call (the plain
+#: "duroxide" row keeps measuring the per-call path).
+BULK_ENGINE = "duroxide-bulk"
+DEPLOYED_AS = {BULK_ENGINE: "duroxide"}
 DEFAULT_SIZES = {"W1": 500, "W2": 1000, "W3": 200, "W4": 100}
 QUICK_SIZES = {"W1": 50, "W2": 100, "W3": 20, "W4": 10}
 DESCRIPTIONS = {
@@ -580,6 +587,20 @@ def dx_w1(d: Deployment, n: int, deadline: Deadline) -> dict[str, Any]:
     return {"value": n / wall, "unit": "orch/s", "wall_s": wall, "start_all_s": started - t0}
 
 
+def dx_w1_bulk(d: Deployment, n: int, deadline: Deadline) -> dict[str, Any]:
+    """W1 with one bulk start (Client.start_orchestrations): one transaction, one batch of wake-ups."""
+    client = d.client
+    ids = [f"w1-{i}" for i in range(n)]
+    t0 = time.perf_counter()
+    client.start_orchestrations([(instance_id, "Single", i) for i, instance_id in enumerate(ids)])
+    started = time.perf_counter()
+    for i, instance_id in enumerate(ids):
+        check(_wait(client, instance_id, deadline), i + 1, instance_id)
+    wall = time.perf_counter() - t0
+    d.end_window()
+    return {"value": n / wall, "unit": "orch/s", "wall_s": wall, "start_all_s": started - t0}
+
+
 def dx_w2(d: Deployment, n: int, deadline: Deadline) -> dict[str, Any]:
     t0 = time.perf_counter()
     d.client.start_orchestration("w2", "FanOut", n)
@@ -736,6 +757,7 @@ WORKLOADS = {
     "canvas": {"W1": cv_w1, "W2": cv_w2, "W3": cv_w3, "W4": cv_w4},
     "canvas-threads": {"W1": cv_w1, "W2": cv_w2, "W3": cv_w3, "W4": cv_w4},
     "dbos": {"W1": dbos_run, "W2": dbos_run, "W3": dbos_run, "W4": dbos_run},
+    BULK_ENGINE: {"W1": dx_w1_bulk},
 }
 
 
@@ -746,7 +768,7 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 def run_once(engine: str, workload: str, size: int, cfg: argparse.Namespace, logdir: Path) -> dict[str, Any]:
     """One measurement in a fresh deployment; returns {"ok": True, value, unit, ...} or {"ok": False, error, logs}."""
-    deployment = Deployment(engine, cfg, logdir, workload, size)
+    deployment = Deployment(DEPLOYED_AS.get(engine, engine), cfg, logdir, workload, size)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     signal.signal(signal.SIGALRM, _on_alarm)
@@ -952,6 +974,11 @@ def main(argv: list[str] | None = None) -> int:
         help="py-spy every worker/beat/DBOS process over the window into DIR (then bench/profile_summary.py DIR)",
     )
     parser.add_argument(
+        "--bulk",
+        action="store_true",
+        help="also run W1 with its starts in one Client.start_orchestrations call (an extra row)",
+    )
+    parser.add_argument(
         "--json",
         metavar="FILE",
         help="write every run and the summary to FILE (default bench/results/<time>-production.json)",
@@ -966,6 +993,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown workload/engine: {', '.join(bad)}")
     if cfg.broker_db == cfg.result_db:
         parser.error("--broker-db and --result-db must differ")
+    if cfg.bulk and "W1" in workloads and "duroxide" in engines:
+        engines.insert(engines.index("duroxide") + 1, BULK_ENGINE)
     if "dbos" in engines and not _dbos_available():
         print("note: DBOS is not installed (`pip install dbos`): the DBOS peer is skipped", flush=True)
         engines.remove("dbos")
@@ -1021,6 +1050,8 @@ def _run_all(cfg: argparse.Namespace, workloads: list[str], engines: list[str], 
         for workload in workloads:
             size = cfg.size or (QUICK_SIZES if cfg.quick else DEFAULT_SIZES)[workload]
             for engine in engines:
+                if workload not in WORKLOADS[engine]:
+                    continue  # the bulk row is W1 only
                 print(f"  run {run} {workload} {LABELS[engine]:16} ", end="", flush=True)
                 result = run_once(engine, workload, size, cfg, logdir)
                 collected[workload][engine].append(result)

@@ -28,7 +28,12 @@ LABELS = {
     "dbos": "DBOS, SQLite",
     "duroxide-pg": "duroxide 0.2.2, PostgreSQL",
     "celery-pg": "duroxide-celery embedded, PostgreSQL",
+    "celery-bulk": "duroxide-celery embedded SQLite, bulk",
+    "celery-pg-bulk": "duroxide-celery embedded, PG, bulk",
 }
+#: `--bulk`: W1 on an embedded engine with its starts in one Client.start_orchestrations call (an extra row; the
+#: plain rows keep measuring the per-call path).
+BULK_ENGINES = {"celery-bulk": "celery", "celery-pg-bulk": "celery-pg"}
 HIGHER_IS_BETTER = {"W1": True, "W2": False, "W3": False, "W4": False}
 QUICK_SIZES = {"W1": 50, "W2": 100, "W3": 20, "W4": 10}
 DESCRIPTIONS = {
@@ -52,8 +57,11 @@ def tail(text, lines=15):
 
 def run_once(engine, workload, size, timeout, pg_url=None):
     """Run one workload once in a subprocess; return a dict with ok, value or error."""
+    bulk = engine in BULK_ENGINES
+    engine = BULK_ENGINES.get(engine, engine)
     with tempfile.TemporaryDirectory(prefix=f"bench-{engine}-{workload}-") as tmp:
         cmd = [sys.executable, str(BENCH_DIR / "workloads.py"), "--engine", engine, "--workload", workload]
+        cmd += ["--bulk"] if bulk else []
         cmd += ["--db", os.path.join(tmp, "bench.db")]
         if size:
             cmd += ["--size", str(size)]
@@ -152,6 +160,9 @@ def main(argv=None):
         default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"),
         help="PostgreSQL of the -pg engines (a fresh schema per run, dropped afterwards)",
     )
+    parser.add_argument(
+        "--bulk", action="store_true", help="also run W1 with one start_orchestrations call (extra celery rows)"
+    )
     parser.add_argument("--json", metavar="FILE", help="write all results to FILE (default bench/results/<time>.json)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -161,6 +172,10 @@ def main(argv=None):
     bad = [w for w in workloads if w not in ALL_WORKLOADS] + [e for e in engines if e not in ALL_ENGINES]
     if bad:
         parser.error(f"unknown workload/engine: {', '.join(bad)}")
+    if args.bulk and "W1" in workloads:
+        for bulk, base in BULK_ENGINES.items():
+            if base in engines:
+                engines.insert(engines.index(base) + 1, bulk)
     if "dbos" in engines and importlib.util.find_spec("dbos") is None:
         print("note: DBOS is not installed (`pip install dbos`): the DBOS peer is skipped", flush=True)
         engines.remove("dbos")
@@ -178,6 +193,8 @@ def main(argv=None):
         for workload in workloads:
             size = args.size or (QUICK_SIZES[workload] if args.quick else None)
             for engine in engines:
+                if engine in BULK_ENGINES and workload != "W1":
+                    continue  # the bulk rows are W1 only
                 result = run_once(engine, workload, size, args.timeout, args.pg_url)
                 collected[workload][engine].append(result)
                 if result["ok"]:
@@ -201,6 +218,8 @@ def main(argv=None):
         per_engine = report["results"].setdefault(workload, {})
         for engine in engines:
             runs = collected[workload][engine]
+            if not runs:
+                continue  # a bulk row outside W1
             summary = summarize_runs(workload, runs)
             unit = next((r["unit"] for r in runs if r["ok"]), None)
             per_engine[engine] = {"runs": runs, "summary": summary, "unit": unit}

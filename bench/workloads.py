@@ -1,6 +1,7 @@
 """One benchmark run of one workload on one engine, meant to run in its own process.
 
     python bench/workloads.py --engine duroxide|celery|dbos --workload W1|W2|W3 --db /tmp/x/bench.db [--size N]
+    python bench/workloads.py --engine celery --workload W1 --bulk ...   # W1 started with one start_orchestrations
 
 The same workload code runs on both duroxide engines; only the imported module differs. The DBOS peer runs the
 same workloads written the DBOS way (bench/dbos_bench.py) on a SQLite system database next to --db.
@@ -90,6 +91,18 @@ def w1(client, n):
     t0 = time.perf_counter()
     for i, instance_id in enumerate(ids):
         client.start_orchestration(instance_id, "Single", i)
+    started = time.perf_counter()
+    for i, instance_id in enumerate(ids):
+        check(client.wait_for_orchestration(instance_id, WAIT_TIMEOUT_MS), i + 1, instance_id)
+    wall = time.perf_counter() - t0
+    return {"value": n / wall, "unit": "orch/s", "wall_s": wall, "start_all_s": started - t0}
+
+
+def w1_bulk(client, n):
+    """W1 with its n starts in one Client.start_orchestrations call (duroxide_celery only)."""
+    ids = [f"w1-{i}" for i in range(n)]
+    t0 = time.perf_counter()
+    client.start_orchestrations([(instance_id, "Single", i) for i, instance_id in enumerate(ids)])
     started = time.perf_counter()
     for i, instance_id in enumerate(ids):
         check(client.wait_for_orchestration(instance_id, WAIT_TIMEOUT_MS), i + 1, instance_id)
@@ -201,7 +214,7 @@ def cpu_s():
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def run(engine, workload, db, size, pg_url=DEFAULT_PG_URL):
+def run(engine, workload, db, size, pg_url=DEFAULT_PG_URL, bulk=False):
     if engine == "dbos":
         from bench import dbos_bench
 
@@ -214,13 +227,13 @@ def run(engine, workload, db, size, pg_url=DEFAULT_PG_URL):
     Provider, Client, Runtime = load_engine(engine)
     schema = PgSchema(pg_url) if engine.endswith("-pg") else None
     try:
-        return _run(engine, workload, db, size, counter, Provider, Client, Runtime, schema)
+        return _run(engine, workload, db, size, counter, Provider, Client, Runtime, schema, bulk)
     finally:
         if schema is not None:
             schema.drop()
 
 
-def _run(engine, workload, db, size, counter, Provider, Client, Runtime, schema):  # noqa: N803
+def _run(engine, workload, db, size, counter, Provider, Client, Runtime, schema, bulk=False):  # noqa: N803
     from bench.measure import CpuMeter, count_delta
 
     t0 = time.perf_counter()
@@ -235,7 +248,7 @@ def _run(engine, workload, db, size, counter, Provider, Client, Runtime, schema)
         if meter:
             meter.start()
         stats0, cpu0 = counter.snapshot() if counter else None, cpu_s()
-        result = WORKLOADS[workload](client, size)
+        result = (w1_bulk if bulk else WORKLOADS[workload])(client, size)
         result["cpu_ms"] = (cpu_s() - cpu0) * 1000
         if meter:
             # The PostgreSQL backends serving this process (the meter's sampling thread is in cpu_ms: a little).
@@ -246,7 +259,7 @@ def _run(engine, workload, db, size, counter, Provider, Client, Runtime, schema)
             result["cpu_ms"] += result["pg_backend_cpu_ms"]
         if counter:
             result["sql"] = count_delta(stats0, counter.snapshot())
-        result.update(engine=engine, workload=workload, size=size, setup_s=setup_s)
+        result.update(engine=engine, workload=workload, size=size, setup_s=setup_s, bulk=bulk)
         # Report the figure before shutdown, so a hanging shutdown does not lose it.
         print("MEASURED " + json.dumps(result), flush=True)
     finally:
@@ -263,11 +276,14 @@ def main(argv=None):
     parser.add_argument("--db", required=True, help="path of a fresh SQLite database file")
     parser.add_argument("--size", type=int, help="orchestrations (W1), activities (W2) or steps (W3)")
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL), help="-pg engines")
+    parser.add_argument("--bulk", action="store_true", help="W1 on celery/celery-pg: one start_orchestrations call")
     args = parser.parse_args(argv)
+    if args.bulk and (args.workload != "W1" or not args.engine.startswith("celery")):
+        parser.error("--bulk is W1 on the celery engines only")
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # run.py asks for the stacks of a hung run
     size = args.size or DEFAULT_SIZES[args.workload]
     try:
-        result = run(args.engine, args.workload, args.db, size, args.pg_url)
+        result = run(args.engine, args.workload, args.db, size, args.pg_url, args.bulk)
     except Exception as exc:
         traceback.print_exc()
         print("RESULT " + json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
