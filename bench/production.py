@@ -56,9 +56,10 @@ from bench.workloads import BenchFailure, check  # noqa: E402
 from duroxide_celery import Client, OperationTimedOut, PostgresProvider  # noqa: E402
 
 ALL_WORKLOADS = ("W1", "W2", "W3", "W4")
-ALL_ENGINES = ("duroxide", "canvas", "canvas-threads", "dbos")
+ALL_ENGINES = ("duroxide", "duroxide-shared", "canvas", "canvas-threads", "dbos")
 LABELS = {
     "duroxide": "duroxide_celery",
+    "duroxide-shared": "duroxide shared",
     "canvas": "celery canvas",
     "canvas-threads": "canvas threads",
     "dbos": "DBOS postgres",
@@ -67,6 +68,7 @@ LABELS = {
 #: Rows of the issue's table (bench/README.md says what each deployment is).
 TABLE_LABELS = {
     "duroxide": "duroxide-celery production",
+    "duroxide-shared": "duroxide-celery production, 2 workers x both queues",
     "canvas": "Celery canvas, prefork -c 2 (not durable)",
     "canvas-threads": "Celery canvas, threads -c 8 (not durable)",
     "dbos": "DBOS, PostgreSQL",
@@ -276,7 +278,7 @@ class Deployment:
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")])),
         }
-        if self.engine == "duroxide":
+        if self.engine in ("duroxide", "duroxide-shared"):
             self.schema = f"bench_{self.tag}"
             self.env["BENCH_DATABASE_SCHEMA"] = self.schema
             self.provider = PostgresProvider.connect_with_schema(self.cfg.pg_url, self.schema)
@@ -287,10 +289,15 @@ class Deployment:
             )
             self.client = Client(self.provider, app=self.app)
             pool = os.environ.get("BENCH_POOL", "threads")
-            nodes = [
-                self._worker("orch", "bench.prod_app", "duroxide.orchestrator", pool, self.cfg.orch_concurrency),
-                self._worker("act", "bench.prod_app", "duroxide.activities", pool, self.cfg.act_concurrency),
-            ]
+            if self.engine == "duroxide":  # the deployment: turns and activities in separate workers
+                nodes = [
+                    self._worker("orch", "bench.prod_app", "duroxide.orchestrator", pool, self.cfg.orch_concurrency),
+                    self._worker("act", "bench.prod_app", "duroxide.activities", pool, self.cfg.act_concurrency),
+                ]
+            else:  # as many processes and threads, each worker on both queues: steps run inline (tasks/inline.py)
+                both = "duroxide.orchestrator,duroxide.activities"
+                threads = (self.cfg.orch_concurrency + self.cfg.act_concurrency) // 2
+                nodes = [self._worker(f"both{i}", "bench.prod_app", both, pool, threads) for i in (1, 2)]
             beat = self._celery(
                 "beat",
                 "bench.prod_app",
@@ -754,6 +761,7 @@ def dbos_run(d: Deployment, n: int, deadline: Deadline) -> dict[str, Any]:
 
 WORKLOADS = {
     "duroxide": {"W1": dx_w1, "W2": dx_w2, "W3": dx_w3, "W4": dx_w4},
+    "duroxide-shared": {"W1": dx_w1, "W2": dx_w2, "W3": dx_w3, "W4": dx_w4},
     "canvas": {"W1": cv_w1, "W2": cv_w2, "W3": cv_w3, "W4": cv_w4},
     "canvas-threads": {"W1": cv_w1, "W2": cv_w2, "W3": cv_w3, "W4": cv_w4},
     "dbos": {"W1": dbos_run, "W2": dbos_run, "W3": dbos_run, "W4": dbos_run},
@@ -902,45 +910,49 @@ def print_table(report: dict[str, Any], workloads: list[str], engines: list[str]
         targets.append({"target": name, "ratio": value, "limit": limit, "met": met})
         print(f"  {name:58} {value:6.3f}  ({'>=' if higher else '<='} {limit:g}: {'met' if met else 'NOT met'})")
 
-    ratio(
-        "W1 production / canvas prefork (orch/s)",
-        _median(report, "W1", "duroxide"),
-        _median(report, "W1", "canvas"),
-        1.0,
-        True,
-        "duroxide and canvas W1",
-    )
-    ratio(
-        "W3 production / DBOS PostgreSQL (ms/step)",
-        _median(report, "W3", "duroxide"),
-        _median(report, "W3", "dbos"),
-        1.0,
-        False,
-        "duroxide and dbos W3",
-    )
-    ratio(
-        "W2 production / canvas prefork chord (s)",
-        _median(report, "W2", "duroxide"),
-        _median(report, "W2", "canvas"),
-        0.8,
-        False,
-        "duroxide and canvas W2",
-    )
-    for key, limit in (("value", 10.0), ("p99", 30.0)):
-        late = _median(report, "W4", "duroxide", key)
-        name = f"W4 production lateness {'p50' if key == 'value' else 'p99'} (ms)"
-        if late is None:
-            print(f"  {name:58} —  (needs duroxide W4)")
-        else:
-            met = late <= limit
-            targets.append({"target": name, "value": late, "limit": limit, "met": met})
-            print(f"  {name:58} {late:6.1f}  (<= {limit:g} ms: {'met' if met else 'NOT met'})")
-    cpu_ours, cpu_canvas = (
-        _median(report, "W1", "duroxide", "per_unit_cpu_ms"),
-        _median(report, "W1", "canvas", "per_unit_cpu_ms"),
-    )
-    if cpu_ours is not None and cpu_canvas:
-        print(f"  {'W1 CPU ms per orchestration / canvas prefork per task':58} {cpu_ours / cpu_canvas:6.2f}  (cost)")
+    for ours, row in (("duroxide", "production"), ("duroxide-shared", "shared workers")):
+        if not any(ours in (report["results"].get(w) or {}) for w in ALL_WORKLOADS):
+            continue
+        ratio(
+            f"W1 {row} / canvas prefork (orch/s)",
+            _median(report, "W1", ours),
+            _median(report, "W1", "canvas"),
+            1.0,
+            True,
+            f"{ours} and canvas W1",
+        )
+        ratio(
+            f"W3 {row} / DBOS PostgreSQL (ms/step)",
+            _median(report, "W3", ours),
+            _median(report, "W3", "dbos"),
+            1.0,
+            False,
+            f"{ours} and dbos W3",
+        )
+        ratio(
+            f"W2 {row} / canvas prefork chord (s)",
+            _median(report, "W2", ours),
+            _median(report, "W2", "canvas"),
+            0.8,
+            False,
+            f"{ours} and canvas W2",
+        )
+        for key, limit in (("value", 10.0), ("p99", 30.0)):
+            late = _median(report, "W4", ours, key)
+            name = f"W4 {row} lateness {'p50' if key == 'value' else 'p99'} (ms)"
+            if late is None:
+                print(f"  {name:58} —  (needs {ours} W4)")
+            else:
+                met = late <= limit
+                targets.append({"target": name, "value": late, "limit": limit, "met": met})
+                print(f"  {name:58} {late:6.1f}  (<= {limit:g} ms: {'met' if met else 'NOT met'})")
+        cpu_ours, cpu_canvas = (
+            _median(report, "W1", ours, "per_unit_cpu_ms"),
+            _median(report, "W1", "canvas", "per_unit_cpu_ms"),
+        )
+        if cpu_ours is not None and cpu_canvas:
+            name = f"W1 CPU ms per orchestration ({row}) / canvas per task"
+            print(f"  {name:58} {cpu_ours / cpu_canvas:6.2f}  (cost)")
     report["targets"] = targets
 
 
