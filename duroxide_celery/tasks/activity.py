@@ -162,6 +162,11 @@ class LeaseRenewer:
                 )
 
 
+class _Later(threading.local):
+    #: The failure of an activity that this task's inline turns ran (tasks/inline.py), raised at the task's end.
+    failed: ActivityFailed | None = None
+
+
 class ActivityExecutor:
     """Runs the activities of one worker process, every collaborator passed explicitly. `identity` is read at each
     use: a worker bootstep may change it after install, before the worker consumes (Runtime.configure_worker)."""
@@ -192,9 +197,10 @@ class ActivityExecutor:
         self.renewer = self._new_renewer()
         #: Which steps run inline (tasks/inline.py); None: none.
         self.inline = inline
-        #: Runs the next turns of an instance whose activity completed here, instead of a poke (install.py wires the
-        #: TurnExecutor's; None: always poke).
-        self.next_turn: Callable[[str], None] | None = None
+        #: Runs the next turns of an instance whose activity completed here, instead of a poke, and returns the
+        #: failure of an activity they ran inline (install.py wires the TurnExecutor's; None: always poke).
+        self.next_turn: Callable[[str], ActivityFailed | None] | None = None
+        self._later = _Later()  # per pool thread
 
     def _new_renewer(self) -> LeaseRenewer:
         return LeaseRenewer(store=self.store, settings=self.settings, identity=self.identity)
@@ -205,24 +211,26 @@ class ActivityExecutor:
             self.renewer = self._new_renewer()
 
     def run(self, key: Key) -> None:
-        """One activity task, traced (observability/otel.py: its span begins once the row is claimed)."""
+        """One activity task, traced (observability/otel.py: its span begins once the row is claimed). An activity
+        that the turns run after it ran inline and that failed ends this task as FAILURE, unless its own did."""
+        self._later.failed = None
         with self.tracing.activity_attempt(self.store(), self.identity.worker_id) as span:
             self._claimed_run(key, span)
+        failed, self._later.failed = self._later.failed, None
+        if failed is not None:
+            raise failed
 
     def run_claimed(self, item: ClaimedWorkItem) -> bool:
         """Run an activity row that a turn of this worker claimed in its commit (tasks/inline.py); True once its
-        outcome is recorded: the caller runs the instance's next turn itself (no poke). A failure is recorded for
-        the orchestration and logged, as from a task."""
-        try:
-            with self.tracing.activity_attempt(self.store(), self.identity.worker_id) as span:
-                span.claimed(item)
-                fn = self.registry.activities.get(item.name)
-                if fn is None:  # unregistered since the turn looked: given back, as for a delivered row
-                    self._unregistered(item)
-                    return False
-                return self._execute(item, fn, wake=False)
-        except ActivityFailed:
-            return True
+        outcome is recorded: the caller runs the instance's next turn itself (no poke). A failure is recorded and
+        logged as from a task, then raised (ActivityFailed) for the caller's task to end as FAILURE."""
+        with self.tracing.activity_attempt(self.store(), self.identity.worker_id) as span:
+            span.claimed(item)
+            fn = self.registry.activities.get(item.name)
+            if fn is None:  # unregistered since the turn looked: given back, as for a delivered row
+                self._unregistered(item)
+                return False
+            return self._execute(item, fn, wake=False)
 
     def _claimed_run(self, key: Key, span: ActivitySpan) -> None:
         """Claim the activity row, run its function, record the outcome (at most once), wake the orchestration."""
@@ -380,7 +388,7 @@ class ActivityExecutor:
             and not recorded.others_pending
             and inline.runs_next_turn(item.orchestration_name, item.orchestration_version)
         ):
-            self.next_turn(item.instance_id)
+            self._later.failed = self.next_turn(item.instance_id) or self._later.failed
         else:
             self.publisher.poke([(item.instance_id, item.orchestration_name)])
 

@@ -170,14 +170,17 @@ class TurnExecutor:
         if activity_failed is not None:
             raise activity_failed
 
-    def run_after_activity(self, instance_id: str) -> None:
-        """The next turns of an instance whose activity this worker just completed, instead of a poke. An
-        orchestration they fail is logged (WARNING, with ids) and shown failed; the activity's task stays a
-        success."""
+    def run_after_activity(self, instance_id: str) -> ActivityFailed | None:
+        """The next turns of an instance whose activity this worker just completed, instead of a poke; returns the
+        failure of an activity they ran inline, for the activity task to raise once its own work is done. (Such
+        turns leave an orchestration failure to a turn task: see _leave_failure_to_turn_task.)"""
         try:
             self.run(instance_id, after_activity=True)
+        except ActivityFailed as exc:
+            return exc
         except OrchestrationFailed:
-            pass
+            pass  # poison found by a turn run here: logged with its ids and shown failed in the store
+        return None
 
     def _turn(self, instance_id: str) -> bool:
         """One turn, traced (observability/otel.py: its span begins once the turn holds the lease)."""

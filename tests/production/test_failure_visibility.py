@@ -27,7 +27,8 @@ class FailureCluster(Cluster):
     """conftest's Cluster with workers of failureapp that send task events (-E)."""
 
     def event_worker(self, role: str, pool: str) -> Proc:
-        queue = {"orch": f"{self.prefix}.orchestrator", "act": f"{self.prefix}.activities"}[role]
+        orchestrator, activities = f"{self.prefix}.orchestrator", f"{self.prefix}.activities"
+        queue = {"orch": orchestrator, "act": activities, "both": f"{orchestrator},{activities}"}[role]
         node = f"{role}{len(self.procs)}-{self.prefix}@%h"
         # With heartbeats (unlike conftest's workers): their worker-online event shows the receiver is listening.
         argv = ["worker", "-E", "-Q", queue, "-P", pool, "-c", "2", "-n", node, "-l", "INFO"]
@@ -119,6 +120,47 @@ def test_failed_activity_and_failed_orchestration_show_as_failure(
     orch_warnings = [line for line in orch.text().splitlines() if "WARNING" in line and f"instance {failed}" in line]
     assert orch_warnings and "orchestration 'ChargeOrFail'" in orch_warnings[0], orch.tail()
     assert "raised expected: OrchestrationFailed" in orch.text() and "Traceback" not in orch.text(), orch.tail()
+
+
+def test_inline_failures_show_as_failure(failure_cluster: FailureCluster, task_events: TaskEvents) -> None:
+    """One worker serves turns and activities in one pool, so each turn runs the activity it schedules inline
+    (tasks/inline.py), with no activity task: the failure of that activity ends the turn task that ran it as FAILURE
+    (ActivityFailed), and a turn that fails its orchestration ends as FAILURE with OrchestrationFailed, which names
+    the activity's error. Each activity ran once; the worker logged both activity failures with their ids."""
+    cluster = failure_cluster
+    worker = cluster.event_worker("both", pool="threads")
+    cluster.wait_for(lambda: task_events.workers_online(), "the worker's worker-online event")
+
+    handled, failed = "fv-inline-handled", "fv-inline-failed"
+    cluster.client.start_orchestration(handled, "ChargeOrRefund", "card-4242-secret")
+    cluster.client.start_orchestration(failed, "ChargeOrFail", "card-4242-secret")
+    cluster.wait_all_terminal([handled, failed])
+    assert cluster.client.get_status(handled).status == "Completed"
+    assert cluster.client.get_status(failed).status == "Failed"
+    kinds = {i: [k for _, k, _ in h[1]] for i, h in histories(cluster, [handled, failed]).items()}
+    assert kinds[handled] == ["OrchestrationStarted", "ActivityScheduled", "ActivityFailed", "OrchestrationCompleted"]
+    assert kinds[failed] == ["OrchestrationStarted", "ActivityScheduled", "ActivityFailed", "OrchestrationFailed"]
+    assert (_runs(cluster, handled), _runs(cluster, failed)) == (1, 1)
+
+    (event,) = cluster.wait_for(
+        lambda: task_events.of("task-failed", f"orch:ChargeOrRefund#{handled}"), "task-failed of the inline turn"
+    )
+    assert event["exception"].startswith('ActivityFailed("ValueError: card declined'), event["exception"]
+    assert handled in event["exception"] and "card-4242" not in event["exception"]
+    (turn_failed,) = cluster.wait_for(
+        lambda: task_events.of("task-failed", f"orch:ChargeOrFail#{failed}"), "task-failed of the failing turn"
+    )
+    assert turn_failed["exception"].startswith(
+        f"OrchestrationFailed(\"orchestration 'ChargeOrFail' of instance {failed} (execution 1) failed "
+        "[OrchestrationFailed]: Activity 'Charge' call failed: ValueError: card declined"
+    ), turn_failed["exception"]
+    # Inline: no activity task was ever sent for them.
+    assert not [name for name in task_events.names().values() if name.startswith("act:")]
+    for instance_id in (handled, failed):
+        cluster.wait_for(
+            lambda i=instance_id: f"activity 'Charge' of instance {i} (execution 1" in worker.text(), "the warning"
+        )
+    assert "card-4242" not in worker.text() and "Traceback" not in worker.text(), worker.tail()
 
 
 def test_unregistered_orchestration_says_why_it_waits(failure_cluster: FailureCluster) -> None:
