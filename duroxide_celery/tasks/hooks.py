@@ -232,9 +232,13 @@ def _engine_only_settings(worker: Any, app: Celery) -> None:
 def note_consumed(rt: HookedRuntime, queues: Any) -> None:
     """Record the engine queues this `celery worker` consumes (its `-Q` and tag filter, before a prefork pool
     forks): one pool runs all of them, so the inline steps they allow are decided from it (tasks/inline.py)."""
-    selected = queues.consume_from if getattr(queues, "_consume_from", None) is not None else queues
-    rt.identity.consumed = frozenset(name for name in selected if rt.names.is_ours(name))
+    # `consume_from`: the -Q selection, else the queues consumed by default (all of them on Celery < 5.7, where
+    # it returns the whole table), each minus what a tag filter deselected.
+    rt.identity.consumed = frozenset(name for name in queues.consume_from if rt.names.is_ours(name))
     rt.identity.shared_pool = True
+    log.info(
+        "duroxide worker: engine queues %s (inline steps where one pool serves both)", sorted(rt.identity.consumed)
+    )
 
 
 class EngineQueues(bootsteps.StartStopStep):
