@@ -913,30 +913,15 @@ def print_table(report: dict[str, Any], workloads: list[str], engines: list[str]
     for ours, row in (("duroxide", "production"), ("duroxide-shared", "shared workers")):
         if not any(ours in (report["results"].get(w) or {}) for w in ALL_WORKLOADS):
             continue
-        ratio(
-            f"W1 {row} / canvas prefork (orch/s)",
-            _median(report, "W1", ours),
-            _median(report, "W1", "canvas"),
-            1.0,
-            True,
-            f"{ours} and canvas W1",
-        )
-        ratio(
-            f"W3 {row} / DBOS PostgreSQL (ms/step)",
-            _median(report, "W3", ours),
-            _median(report, "W3", "dbos"),
-            1.0,
-            False,
-            f"{ours} and dbos W3",
-        )
-        ratio(
-            f"W2 {row} / canvas prefork chord (s)",
-            _median(report, "W2", ours),
-            _median(report, "W2", "canvas"),
-            0.8,
-            False,
-            f"{ours} and canvas W2",
-        )
+        # (workload, what, peer engine, limit, higher is better): issue 13's ratio targets.
+        for workload, what, peer, limit, higher in (
+            ("W1", "canvas prefork (orch/s)", "canvas", 1.0, True),
+            ("W3", "DBOS PostgreSQL (ms/step)", "dbos", 1.0, False),
+            ("W2", "canvas prefork chord (s)", "canvas", 0.8, False),
+        ):
+            name = f"{workload} {row} / {what}"
+            peer_name = f"{ours} and {peer} {workload}"
+            ratio(name, _median(report, workload, ours), _median(report, workload, peer), limit, higher, peer_name)
         for key, limit in (("value", 10.0), ("p99", 30.0)):
             late = _median(report, "W4", ours, key)
             name = f"W4 {row} lateness {'p50' if key == 'value' else 'p99'} (ms)"
