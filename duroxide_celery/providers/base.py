@@ -62,6 +62,14 @@ class StoreBase:
             yield conn
 
     @contextmanager
+    def lease_statement(self) -> Iterator[Connection]:
+        """A connection for one statement that takes a lease (and reads) and commits by itself: on PostgreSQL an
+        autocommit connection of the lease engine (no BEGIN and COMMIT round trips; see `lease_transaction` for
+        why its commit need not wait for the WAL flush); a lease transaction elsewhere."""
+        with self.dialect.one_statement_write(self.lease_engine) as conn:
+            yield conn
+
+    @contextmanager
     def connection(self) -> Iterator[Connection]:
         """A pooled connection for several transactions in a row (the caller begins and ends them)."""
         with self.engine.connect() as conn:

@@ -37,9 +37,12 @@ class TurnCommit(TurnStore, FlowStore):
     _lease_keeper: LeaseKeeper | None = None
     _keeper_lock = threading.Lock()
 
-    def begin_turn(self, instance_id: str, owner: str, lease_ms: int) -> TurnTransaction:
-        """The transactions of one turn, shaped by the database (turn_shapes.py); use it as a context manager."""
-        return self.dialect.begin_turn(self, instance_id, owner, lease_ms)
+    def begin_turn(
+        self, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
+    ) -> TurnTransaction:
+        """The transactions of one turn, shaped by the database (turn_shapes.py); use it as a context manager.
+        `prefix`: (execution id, event id) of the history the caller holds (its cached engine's)."""
+        return self.dialect.begin_turn(self, instance_id, owner, lease_ms, prefix)
 
     @property
     def lease_keeper(self) -> LeaseKeeper:

@@ -40,6 +40,11 @@ class Dialect:
         """A write transaction on `engine` (committed when the block ends, rolled back on an exception)."""
         raise NotImplementedError
 
+    def one_statement_write(self, engine: Engine) -> AbstractContextManager[Connection]:
+        """A connection for one write statement that commits as it runs (callers run exactly one): a write
+        transaction here."""
+        return self.write(engine)
+
     def read_lock(self) -> AbstractContextManager[Any]:
         """Held around a read connection (a database of one shared connection queues its reads too)."""
         return nullcontext()
@@ -118,7 +123,9 @@ class Dialect:
         """A condition: the text `column` starts with `prefix` (not empty), case-sensitive, using its index."""
         raise NotImplementedError
 
-    def begin_turn(self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int) -> TurnTransaction:
+    def begin_turn(
+        self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
+    ) -> TurnTransaction:
         """The transactions of one turn (`turn_shapes`): leased at `__enter__`, committed by `commit`."""
         raise NotImplementedError
 
@@ -223,8 +230,10 @@ class SqliteDialect(Dialect):
         cond = column >= prefix
         return cond if upper is None else cond & (column < upper)
 
-    def begin_turn(self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int) -> TurnTransaction:
-        return OneTransactionTurn(ops, instance_id, owner, lease_ms)
+    def begin_turn(
+        self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
+    ) -> TurnTransaction:
+        return OneTransactionTurn(ops, instance_id, owner, lease_ms, prefix)
 
 
 class PostgresDialect(Dialect):
@@ -242,6 +251,10 @@ class PostgresDialect(Dialect):
         # Autocommit: the statement runs without BEGIN and ROLLBACK (two round trips fewer) and sees every commit
         # made before it, as the first statement of a READ COMMITTED transaction would. psycopg switches autocommit
         # on the client side, and the pool puts the connection back to the default isolation when it returns.
+        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    def one_statement_write(self, engine: Engine) -> AbstractContextManager[Connection]:
+        # Autocommit, as single_read: one round trip where a transaction of one statement takes three.
         return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     def create_instance(self, conn: Connection, params: dict[str, Any]) -> bool:
@@ -274,8 +287,10 @@ class PostgresDialect(Dialect):
         # A text_pattern_ops index serves it (migration 0004): LIKE 'prefix%', the prefix's own % and _ escaped.
         return column.startswith(prefix, autoescape=True)
 
-    def begin_turn(self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int) -> TurnTransaction:
-        return LeaseThenCommitTurn(ops, instance_id, owner, lease_ms)
+    def begin_turn(
+        self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
+    ) -> TurnTransaction:
+        return LeaseThenCommitTurn(ops, instance_id, owner, lease_ms, prefix)
 
 
 def dialect_for(engine: Engine, *, serialize_all: bool = False) -> Dialect:

@@ -37,6 +37,18 @@ class InstanceLease:
 
 
 @dataclass
+class LoadedLease:
+    """A lease taken together with the turn's reads (PostgreSQL: one statement): `load` holds the history of
+    execution `lease.execution_id` after event `after` (0: all of it), the pending messages and the KV snapshot."""
+
+    lease: InstanceLease
+    load: TurnLoad
+    after: int
+    #: The instance's stored trace context (observability/otel.py), if any.
+    trace_context: str | None = None
+
+
+@dataclass
 class ClaimedWorkItem:
     instance_id: str
     execution_id: int

@@ -13,21 +13,26 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Integer,
     String,
     Text,
     and_,
     bindparam,
+    case,
     cast,
     delete,
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
+    true,
     tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -168,7 +173,9 @@ KV_SNAPSHOT = select(executions.c.kv_snapshot).where(
 )
 
 
-def _acquire(require_inbox: bool) -> Any:
+def _lease_conditions(require_inbox: bool) -> list[Any]:
+    """WHERE clause of a lease on an instance (`iid`): free, or its lease expired by the database's clock; not
+    backed off (`now`); not a start held by a limit; (`require_inbox`) with a pending message."""
     conditions = [
         instances.c.instance_id == bindparam("iid"),
         or_(instances.c.lock_owner.is_(None), instances.c.locked_until < db_now_ms()),
@@ -178,25 +185,30 @@ def _acquire(require_inbox: bool) -> Any:
     ]
     if require_inbox:
         conditions.append(select(inbox.c.id).where(inbox.c.instance_id == bindparam("iid")).exists())
-    return (
-        update(instances)
-        .where(*conditions)
-        .values(
-            lock_owner=bindparam("owner"),
-            locked_until=db_now_ms() + bindparam("lease_ms", type_=BigInteger),
-            attempt_count=instances.c.attempt_count + 1,
-        )
-        .returning(
-            instances.c.current_execution_id,
-            instances.c.orchestration_name,
-            instances.c.status,
-            instances.c.attempt_count,
-            instances.c.next_attempt_at,
-            instances.c.custom_status_version,
-            instances.c.waiting_reason,
-            instances.c.flow_state,
-        )
-    )
+    return conditions
+
+
+#: What a lease returns of the instance row (turns.py builds an InstanceLease from them, in this order).
+_LEASE_COLUMNS = (
+    instances.c.current_execution_id,
+    instances.c.orchestration_name,
+    instances.c.status,
+    instances.c.attempt_count,
+    instances.c.next_attempt_at,
+    instances.c.custom_status_version,
+    instances.c.waiting_reason,
+    instances.c.flow_state,
+)
+#: The lease itself: owner and expiry (`owner`, `lease_ms` from the database's clock), one more attempt.
+_LEASE_VALUES: dict[str, Any] = {
+    "lock_owner": bindparam("owner"),
+    "locked_until": db_now_ms() + bindparam("lease_ms", type_=BigInteger),
+    "attempt_count": instances.c.attempt_count + 1,
+}
+
+
+def _acquire(require_inbox: bool) -> Any:
+    return update(instances).where(*_lease_conditions(require_inbox)).values(**_LEASE_VALUES).returning(*_LEASE_COLUMNS)
 
 
 #: Lease a free (or expired) instance that is not backed off (`iid`, `now`, `owner`, `lease_ms`); returns its
@@ -204,6 +216,62 @@ def _acquire(require_inbox: bool) -> Any:
 ACQUIRE = _acquire(require_inbox=False)
 #: ACQUIRE, only when the instance has a pending message.
 ACQUIRE_WITH_INBOX = _acquire(require_inbox=True)
+
+
+def _json_rows(*columns: Any, order_by: Any) -> Any:
+    """The rows' `columns` as one JSON text, an array of arrays in `order_by` order (NULL when there is none)."""
+    return cast(func.json_agg(aggregate_order_by(func.json_build_array(*columns), order_by)), Text)
+
+
+def _lease_and_load_pg() -> Any:
+    execution = instances.c.current_execution_id
+    messages = select(_json_rows(inbox.c.id, inbox.c.kind, inbox.c.payload, order_by=inbox.c.id)).where(
+        inbox.c.instance_id == bindparam("iid")
+    )
+    # The history after the prefix the caller holds (`prefix_after`, of execution `prefix_exec`), else all of it.
+    after = case(
+        (execution == bindparam("prefix_exec", type_=Integer), bindparam("prefix_after", type_=Integer)), else_=0
+    )
+    events = select(
+        _json_rows(
+            history.c.event_id,
+            history.c.kind,
+            history.c.data,
+            history.c.source_event_id,
+            history.c.timestamp_ms,
+            order_by=history.c.event_id,
+        )
+    ).where(history.c.instance_id == bindparam("iid"), history.c.execution_id == execution, history.c.event_id > after)
+    # The first execution starts with no KV; later ones carry it from their predecessor.
+    snapshot = select(executions.c.kv_snapshot).where(
+        executions.c.instance_id == bindparam("iid"), executions.c.execution_id == execution, execution > 1
+    )
+    # PostgreSQL re-checks an UPDATE's WHERE on a row version committed after the statement's snapshot (a lapsed
+    # holder's commit), yet reads every other table as of that snapshot: the history and inbox of before that
+    # commit. So the lease takes only the row version the snapshot sees (its xmin: the transaction that wrote it).
+    version: Any = literal_column(f"{instances.name}.xmin")
+    seen = select(version.label("v")).where(*_lease_conditions(require_inbox=True)).cte("seen")
+    leased = (
+        update(instances)
+        .where(*_lease_conditions(require_inbox=True), version == select(seen.c.v).scalar_subquery())
+        .values(**_LEASE_VALUES)
+        .returning(
+            *_LEASE_COLUMNS,
+            instances.c.trace_context,
+            messages.correlate(instances).scalar_subquery().label("messages"),
+            events.correlate(instances).scalar_subquery().label("events"),
+            snapshot.correlate(instances).scalar_subquery().label("kv_snapshot"),
+        )
+        .cte("leased")
+    )
+    return select(leased).select_from(seen).outerjoin(leased, true())
+
+
+#: PostgreSQL: ACQUIRE_WITH_INBOX and the turn's reads in one statement (`iid`, `now`, `owner`, `lease_ms`,
+#: `prefix_exec`, `prefix_after`): no row when the instance is held, backed off or has no message; a row of NULLs
+#: when the row changed after the statement's snapshot (ask again); else the lease's columns, the trace context,
+#: the pending messages and the history (JSON texts) and the execution's KV snapshot.
+LEASE_AND_LOAD = _lease_and_load_pg()
 
 #: Extend the lease `owner` holds on an instance (`iid`) to `lease_ms` from now (a long turn); no row when lost.
 RENEW_INSTANCE = (

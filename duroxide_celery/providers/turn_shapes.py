@@ -3,12 +3,13 @@
 A turn leases its instance, loads its history and inbox, replays (no I/O), then commits everything it decided,
 fenced by the lease (DESIGN invariant 2). SQLite has one writer at a time anyway: lease, load, replay and commit
 run in one write transaction, which halves the commits, and nothing can reach the inbox meanwhile. PostgreSQL:
-the lease and the load commit in a lease transaction, the replay holds no transaction, and the turn commits in a
-second transaction whose first statement proves the lease is still ours. A message that arrives while the lease
-is held finds its poke refused: its lease statement does not wait for our commit, since the row version it reads
-still shows our lease (even while our commit holds the row lock). So once the commit is durable, the turn reads the
-inbox again: a message committed before that read is taken by this task's next turn, and one committed after it
-finds the lease free for its own poke. Such a message is never left behind.
+one statement takes the lease and reads what the replay needs, committing as it runs; the replay holds no
+transaction, and the turn commits in a transaction whose first statement proves the lease is still ours. A
+message that arrives while the lease is held finds its poke refused: its lease statement does not wait for our
+commit, since the row version it reads still shows our lease (even while our commit holds the row lock). So once
+the commit is durable, the turn reads the inbox again: a message committed before that read is taken by this
+task's next turn, and one committed after it finds the lease free for its own poke. Such a message is never left
+behind.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Protocol, TypeVar
 from sqlalchemy.engine import Connection
 
 from . import telemetry
-from .dto import InstanceLease, PublishPlan, TurnChanges, TurnLoad
+from .dto import InstanceLease, LoadedLease, PublishPlan, TurnChanges, TurnLoad
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class TurnOps(Protocol):
     def acquire_instance(
         self, instance_id: str, owner: str, lease_ms: int, conn: Connection | None = None, require_inbox: bool = False
     ) -> InstanceLease | None: ...
+    def lease_and_load(
+        self, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
+    ) -> LoadedLease | None: ...
     def load_turn(
         self, instance_id: str, execution_id: int, after_event_id: int = 0, conn: Connection | None = None
     ) -> TurnLoad: ...
@@ -65,13 +69,17 @@ class TurnOps(Protocol):
 class TurnTransaction:
     """One turn's transactions. Entering leases the instance (`lease`: None when refused: held elsewhere, backed
     off, or no pending message); `load` reads what the replay needs; `replay_starts` marks the replay (no I/O);
-    `commit` or `release` ends the turn; leaving rolls back whatever did not commit."""
+    `commit` or `release` ends the turn; leaving rolls back whatever did not commit. `prefix`: (execution id,
+    event id) of the history the caller holds already (a hint: `load` is asked for what it needs)."""
 
-    def __init__(self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int):
+    def __init__(
+        self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
+    ):
         self.ops = ops
         self.instance_id = instance_id
         self.owner = owner
         self.lease_ms = lease_ms
+        self.prefix = prefix
         self.lease: InstanceLease | None = None
         self._lease_transaction = ExitStack()
         self._lease_conn: Connection | None = None
@@ -185,22 +193,23 @@ class OneTransactionTurn(TurnTransaction):
 
 
 class LeaseThenCommitTurn(TurnTransaction):
-    """PostgreSQL: the lease commits first (a lease transaction), the replay holds no transaction, and the commit
-    transaction is fenced by the lease; a replay that runs long has its lease renewed (LeaseKeeper)."""
+    """PostgreSQL: the lease and the turn's reads are one statement that commits as it runs, the replay holds no
+    transaction, and the commit transaction is fenced by the lease; a replay that runs long has its lease renewed
+    (LeaseKeeper)."""
 
-    def __init__(self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int):
-        super().__init__(ops, instance_id, owner, lease_ms)
+    def __init__(
+        self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
+    ):
+        super().__init__(ops, instance_id, owner, lease_ms, prefix)
         self._held = False
+        self._loaded: LoadedLease | None = None
 
     def __enter__(self) -> TurnTransaction:
-        self._lease_conn = self._lease_transaction.enter_context(self.ops.lease_transaction())
-        try:
-            self.lease = self.ops.acquire_instance(
-                self.instance_id, self.owner, self.lease_ms, conn=self._lease_conn, require_inbox=True
-            )
-        except BaseException:
-            self._lease_transaction.close()
-            raise
+        self._loaded = self.ops.lease_and_load(self.instance_id, self.owner, self.lease_ms, self.prefix)
+        if self._loaded is not None:
+            self.lease = self._loaded.lease
+            self.ops.lease_keeper.hold(self.instance_id, self.owner, self.lease_ms)  # committed: renewed from now
+            self._held = True
         return self
 
     def __exit__(
@@ -212,19 +221,30 @@ class LeaseThenCommitTurn(TurnTransaction):
             if self._held:
                 self.ops.lease_keeper.drop(self.instance_id, self.owner)
 
+    def load(self, execution_id: int, after_event_id: int = 0) -> TurnLoad:
+        # What the lease statement read, when it covers what is asked; else read again (the lease is ours).
+        loaded = self._loaded
+        if loaded is not None and loaded.lease.execution_id == execution_id and loaded.after <= after_event_id:
+            history, messages, snapshot = loaded.load
+            if loaded.after < after_event_id:
+                history = [e for e in history if e.event_id > after_event_id]
+            return history, messages, snapshot
+        return self.ops.load_turn(self.instance_id, execution_id, after_event_id)
+
     def read_kv(self, instance_id: str, key: str) -> str | None:
         return self.ops.get_kv(instance_id, key)
 
+    def trace_context(self) -> str | None:
+        return self._loaded.trace_context if self._loaded is not None else None
+
+    def adopt_trace_context(self, context: str) -> None:
+        with self.ops.lease_transaction() as conn:  # the lease is ours: nobody else writes the row meanwhile
+            telemetry.adopt_trace_context(conn, self.instance_id, context)
+
     def replay_starts(self) -> None:
-        if self._lease_conn is None:
-            return
-        self._lease_transaction.close()  # the lease commits; the replay runs outside any transaction
-        self._lease_conn = None
-        self.ops.lease_keeper.hold(self.instance_id, self.owner, self.lease_ms)
-        self._held = True
+        return None  # the lease committed with its reads: the replay runs outside any transaction
 
     def _in_commit(self, write: Callable[[Connection], T]) -> T:
-        self.replay_starts()
         with self.ops.write() as commit_conn:
             return write(commit_conn)
 

@@ -17,10 +17,15 @@ from .base import StoreBase, now_ms
 from .dto import (
     InstanceLease,
     LeaseLost,
+    LoadedLease,
     NewInstance,
     TurnLoad,
 )
 from .schema import FLOW_ADMITTED, FLOW_HELD, instances
+
+#: How many times a lease statement is asked again after the instance row changed under it (each time, another
+#: transaction committed a change to the row meanwhile: a lapsed holder's commit, a release).
+LEASE_TRIES = 3
 
 
 class TurnStore(StoreBase):
@@ -106,21 +111,36 @@ class TurnStore(StoreBase):
         params = {"iid": instance_id, "now": now_ms(), "owner": owner, "lease_ms": lease_ms}
         with self._writing(conn) as conn:
             row = conn.execute(statement, params).first()
-        if row is None:
+        return None if row is None else _lease(instance_id, owner, row)
+
+    def lease_and_load(
+        self, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
+    ) -> LoadedLease | None:
+        """PostgreSQL (a turn whose lease commits first): `acquire_instance(require_inbox=True)` and `load_turn` in
+        one statement that commits by itself; None when refused. `prefix`: (execution id, event id) of the history
+        the caller holds already; only the events after it are read when the lease is for that execution."""
+        exec_hint, after_hint = prefix if prefix is not None else (None, 0)
+        params = {"iid": instance_id, "owner": owner, "lease_ms": lease_ms, "prefix_exec": exec_hint}
+        params["prefix_after"] = after_hint
+        for _ in range(LEASE_TRIES):
+            params["now"] = now_ms()
+            with self.lease_statement() as conn:
+                row = conn.execute(hot.LEASE_AND_LOAD, params).first()
+            if row is None:
+                return None  # held, backed off, held by a start limit, or no message
+            if row[0] is not None:
+                break
+            # The row changed after the statement's snapshot (see hot.LEASE_AND_LOAD): ask again.
+        else:
             return None
-        execution_id, name, status, attempts, next_attempt_at, custom_status_version, waiting_reason, flow_state = row
-        return InstanceLease(
-            instance_id,
-            execution_id,
-            name,
-            status,
-            attempts,
-            next_attempt_at,
-            custom_status_version,
-            waiting_reason=waiting_reason,
-            owner=owner,
-            flow_state=flow_state,
+        lease = _lease(instance_id, owner, row[:8])
+        trace_context, messages, events, snapshot = row[8:]
+        load = (
+            _events(json.loads(events)) if events else [],
+            _messages(json.loads(messages)) if messages else [],
+            _snapshot(snapshot),
         )
+        return LoadedLease(lease, load, after_hint if exec_hint == lease.execution_id else 0, trace_context)
 
     def renew_instance(self, instance_id: str, owner: str, lease_ms: int) -> bool:
         """Extend a turn's instance lease (a turn that runs long); False when `owner` no longer holds it."""
@@ -178,16 +198,46 @@ class TurnStore(StoreBase):
             snapshot_text = None
             if execution_id > 1:  # the first execution starts with no KV; later ones carry it from their predecessor
                 snapshot_text = conn.execute(hot.KV_SNAPSHOT, {"iid": instance_id, "exec": execution_id}).scalar()
-        messages = []
-        for msg_id, kind, payload in msgs:
-            body = json.loads(payload)
-            body["kind"] = kind
-            messages.append((msg_id, body))
-        hist = [HistoryEvent(eid, kind, json.loads(data), src, ts) for eid, kind, data, src, ts in events]
-        snapshot = {k: (v[0], v[1]) for k, v in json.loads(snapshot_text or "{}").items()}
-        return hist, messages, snapshot
+        return _events(events), _messages(msgs), _snapshot(snapshot_text)
 
     def get_kv(self, instance_id: str, key: str, conn: Connection | None = None) -> str | None:
         with self._reading(conn) as conn:
             value: str | None = conn.execute(hot.KV_VALUE, {"iid": instance_id, "kv_key": key}).scalar()
             return value
+
+
+def _lease(instance_id: str, owner: str, row: Any) -> InstanceLease:
+    """An InstanceLease from the columns a lease statement returns (hot._LEASE_COLUMNS)."""
+    execution_id, name, status, attempts, next_attempt_at, custom_status_version, waiting_reason, flow_state = row
+    return InstanceLease(
+        instance_id,
+        execution_id,
+        name,
+        status,
+        attempts,
+        next_attempt_at,
+        custom_status_version,
+        waiting_reason=waiting_reason,
+        owner=owner,
+        flow_state=flow_state,
+    )
+
+
+def _messages(rows: Iterable[Any]) -> list[tuple[int, dict[str, Any]]]:
+    """Inbox rows (id, kind, payload text) as (id, message) in the order given."""
+    messages = []
+    for msg_id, kind, payload in rows:
+        body = json.loads(payload)
+        body["kind"] = kind
+        messages.append((msg_id, body))
+    return messages
+
+
+def _events(rows: Iterable[Any]) -> list[HistoryEvent]:
+    """History rows (event id, kind, data text, source event id, timestamp) as events."""
+    return [HistoryEvent(eid, kind, json.loads(data), src, ts) for eid, kind, data, src, ts in rows]
+
+
+def _snapshot(text: str | None) -> dict[str, tuple[str, int]]:
+    """An execution's stored KV snapshot (JSON text, or None: empty)."""
+    return {k: (v[0], v[1]) for k, v in json.loads(text or "{}").items()}

@@ -87,6 +87,8 @@ class LruCache(Generic[V]):
         self.max_bytes = DEFAULT_ENGINE_CACHE_BYTES if max_bytes is None else max_bytes
         self._sizer: Callable[[V], int] = sizer if sizer is not None else EngineSizer()
         self._entries: OrderedDict[Key, tuple[V, int]] = OrderedDict()
+        #: The execution of each instance's entry (the last put, when there are several): `of_instance`.
+        self._executions: dict[str, int] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -111,6 +113,13 @@ class LruCache(Generic[V]):
             self._entries.move_to_end(key)
             return entry[0]
 
+    def of_instance(self, instance_id: str) -> tuple[int, V] | None:
+        """An instance's entry, with its execution id, without knowing the execution (a turn before its lease)."""
+        with self._lock:
+            execution_id = self._executions.get(instance_id)
+            entry = self._entries.get((instance_id, execution_id)) if execution_id is not None else None
+            return (execution_id, entry[0]) if execution_id is not None and entry is not None else None
+
     def put(self, key: Key, value: V) -> None:
         size = self._sizer(value)  # outside the lock: it reads only this (idle) entry
         with self._lock:
@@ -118,10 +127,10 @@ class LruCache(Generic[V]):
             if size > self.max_bytes or self.capacity <= 0:
                 return  # bigger than the whole budget: the next turn replays it
             self._entries[key] = (value, size)
+            self._executions[key[0]] = key[1]
             self._bytes += size
             while len(self._entries) > self.capacity or self._bytes > self.max_bytes:
-                _, (_, evicted) = self._entries.popitem(last=False)
-                self._bytes -= evicted
+                self._pop(next(iter(self._entries)))
 
     def drop(self, key: Key) -> None:
         with self._lock:
@@ -131,5 +140,7 @@ class LruCache(Generic[V]):
         entry = self._entries.pop(key, None)
         if entry is None:
             return None
+        if self._executions.get(key[0]) == key[1]:
+            del self._executions[key[0]]
         self._bytes -= entry[1]
         return entry[0]

@@ -192,7 +192,9 @@ class TurnExecutor:
         then a fenced commit) are the store's business: `Store.begin_turn`."""
         # This turn's own lease owner: a turn that lost its lease fails every owner-guarded write.
         owner = lease_owner(self.identity.worker_id)
-        turn = self.store().begin_turn(instance_id, owner, self.settings.orchestrator_lock_ms)
+        turn = self.store().begin_turn(
+            instance_id, owner, self.settings.orchestrator_lock_ms, self._cached_prefix(instance_id)
+        )
         name: str | None = None  # the orchestration's, once leased: the retry poke then reads orch:<Name>#<id>
         try:
             with turn:
@@ -223,6 +225,11 @@ class TurnExecutor:
             except Exception:  # noqa: BLE001 - best effort on the way out; the lease lapses anyway
                 pass
             raise
+
+    def _cached_prefix(self, instance_id: str) -> tuple[int, int] | None:
+        """(execution id, event id) from which `_load` will read the history: its cached engine's last event."""
+        cached = self.engines.of_instance(instance_id)
+        return (cached[0], max(len(cached[1].history) - 1, 0)) if cached is not None else None
 
     def _leased_turn(self, turn: TurnTransaction, lease: InstanceLease) -> AfterCommit:
         """Load, replay and commit a leased turn; returns what to do once its transaction has ended."""

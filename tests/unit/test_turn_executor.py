@@ -20,6 +20,7 @@ from duroxide_celery.observability.otel import Tracing
 from duroxide_celery.providers.dto import (
     InstanceLease,
     LeaseLost,
+    LoadedLease,
     NewActivity,
     PendingActivity,
     PublishPlan,
@@ -62,8 +63,8 @@ class FakeStore:
         self.acquired = 0
         self.lease_keeper = FakeKeeper()
 
-    def begin_turn(self, instance_id: str, owner: str, lease_ms: int) -> Any:
-        return self.shape(self, instance_id, owner, lease_ms)
+    def begin_turn(self, instance_id: str, owner: str, lease_ms: int, prefix: Any = None) -> Any:
+        return self.shape(self, instance_id, owner, lease_ms, prefix)
 
     @contextmanager
     def _transaction(self, name: str) -> Iterator[str]:
@@ -92,6 +93,12 @@ class FakeStore:
         if self.lease is not None:
             self.lease.owner = owner
         return self.lease
+
+    def lease_and_load(self, instance_id: str, owner: str, lease_ms: int, prefix: Any = None) -> Any:
+        """The lease and the turn's reads in one statement that commits as it runs (PostgreSQL)."""
+        with self._transaction("lease"):
+            lease = self.acquire_instance(instance_id, owner, lease_ms, require_inbox=True)
+            return None if lease is None else LoadedLease(lease, self.load_turn(instance_id, lease.execution_id), 0)
 
     def load_turn(self, instance_id: str, execution_id: int, after_event_id: int = 0, conn: Any = None) -> Any:
         self.calls.append("load")
@@ -192,7 +199,7 @@ def test_a_turn_that_schedules_an_activity_commits_its_changes_then_publishes_th
     assert store.lease is not None and store.lease.owner.startswith("node-1")
     if shape is OneTransactionTurn:  # lease, replay and commit in one write transaction
         assert store.calls == ["begin write", "acquire", "load", "commit_turn on write", "commit write"]
-    else:  # the lease commits first; the commit has its own transaction; the lease is renewed meanwhile
+    else:  # the lease and its reads commit first; the commit has its own transaction; the lease is renewed meanwhile
         assert store.calls == [
             "begin lease",
             "acquire",
@@ -248,9 +255,10 @@ def test_a_turn_whose_store_fails_counts_the_attempt_and_retries(shape):
     assert store.commits == []
     if shape is OneTransactionTurn:  # the rollback undid the lease and its count: the attempt is counted again
         assert store.calls[-1] == "failed attempt: turn attempt failed: RuntimeError: database went away"
-    else:  # the lease (and its count) committed: it is given back with the cause
-        assert store.calls[-1] == "release"
-    assert publisher.sent == [("poke", [("i1", "Orch")])]
+        assert publisher.sent == [("poke", [("i1", "Orch")])]
+    else:  # the lease statement failed whole: nothing is held, and the owner-guarded release changes nothing
+        assert store.calls[-2:] == ["rollback lease", "release"]
+        assert publisher.sent == [("poke", [("i1", None)])]
 
 
 def test_a_message_arriving_during_a_lease_fenced_commit_is_read_after_the_commit():

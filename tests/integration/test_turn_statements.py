@@ -1,0 +1,85 @@
+"""The turn's statements on PostgreSQL, where one statement does what several did: the lease with the turn's reads
+(Store.lease_and_load). What they must keep: a lease reads the history and inbox as they are once it holds the
+lease, never as they were before a commit it waited for."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from duroxide_celery import Client
+from duroxide_celery.providers.base import now_ms
+from duroxide_celery.providers.schema import history, inbox, instances
+from duroxide_celery.replay import events as ev
+
+from .conftest import DB
+from .helpers import wait_until
+
+pytestmark = pytest.mark.skipif(DB != "postgres", reason="PostgreSQL's one-statement turn (SQLite keeps its steps)")
+
+
+def _started(provider: Any, instance_id: str) -> Any:
+    Client(provider).start_orchestration(instance_id, "X", {"n": 1})
+    return provider.store
+
+
+def test_the_lease_statement_reads_the_turn_and_only_the_history_after_the_prefix(provider):
+    store = _started(provider, "ll-1")
+    with store.write() as conn:
+        conn.execute(
+            sa.insert(history),
+            [
+                {"instance_id": "ll-1", "execution_id": 1, "event_id": i, "kind": "K", "timestamp_ms": i, "data": "{}"}
+                for i in (1, 2, 3)
+            ],
+        )
+    loaded = store.lease_and_load("ll-1", "owner-1", 60_000, prefix=(1, 2))
+    assert loaded is not None and loaded.lease.owner == "owner-1" and loaded.lease.execution_id == 1
+    events, messages, snapshot = loaded.load
+    assert [e.event_id for e in events] == [3] and loaded.after == 2
+    assert [m[1]["kind"] for m in messages] == [ev.MSG_START] and messages[0][1]["input"] == '{"n":1}'
+    assert snapshot == {}
+    assert store.lease_and_load("ll-1", "owner-2", 60_000) is None  # held
+    with store.write() as conn:
+        conn.execute(sa.update(instances).values(locked_until=0))
+    again = store.lease_and_load("ll-1", "owner-2", 60_000, prefix=(7, 2))  # a prefix of another execution
+    assert again is not None and [e.event_id for e in again.load[0]] == [1, 2, 3] and again.after == 0
+
+
+def test_a_lease_that_waited_for_a_lapsed_holders_commit_reads_what_that_commit_wrote(provider):
+    """The lapsed holder commits while our lease statement waits for its row lock. PostgreSQL would then lease the
+    row version that commit wrote, yet read the other tables as of the statement's start: the messages that commit
+    consumed, without the history it added. The statement must read what the commit left instead."""
+    store = _started(provider, "ll-2")
+    assert store.lease_and_load("ll-2", "lapsed", 60_000) is not None
+    with store.write() as conn:
+        conn.execute(sa.update(instances).values(locked_until=0))  # its lease lapses while its turn still runs
+    holder = store.engine.connect()
+    commit = holder.begin()
+    holder_pid = holder.execute(sa.text("select pg_backend_pid()")).scalar()
+    # The lapsed holder's commit, in flight: its fence, its history, the message it consumed; one message arrives.
+    holder.execute(sa.update(instances).where(instances.c.lock_owner == "lapsed").values(lock_owner=None))
+    holder.execute(
+        sa.insert(history).values(instance_id="ll-2", execution_id=1, event_id=1, kind="K", timestamp_ms=1, data="{}")
+    )
+    holder.execute(sa.delete(inbox))
+    holder.execute(sa.insert(inbox).values(instance_id="ll-2", kind="Later", payload="{}", created_at=now_ms()))
+    leased: list[Any] = []
+    taker = threading.Thread(target=lambda: leased.append(store.lease_and_load("ll-2", "taker", 60_000)))
+    taker.start()
+    try:
+        with store.single_read() as conn:  # the taker waits for the holder's row lock
+            blocked = sa.text("select count(*) from pg_stat_activity where :pid = any(pg_blocking_pids(pid))")
+            wait_until(lambda: conn.execute(blocked, {"pid": holder_pid}).scalar() == 1, what="the taker to wait")
+        commit.commit()
+    finally:
+        holder.close()
+        taker.join()
+    [loaded] = leased
+    assert loaded is not None and loaded.lease.owner == "taker"
+    events, messages, _ = loaded.load
+    assert [m[1]["kind"] for m in messages] == ["Later"]  # not the consumed StartOrchestration
+    assert [e.event_id for e in events] == [1]
