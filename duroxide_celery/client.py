@@ -326,9 +326,11 @@ class Client:
         woken: list[tuple[str, str]] = []
         with self._tracing.start(instance_id, name, version) as traced:
             with self._store.write() as conn:
-                if self._store.create_instance(conn, instance_id, name, payload, version, trace_context=traced):
+                if created := self._store.create_instance(
+                    conn, instance_id, name, payload, version, trace_context=traced
+                ):
                     outcome, execution_id = "created", 1
-                    woken = self._store.hold_start(conn, instance_id, name, key)
+                    woken = self._store.hold_start(conn, instance_id, name, key, created)
                 elif if_exists == "fail":
                     raise InstanceAlreadyExists(f"Instance {instance_id} already exists")
                 elif if_exists == "restart_if_finished":

@@ -19,14 +19,6 @@ def inbox_pending(conn: Connection, instance_id: str) -> bool:
     return conn.execute(hot.INBOX_PENDING, {"iid": instance_id}).first() is not None
 
 
-def set_clause(values: dict[str, Any], **where: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """The column names a prebuilt UPDATE sets (its cache key) and its parameters (`v_<column>`, plus `where`)."""
-    columns = tuple(sorted(values))
-    params = {f"v_{c}": values[c] for c in columns}
-    params.update(where)
-    return columns, params
-
-
 def work_item_params(key: tuple[str, int, int], owner: str, **more: Any) -> dict[str, Any]:
     """Parameters naming one activity row (hot_statements: `iid`, `exec`, `eid`) and the lease `owner`."""
     return {"iid": key[0], "exec": key[1], "eid": key[2], "owner": owner, **more}

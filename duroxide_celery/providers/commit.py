@@ -10,10 +10,9 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from ..replay import events as ev
-from ..replay.events import HistoryEvent
 from ..types import TERMINAL_STATUSES
 from . import hot_statements as hot
-from .base import now_ms, set_clause
+from .base import now_ms
 from .dto import (
     ClaimedWorkItem,
     InlineClaim,
@@ -24,6 +23,7 @@ from .dto import (
     PendingActivity,
     PublishPlan,
     TurnChanges,
+    TurnFence,
 )
 from .flow import ADMITTED, HELD, FlowStore
 from .turn_shapes import LeaseKeeper, TurnTransaction
@@ -61,14 +61,14 @@ class TurnCommit(TurnStore, FlowStore):
         # An instance that held a slot of its orchestration's start limit gives it back as it ends (flow.py).
         frees_start = lease.flow_state == ADMITTED and changes.instance.get("status") in TERMINAL_STATUSES
         instance_values = dict(changes.instance, flow_state=None) if frees_start else changes.instance
-        # First: the fence (LeaseLost unless the lease is still ours) and the instance row lock until commit.
-        self.finish_instance(conn, instance_id, lease.owner, **instance_values)
-        self.append_history(conn, instance_id, exec_id, changes.history)
-        self.delete_inbox(conn, changes.consumed)
         activities = changes.activities
-        # Activities with a limit start held in the store (providers/flow.py); one statement, only for a turn that
-        # schedules activities.
-        limited = self.limited_names(conn, (a.name for a in activities))
+        # First: the fence (LeaseLost unless the lease is still ours), which keeps the instance row locked until
+        # the commit, with the history, the consumed messages and the execution row (one statement on PostgreSQL).
+        # It reads which activities have limits: those start held in the store (providers/flow.py).
+        instance_values = dict(instance_values, updated_at=now)
+        fence = TurnFence(instance_id, lease.owner, exec_id, instance_values, changes.execution, changes.history)
+        fence.consumed, fence.activity_names = changes.consumed, sorted({a.name for a in activities})
+        limited = self.fence_turn(conn, fence)
         inline = _inline_claim(changes, limited)
         self.add_work_items(
             conn,
@@ -96,7 +96,6 @@ class TurnCommit(TurnStore, FlowStore):
             self.new_execution(conn, instance_id, exec_id + 1, changes.next_execution.kv_state, now)
             self.enqueue(conn, instance_id, ev.MSG_CONTINUE_AS_NEW, changes.next_execution.payload, now)
             pokes.append((instance_id, changes.orchestration[0] or None))  # the next execution starts now
-        self.update_execution(conn, instance_id, exec_id, **changes.execution)
         if frees_start:  # the next held start of the orchestration, in this transaction
             pokes.extend(self.admit_starts(conn, lease.orchestration_name, now))
         publish = [
@@ -139,35 +138,20 @@ class TurnCommit(TurnStore, FlowStore):
             pokes.append((note.instance_id, self.orchestration_name(conn, note.instance_id)))
         return pokes
 
-    def finish_instance(self, conn: Connection, instance_id: str, owner: str, **values: Any) -> None:
-        """Write the instance's new state and release its lease: the first statement of every turn's commit, and
-        its fence. It proves the lease is still ours (LeaseLost aborts the whole turn otherwise) and row-locks the
-        instance until the commit, so a worker that takes over a lease that lapsed mid-turn waits for our commit
-        instead of racing it. (A plain read as the fence once let a lapsed lease be taken between the check and
-        the commit: tests/production/test_leases.py.)"""
-        values["updated_at"] = now_ms()
-        columns, params = set_clause(values, iid=instance_id, owner=owner)
-        finished = conn.execute(hot.finish_instance(columns), params).rowcount
-        if not finished:
-            raise LeaseLost(instance_id)
+    def fence_turn(self, conn: Connection, fence: TurnFence) -> set[str]:
+        """The first writes of every turn's commit, and its fence (Dialect.fence_turn): they prove the lease is
+        still ours (LeaseLost aborts the whole turn otherwise) and row-lock the instance until the commit, so a
+        worker that takes over a lease that lapsed mid-turn waits for our commit instead of racing it. (A plain read
+        as the fence once let a lapsed lease be taken between the check and the commit: tests/production/
+        test_leases.py.) Returns which of the turn's activities have limits."""
+        limited = self.dialect.fence_turn(conn, fence)
+        if limited is None:
+            raise LeaseLost(fence.instance_id)
+        return limited
 
-    def append_history(self, conn: Connection, instance_id: str, execution_id: int, events: list[HistoryEvent]) -> None:
-        if events:
-            conn.execute(
-                hot.INSERT_HISTORY,
-                [
-                    {
-                        "instance_id": instance_id,
-                        "execution_id": execution_id,
-                        "event_id": e.event_id,
-                        "kind": e.kind,
-                        "source_event_id": e.source_event_id,
-                        "timestamp_ms": e.timestamp_ms,
-                        "data": json.dumps(e.data, separators=(",", ":")),
-                    }
-                    for e in events
-                ],
-            )
+    def finish_instance(self, conn: Connection, instance_id: str, owner: str, **values: Any) -> None:
+        """Write the instance's new state and release its lease, fenced as a turn's commit is (`fence_turn`)."""
+        self.fence_turn(conn, TurnFence(instance_id, owner, 0, dict(values, updated_at=now_ms())))
 
     def add_work_items(
         self,
@@ -271,8 +255,9 @@ class TurnCommit(TurnStore, FlowStore):
                 conn.execute(hot.DELETE_KV_ALL, {"iid": instance_id})
 
     def update_execution(self, conn: Connection, instance_id: str, execution_id: int, **values: Any) -> None:
-        if values:  # most turns change nothing here: no statement for them
-            columns, params = set_clause(values, iid=instance_id, exec=execution_id)
+        """Set columns of an execution row (a turn's commit sets them in its fence: `fence_turn`)."""
+        if values:
+            columns, params = hot.set_clause(values, iid=instance_id, exec=execution_id)
             conn.execute(hot.update_execution(columns), params)
 
     def new_execution(

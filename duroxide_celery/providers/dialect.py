@@ -19,7 +19,9 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
+from ..replay.events import HistoryEvent
 from . import hot_statements as hot
+from .dto import CreatedInstance, TurnFence
 from .fair_lock import FairRLock
 from .schema import instances, timers
 from .turn_shapes import LeaseThenCommitTurn, OneTransactionTurn, TurnOps, TurnTransaction
@@ -53,9 +55,15 @@ class Dialect:
         """A connection for one read statement (callers run exactly one): a plain connection here."""
         return engine.connect()
 
-    def create_instance(self, conn: Connection, params: dict[str, Any]) -> bool:
+    def create_instance(self, conn: Connection, params: dict[str, Any]) -> CreatedInstance | None:
         """Insert an instance (`iid`, `name`, `version`, `parent`, `now`), its first execution and its
-        StartOrchestration message (`payload`); False if the id exists."""
+        StartOrchestration message (`payload`); None if the id exists."""
+        raise NotImplementedError
+
+    def fence_turn(self, conn: Connection, fence: TurnFence) -> set[str] | None:
+        """The first writes of a turn's commit, only while `fence.owner` holds the lease (None, and nothing
+        written, otherwise); the instance row stays locked until the commit. Returns which of the turn's activities
+        have limits."""
         raise NotImplementedError
 
     def create_instances(self, conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
@@ -152,9 +160,9 @@ class SqliteDialect(Dialect):
     def read_lock(self) -> AbstractContextManager[Any]:
         return self._write_lock if self._serialize_all else nullcontext()
 
-    def create_instance(self, conn: Connection, params: dict[str, Any]) -> bool:
+    def create_instance(self, conn: Connection, params: dict[str, Any]) -> CreatedInstance | None:
         if conn.execute(hot.INSERT_NEW_INSTANCE, params).first() is None:
-            return False
+            return None
         conn.execute(
             hot.INSERT_EXECUTION,
             {
@@ -175,7 +183,22 @@ class SqliteDialect(Dialect):
                 "created_at": params["now"],
             },
         )
-        return True
+        return CreatedInstance()  # its start limit is read by hold_start
+
+    def fence_turn(self, conn: Connection, fence: TurnFence) -> set[str] | None:
+        columns, params = hot.set_clause(fence.instance, iid=fence.instance_id, owner=fence.owner)
+        if not conn.execute(hot.finish_instance(columns), params).rowcount:
+            return None  # first: the fence; nothing else is written for a lease that is no longer ours
+        if fence.history:
+            conn.execute(hot.INSERT_HISTORY, _history_rows(fence.instance_id, fence.execution_id, fence.history))
+        if fence.consumed:
+            conn.execute(hot.DELETE_INBOX, {"ids": fence.consumed})
+        if fence.execution:  # most turns change nothing here: no statement for them
+            columns, params = hot.set_clause(fence.execution, iid=fence.instance_id, exec=fence.execution_id)
+            conn.execute(hot.update_execution(columns), params)
+        if not fence.activity_names:
+            return set()
+        return {r[0] for r in conn.execute(hot.LIMITED_NAMES, {"names": fence.activity_names}).all()}
 
     def complete_work_item(
         self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
@@ -257,8 +280,26 @@ class PostgresDialect(Dialect):
         # Autocommit, as single_read: one round trip where a transaction of one statement takes three.
         return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
-    def create_instance(self, conn: Connection, params: dict[str, Any]) -> bool:
-        return conn.execute(hot.CREATE_INSTANCE, params).first() is not None
+    def create_instance(self, conn: Connection, params: dict[str, Any]) -> CreatedInstance | None:
+        row = conn.execute(hot.CREATE_INSTANCE, params).first()
+        if row is None:
+            return None
+        return CreatedInstance((row[2], row[3]) if row[1] is not None else None, limit_read=True)
+
+    def fence_turn(self, conn: Connection, fence: TurnFence) -> set[str] | None:
+        instance_columns, params = hot.set_clause(fence.instance, iid=fence.instance_id, owner=fence.owner)
+        execution_columns, execution_params = hot.set_clause(fence.execution, "x_", exec=fence.execution_id)
+        params.update(execution_params, ids=fence.consumed, names=fence.activity_names)
+        events = fence.history
+        params.update(
+            h_event_id=[e.event_id for e in events],
+            h_kind=[e.kind for e in events],
+            h_source=[e.source_event_id for e in events],
+            h_timestamp=[e.timestamp_ms for e in events],
+            h_data=[_json(e.data) for e in events],
+        )
+        row = conn.execute(hot.fence_turn(instance_columns, execution_columns), params).first()
+        return None if row is None else set(row[1] or ())
 
     def complete_work_item(
         self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
@@ -291,6 +332,27 @@ class PostgresDialect(Dialect):
         self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
     ) -> TurnTransaction:
         return LeaseThenCommitTurn(ops, instance_id, owner, lease_ms, prefix)
+
+
+def _json(data: Any) -> str:
+    """A history event's data as stored: compact JSON."""
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _history_rows(instance_id: str, execution_id: int, events: list[HistoryEvent]) -> list[dict[str, Any]]:
+    """Rows of dx_history for INSERT_HISTORY (column names)."""
+    return [
+        {
+            "instance_id": instance_id,
+            "execution_id": execution_id,
+            "event_id": e.event_id,
+            "kind": e.kind,
+            "source_event_id": e.source_event_id,
+            "timestamp_ms": e.timestamp_ms,
+            "data": _json(e.data),
+        }
+        for e in events
+    ]
 
 
 def dialect_for(engine: Engine, *, serialize_all: bool = False) -> Dialect:

@@ -228,6 +228,31 @@ class InlineClaim:
 
 
 @dataclass
+class TurnFence:
+    """The writes that open a turn's commit (Dialect.fence_turn), all or nothing on the lease `owner` holds: the
+    instance row's new values (its lease released), the history appended, the messages consumed and the execution
+    row's new values; with the names of the activities the turn schedules, whose limits it reads (flow.py)."""
+
+    instance_id: str
+    owner: str
+    execution_id: int
+    instance: dict[str, Any]
+    execution: dict[str, Any] = field(default_factory=dict)
+    history: list[HistoryEvent] = field(default_factory=list)
+    consumed: list[int] = field(default_factory=list)
+    activity_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CreatedInstance:
+    """A new instance (Store.create_instance; truthy). `start_limit`: its orchestration's start limit (max_running,
+    key_limit), or None without one, when the statement that created it read it too (`limit_read`)."""
+
+    start_limit: tuple[int | None, int | None] | None = None
+    limit_read: bool = False
+
+
+@dataclass
 class PublishPlan:
     """What to publish once a turn's commit is durable (DESIGN invariant 3)."""
 

@@ -31,13 +31,12 @@ from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from .base import StoreBase, now_ms
-from .dto import PendingActivity
+from .dto import CreatedInstance, PendingActivity
 from .schema import FLOW_ADMITTED as ADMITTED
 from .schema import FLOW_HELD as HELD
+from .schema import LIMIT_ACTIVITY as ACTIVITY
+from .schema import LIMIT_ORCHESTRATION as ORCHESTRATION
 from .schema import admissions, flow_keys, instances, limits, sessions, work_items
-
-#: dx_limits.kind of an activity's limits, and of an orchestration's start limits.
-ACTIVITY, ORCHESTRATION = "activity", "orchestration"
 
 #: A rate: (admissions, per period in ms), e.g. (10, 1000) for "10/s".
 Rate = tuple[int, int]
@@ -144,10 +143,6 @@ def plan_admissions(
 
 
 _NAME = work_items.c.name == bindparam("act")
-#: The limits of activities (`names`, a list): which of a turn's activities are limited.
-LIMITED_NAMES = select(limits.c.name).where(
-    limits.c.kind == bindparam("lkind"), limits.c.name.in_(bindparam("names", expanding=True))
-)
 #: One activity's limits (`act`) and its admission count; LIMIT_OF_LOCKED also locks the row until commit (on
 #: PostgreSQL: admissions of one activity are serialized, so two never hand out the same slot).
 LIMIT_OF = select(
@@ -325,13 +320,6 @@ class FlowStore(StoreBase):
             ).all()
         return [_limit_of(*r) for r in rows]
 
-    def limited_names(self, conn: Connection, names: Iterable[str]) -> set[str]:
-        """Which of these activities have limits (their new rows start held)."""
-        wanted = sorted(set(names))
-        if not wanted:
-            return set()
-        return {r[0] for r in conn.execute(LIMITED_NAMES, {"lkind": ACTIVITY, "names": wanted}).all()}
-
     def admit(self, conn: Connection, names: Iterable[str], now: int) -> list[PendingActivity]:
         """Admit the held rows of these activities that their limits now allow, in the caller's transaction;
         returns them (to publish after the commit), routed to their session's live owner when it has one. Names
@@ -458,14 +446,20 @@ class FlowStore(StoreBase):
             ).all()
         return [ActivityLimit(*r) for r in rows]
 
-    def hold_start(self, conn: Connection, instance_id: str, name: str, key: str | None) -> list[tuple[str, str]]:
+    def hold_start(
+        self, conn: Connection, instance_id: str, name: str, key: str | None, created: CreatedInstance | None = None
+    ) -> list[tuple[str, str]]:
         """A new instance (created in the caller's transaction): when its orchestration has a start limit, hold it
         and admit what the limit allows (maybe this one); returns the instances to wake. Without a limit: the
-        instance alone, as before."""
-        row = conn.execute(LIMIT_OF, {"lkind": ORCHESTRATION, "act": name}).first()
-        if row is None:
+        instance alone, as before. `created`: what create_instance returned (the limit, if its statement read it)."""
+        if created is not None and created.limit_read:
+            limit = created.start_limit
+        else:
+            row = conn.execute(LIMIT_OF, {"lkind": ORCHESTRATION, "act": name}).first()
+            limit = (row[0], row[1]) if row is not None else None
+        if limit is None:
             return [(instance_id, name)]
-        why = _held_start_reason(name, row[0], row[1], key)
+        why = _held_start_reason(name, limit[0], limit[1], key)
         conn.execute(HOLD_START, {"iid": instance_id, "fkey": key or "", "why": why})
         return self.admit_starts(conn, name, now_ms())
 

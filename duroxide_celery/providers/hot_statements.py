@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -32,11 +33,24 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from .schema import FLOW_HELD, executions, history, inbox, instances, kv, limits, sessions, timers, work_items
+from .schema import (
+    FLOW_HELD,
+    LIMIT_ACTIVITY,
+    LIMIT_ORCHESTRATION,
+    executions,
+    history,
+    inbox,
+    instances,
+    kv,
+    limits,
+    sessions,
+    timers,
+    work_items,
+)
 
 
 class db_now_ms(FunctionElement[int]):  # noqa: N801 - reads as the SQL function it stands for
@@ -124,12 +138,28 @@ def _create_instance_pg() -> Any:
             bindparam("now", type_=BigInteger),
         ),
     )
-    return select(created.c.instance_id).add_cte(first_execution.cte("execution"), start_message.cte("message"))
+    # The orchestration's start limit, read in the same statement (flow.py `hold_start` decides with it).
+    start_limit = and_(limits.c.kind == LIMIT_ORCHESTRATION, limits.c.name == bindparam("name"))
+    return (
+        select(created.c.instance_id, limits.c.name, limits.c.max_running, limits.c.key_limit)
+        .select_from(created.outerjoin(limits, start_limit))
+        .add_cte(first_execution.cte("execution"), start_message.cte("message"))
+    )
 
 
 #: PostgreSQL: create an instance (`iid`, `name`, `version`, `parent`, `trace_context`, `now`), its first execution
-#: and its StartOrchestration message (`payload`) in one statement; returns the id only when the id was new.
+#: and its StartOrchestration message (`payload`) in one statement; returns a row only when the id was new: the id,
+#: then the orchestration's start limit (its name, max_running, key_limit; NULLs when it has none).
 CREATE_INSTANCE = _create_instance_pg()
+
+
+def set_clause(values: dict[str, Any], prefix: str = "v_", **where: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The column names a prebuilt UPDATE sets (its cache key) and its parameters (`<prefix><column>`, plus
+    `where`)."""
+    columns = tuple(sorted(values))
+    params = {f"{prefix}{c}": values[c] for c in columns}
+    params.update(where)
+    return columns, params
 
 
 @lru_cache(maxsize=64)
@@ -298,6 +328,60 @@ def finish_instance(columns: tuple[str, ...]) -> Any:
         .where(instances.c.instance_id == bindparam("iid"), instances.c.lock_owner == bindparam("owner"))
         .values(**values)
     )
+
+
+#: Which of these activities (`names`, a list) have limits (flow.py): their new rows start held.
+LIMITED_NAMES = select(limits.c.name).where(
+    limits.c.kind == LIMIT_ACTIVITY, limits.c.name.in_(bindparam("names", expanding=True))
+)
+
+
+@lru_cache(maxsize=64)
+def fence_turn(instance_columns: tuple[str, ...], execution_columns: tuple[str, ...]) -> Any:
+    """PostgreSQL: the first writes of a turn's commit in one statement, all or nothing on its lease: the fence
+    (finish_instance: `iid`, `owner`, `v_<column>`), the history (`exec`, one array per column: `h_event_id`,
+    `h_kind`, `h_source`, `h_timestamp`, `h_data`), the consumed messages (`ids`), the execution row (`x_<column>`).
+    Returns a row only when the lease was ours, with the names among `names` whose activities have limits."""
+    fence = finish_instance(instance_columns).returning(instances.c.instance_id).cte("fence")
+    rows = (
+        func.unnest(
+            bindparam("h_event_id", type_=ARRAY(Integer)),
+            bindparam("h_kind", type_=ARRAY(String)),
+            bindparam("h_source", type_=ARRAY(Integer)),
+            bindparam("h_timestamp", type_=ARRAY(BigInteger)),
+            bindparam("h_data", type_=ARRAY(Text)),
+        )
+        .table_valued("event_id", "kind", "source_event_id", "timestamp_ms", "data")
+        .render_derived(name="e")
+    )
+    # Each write joins the fence: none happens unless the fence's UPDATE did (and holds the instance's row lock).
+    appended = insert(history).from_select(
+        ["instance_id", "execution_id", "event_id", "kind", "source_event_id", "timestamp_ms", "data"],
+        select(
+            fence.c.instance_id,
+            bindparam("exec", type_=Integer),
+            rows.c.event_id,
+            rows.c.kind,
+            rows.c.source_event_id,
+            rows.c.timestamp_ms,
+            rows.c.data,
+        ).select_from(fence.join(rows, true())),
+    )
+    consumed = delete(inbox).where(
+        inbox.c.instance_id == fence.c.instance_id, inbox.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
+    )
+    writes = [appended.cte("appended"), consumed.cte("consumed")]
+    if execution_columns:
+        execution = (
+            update(executions)
+            .where(executions.c.instance_id == fence.c.instance_id, executions.c.execution_id == bindparam("exec"))
+            .values({c: bindparam(f"x_{c}") for c in execution_columns})
+        )
+        writes.append(execution.cte("execution"))
+    limited = select(func.array_agg(limits.c.name)).where(
+        limits.c.kind == LIMIT_ACTIVITY, limits.c.name == any_(bindparam("names", type_=ARRAY(String)))
+    )
+    return select(fence.c.instance_id, limited.scalar_subquery()).add_cte(*writes)
 
 
 def _work_item_key() -> Any:

@@ -175,6 +175,9 @@ work_items = Table(
 #: dx_work_items.flow_state of a row waiting for a slot of its activity's limit, and of one holding a slot.
 FLOW_HELD, FLOW_ADMITTED = "held", "admitted"
 
+#: dx_limits.kind of an activity's limits, and of an orchestration's start limits.
+LIMIT_ACTIVITY, LIMIT_ORCHESTRATION = "activity", "orchestration"
+
 limits = Table(
     "dx_limits",
     metadata,

@@ -15,6 +15,7 @@ from ..types import TERMINAL_STATUSES
 from . import hot_statements as hot
 from .base import StoreBase, now_ms
 from .dto import (
+    CreatedInstance,
     InstanceLease,
     LeaseLost,
     LoadedLease,
@@ -41,8 +42,8 @@ class TurnStore(StoreBase):
         parent: tuple[str, int, int] | None = None,
         now: int | None = None,
         trace_context: str | None = None,
-    ) -> bool:
-        """Insert an instance, its first execution and its StartOrchestration message. False if the id exists
+    ) -> CreatedInstance | None:
+        """Insert an instance, its first execution and its StartOrchestration message. None if the id exists
         (the first start wins). `trace_context`: the JSON its spans descend from (observability/otel.py)."""
         now = now or now_ms()
         payload: dict[str, Any] = {"name": name, "input": input_json, "version": version}

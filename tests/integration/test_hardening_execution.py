@@ -349,19 +349,19 @@ class _Item:
 def test_poison_decision_that_fails_to_commit_is_retried_and_counted_once(runtime_factory, client, caplog):
     rt = runtime_factory({"Probe": _probe, "Fine": lambda ctx, x: x}, options=RuntimeOptions(max_attempts=2))
     store = rt.store
-    real_append = store.append_history
+    real_fence = store.fence_turn
     failures = itertools.count(1)
 
-    def failing_append(conn: Any, instance_id: str, execution_id: int, events: list[Any]) -> None:
+    def failing_fence(conn: Any, fence: Any) -> set[str]:
         # Attempts 1 and 2 fail, then the commit of the first poison decision (attempt 3) fails too.
-        if instance_id == "poisoned" and next(failures) <= 3:
-            if any(e.kind == ev.ORCHESTRATION_FAILED for e in events):
+        if fence.instance_id == "poisoned" and next(failures) <= 3:
+            if any(e.kind == ev.ORCHESTRATION_FAILED for e in fence.history):
                 poison_commit_failed.set()
             raise RuntimeError("injected store failure")
-        real_append(conn, instance_id, execution_id, events)
+        return real_fence(conn, fence)
 
     poison_commit_failed = threading.Event()
-    store.append_history = failing_append  # type: ignore[method-assign]
+    store.fence_turn = failing_fence  # type: ignore[method-assign]
     with caplog.at_level(logging.ERROR, logger="duroxide_celery"):
         client.start_orchestration("poisoned", "Fine", 1)
         result = client.wait_for_orchestration("poisoned", WAIT_MS)

@@ -1,6 +1,7 @@
-"""The turn's statements on PostgreSQL, where one statement does what several did: the lease with the turn's reads
-(Store.lease_and_load). What they must keep: a lease reads the history and inbox as they are once it holds the
-lease, never as they were before a commit it waited for."""
+"""The turn's statements, where PostgreSQL runs one statement for what took several: the lease with the turn's
+reads (Store.lease_and_load), and the first writes of the commit with its fence (Store.fence_turn). What they must
+keep: a lease reads the history and inbox as they are once it holds the lease, never as they were before a commit
+it waited for; a fence that finds the lease gone writes nothing at all."""
 
 from __future__ import annotations
 
@@ -12,13 +13,19 @@ import sqlalchemy as sa
 
 from duroxide_celery import Client
 from duroxide_celery.providers.base import now_ms
-from duroxide_celery.providers.schema import history, inbox, instances
+from duroxide_celery.providers.dto import TurnFence
+from duroxide_celery.providers.flow import ActivityLimit
+from duroxide_celery.providers.schema import executions, history, inbox, instances
+from duroxide_celery.providers.store import LeaseLost
 from duroxide_celery.replay import events as ev
+from duroxide_celery.replay.events import HistoryEvent
 
 from .conftest import DB
 from .helpers import wait_until
 
-pytestmark = pytest.mark.skipif(DB != "postgres", reason="PostgreSQL's one-statement turn (SQLite keeps its steps)")
+postgres_only = pytest.mark.skipif(
+    DB != "postgres", reason="PostgreSQL's one-statement lease (SQLite's turn is one transaction)"
+)
 
 
 def _started(provider: Any, instance_id: str) -> Any:
@@ -26,6 +33,7 @@ def _started(provider: Any, instance_id: str) -> Any:
     return provider.store
 
 
+@postgres_only
 def test_the_lease_statement_reads_the_turn_and_only_the_history_after_the_prefix(provider):
     store = _started(provider, "ll-1")
     with store.write() as conn:
@@ -49,6 +57,7 @@ def test_the_lease_statement_reads_the_turn_and_only_the_history_after_the_prefi
     assert again is not None and [e.event_id for e in again.load[0]] == [1, 2, 3] and again.after == 0
 
 
+@postgres_only
 def test_a_lease_that_waited_for_a_lapsed_holders_commit_reads_what_that_commit_wrote(provider):
     """The lapsed holder commits while our lease statement waits for its row lock. PostgreSQL would then lease the
     row version that commit wrote, yet read the other tables as of the statement's start: the messages that commit
@@ -83,3 +92,46 @@ def test_a_lease_that_waited_for_a_lapsed_holders_commit_reads_what_that_commit_
     events, messages, _ = loaded.load
     assert [m[1]["kind"] for m in messages] == ["Later"]  # not the consumed StartOrchestration
     assert [e.event_id for e in events] == [1]
+
+
+def _fence(owner: str, store: Any) -> TurnFence:
+    [(msg_id,)] = _rows(store, sa.select(inbox.c.id))
+    fence = TurnFence("f-1", owner, 1, {"status": "Completed", "output": '"done"', "updated_at": now_ms()})
+    fence.execution = {"status": "Completed", "output": '"done"', "completed_at": now_ms()}
+    fence.history = [HistoryEvent(1, "OrchestrationStarted", {"name": "X"}, None, 5), HistoryEvent(2, "K", {}, 1, 6)]
+    fence.consumed, fence.activity_names = [msg_id], ["Limited", "Free"]
+    return fence
+
+
+def _rows(store: Any, query: Any) -> list[Any]:
+    with store.read() as conn:
+        return list(conn.execute(query).all())
+
+
+def _state(store: Any) -> tuple[Any, ...]:
+    return (
+        _rows(store, sa.select(instances.c.status, instances.c.lock_owner, instances.c.output)),
+        _rows(store, sa.select(executions.c.status, executions.c.output)),
+        _rows(store, sa.select(history.c.event_id, history.c.kind, history.c.source_event_id, history.c.data)),
+        len(_rows(store, sa.select(inbox.c.id))),
+    )
+
+
+def test_a_fence_writes_everything_while_the_lease_is_ours_and_nothing_once_it_is_not(provider):
+    store = _started(provider, "f-1")
+    store.set_limit(ActivityLimit("Limited", limit=1))
+    assert store.acquire_instance("f-1", "mine", 60_000) is not None
+    before = _state(store)
+    with store.write() as conn:  # committed: what the refused fence wrote would stay
+        assert store.dialect.fence_turn(conn, _fence("not-mine", store)) is None
+    assert _state(store) == before
+    with pytest.raises(LeaseLost), store.write() as conn:
+        store.fence_turn(conn, _fence("not-mine", store))
+    with store.write() as conn:
+        assert store.fence_turn(conn, _fence("mine", store)) == {"Limited"}
+    assert _state(store) == (
+        [("Completed", None, '"done"')],
+        [("Completed", '"done"')],
+        [(1, "OrchestrationStarted", None, '{"name":"X"}'), (2, "K", 1, "{}")],
+        0,
+    )
