@@ -44,7 +44,8 @@ _KIND_PATTERNS = [
     (re.compile(r"^\s*UPDATE\s+" + _TABLE, re.I), "UPDATE"),
     (re.compile(r"^\s*DELETE\s+FROM\s+" + _TABLE, re.I), "DELETE"),
     (re.compile(r"^\s*SELECT\b.*?\bFROM\s+" + _TABLE, re.I | re.S), "SELECT"),
-    (re.compile(r"^\s*WITH\b.*?\b(?:INTO|UPDATE|FROM)\s+" + _TABLE, re.I | re.S), "WITH"),
+    # The first table, not a function (`extract(epoch from clock_timestamp())`).
+    (re.compile(r"^\s*WITH\b.*?\b(?:INTO|UPDATE|FROM)\s+" + _TABLE + r"\b(?!\()", re.I | re.S), "WITH"),
 ]
 
 
