@@ -55,7 +55,7 @@ class TurnCommit(TurnStore, FlowStore):
 
     def commit_turn(self, lease: InstanceLease, changes: TurnChanges, *, conn: Connection) -> PublishPlan:
         """Write everything a turn decided, in the caller's transaction (TurnTransaction.commit opens it); returns
-        what to publish once it commits (whether more messages wait is read after the commit: turn_shapes.py)."""
+        what to publish once it commits, and whether more messages may wait (turn_shapes.py)."""
         instance_id, exec_id = lease.instance_id, lease.execution_id
         now = now_ms()
         # An instance that held a slot of its orchestration's start limit gives it back as it ends (flow.py).
@@ -68,7 +68,8 @@ class TurnCommit(TurnStore, FlowStore):
         instance_values = dict(instance_values, updated_at=now)
         fence = TurnFence(instance_id, lease.owner, exec_id, instance_values, changes.execution, changes.history)
         fence.consumed, fence.activity_names = changes.consumed, sorted({a.name for a in activities})
-        limited = self.fence_turn(conn, fence)
+        fence.refused_pokes = lease.refused_pokes
+        limited, more = self.fence_turn(conn, fence)
         inline = _inline_claim(changes, limited)
         self.add_work_items(
             conn,
@@ -109,6 +110,7 @@ class TurnCommit(TurnStore, FlowStore):
             activities=[a for a in publish if a.name not in limited and a.event_id != claimed] + admitted,
             pokes=pokes,
             first_timer_at=min((t.fire_at_ms for t in changes.timers), default=None),
+            more=more,
             inline=_claimed_item(lease, changes, inline) if inline is not None else None,
         )
 
@@ -138,16 +140,17 @@ class TurnCommit(TurnStore, FlowStore):
             pokes.append((note.instance_id, self.orchestration_name(conn, note.instance_id)))
         return pokes
 
-    def fence_turn(self, conn: Connection, fence: TurnFence) -> set[str]:
+    def fence_turn(self, conn: Connection, fence: TurnFence) -> tuple[set[str], bool]:
         """The first writes of every turn's commit, and its fence (Dialect.fence_turn): they prove the lease is
         still ours (LeaseLost aborts the whole turn otherwise) and row-lock the instance until the commit, so a
         worker that takes over a lease that lapsed mid-turn waits for our commit instead of racing it. (A plain read
         as the fence once let a lapsed lease be taken between the check and the commit: tests/production/
-        test_leases.py.) Returns which of the turn's activities have limits."""
-        limited = self.dialect.fence_turn(conn, fence)
-        if limited is None:
+        test_leases.py.) Returns which of the turn's activities have limits, and whether messages may wait (a
+        poke was refused while the lease was held)."""
+        fenced = self.dialect.fence_turn(conn, fence)
+        if fenced is None:
             raise LeaseLost(fence.instance_id)
-        return limited
+        return fenced
 
     def finish_instance(self, conn: Connection, instance_id: str, owner: str, **values: Any) -> None:
         """Write the instance's new state and release its lease, fenced as a turn's commit is (`fence_turn`)."""

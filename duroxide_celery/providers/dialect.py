@@ -60,10 +60,10 @@ class Dialect:
         StartOrchestration message (`payload`); None if the id exists."""
         raise NotImplementedError
 
-    def fence_turn(self, conn: Connection, fence: TurnFence) -> set[str] | None:
+    def fence_turn(self, conn: Connection, fence: TurnFence) -> tuple[set[str], bool] | None:
         """The first writes of a turn's commit, only while `fence.owner` holds the lease (None, and nothing
         written, otherwise); the instance row stays locked until the commit. Returns which of the turn's activities
-        have limits."""
+        have limits, and whether a poke was refused while the lease was held (messages may wait)."""
         raise NotImplementedError
 
     def create_instances(self, conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
@@ -185,7 +185,8 @@ class SqliteDialect(Dialect):
         )
         return CreatedInstance()  # its start limit is read by hold_start
 
-    def fence_turn(self, conn: Connection, fence: TurnFence) -> set[str] | None:
+    def fence_turn(self, conn: Connection, fence: TurnFence) -> tuple[set[str], bool] | None:
+        # Nobody can write a message while a turn holds SQLite's only write transaction: none waits.
         columns, params = hot.set_clause(fence.instance, iid=fence.instance_id, owner=fence.owner)
         if not conn.execute(hot.finish_instance(columns), params).rowcount:
             return None  # first: the fence; nothing else is written for a lease that is no longer ours
@@ -197,8 +198,8 @@ class SqliteDialect(Dialect):
             columns, params = hot.set_clause(fence.execution, iid=fence.instance_id, exec=fence.execution_id)
             conn.execute(hot.update_execution(columns), params)
         if not fence.activity_names:
-            return set()
-        return {r[0] for r in conn.execute(hot.LIMITED_NAMES, {"names": fence.activity_names}).all()}
+            return set(), False
+        return {r[0] for r in conn.execute(hot.LIMITED_NAMES, {"names": fence.activity_names}).all()}, False
 
     def complete_work_item(
         self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
@@ -286,7 +287,7 @@ class PostgresDialect(Dialect):
             return None
         return CreatedInstance((row[2], row[3]) if row[1] is not None else None, limit_read=True)
 
-    def fence_turn(self, conn: Connection, fence: TurnFence) -> set[str] | None:
+    def fence_turn(self, conn: Connection, fence: TurnFence) -> tuple[set[str], bool] | None:
         instance_columns, params = hot.set_clause(fence.instance, iid=fence.instance_id, owner=fence.owner)
         execution_columns, execution_params = hot.set_clause(fence.execution, "x_", exec=fence.execution_id)
         params.update(execution_params, ids=fence.consumed, names=fence.activity_names)
@@ -299,7 +300,7 @@ class PostgresDialect(Dialect):
             h_data=[_json(e.data) for e in events],
         )
         row = conn.execute(hot.fence_turn(instance_columns, execution_columns), params).first()
-        return None if row is None else set(row[1] or ())
+        return None if row is None else (set(row[1] or ()), row[0] != fence.refused_pokes)
 
     def complete_work_item(
         self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]

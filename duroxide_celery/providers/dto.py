@@ -34,6 +34,8 @@ class InstanceLease:
     owner: str = ""
     #: 'admitted' when the instance holds a slot of its orchestration's start limit (its end frees it); else None.
     flow_state: str | None = None
+    #: The instance's count of refused pokes when this lease was taken (PostgreSQL; turn_shapes.py).
+    refused_pokes: int = 0
 
 
 @dataclass
@@ -241,6 +243,9 @@ class TurnFence:
     history: list[HistoryEvent] = field(default_factory=list)
     consumed: list[int] = field(default_factory=list)
     activity_names: list[str] = field(default_factory=list)
+    #: The instance's count of refused pokes when the lease was taken: a different count at the fence means a
+    #: message arrived while the lease was held (PostgreSQL; turn_shapes.py).
+    refused_pokes: int = 0
 
 
 @dataclass
@@ -262,7 +267,7 @@ class PublishPlan:
     pokes: list[tuple[str, str | None]] = field(default_factory=list)
     #: When the earliest timer this turn created fires (epoch ms), if it created any.
     first_timer_at: int | None = None
-    #: Whether more messages wait for this instance (read after the commit's fence).
+    #: Whether more messages may wait for this instance (a poke was refused while the turn held its lease).
     more: bool = False
     #: The activity row the commit claimed for this worker to run now (TurnChanges.inline_claim), if any.
     inline: ClaimedWorkItem | None = None

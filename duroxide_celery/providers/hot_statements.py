@@ -22,10 +22,12 @@ from sqlalchemy import (
     case,
     cast,
     delete,
+    false,
     func,
     insert,
     literal,
     literal_column,
+    not_,
     or_,
     select,
     true,
@@ -203,16 +205,22 @@ KV_SNAPSHOT = select(executions.c.kv_snapshot).where(
 )
 
 
-def _lease_conditions(require_inbox: bool) -> list[Any]:
-    """WHERE clause of a lease on an instance (`iid`): free, or its lease expired by the database's clock; not
-    backed off (`now`); not a start held by a limit; (`require_inbox`) with a pending message."""
+def _lease_free() -> Any:
+    """The instance's lease is free, or expired by the database's clock."""
+    return or_(instances.c.lock_owner.is_(None), instances.c.locked_until < db_now_ms())
+
+
+def _lease_conditions(require_inbox: bool, held_too: bool = False) -> list[Any]:
+    """WHERE clause of a lease on an instance (`iid`): free, or its lease expired by the database's clock (unless
+    `held_too`); not backed off (`now`); not a start held by a limit; (`require_inbox`) with a pending message."""
     conditions = [
         instances.c.instance_id == bindparam("iid"),
-        or_(instances.c.lock_owner.is_(None), instances.c.locked_until < db_now_ms()),
         instances.c.next_attempt_at <= bindparam("now"),  # set from a worker's clock: compared with one
         # A start held by its orchestration's limit waits for admission (providers/flow.py): no turn runs for it.
         or_(instances.c.flow_state.is_(None), instances.c.flow_state != FLOW_HELD),
     ]
+    if not held_too:
+        conditions.append(_lease_free())
     if require_inbox:
         conditions.append(select(inbox.c.id).where(inbox.c.instance_id == bindparam("iid")).exists())
     return conditions
@@ -237,15 +245,11 @@ _LEASE_VALUES: dict[str, Any] = {
 }
 
 
-def _acquire(require_inbox: bool) -> Any:
-    return update(instances).where(*_lease_conditions(require_inbox)).values(**_LEASE_VALUES).returning(*_LEASE_COLUMNS)
-
-
 #: Lease a free (or expired) instance that is not backed off (`iid`, `now`, `owner`, `lease_ms`); returns its
 #: state. The lease runs `lease_ms` from the database's clock (`db_now_ms`).
-ACQUIRE = _acquire(require_inbox=False)
-#: ACQUIRE, only when the instance has a pending message.
-ACQUIRE_WITH_INBOX = _acquire(require_inbox=True)
+ACQUIRE = (
+    update(instances).where(*_lease_conditions(require_inbox=False)).values(**_LEASE_VALUES).returning(*_LEASE_COLUMNS)
+)
 
 
 def _json_rows(*columns: Any, order_by: Any) -> Any:
@@ -278,29 +282,44 @@ def _lease_and_load_pg() -> Any:
     )
     # PostgreSQL re-checks an UPDATE's WHERE on a row version committed after the statement's snapshot (a lapsed
     # holder's commit), yet reads every other table as of that snapshot: the history and inbox of before that
-    # commit. So the lease takes only the row version the snapshot sees (its xmin: the transaction that wrote it).
+    # commit. So the lease is taken only on the row version the snapshot sees (its xmin: the transaction that wrote
+    # it); a later version is written only when a turn holds it (the refusal is counted, nothing is read).
     version: Any = literal_column(f"{instances.name}.xmin")
-    seen = select(version.label("v")).where(*_lease_conditions(require_inbox=True)).cte("seen")
+    seen = select(version.label("v")).where(*_lease_conditions(require_inbox=True, held_too=True)).cte("seen")
+    clock = select(db_now_ms().label("t")).cte("clock")  # read once: each row version is free or held, not both
+    free = or_(instances.c.lock_owner.is_(None), instances.c.locked_until < select(clock.c.t).scalar_subquery())
+    taken = func.coalesce(instances.c.lock_owner == bindparam("owner"), false())  # a refusal: false, never NULL
     leased = (
         update(instances)
-        .where(*_lease_conditions(require_inbox=True), version == select(seen.c.v).scalar_subquery())
-        .values(**_LEASE_VALUES)
+        .where(
+            *_lease_conditions(require_inbox=True, held_too=True),
+            or_(version == select(seen.c.v).scalar_subquery(), not_(free)),
+        )
+        .values(
+            {name: case((free, value), else_=instances.c[name]) for name, value in _LEASE_VALUES.items()},
+        )
+        # A lease held: this poke is refused, and counted for the holder's commit (turn_shapes.py).
+        .values(refused_pokes=instances.c.refused_pokes + case((free, 0), else_=1))
         .returning(
+            taken.label("taken"),
             *_LEASE_COLUMNS,
+            instances.c.refused_pokes,
             instances.c.trace_context,
-            messages.correlate(instances).scalar_subquery().label("messages"),
-            events.correlate(instances).scalar_subquery().label("events"),
-            snapshot.correlate(instances).scalar_subquery().label("kv_snapshot"),
+            case((taken, messages.correlate(instances).scalar_subquery())).label("messages"),
+            case((taken, events.correlate(instances).scalar_subquery())).label("events"),
+            case((taken, snapshot.correlate(instances).scalar_subquery())).label("kv_snapshot"),
         )
         .cte("leased")
     )
     return select(leased).select_from(seen).outerjoin(leased, true())
 
 
-#: PostgreSQL: ACQUIRE_WITH_INBOX and the turn's reads in one statement (`iid`, `now`, `owner`, `lease_ms`,
-#: `prefix_exec`, `prefix_after`): no row when the instance is held, backed off or has no message; a row of NULLs
-#: when the row changed after the statement's snapshot (ask again); else the lease's columns, the trace context,
-#: the pending messages and the history (JSON texts) and the execution's KV snapshot.
+#: PostgreSQL: a lease and the turn's reads in one statement (`iid`, `now`, `owner`, `lease_ms`, `prefix_exec`,
+#: `prefix_after`). No row when the instance is backed off, held by a start limit or has no message; a row of
+#: NULLs when the lease was free in a row version committed after the statement's snapshot (ask again); a row that
+#: is not `taken` when another turn holds the lease (the poke is counted in refused_pokes); else the lease's
+#: columns, the refused pokes it saw, the trace context, the pending messages and the history (JSON texts) and the
+#: execution's KV snapshot.
 LEASE_AND_LOAD = _lease_and_load_pg()
 
 #: Extend the lease `owner` holds on an instance (`iid`) to `lease_ms` from now (a long turn); no row when lost.
@@ -341,8 +360,9 @@ def fence_turn(instance_columns: tuple[str, ...], execution_columns: tuple[str, 
     """PostgreSQL: the first writes of a turn's commit in one statement, all or nothing on its lease: the fence
     (finish_instance: `iid`, `owner`, `v_<column>`), the history (`exec`, one array per column: `h_event_id`,
     `h_kind`, `h_source`, `h_timestamp`, `h_data`), the consumed messages (`ids`), the execution row (`x_<column>`).
-    Returns a row only when the lease was ours, with the names among `names` whose activities have limits."""
-    fence = finish_instance(instance_columns).returning(instances.c.instance_id).cte("fence")
+    Returns a row only when the lease was ours: the instance's refused pokes (the row's latest count: the fence
+    waited for any refusal in flight) and the names among `names` whose activities have limits."""
+    fence = finish_instance(instance_columns).returning(instances.c.instance_id, instances.c.refused_pokes).cte("fence")
     rows = (
         func.unnest(
             bindparam("h_event_id", type_=ARRAY(Integer)),
@@ -381,7 +401,7 @@ def fence_turn(instance_columns: tuple[str, ...], execution_columns: tuple[str, 
     limited = select(func.array_agg(limits.c.name)).where(
         limits.c.kind == LIMIT_ACTIVITY, limits.c.name == any_(bindparam("names", type_=ARRAY(String)))
     )
-    return select(fence.c.instance_id, limited.scalar_subquery()).add_cte(*writes)
+    return select(fence.c.refused_pokes, limited.scalar_subquery()).add_cte(*writes)
 
 
 def _work_item_key() -> Any:

@@ -91,6 +91,9 @@ instances = Table(
     # while it is Running).
     Column("flow_key", String(256), nullable=False, server_default=""),  # no Python default: CTE inserts omit it
     Column("flow_state", String(16)),
+    # Pokes refused while a turn held the lease (PostgreSQL): that turn's commit compares it with the count its
+    # lease saw, to learn whether messages arrived meanwhile (providers/turn_shapes.py).
+    Column("refused_pokes", Integer, nullable=False, server_default="0"),  # no Python default: CTE inserts omit it
     Index("ix_dx_instances_parent", "parent_instance_id"),
     # Listing page by page (dashboard): newest first, optionally by status or name, and by id prefix.
     Index("ix_dx_instances_created", "created_at", "instance_id"),

@@ -4,12 +4,16 @@ A turn leases its instance, loads its history and inbox, replays (no I/O), then 
 fenced by the lease (DESIGN invariant 2). SQLite has one writer at a time anyway: lease, load, replay and commit
 run in one write transaction, which halves the commits, and nothing can reach the inbox meanwhile. PostgreSQL:
 one statement takes the lease and reads what the replay needs, committing as it runs; the replay holds no
-transaction, and the turn commits in a transaction whose first statement proves the lease is still ours. A
-message that arrives while the lease is held finds its poke refused: its lease statement does not wait for our
-commit, since the row version it reads still shows our lease (even while our commit holds the row lock). So once
-the commit is durable, the turn reads the inbox again: a message committed before that read is taken by this
-task's next turn, and one committed after it finds the lease free for its own poke. Such a message is never left
-behind.
+transaction, and the turn commits in a transaction whose first statement proves the lease is still ours.
+
+A message that arrives while the lease is held must not be left behind (PostgreSQL). Its poke's lease statement
+either takes the lease (its snapshot shows it free: it reads the message), or finds it held and counts itself in
+the instance row (`refused_pokes`), on the row version its snapshot sees; a version changed since, such as our
+commit's, makes it look again with a new snapshot. The commit's first statement row-locks the instance and returns
+that count as of the latest version: a refusal committed before it shows (`PublishPlan.more`: this task takes
+another turn), and one that comes after it waits for our commit, then finds the lease free. A turn that ends
+without a commit (`release`) reads the inbox once its release is durable instead: a message committed before that
+read is taken by this task's next turn, and one committed after it finds the lease free for its own poke.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class TurnOps(Protocol):
     def lease_transaction(self) -> AbstractContextManager[Connection]: ...
     def has_inbox(self, instance_id: str, conn: Connection | None = None) -> bool: ...
     def acquire_instance(
-        self, instance_id: str, owner: str, lease_ms: int, conn: Connection | None = None, require_inbox: bool = False
+        self, instance_id: str, owner: str, lease_ms: int, conn: Connection | None = None
     ) -> InstanceLease | None: ...
     def lease_and_load(
         self, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
@@ -117,20 +121,18 @@ class TurnTransaction:
 
     def commit(self, changes: TurnChanges) -> PublishPlan:
         """Commit everything the turn decided (Store.commit_turn), fenced by the lease (LeaseLost when it was
-        taken over); returns what to publish now that it is durable."""
+        taken over); returns what to publish now that it is durable, and whether messages may wait (`more`)."""
         lease = self.lease
         if lease is None:
             raise RuntimeError("a turn that holds no lease has nothing to commit")
-        plan = self._in_commit(lambda conn: self.ops.commit_turn(lease, changes, conn=conn))
-        plan.more = self._more_waiting()
-        return plan
+        return self._in_commit(lambda conn: self.ops.commit_turn(lease, changes, conn=conn))
 
     def _in_commit(self, write: Callable[[Connection], T]) -> T:
         """Run `write(conn)` in the commit transaction, and commit it."""
         raise NotImplementedError
 
     def _more_waiting(self) -> bool:
-        """After the commit: whether messages may have arrived for the instance while the lease was held."""
+        """After a release: whether messages may have arrived for the instance while the lease was held."""
         raise NotImplementedError
 
     def release(
@@ -249,7 +251,7 @@ class LeaseThenCommitTurn(TurnTransaction):
             return write(commit_conn)
 
     def _more_waiting(self) -> bool:
-        # Read after the commit, never inside it: see the module docstring.
+        # Read after the release, never inside it: see the module docstring.
         return self.ops.has_inbox(self.instance_id)
 
     def record_failed_attempt(self, cause: str) -> None:

@@ -24,10 +24,6 @@ from .dto import (
 )
 from .schema import FLOW_ADMITTED, FLOW_HELD, instances
 
-#: How many times a lease statement is asked again after the instance row changed under it (each time, another
-#: transaction committed a change to the row meanwhile: a lapsed holder's commit, a release).
-LEASE_TRIES = 3
-
 
 class TurnStore(StoreBase):
     """Starts, leases and turn reads (the orchestrator's hot path; its statements are prebuilt)."""
@@ -103,39 +99,38 @@ class TurnStore(StoreBase):
             return str(row[1])
 
     def acquire_instance(
-        self, instance_id: str, owner: str, lease_ms: int, conn: Connection | None = None, require_inbox: bool = False
+        self, instance_id: str, owner: str, lease_ms: int, conn: Connection | None = None
     ) -> InstanceLease | None:
-        """Lease the instance for a turn; None if another worker holds it, it is backed off, or (`require_inbox`)
-        it has no pending message, which spares a duplicate poke any write. The lease runs `lease_ms` from the
-        database's clock, and only a lease expired by that clock can be taken over."""
-        statement = hot.ACQUIRE_WITH_INBOX if require_inbox else hot.ACQUIRE
+        """Lease the instance for a turn; None if another worker holds it or it is backed off. The lease runs
+        `lease_ms` from the database's clock, and only a lease expired by that clock can be taken over."""
         params = {"iid": instance_id, "now": now_ms(), "owner": owner, "lease_ms": lease_ms}
         with self._writing(conn) as conn:
-            row = conn.execute(statement, params).first()
+            row = conn.execute(hot.ACQUIRE, params).first()
         return None if row is None else _lease(instance_id, owner, row)
 
     def lease_and_load(
         self, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
     ) -> LoadedLease | None:
-        """PostgreSQL (a turn whose lease commits first): `acquire_instance(require_inbox=True)` and `load_turn` in
-        one statement that commits by itself; None when refused. `prefix`: (execution id, event id) of the history
-        the caller holds already; only the events after it are read when the lease is for that execution."""
+        """PostgreSQL (a turn whose lease commits first): `acquire_instance`, only with a pending message (which
+        spares a duplicate poke any write), and `load_turn`, in one statement that commits by itself. None when
+        refused; a refusal because another turn holds the lease is counted, and that turn's commit learns of it.
+        `prefix`: (execution id, event id) of the history the caller holds already; only the events after it are
+        read when the lease is for that execution."""
         exec_hint, after_hint = prefix if prefix is not None else (None, 0)
         params = {"iid": instance_id, "owner": owner, "lease_ms": lease_ms, "prefix_exec": exec_hint}
         params["prefix_after"] = after_hint
-        for _ in range(LEASE_TRIES):
+        while True:
             params["now"] = now_ms()
             with self.lease_statement() as conn:
                 row = conn.execute(hot.LEASE_AND_LOAD, params).first()
-            if row is None:
-                return None  # held, backed off, held by a start limit, or no message
-            if row[0] is not None:
+            if row is None or row[0] is False:
+                return None  # backed off, held by a start limit, or no message; or held (a refused poke, counted)
+            if row[0]:
                 break
-            # The row changed after the statement's snapshot (see hot.LEASE_AND_LOAD): ask again.
-        else:
-            return None
-        lease = _lease(instance_id, owner, row[:8])
-        trace_context, messages, events, snapshot = row[8:]
+            # The row changed after the statement's snapshot (hot.LEASE_AND_LOAD): ask again. Each time, another
+            # transaction committed to the row meanwhile; a poke must end leased or counted, never dropped.
+        lease = _lease(instance_id, owner, row[1:9])
+        lease.refused_pokes, trace_context, messages, events, snapshot = row[9:]
         load = (
             _events(json.loads(events)) if events else [],
             _messages(json.loads(messages)) if messages else [],

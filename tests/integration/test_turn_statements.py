@@ -1,7 +1,8 @@
 """The turn's statements, where PostgreSQL runs one statement for what took several: the lease with the turn's
 reads (Store.lease_and_load), and the first writes of the commit with its fence (Store.fence_turn). What they must
 keep: a lease reads the history and inbox as they are once it holds the lease, never as they were before a commit
-it waited for; a fence that finds the lease gone writes nothing at all."""
+it waited for; a poke that finds the lease held is counted, and the holder's fence sees the count; a fence that
+finds the lease gone writes nothing at all."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_the_lease_statement_reads_the_turn_and_only_the_history_after_the_prefi
     assert [e.event_id for e in events] == [3] and loaded.after == 2
     assert [m[1]["kind"] for m in messages] == [ev.MSG_START] and messages[0][1]["input"] == '{"n":1}'
     assert snapshot == {}
-    assert store.lease_and_load("ll-1", "owner-2", 60_000) is None  # held
+    assert store.lease_and_load("ll-1", "owner-2", 60_000) is None  # held (the refused poke is counted)
     with store.write() as conn:
         conn.execute(sa.update(instances).values(locked_until=0))
     again = store.lease_and_load("ll-1", "owner-2", 60_000, prefix=(7, 2))  # a prefix of another execution
@@ -128,10 +129,59 @@ def test_a_fence_writes_everything_while_the_lease_is_ours_and_nothing_once_it_i
     with pytest.raises(LeaseLost), store.write() as conn:
         store.fence_turn(conn, _fence("not-mine", store))
     with store.write() as conn:
-        assert store.fence_turn(conn, _fence("mine", store)) == {"Limited"}
+        assert store.fence_turn(conn, _fence("mine", store)) == ({"Limited"}, False)
     assert _state(store) == (
         [("Completed", None, '"done"')],
         [("Completed", '"done"')],
         [(1, "OrchestrationStarted", None, '{"name":"X"}'), (2, "K", 1, "{}")],
         0,
     )
+
+
+@postgres_only
+def test_a_poke_refused_while_the_lease_is_held_is_counted_and_the_holders_fence_sees_it(provider):
+    store = _started(provider, "f-2")
+    lease = store.lease_and_load("f-2", "holder", 60_000)
+    assert lease is not None
+    fence = TurnFence("f-2", "holder", 1, {"updated_at": now_ms()}, refused_pokes=lease.lease.refused_pokes)
+    with store.connection() as conn, conn.begin() as transaction:
+        assert store.fence_turn(conn, fence) == (set(), False)  # nobody was refused: no message waits
+        transaction.rollback()  # undone: the lease is still held
+    assert store.get_instance("f-2")["lock_owner"] == "holder"
+    assert store.lease_and_load("f-2", "poked", 60_000) is None  # refused, and counted
+    with store.write() as conn:
+        assert store.fence_turn(conn, fence) == (set(), True)
+
+
+@postgres_only
+def test_a_poke_that_waits_for_the_holders_commit_then_takes_the_lease_and_reads_its_message(provider):
+    """A message committed while the holder's commit is in flight: its poke's lease statement, which saw the lease
+    held, waits for the row lock the fence holds, then must take the lease (with what the commit left), neither
+    be refused uncounted nor read the inbox of before the commit."""
+    store = _started(provider, "f-3")
+    loaded = store.lease_and_load("f-3", "holder", 60_000)
+    assert loaded is not None
+    [(start_id, _)] = loaded.load[1]
+    holder = store.engine.connect()
+    commit = holder.begin()
+    holder_pid = holder.execute(sa.text("select pg_backend_pid()")).scalar()
+    fence = TurnFence("f-3", "holder", 1, {"updated_at": now_ms()}, consumed=[start_id])
+    fence.history = [HistoryEvent(1, "OrchestrationStarted", {"name": "X"}, None, 5)]
+    assert store.fence_turn(holder, fence) == (set(), False)
+    with store.write() as conn:  # the message, committed while the commit is in flight
+        conn.execute(sa.insert(inbox).values(instance_id="f-3", kind="Later", payload="{}", created_at=now_ms()))
+    leased: list[Any] = []
+    taker = threading.Thread(target=lambda: leased.append(store.lease_and_load("f-3", "taker", 60_000)))
+    taker.start()
+    try:
+        with store.single_read() as conn:  # the taker waits for the fence's row lock
+            blocked = sa.text("select count(*) from pg_stat_activity where :pid = any(pg_blocking_pids(pid))")
+            wait_until(lambda: conn.execute(blocked, {"pid": holder_pid}).scalar() == 1, what="the taker to wait")
+        commit.commit()
+    finally:
+        holder.close()
+        taker.join()
+    [taken] = leased
+    assert taken is not None and taken.lease.owner == "taker"
+    events, messages, _ = taken.load
+    assert [m[1]["kind"] for m in messages] == ["Later"] and [e.event_id for e in events] == [1]

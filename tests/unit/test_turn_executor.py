@@ -85,9 +85,7 @@ class FakeStore:
     def has_inbox(self, instance_id: str, conn: Any = None) -> bool:
         return bool(self.messages)
 
-    def acquire_instance(
-        self, instance_id: str, owner: str, lease_ms: int, conn: Any = None, require_inbox: bool = False
-    ) -> InstanceLease | None:
+    def acquire_instance(self, instance_id: str, owner: str, lease_ms: int, conn: Any = None) -> InstanceLease | None:
         self.calls.append("acquire")
         self.acquired += 1
         if self.lease is not None:
@@ -97,7 +95,7 @@ class FakeStore:
     def lease_and_load(self, instance_id: str, owner: str, lease_ms: int, prefix: Any = None) -> Any:
         """The lease and the turn's reads in one statement that commits as it runs (PostgreSQL)."""
         with self._transaction("lease"):
-            lease = self.acquire_instance(instance_id, owner, lease_ms, require_inbox=True)
+            lease = self.acquire_instance(instance_id, owner, lease_ms)
             return None if lease is None else LoadedLease(lease, self.load_turn(instance_id, lease.execution_id), 0)
 
     def load_turn(self, instance_id: str, execution_id: int, after_event_id: int = 0, conn: Any = None) -> Any:
@@ -122,6 +120,8 @@ class FakeStore:
             raise LeaseLost(lease.instance_id)
         self.commits.append(changes)
         self.messages = []
+        # A message committed while the lease was held: its poke was refused and counted, which the fence reads.
+        more = self.arrives_during_commit is not None
         if self.arrives_during_commit is not None:
             self.messages, self.arrives_during_commit = [self.arrives_during_commit], None
             self.lease = None  # the next turn's lease goes to whoever took the new message's poke
@@ -129,7 +129,8 @@ class FakeStore:
             PendingActivity(lease.instance_id, lease.execution_id, a.event_id, a.name, a.session_id, a.tag)
             for a in changes.activities
         ]
-        return PublishPlan(activities=activities, pokes=[(n.instance_id, None) for n in changes.parent_notifications])
+        pokes = [(n.instance_id, None) for n in changes.parent_notifications]
+        return PublishPlan(activities=activities, pokes=pokes, more=more)
 
 
 class FakePublisher:
@@ -262,9 +263,8 @@ def test_a_turn_whose_store_fails_counts_the_attempt_and_retries(shape):
 
 
 def test_a_message_arriving_during_a_lease_fenced_commit_is_read_after_the_commit():
-    """PostgreSQL: a poke for a message committed while our commit is in flight finds the lease held (its lease
-    statement reads the row version that still shows our lease), so the turn reads the inbox once its commit is
-    durable, and the task takes another turn for it."""
+    """PostgreSQL: a poke for a message committed while the lease is held is refused and counted; the commit's
+    fence reads the count, and the task takes another turn for it."""
     store, publisher = FakeStore(LeaseThenCommitTurn, lease(), [START]), FakePublisher()
     store.arrives_during_commit = (8, {"kind": ev.MSG_ACTIVITY_COMPLETED, "execution_id": 1, "event_id": 2})
     executor(store, publisher).run("i1")
