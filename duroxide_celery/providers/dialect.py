@@ -107,8 +107,9 @@ class Dialect:
         state) and whether the instance has other activity rows, or None if it is gone."""
         raise NotImplementedError
 
-    def fire_due_timers(self, conn: Connection, now: int, limit: int) -> tuple[list[Wake], int]:
-        """Move due timers into their inboxes; the instances to wake, and how many timers fired."""
+    def fire_due_timers(self, conn: Connection, now: int, due_by: int, limit: int) -> tuple[list[Wake], int]:
+        """Move the timers due by `due_by` into their inboxes (messages created at `now`); the instances to wake,
+        and how many timers fired."""
         raise NotImplementedError
 
     def lock_session_claims(self, conn: Connection, owner: str) -> None:
@@ -214,8 +215,8 @@ class SqliteDialect(Dialect):
         others = conn.execute(hot.WORK_ITEM_OF, {"iid": params["iid"]}).first() is not None
         return done[0], done[1], others
 
-    def fire_due_timers(self, conn: Connection, now: int, limit: int) -> tuple[list[Wake], int]:
-        due = conn.execute(hot.DUE_TIMERS, {"now": now, "limit": limit}).all()
+    def fire_due_timers(self, conn: Connection, now: int, due_by: int, limit: int) -> tuple[list[Wake], int]:
+        due = conn.execute(hot.DUE_TIMERS, {"due_by": due_by, "limit": limit}).all()
         if not due:
             return [], 0
         conn.execute(
@@ -309,8 +310,8 @@ class PostgresDialect(Dialect):
         done = conn.execute(hot.COMPLETE_WORK_ITEM, statement_params).first()
         return (done[0], done[1], bool(done[2])) if done is not None else None
 
-    def fire_due_timers(self, conn: Connection, now: int, limit: int) -> tuple[list[Wake], int]:
-        rows = conn.execute(hot.FIRE_DUE_TIMERS, {"now": now, "limit": limit}).all()
+    def fire_due_timers(self, conn: Connection, now: int, due_by: int, limit: int) -> tuple[list[Wake], int]:
+        rows = conn.execute(hot.FIRE_DUE_TIMERS, {"now": now, "due_by": due_by, "limit": limit}).all()
         return sorted({(r[0], r[1]) for r in rows}), len(rows)
 
     def lock_session_claims(self, conn: Connection, owner: str) -> None:

@@ -68,13 +68,15 @@ class DueWorkStore(FlowStore):
             self.enqueue_many(conn, messages, now)
             return failed, self.admit(conn, freed, now) if freed else []
 
-    def fire_due_timers(self, limit: int = 500) -> tuple[list[tuple[str, str | None]], int]:
-        """Move up to `limit` due timers into their instances' inboxes, in one transaction; returns the instances
-        to poke, as (instance id, orchestration name) so the pokes show in Flower as `orch:<Name>#<id>`, not
-        `orch:#<id>`, and how many timers fired. Idempotent: a timer row is deleted by exactly one firer, so it
-        fires into history once."""
+    def fire_due_timers(self, limit: int = 500, lead_ms: int = 0) -> tuple[list[tuple[str, str | None]], int]:
+        """Move up to `limit` timers due within `lead_ms` from now into their instances' inboxes, in one
+        transaction; returns the instances to poke, as (instance id, orchestration name) so the pokes show in
+        Flower as `orch:<Name>#<id>`, not `orch:#<id>`, and how many timers fired. Idempotent: a timer row is
+        deleted by exactly one firer, so it fires into history once. A timer fired ahead keeps its own fire_at_ms
+        in its message, and no turn consumes it before that time (replay/timer_due.py)."""
+        now = now_ms()
         with self.write() as conn:
-            return self.dialect.fire_due_timers(conn, now_ms(), limit)
+            return self.dialect.fire_due_timers(conn, now, now + lead_ms, limit)
 
     def wake_backed_off(self, orchestration_names: list[str]) -> list[tuple[str, str]]:
         """End the unregistered-handler backoff of instances of these orchestrations; returns (id, name) of each."""

@@ -512,7 +512,7 @@ NEXT_DUE = select(
 def _fire_due_timers() -> Any:
     picked = (
         select(timers.c.instance_id, timers.c.execution_id, timers.c.event_id)
-        .where(timers.c.fire_at_ms <= bindparam("now"))
+        .where(timers.c.fire_at_ms <= bindparam("due_by"))
         .order_by(timers.c.fire_at_ms)
         .limit(bindparam("limit"))
         .with_for_update(skip_locked=True)  # two beats at once fire disjoint timers
@@ -537,8 +537,8 @@ def _fire_due_timers() -> Any:
     )
 
 
-#: PostgreSQL: delete up to `limit` timers due at `now` and queue their TimerFired messages, in one statement;
-#: returns (instance id, orchestration name) per fired timer.
+#: PostgreSQL: delete up to `limit` timers due by `due_by` and queue their TimerFired messages (created at `now`), in
+#: one statement; returns (instance id, orchestration name) per fired timer.
 FIRE_DUE_TIMERS = _fire_due_timers()
 
 
@@ -627,10 +627,10 @@ EXPIRED_WORK_ITEM = (
     .limit(1)
 )
 
-#: SQLite: up to `limit` timers due at `now`, earliest first.
+#: SQLite: up to `limit` timers due by `due_by`, earliest first.
 DUE_TIMERS = (
     select(timers.c.instance_id, timers.c.execution_id, timers.c.event_id, timers.c.fire_at_ms)
-    .where(timers.c.fire_at_ms <= bindparam("now"))
+    .where(timers.c.fire_at_ms <= bindparam("due_by"))
     .order_by(timers.c.fire_at_ms)
     .limit(bindparam("limit"))
 )
