@@ -8,10 +8,12 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from . import hot_statements as hot
 from .dialect import dialect_for
+from .schema import inbox
 
 
 def inbox_pending(conn: Connection, instance_id: str) -> bool:
@@ -117,3 +119,16 @@ class StoreBase:
     def has_inbox(self, instance_id: str, conn: Connection | None = None) -> bool:
         with self._reusing(conn, self.single_read) as conn:
             return inbox_pending(conn, instance_id)
+
+    def has_inbox_besides(self, instance_id: str, ids: list[int]) -> bool:
+        """Whether the instance has inbox messages other than `ids` (a turn that left early timer messages in
+        the inbox asks whether anything else arrived meanwhile)."""
+        query = select(inbox.c.id).where(inbox.c.instance_id == instance_id, inbox.c.id.not_in(ids)).limit(1)
+        with self.single_read() as conn:
+            return conn.execute(query).first() is not None
+
+    @property
+    def turns_may_wait(self) -> bool:
+        """Whether a turn may wait once its replay starts without holding a transaction (the dialect's turn
+        shape): only then does firing timers ahead of their time pay off (tasks/recovery.py DueWork)."""
+        return self.dialect.turn_shape.may_wait

@@ -37,6 +37,8 @@ class Dialect:
     sql: Any = None
     #: The INSERT of a new instance row that skips an existing id and returns the id it inserted.
     insert_new_instance: Any = None
+    #: The shape of a turn's transactions (`turn_shapes`).
+    turn_shape: type[TurnTransaction] = TurnTransaction
 
     def write(self, engine: Engine) -> AbstractContextManager[Connection]:
         """A write transaction on `engine` (committed when the block ends, rolled back on an exception)."""
@@ -135,8 +137,9 @@ class Dialect:
     def begin_turn(
         self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
     ) -> TurnTransaction:
-        """The transactions of one turn (`turn_shapes`): leased at `__enter__`, committed by `commit`."""
-        raise NotImplementedError
+        """The transactions of one turn (`turn_shape`): leased at `__enter__`, committed by `commit`. `prefix`:
+        (execution id, event id) of the history the caller holds already."""
+        return self.turn_shape(ops, instance_id, owner, lease_ms, prefix)
 
 
 class SqliteDialect(Dialect):
@@ -144,6 +147,7 @@ class SqliteDialect(Dialect):
 
     sql = sqlite_dialect
     insert_new_instance = hot.INSERT_NEW_INSTANCE
+    turn_shape = OneTransactionTurn
 
     def __init__(self, *, serialize_all: bool = False):
         self._write_lock = FairRLock()
@@ -255,17 +259,13 @@ class SqliteDialect(Dialect):
         cond = column >= prefix
         return cond if upper is None else cond & (column < upper)
 
-    def begin_turn(
-        self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
-    ) -> TurnTransaction:
-        return OneTransactionTurn(ops, instance_id, owner, lease_ms, prefix)
-
 
 class PostgresDialect(Dialect):
     """Row locks and one-statement operations (data-modifying WITH), a lease-only engine without WAL waits."""
 
     sql = pg_dialect
     insert_new_instance = hot.INSERT_NEW_INSTANCE_PG
+    turn_shape = LeaseThenCommitTurn
 
     @contextmanager
     def write(self, engine: Engine) -> Iterator[Connection]:
@@ -329,11 +329,6 @@ class PostgresDialect(Dialect):
     def starts_with(self, column: Any, prefix: str) -> Any:
         # A text_pattern_ops index serves it (migration 0004): LIKE 'prefix%', the prefix's own % and _ escaped.
         return column.startswith(prefix, autoescape=True)
-
-    def begin_turn(
-        self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
-    ) -> TurnTransaction:
-        return LeaseThenCommitTurn(ops, instance_id, owner, lease_ms, prefix)
 
 
 def _json(data: Any) -> str:

@@ -76,6 +76,10 @@ class TurnTransaction:
     `commit` or `release` ends the turn; leaving rolls back whatever did not commit. `prefix`: (execution id,
     event id) of the history the caller holds already (a hint: `load` is asked for what it needs)."""
 
+    #: Whether the turn may wait after `replay_starts` (a TimerFired read just before its time) without holding a
+    #: database transaction open; False where the turn's write transaction stays open through the replay.
+    may_wait = False
+
     def __init__(
         self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None
     ):
@@ -198,6 +202,8 @@ class LeaseThenCommitTurn(TurnTransaction):
     """PostgreSQL: the lease and the turn's reads are one statement that commits as it runs, the replay holds no
     transaction, and the commit transaction is fenced by the lease; a replay that runs long has its lease renewed
     (LeaseKeeper)."""
+
+    may_wait = True  # the lease committed with its reads: the turn holds no transaction
 
     def __init__(
         self, ops: TurnOps, instance_id: str, owner: str, lease_ms: int, prefix: tuple[int, int] | None = None

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from ..replay.commands import TurnInput, TurnResult
 from ..replay.engine import ReplayEngine
 from ..replay.events import HistoryEvent, error_details
 from ..replay.poison import poisoned_turn
+from ..replay.timer_due import Message, split_due
 from .engine_cache import LruCache
 from .failures import clip, describe, lease_owner, raised_by_user_code, when, worker_log
 from .identity import WorkerIdentity
@@ -46,6 +48,13 @@ StoreSource = Callable[[], Store]
 
 #: How many inbox drains one task performs before handing the instance back to the queue (fairness).
 MAX_DRAINS_PER_TASK = 20
+
+#: A turn whose messages are all timers read ahead of their time (beat fires them ahead) waits for the earliest when
+#: it falls due within this many ms and the turn holds no transaction; else it gives the lease back and comes back.
+EARLY_WAIT_MAX_MS = 50
+#: Longest countdown of the poke that brings such a turn back (a timer further away is re-checked after it): Redis
+#: redelivers long ETA messages, so none is sent (DESIGN 3).
+EARLY_POKE_MAX_MS = 1000
 
 
 class InjectedCrash(Exception):
@@ -238,6 +247,10 @@ class TurnExecutor:
         if not messages:
             more = turn.release(reset_attempts=True)
             return lambda: more
+        timely = self._due_messages(turn, lease, messages)
+        if not isinstance(timely, tuple):
+            return timely  # every message is a timer ahead of its time: the lease is given back
+        messages, early_left = timely  # early ones stay in the inbox: this task takes another turn for them
         decided = self._decide(turn, lease, history, messages, kv_snapshot)
         if not isinstance(decided, TurnResult):
             return decided  # poisoned, failed without its code, or backed off: committed already
@@ -245,14 +258,55 @@ class TurnExecutor:
             return self._leave_failure_to_turn_task(turn, lease)
         msg_ids = [m[0] for m in messages]
         if decided.status == "Idle":
-            more = turn.release(reset_attempts=True, consumed_ids=msg_ids)
+            more = turn.release(reset_attempts=True, consumed_ids=msg_ids) or early_left
             return lambda: more
         changes = turn_changes(lease, decided, msg_ids, now_ms(), self.settings.default_activity_ttl_ms)
         self._claim_inline(changes)
         if changes.child_starts:  # their spans join this turn's trace, under this turn's span
             changes.child_trace_context = self.tracing.current_context()
         plan = turn.commit(changes)
+        plan.more = plan.more or early_left  # SQLite's turn reports none: no message could arrive while it ran
         return partial(self._after_commit, lease, decided, plan)
+
+    def _due_messages(
+        self, turn: TurnTransaction, lease: InstanceLease, messages: list[Message]
+    ) -> tuple[list[Message], bool] | AfterCommit:
+        """The messages this turn processes, and whether early ones stay in the inbox: a TimerFired read before its
+        time (by this worker's clock) is never consumed, so history never records a timer firing early. When every
+        message is early, wait for the earliest if it is near and the turn holds no transaction; else give the
+        lease back and return the poke that brings a turn back when it falls due."""
+        while True:
+            now = now_ms()
+            split = split_due(messages, now)
+            if not split.early:
+                return messages, False
+            if split.due:
+                return split.due, True
+            wait_ms = max(1, (split.next_due_ms or now) - now)
+            if not turn.may_wait or wait_ms > EARLY_WAIT_MAX_MS:
+                log.debug("%s: every message is a timer due in %d ms or later: back then", lease.instance_id, wait_ms)
+                return self._come_back_later(turn, lease, [m[0] for m in split.early], wait_ms)
+            log.debug("%s: every message is a timer due in %d ms or later: waiting for it", lease.instance_id, wait_ms)
+            # Outside any transaction (may_wait): only the lease is held meanwhile, and a message that arrives is
+            # read after the commit. SQLite's turn would hold the only write transaction: it comes back instead.
+            time.sleep(wait_ms / 1000)
+
+    def _come_back_later(
+        self, turn: TurnTransaction, lease: InstanceLease, early_ids: list[int], wait_ms: int
+    ) -> AfterCommit:
+        """Every message is a timer ahead of its time: give the lease back, consuming nothing (no turn ran, so
+        no attempt counts), and poke the instance for when the earliest falls due."""
+        more = turn.release(reset_attempts=True)
+
+        def later() -> bool:
+            # A message that arrived while the lease was held had its poke refused: this task takes it now.
+            if more and self.store().has_inbox_besides(lease.instance_id, early_ids):
+                return True
+            countdown = min(wait_ms, EARLY_POKE_MAX_MS) / 1000
+            self.publisher.poke([(lease.instance_id, lease.orchestration_name)], countdown=countdown)
+            return False
+
+        return later
 
     def _leave_failure_to_turn_task(self, turn: TurnTransaction, lease: InstanceLease) -> AfterCommit:
         """A turn run inline after an activity that would fail its orchestration is not committed: a turn task
