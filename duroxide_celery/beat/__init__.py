@@ -6,8 +6,9 @@ base scheduler asks for), and in between the mixin works straight on the store, 
 
 - it fires due durable timers: sleeps until the earliest one (at most `max_timer_sleep` seconds, so timers that
   turns create meanwhile are seen soon), moves due timers into their instances' inboxes in one transaction and
-  pokes them. Firing is idempotent (each timer row is deleted by exactly one firer), so two beats, or a beat
-  restarted mid-fire, never fire a timer twice into history;
+  pokes them. On PostgreSQL it fires them `timer_lead_ms` ahead: the turn that takes one waits for its time, which
+  it reaches already leased and loaded (no turn consumes a timer early). Firing is idempotent (each timer row is
+  deleted by exactly one firer), so two beats, or a beat restarted mid-fire, never fire a timer twice into history;
 - in the same round it starts the instances of due schedule ticks (Client.create_schedule), each tick once however
   many beats run (README "Schedules");
 - every `RuntimeOptions.recovery_interval_ms` it runs the recovery sweep, which republishes work the store says is
@@ -57,6 +58,10 @@ class DurableTimers:
 
     #: Longest sleep between looks at the timer table (seconds).
     max_timer_sleep = 0.1
+    #: Timers fire this much ahead of their time (ms), so that the turn that consumes one is under way when it falls
+    #: due; the turn itself never consumes it early (DueWork, tasks/turn.py). About the time from the firing
+    #: transaction to a loaded turn: more only keeps turn threads waiting.
+    timer_lead_ms = 20
     #: After a failed store round, the next one comes this much later (seconds), doubling up to the maximum.
     store_retry_s = 0.5
     store_retry_max_s = 5.0
@@ -89,6 +94,7 @@ class DurableTimers:
             max_sleep_s=self.max_timer_sleep,
             retry_s=self.store_retry_s,
             retry_max_s=self.store_retry_max_s,
+            timer_lead_ms=self.timer_lead_ms,
             logger=log,
         )
         super().__init__(app, *args, **kwargs)

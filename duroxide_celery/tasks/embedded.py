@@ -108,6 +108,9 @@ class EmbeddedWorker:
             max_sleep_s=_SCHEDULER_MAX_SLEEP_S,
             retry_s=_SCHEDULER_RETRY_S,
             retry_max_s=_SCHEDULER_RETRY_MAX_S,
+            # Timers fire on time, not ahead: a turn on SQLite (the embedded default) holds the only write
+            # transaction while it replays, so it could not wait for a timer fired ahead of its time.
+            timer_lead_ms=0,
             logger=log,
         )
         scheduler = threading.Thread(

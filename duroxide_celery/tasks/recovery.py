@@ -18,12 +18,14 @@ log = logging.getLogger(__name__)
 TIMER_BATCH = 500
 
 
-def fire_timers(store: Store, publisher: Publisher, *, timers: bool = True, deadlines: bool = True) -> int:
-    """Fire every due timer (idempotently), fail the activities nobody claimed within their ttl, and poke the
-    instances; returns how many instances were poked."""
+def fire_timers(
+    store: Store, publisher: Publisher, *, timers: bool = True, deadlines: bool = True, timer_lead_ms: int = 0
+) -> int:
+    """Fire every timer due within `timer_lead_ms` (idempotently), fail the activities nobody claimed within their
+    ttl, and poke the instances; returns how many instances were poked."""
     total = 0
     while timers:
-        targets, fired = store.fire_due_timers(TIMER_BATCH)  # (instance id, orchestration name)
+        targets, fired = store.fire_due_timers(TIMER_BATCH, timer_lead_ms)  # (instance id, orchestration name)
         publisher.poke(targets)
         total += len(targets)
         if fired < TIMER_BATCH:
@@ -39,23 +41,25 @@ def fire_timers(store: Store, publisher: Publisher, *, timers: bool = True, dead
     return total
 
 
-def fire_what_is_due(store: Store, publisher: Publisher) -> int | None:
-    """One scheduler round (beat's tick, the embedded scheduler): fire what the store says is due, admit the work
-    a rate limit held until now, then return when the next timer, claim deadline, rate admission or schedule tick
-    falls due (epoch ms; None if there is none). Three round trips when something is due, one when nothing is (plus
+def fire_what_is_due(store: Store, publisher: Publisher, timer_lead_ms: int = 0) -> int | None:
+    """One scheduler round (beat's tick, the embedded scheduler): fire what the store says is due (timers
+    `timer_lead_ms` ahead of their time), admit the work a rate limit held until now, then return when the next
+    round is due (epoch ms; None if nothing waits): the next timer's time less the lead, or the next claim
+    deadline, rate admission or schedule tick. Three round trips when something is due, one when nothing is (plus
     the schedules' due-index read, once a second)."""
     timer, deadline, admission = store.next_due()
     now = now_ms()
-    timers_due = timer is not None and timer <= now
+    timers_due = timer is not None and timer <= now + timer_lead_ms
     deadlines_due = deadline is not None and deadline <= now
     admission_due = admission is not None and admission <= now
     if timers_due or deadlines_due:
-        fire_timers(store, publisher, timers=timers_due, deadlines=deadlines_due)
+        fire_timers(store, publisher, timers=timers_due, deadlines=deadlines_due, timer_lead_ms=timer_lead_ms)
     if admission_due:
         publisher.activities(store.admit_due())
     if timers_due or deadlines_due or admission_due:
         timer, deadline, admission = store.next_due()
     schedule = fire_due_schedules(store, publisher)
+    timer = None if timer is None else timer - timer_lead_ms
     return min((due for due in (timer, deadline, admission, schedule) if due is not None), default=None)
 
 
@@ -103,7 +107,12 @@ class DueWork:
     """One scheduler's rounds over the store: the recovery sweep every `interval_s` (the first one, with threshold 0,
     republishes everything a previous process left pending), then due timers and claim deadlines. A failed round
     is retried after a delay that doubles from `retry_s` up to `retry_max_s`, logged with its traceback the first
-    time and in one line after that; it never stops the caller's loop."""
+    time and in one line after that; it never stops the caller's loop.
+
+    `timer_lead_ms` fires timers that much ahead of their time, so that the turn consuming one has leased and loaded
+    its instance when it falls due, and waits out the rest (tasks/turn.py: no turn consumes a timer early). It
+    applies only where a turn can wait without holding a transaction (`Store.turns_may_wait`, PostgreSQL); on
+    SQLite a turn that meets an early timer gives its lease back and comes back later, which only adds lateness."""
 
     def __init__(
         self,
@@ -115,6 +124,7 @@ class DueWork:
         max_sleep_s: float,
         retry_s: float,
         retry_max_s: float,
+        timer_lead_ms: int = 0,
         logger: logging.Logger = log,
     ):
         self._store = store  # a callable: the store is built in the process (and thread) that runs the rounds
@@ -124,6 +134,7 @@ class DueWork:
         self._max_sleep_s = max_sleep_s
         self._retry_s = retry_s
         self._retry_max_s = retry_max_s
+        self._timer_lead_ms = timer_lead_ms
         self._log = logger
         self._sweep_threshold_ms = 0
         self._next_sweep = 0.0
@@ -142,7 +153,8 @@ class DueWork:
                 self._sweep_threshold_ms = self._threshold_ms
                 self._next_sweep = now + self._interval_s
             # One cheap read while idle; the firing transaction only when something is due.
-            due = fire_what_is_due(store, self._publisher)
+            lead = self._timer_lead_ms if store.turns_may_wait else 0
+            due = fire_what_is_due(store, self._publisher, lead)
         except Exception as exc:  # noqa: BLE001 - a database or broker blip must not stop the scheduler
             return self._failed(now, exc)
         if self._failures:
