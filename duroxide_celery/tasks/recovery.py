@@ -162,7 +162,9 @@ class DueWork:
             self._failures = 0
         if due is None:
             return self._max_sleep_s
-        return min(self._max_sleep_s, max(0.0, (due - now_ms()) / 1000))
+        # From the unrounded clock: now_ms() rounds down, so a sleep computed from it would end up to 1 ms before
+        # `due`, and that round would find nothing due and only cost another read.
+        return min(self._max_sleep_s, max(0.0, due / 1000 - time.time()))
 
     def _failed(self, now: float, exc: Exception) -> float:
         self._failures += 1
