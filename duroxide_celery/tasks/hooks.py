@@ -236,7 +236,7 @@ def note_consumed(rt: HookedRuntime, queues: Any) -> None:
     # it returns the whole table), each minus what a tag filter deselected.
     rt.identity.consumed = frozenset(name for name in queues.consume_from if rt.names.is_ours(name))
     rt.identity.shared_pool = True
-    log.info(
+    log.debug(
         "duroxide worker: engine queues %s (inline steps where one pool serves both)", sorted(rt.identity.consumed)
     )
 
