@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from ..replay import events as ev
+from ..replay.commands import ScheduleActivity
 from ..types import TERMINAL_STATUSES
 from . import hot_statements as hot
 from .base import now_ms
@@ -18,7 +19,6 @@ from .dto import (
     InlineClaim,
     InstanceLease,
     LeaseLost,
-    NewActivity,
     NewTimer,
     PendingActivity,
     PublishPlan,
@@ -70,7 +70,7 @@ class TurnCommit(TurnStore, FlowStore):
         fence.consumed, fence.activity_names = changes.consumed, sorted({a.name for a in activities})
         fence.refused_pokes = lease.refused_pokes
         limited, more = self.fence_turn(conn, fence)
-        inline = _inline_claim(changes, limited)
+        claimed = _claimed_row(lease, changes, limited)
         self.add_work_items(
             conn,
             instance_id,
@@ -80,7 +80,7 @@ class TurnCommit(TurnStore, FlowStore):
             now,
             changes.default_activity_ttl_ms,
             limited,
-            inline,
+            changes.inline_claim if claimed is not None else None,
         )
         # Activities of a session some worker holds go straight to that worker's session queue.
         owners = self.session_owners(conn, (a.session_id for a in activities if a.session_id))
@@ -105,13 +105,13 @@ class TurnCommit(TurnStore, FlowStore):
             else PendingActivity(instance_id, exec_id, a.event_id, a.name, None, a.tag)
             for a in activities
         ]
-        claimed = inline.event_id if inline is not None else None
+        inline_id = claimed.event_id if claimed is not None else None
         return PublishPlan(
-            activities=[a for a in publish if a.name not in limited and a.event_id != claimed] + admitted,
+            activities=[a for a in publish if a.name not in limited and a.event_id != inline_id] + admitted,
             pokes=pokes,
             first_timer_at=min((t.fire_at_ms for t in changes.timers), default=None),
             more=more,
-            inline=_claimed_item(lease, changes, inline) if inline is not None else None,
+            inline=claimed,
         )
 
     def _send_messages(
@@ -162,7 +162,7 @@ class TurnCommit(TurnStore, FlowStore):
         instance_id: str,
         execution_id: int,
         orch: tuple[str, str],
-        items: list[NewActivity],
+        items: list[ScheduleActivity],
         now: int,
         default_ttl_ms: int | None = None,
         limited: set[str] | frozenset[str] = frozenset(),
@@ -191,7 +191,7 @@ class TurnCommit(TurnStore, FlowStore):
                     "published_at": 0 if a.name in limited else now,
                     "claim_deadline": now + ttl if (ttl := a.ttl_ms or default_ttl_ms) else 0,
                     "flow_key": a.key or "",
-                    "priority": a.priority,
+                    "priority": a.priority or 0,
                     "flow_state": HELD if a.name in limited else None,
                 }
                 for a in items
@@ -291,18 +291,15 @@ class TurnCommit(TurnStore, FlowStore):
         return status
 
 
-def _inline_claim(changes: TurnChanges, limited: set[str]) -> InlineClaim | None:
-    """The turn's inline claim, unless its activity is held by a limit (admission publishes it) or is not new."""
-    inline = changes.inline_claim
-    if inline is None:
+def _claimed_row(lease: InstanceLease, changes: TurnChanges, limited: set[str]) -> ClaimedWorkItem | None:
+    """The activity row the turn's inline claim takes, as a claim returns it; None without a claim, or when its
+    activity is held by a limit (admission publishes it) or is not one this turn scheduled."""
+    claim = changes.inline_claim
+    if claim is None:
         return None
-    activity = next((a for a in changes.activities if a.event_id == inline.event_id), None)
-    return inline if activity is not None and activity.name not in limited else None
-
-
-def _claimed_item(lease: InstanceLease, changes: TurnChanges, inline: InlineClaim) -> ClaimedWorkItem:
-    """The row the commit claimed, as a claim returns it."""
-    a = next(a for a in changes.activities if a.event_id == inline.event_id)
+    a = next((a for a in changes.activities if a.event_id == claim.event_id), None)
+    if a is None or a.name in limited:
+        return None
     name, version = changes.orchestration
     return ClaimedWorkItem(
         lease.instance_id,
@@ -315,5 +312,5 @@ def _claimed_item(lease: InstanceLease, changes: TurnChanges, inline: InlineClai
         name or None,
         version or None,
         1,
-        owner=inline.owner,
+        owner=claim.owner,
     )

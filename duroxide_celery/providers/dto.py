@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..replay.commands import ScheduleActivity
 from ..replay.events import HistoryEvent
 
 #: A turn's reads: the history (after a known prefix), the pending messages (id, message) and the KV snapshot.
@@ -133,22 +134,6 @@ class NewInstance:
 
 # -- a turn's commit (Store.commit_turn) ------------------------------------------------------------------------
 @dataclass
-class NewActivity:
-    """An activity a turn scheduled: a row of `dx_work_items` (`ttl_ms`: its claim deadline, else the default)."""
-
-    event_id: int
-    name: str
-    input: str
-    session_id: str | None = None
-    tag: str | None = None
-    ttl_ms: int | None = None
-    #: Flow control (`.with_key()`, `.with_priority()`): the key its activity's limits count it under, and its
-    #: admission priority among held rows.
-    key: str | None = None
-    priority: int = 0
-
-
-@dataclass
 class NewTimer:
     """A durable timer a turn scheduled (its scheduled event id, and when it fires)."""
 
@@ -198,7 +183,9 @@ class TurnChanges:
     #: New column values of the instance row and of the execution row (none for most turns).
     instance: dict[str, Any] = field(default_factory=dict)
     execution: dict[str, Any] = field(default_factory=dict)
-    activities: list[NewActivity] = field(default_factory=list)
+    #: The activities it scheduled, as the replay's commands: each a row of `dx_work_items` (`ttl_ms`: its claim
+    #: deadline, else the default; `key`, `priority`: flow control).
+    activities: list[ScheduleActivity] = field(default_factory=list)
     default_activity_ttl_ms: int | None = None
     cancelled_activities: list[int] = field(default_factory=list)
     timers: list[NewTimer] = field(default_factory=list)

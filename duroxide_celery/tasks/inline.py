@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from celery import current_task
+from celery.worker import state
+
 from ..options import RuntimeOptions
-from ..providers.dto import NewActivity
 from ..registry import Registry
+from ..replay.commands import ScheduleActivity
 from .identity import WorkerIdentity
 from .queues import QueueNames
 
@@ -34,7 +37,7 @@ class InlinePolicy:
         self.registry = registry
         self.queues = queues
 
-    def activity_to_claim(self, activities: list[NewActivity], *, in_turn_pool: bool) -> int | None:
+    def activity_to_claim(self, activities: list[ScheduleActivity], *, in_turn_pool: bool) -> int | None:
         """The scheduled event id of the activity a turn may claim and run inline, or None. Only a turn's single new
         activity, outside any session, registered here, whose queue this worker consumes; from a turn task (the
         turn pool: `in_turn_pool`), only when one pool runs both turns and activities."""
@@ -63,9 +66,6 @@ def early_ack() -> Callable[[], None] | None:
     an unacked delivery would be redelivered by Redis after its visibility timeout, and RabbitMQ's consumer_timeout
     would close the channel). None where the task runs in another process than its consumer (prefork children):
     such a turn publishes its activity instead. Everything the delivery asked for is committed when it is acked."""
-    from celery import current_task  # imported here: Celery's worker state exists only in worker processes
-    from celery.worker import state
-
     request_id = getattr(getattr(current_task, "request", None), "id", None)
-    request = state.requests.get(request_id) if request_id else None
+    request = state.requests.get(request_id)  # the worker's own table (empty outside one) if request_id else None
     return request.acknowledge if request is not None else None

@@ -8,7 +8,6 @@ from ..providers.dto import (
     ChildStart,
     InboxMessage,
     InstanceLease,
-    NewActivity,
     NewTimer,
     NextExecution,
     TurnChanges,
@@ -52,11 +51,7 @@ def turn_changes(
 def _add_outgoing(changes: TurnChanges, lease: InstanceLease, out: Any) -> None:
     """One command of the replay, as the row (or message) it becomes."""
     if isinstance(out, ScheduleActivity):
-        changes.activities.append(
-            NewActivity(
-                out.event_id, out.name, out.input, out.session_id, out.tag, out.ttl_ms, out.key, out.priority or 0
-            )
-        )
+        changes.activities.append(out)  # its row's columns, as the replay decided them
     elif isinstance(out, ScheduleTimer):
         changes.timers.append(NewTimer(out.event_id, out.fire_at_ms))
     elif isinstance(out, CancelActivity):

@@ -21,7 +21,6 @@ from duroxide_celery.providers.dto import (
     InstanceLease,
     LeaseLost,
     LoadedLease,
-    NewActivity,
     PendingActivity,
     PublishPlan,
     TurnChanges,
@@ -29,6 +28,7 @@ from duroxide_celery.providers.dto import (
 from duroxide_celery.providers.turn_shapes import LeaseThenCommitTurn, OneTransactionTurn
 from duroxide_celery.registry import Registry
 from duroxide_celery.replay import events as ev
+from duroxide_celery.replay.commands import ScheduleActivity
 from duroxide_celery.tasks.identity import WorkerIdentity
 from duroxide_celery.tasks.queues import QueueNames
 from duroxide_celery.tasks.turn import TurnExecutor
@@ -191,7 +191,7 @@ def test_a_turn_that_schedules_an_activity_commits_its_changes_then_publishes_th
     [changes] = store.commits
     assert [e.kind for e in changes.history] == [ev.ORCHESTRATION_STARTED, ev.ACTIVITY_SCHEDULED]
     assert changes.consumed == [7]
-    assert changes.activities == [NewActivity(2, "Act", json.dumps("in"))]
+    assert changes.activities == [ScheduleActivity(2, "Act", json.dumps("in"))]
     assert changes.default_activity_ttl_ms == 5000
     assert changes.orchestration == ("Orch", "1.0.0")  # an unversioned registration is version 1.0.0
     assert changes.instance == {"orchestration_version": "1.0.0"}  # still running: no status change
