@@ -14,8 +14,7 @@ from typing import Any
 
 from ..activity_context import ActivityContext
 from ..errors import ActivityFailed
-from ..metrics import Metrics
-from ..observability.otel import ActivitySpan, Tracing
+from ..observability.otel import ActivitySpan
 from ..options import RuntimeOptions
 from ..providers import Provider
 from ..providers.store import (
@@ -26,14 +25,12 @@ from ..providers.store import (
     SessionPolicy,
     now_ms,
 )
-from ..registry import Registry
 from ..replay import events as ev
 from ..replay.events import dumps, error_details, loads
+from .executor_parts import ExecutorParts, PartsExecutor, StoreSource
 from .failures import clip, describe, lease_owner, raised_by_user_code, when, worker_log
 from .identity import WorkerIdentity
-from .inline import InlinePolicy
-from .publish import Publisher
-from .turn import StoreSource, unregistered_backoff_ms
+from .turn import unregistered_backoff_ms
 
 log = logging.getLogger(__name__)
 
@@ -167,36 +164,15 @@ class _Later(threading.local):
     failed: ActivityFailed | None = None
 
 
-class ActivityExecutor:
+class ActivityExecutor(PartsExecutor):
     """Runs the activities of one worker process, every collaborator passed explicitly. `identity` is read at each
     use: a worker bootstep may change it after install, before the worker consumes (Runtime.configure_worker)."""
 
-    def __init__(
-        self,
-        *,
-        store: StoreSource,
-        publisher: Publisher,
-        settings: RuntimeOptions,
-        identity: WorkerIdentity,
-        registry: Registry,
-        metrics: Metrics,
-        provider: Provider,
-        tracing: Tracing,
-        inline: InlinePolicy | None = None,
-    ):
-        self.store = store
-        self.publisher = publisher
-        self.settings = settings
-        self.identity = identity
-        self.registry = registry
-        self.metrics = metrics
+    def __init__(self, parts: ExecutorParts, *, provider: Provider):
+        super().__init__(parts)
         #: What an activity's `ctx.get_client()` opens (the store's location, not this process's Store).
         self.provider = provider
-        #: OpenTelemetry spans of activity attempts (observability/otel.py; inert without a TracerProvider).
-        self.tracing = tracing
         self.renewer = self._new_renewer()
-        #: Which steps run inline (tasks/inline.py); None: none.
-        self.inline = inline
         #: Runs the next turns of an instance whose activity completed here, instead of a poke, and returns the
         #: failure of an activity they ran inline (install.py wires the TurnExecutor's; None: always poke).
         self.next_turn: Callable[[str], ActivityFailed | None] | None = None

@@ -12,6 +12,7 @@ from ..errors import ActivityFailed, OrchestrationFailed
 from ..replay.engine import ReplayEngine
 from .activity import ActivityExecutor
 from .engine_cache import LruCache
+from .executor_parts import ExecutorParts
 from .inline import InlinePolicy, early_ack
 from .queues import ACTIVITY_TASK, ENGINE_TASK_OPTIONS, RECOVERY_TASK, TIMER_TASK, TURN_TASK, queue
 from .recovery import fire_timers, sweep
@@ -57,18 +58,20 @@ class InstalledTasks:
 def install_tasks(app: Celery, runtime: Runtime) -> InstalledTasks:
     """Register the engine's tasks on `app`, with executors built from the runtime's parts; returns them."""
     provider = runtime.provider
-    shared: dict[str, Any] = {
-        "store": lambda: provider.store,  # the provider builds it again in a forked child
-        "publisher": runtime.publisher,
-        "settings": runtime.options,  # what a worker bootstep changes lives in `identity`
-        "identity": runtime.identity,
-        "registry": runtime,
-        "metrics": runtime.metrics,
-        "tracing": runtime.tracing,  # OpenTelemetry spans (observability/otel.py)
-    }
-    inline = InlinePolicy(settings=runtime.options, identity=runtime.identity, registry=runtime, queues=runtime.names)
-    turns = TurnExecutor(**shared, queues=runtime.names, inline=inline)
-    activities = ActivityExecutor(**shared, provider=runtime.provider, inline=inline)
+    parts = ExecutorParts(
+        store=lambda: provider.store,  # the provider builds it again in a forked child
+        publisher=runtime.publisher,
+        settings=runtime.options,  # what a worker bootstep changes lives in `identity`
+        identity=runtime.identity,
+        registry=runtime,
+        metrics=runtime.metrics,
+        tracing=runtime.tracing,
+        inline=InlinePolicy(
+            settings=runtime.options, identity=runtime.identity, registry=runtime, queues=runtime.names
+        ),
+    )
+    turns = TurnExecutor(parts, queues=runtime.names)
+    activities = ActivityExecutor(parts, provider=runtime.provider)
     # Inline steps (tasks/inline.py): a turn runs the activity its commit claimed, an activity the turn after it.
     turns.run_claimed = activities.run_claimed
     activities.next_turn = turns.run_after_activity

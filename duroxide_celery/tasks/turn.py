@@ -20,13 +20,10 @@ from functools import partial
 from typing import Any
 
 from ..errors import ActivityFailed, OrchestrationFailed
-from ..metrics import Metrics
-from ..observability.otel import Tracing, TurnSpan
-from ..options import RuntimeOptions
+from ..observability.otel import TurnSpan
 from ..providers.dto import ClaimedWorkItem, InlineClaim, InstanceLease, LeaseLost, PublishPlan, TurnChanges, TurnLoad
-from ..providers.store import Store, now_ms
+from ..providers.store import now_ms
 from ..providers.turn_shapes import TurnTransaction
-from ..registry import Registry
 from ..replay import events as ev
 from ..replay.commands import TurnInput, TurnResult
 from ..replay.engine import ReplayEngine
@@ -34,17 +31,12 @@ from ..replay.events import HistoryEvent, error_details
 from ..replay.poison import poisoned_turn
 from ..replay.timer_due import Message, split_due
 from .engine_cache import LruCache
+from .executor_parts import ExecutorParts, PartsExecutor
 from .failures import clip, describe, lease_owner, raised_by_user_code, when, worker_log
-from .identity import WorkerIdentity
-from .inline import InlinePolicy
-from .publish import Publisher
 from .queues import QueueNames
 from .turn_changes import started_fresh, turn_changes
 
 log = logging.getLogger(__name__)
-
-#: The store of this process, asked at each use: a provider builds it again in a forked child.
-StoreSource = Callable[[], Store]
 
 #: How many inbox drains one task performs before handing the instance back to the queue (fairness).
 MAX_DRAINS_PER_TASK = 20
@@ -109,37 +101,16 @@ class _TaskState(threading.local):
 AfterCommit = Callable[[], bool]
 
 
-class TurnExecutor:
+class TurnExecutor(PartsExecutor):
     """Runs the turns of one worker process, every collaborator passed explicitly. `identity` is read at each use:
     a worker bootstep may change it after install, before the worker consumes (Runtime.configure_worker)."""
 
-    def __init__(
-        self,
-        *,
-        store: StoreSource,
-        publisher: Publisher,
-        settings: RuntimeOptions,
-        identity: WorkerIdentity,
-        registry: Registry,
-        metrics: Metrics,
-        queues: QueueNames,
-        tracing: Tracing,
-        inline: InlinePolicy | None = None,
-    ):
-        self.store = store
-        self.publisher = publisher
-        self.settings = settings
-        self.identity = identity
-        self.registry = registry
-        self.metrics = metrics
+    def __init__(self, parts: ExecutorParts, *, queues: QueueNames):
+        super().__init__(parts)
         self.queues = queues
-        #: OpenTelemetry spans of turns (observability/otel.py; inert without a configured TracerProvider).
-        self.tracing = tracing
-        self.engines: LruCache[ReplayEngine] = LruCache(max_bytes=settings.engine_cache_bytes)
+        self.engines: LruCache[ReplayEngine] = LruCache(max_bytes=self.settings.engine_cache_bytes)
         self.fault = FaultAfterCommit.from_env()
         self._task = _TaskState()  # one per pool thread: tasks of a thread pool share this executor
-        #: Which steps run inline (tasks/inline.py); None: none.
-        self.inline = inline
         #: Runs an activity row a turn's commit claimed for this worker; True once its outcome is recorded (install.py
         #: wires the ActivityExecutor's; None: no inline activities).
         self.run_claimed: Callable[[ClaimedWorkItem], bool] | None = None

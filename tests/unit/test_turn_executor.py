@@ -29,6 +29,7 @@ from duroxide_celery.providers.turn_shapes import LeaseThenCommitTurn, OneTransa
 from duroxide_celery.registry import Registry
 from duroxide_celery.replay import events as ev
 from duroxide_celery.replay.commands import ScheduleActivity
+from duroxide_celery.tasks.executor_parts import ExecutorParts
 from duroxide_celery.tasks.identity import WorkerIdentity
 from duroxide_celery.tasks.queues import QueueNames
 from duroxide_celery.tasks.turn import TurnExecutor
@@ -164,16 +165,16 @@ def lease(attempts: int = 1) -> InstanceLease:
 def executor(store: FakeStore, publisher: FakePublisher, options: RuntimeOptions | None = None) -> TurnExecutor:
     registry = Registry()
     registry.register_orchestration("Orch", orch)
-    return TurnExecutor(
+    parts = ExecutorParts(
         store=lambda: store,  # type: ignore[arg-type, return-value]
         publisher=publisher,  # type: ignore[arg-type]
         settings=options or RuntimeOptions(),
         identity=WorkerIdentity.create("node-1", None),
         registry=registry,
         metrics=Metrics(),
-        queues=QueueNames("duroxide"),
         tracing=Tracing(),
     )
+    return TurnExecutor(parts, queues=QueueNames("duroxide"))
 
 
 @SHAPES
