@@ -44,6 +44,9 @@ def test_flower_lists_workflow_steps(redis_cluster: Cluster) -> None:
     assert not [n for n in names(everything) if str(n).startswith("orch:#")], names(everything)
     for task in everything.values():
         assert "item-100" not in json.dumps(task.get("args")), task  # CheckHealth's input stays out of Flower
+    # Flower learns of tasks from the workers' event stream, asynchronously: wait until it has heard of both steps.
+    steps = {f"orch:Pipeline#{ids[1]}", f"act:CheckHealth#{ids[1]}"}
+    cluster.wait_for(lambda: steps <= names(tasks(f"args:{ids[1]}")), f"Flower's search to find {steps}")
     mine = tasks(f"args:{ids[1]}")
-    assert mine and all(ids[1] in str(t.get("args")) for t in mine.values()), mine
-    assert {f"orch:Pipeline#{ids[1]}", f"act:CheckHealth#{ids[1]}"} <= names(mine)
+    assert all(ids[1] in str(t.get("args")) for t in mine.values()), mine
+    assert steps <= names(mine), mine
