@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["EmbeddedWorker", "embedded_app"]
 
-_POLLING_S = 0.001
 #: Longest sleep of the scheduler thread between looks at the store (a turn that creates a timer wakes it).
 _SCHEDULER_MAX_SLEEP_S = 0.25
 #: After a failed scheduler round the next comes this much later, doubling up to the maximum (seconds).
@@ -45,7 +44,6 @@ def embedded_app(token: str, names: QueueNames) -> Celery:
     app.conf.update(embedded_settings(names))
     app.conf.update(
         broker_transport="duroxide_celery.tasks.memory_transport:Transport",
-        broker_transport_options={"polling_interval": _POLLING_S},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
