@@ -9,6 +9,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..replay import events as ev
+from . import direct_sql
 from . import hot_statements as hot
 from .base import now_ms, work_item_params
 from .dto import (
@@ -48,7 +49,8 @@ class ActivityStore(FlowStore):
         now = now_ms()
         try:
             with self.lease_transaction() as conn:
-                row = conn.execute(
+                row = direct_sql.run(
+                    conn,
                     hot.CLAIM_WORK_ITEM,
                     work_item_params(key, owner, now=now, lease_ms=lease_ms),
                 ).first()

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 from ..replay import events as ev
 from ..replay.commands import ScheduleActivity
 from ..types import TERMINAL_STATUSES
+from . import direct_sql
 from . import hot_statements as hot
 from .base import now_ms
 from .dto import (
@@ -201,9 +202,9 @@ class TurnCommit(TurnStore, FlowStore):
                 rows.remove(claimed)
                 claimed.update(lock_owner=inline.owner, attempt_count=1, claim_deadline=0, lease_ms=inline.lease_ms)
                 del claimed["locked_until"]
-                conn.execute(hot.INSERT_CLAIMED_WORK_ITEM, claimed)
+                direct_sql.run(conn, hot.INSERT_CLAIMED_WORK_ITEM, claimed)
             if rows:
-                conn.execute(hot.INSERT_WORK_ITEMS, rows)
+                direct_sql.run(conn, hot.INSERT_WORK_ITEMS, rows)
 
     def session_owners(self, conn: Connection, session_ids: Iterable[str]) -> dict[str, str]:
         """The live owners (node ids) of these sessions; a session nobody holds is absent."""

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
 from ..replay.events import HistoryEvent
+from . import direct_sql
 from . import hot_statements as hot
 from .dto import CreatedInstance, TurnFence
 from .fair_lock import FairRLock
@@ -166,9 +167,10 @@ class SqliteDialect(Dialect):
         return self._write_lock if self._serialize_all else nullcontext()
 
     def create_instance(self, conn: Connection, params: dict[str, Any]) -> CreatedInstance | None:
-        if conn.execute(hot.INSERT_NEW_INSTANCE, params).first() is None:
+        if direct_sql.run(conn, hot.INSERT_NEW_INSTANCE, params).first() is None:
             return None
-        conn.execute(
+        direct_sql.run(
+            conn,
             hot.INSERT_EXECUTION,
             {
                 "instance_id": params["iid"],
@@ -179,7 +181,8 @@ class SqliteDialect(Dialect):
                 "kv_snapshot": "{}",
             },
         )
-        conn.execute(
+        direct_sql.run(
+            conn,
             hot.INSERT_INBOX,
             {
                 "instance_id": params["iid"],
@@ -193,10 +196,12 @@ class SqliteDialect(Dialect):
     def fence_turn(self, conn: Connection, fence: TurnFence) -> tuple[set[str], bool] | None:
         # Nobody can write a message while a turn holds SQLite's only write transaction: none waits.
         columns, params = hot.set_clause(fence.instance, iid=fence.instance_id, owner=fence.owner)
-        if not conn.execute(hot.finish_instance(columns), params).rowcount:
+        if not direct_sql.run(conn, hot.finish_instance(columns), params).rowcount:
             return None  # first: the fence; nothing else is written for a lease that is no longer ours
         if fence.history:
-            conn.execute(hot.INSERT_HISTORY, _history_rows(fence.instance_id, fence.execution_id, fence.history))
+            direct_sql.run(
+                conn, hot.INSERT_HISTORY, _history_rows(fence.instance_id, fence.execution_id, fence.history)
+            )
         if fence.consumed:
             conn.execute(hot.DELETE_INBOX, {"ids": fence.consumed})
         if fence.execution:  # most turns change nothing here: no statement for them
@@ -209,14 +214,15 @@ class SqliteDialect(Dialect):
     def complete_work_item(
         self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
     ) -> tuple[str, str | None, bool] | None:
-        done = conn.execute(hot.DELETE_LEASED_WORK_ITEM, params).first()
+        done = direct_sql.run(conn, hot.DELETE_LEASED_WORK_ITEM, params).first()
         if done is None:
             return None
-        conn.execute(
+        direct_sql.run(
+            conn,
             hot.INSERT_INBOX,
             {"instance_id": params["iid"], "kind": kind, "payload": json.dumps(message), "created_at": params["now"]},
         )
-        others = conn.execute(hot.WORK_ITEM_OF, {"iid": params["iid"]}).first() is not None
+        others = direct_sql.run(conn, hot.WORK_ITEM_OF, {"iid": params["iid"]}).first() is not None
         return done[0], done[1], others
 
     def fire_due_timers(self, conn: Connection, now: int, due_by: int, limit: int) -> tuple[list[Wake], int]:
@@ -283,7 +289,7 @@ class PostgresDialect(Dialect):
         return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     def create_instance(self, conn: Connection, params: dict[str, Any]) -> CreatedInstance | None:
-        row = conn.execute(hot.CREATE_INSTANCE, params).first()
+        row = direct_sql.run(conn, hot.CREATE_INSTANCE, params).first()
         if row is None:
             return None
         return CreatedInstance((row[2], row[3]) if row[1] is not None else None, limit_read=True)
@@ -300,14 +306,14 @@ class PostgresDialect(Dialect):
             h_timestamp=[e.timestamp_ms for e in events],
             h_data=[_json(e.data) for e in events],
         )
-        row = conn.execute(hot.fence_turn(instance_columns, execution_columns), params).first()
+        row = direct_sql.run(conn, hot.fence_turn(instance_columns, execution_columns), params).first()
         return None if row is None else (set(row[1] or ()), row[0] != fence.refused_pokes)
 
     def complete_work_item(
         self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
     ) -> tuple[str, str | None, bool] | None:
         statement_params = dict(params, kind=kind, payload=json.dumps(message), created=params["now"])
-        done = conn.execute(hot.COMPLETE_WORK_ITEM, statement_params).first()
+        done = direct_sql.run(conn, hot.COMPLETE_WORK_ITEM, statement_params).first()
         return (done[0], done[1], bool(done[2])) if done is not None else None
 
     def fire_due_timers(self, conn: Connection, now: int, due_by: int, limit: int) -> tuple[list[Wake], int]:

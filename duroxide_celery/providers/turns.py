@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 from ..replay import events as ev
 from ..replay.events import HistoryEvent
 from ..types import TERMINAL_STATUSES
+from . import direct_sql
 from . import hot_statements as hot
 from .base import StoreBase, now_ms
 from .dto import (
@@ -105,7 +106,7 @@ class TurnStore(StoreBase):
         `lease_ms` from the database's clock, and only a lease expired by that clock can be taken over."""
         params = {"iid": instance_id, "now": now_ms(), "owner": owner, "lease_ms": lease_ms}
         with self._writing(conn) as conn:
-            row = conn.execute(hot.ACQUIRE, params).first()
+            row = direct_sql.run(conn, hot.ACQUIRE, params).first()
         return None if row is None else _lease(instance_id, owner, row)
 
     def lease_and_load(
@@ -122,7 +123,7 @@ class TurnStore(StoreBase):
         while True:
             params["now"] = now_ms()
             with self.lease_statement() as conn:
-                row = conn.execute(hot.LEASE_AND_LOAD, params).first()
+                row = direct_sql.run(conn, hot.LEASE_AND_LOAD, params).first()
             if row is None or row[0] is False:
                 return None  # backed off, held by a start limit, or no message; or held (a refused poke, counted)
             if row[0]:
@@ -173,7 +174,7 @@ class TurnStore(StoreBase):
         statement = hot.RELEASE_INSTANCE_RESET if reset_attempts else hot.RELEASE_INSTANCE
         params = {"iid": instance_id, "owner": owner, "next_attempt": next_attempt_at, "reason": waiting_reason}
         with self._writing(conn) as conn:
-            released = conn.execute(statement, params).rowcount
+            released = direct_sql.run(conn, statement, params).rowcount
             ids = list(consumed_ids)
             if ids and not released:
                 raise LeaseLost(instance_id)
@@ -185,15 +186,17 @@ class TurnStore(StoreBase):
         """History of the execution (events after `after_event_id`: the caller caches the prefix, which never
         changes), pending inbox messages (id, message) and the execution's KV snapshot."""
         with self._reading(conn) as conn:
-            msgs = conn.execute(hot.INBOX_OF, {"iid": instance_id}).all()
+            msgs = direct_sql.run(conn, hot.INBOX_OF, {"iid": instance_id}).all()
             if not msgs:
                 return [], [], {}
-            events = conn.execute(
-                hot.HISTORY_AFTER, {"iid": instance_id, "exec": execution_id, "after": after_event_id}
+            events = direct_sql.run(
+                conn, hot.HISTORY_AFTER, {"iid": instance_id, "exec": execution_id, "after": after_event_id}
             ).all()
             snapshot_text = None
             if execution_id > 1:  # the first execution starts with no KV; later ones carry it from their predecessor
-                snapshot_text = conn.execute(hot.KV_SNAPSHOT, {"iid": instance_id, "exec": execution_id}).scalar()
+                snapshot_text = direct_sql.run(
+                    conn, hot.KV_SNAPSHOT, {"iid": instance_id, "exec": execution_id}
+                ).scalar()
         return _events(events), _messages(msgs), _snapshot(snapshot_text)
 
     def get_kv(self, instance_id: str, key: str, conn: Connection | None = None) -> str | None:
