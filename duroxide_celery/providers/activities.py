@@ -194,9 +194,9 @@ class ActivityStore(FlowStore):
                     .where(sessions.c.session_id == session_id, sessions.c.owner == (node or owner))
                     .values(last_activity_at=now)
                 )
-            name, flow_state, others = done
+            name, flow_state, others, wake = done
             # The slot this row held goes to the next held row in the same transaction: none leaks, none idles.
-            return RecordedOutcome(self.admit(conn, [name], now) if flow_state == ADMITTED else [], others)
+            return RecordedOutcome(self.admit(conn, [name], now) if flow_state == ADMITTED else [], others, wake)
 
     def abandon_work_item(
         self, key: tuple[str, int, int], owner: str, visible_at: int, waiting_reason: str | None = None

@@ -105,9 +105,10 @@ class Dialect:
 
     def complete_work_item(
         self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
-    ) -> tuple[str, str | None, bool] | None:
+    ) -> tuple[str, str | None, bool, bool] | None:
         """Delete the activity row its lease holder names (`params`) and queue its outcome; the row's (name, flow
-        state) and whether the instance has other activity rows, or None if it is gone."""
+        state), whether the instance has other activity rows and whether the caller must wake the instance (False: a
+        turn holding its lease will drain again and take this outcome), or None if it is gone."""
         raise NotImplementedError
 
     def fire_due_timers(self, conn: Connection, now: int, due_by: int, limit: int) -> tuple[list[Wake], int]:
@@ -213,7 +214,7 @@ class SqliteDialect(Dialect):
 
     def complete_work_item(
         self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
-    ) -> tuple[str, str | None, bool] | None:
+    ) -> tuple[str, str | None, bool, bool] | None:
         done = direct_sql.run(conn, hot.DELETE_LEASED_WORK_ITEM, params).first()
         if done is None:
             return None
@@ -223,7 +224,7 @@ class SqliteDialect(Dialect):
             {"instance_id": params["iid"], "kind": kind, "payload": json.dumps(message), "created_at": params["now"]},
         )
         others = direct_sql.run(conn, hot.WORK_ITEM_OF, {"iid": params["iid"]}).first() is not None
-        return done[0], done[1], others
+        return done[0], done[1], others, True  # SQLite: the embedded runtime coalesces pokes in memory
 
     def fire_due_timers(self, conn: Connection, now: int, due_by: int, limit: int) -> tuple[list[Wake], int]:
         due = conn.execute(hot.DUE_TIMERS, {"due_by": due_by, "limit": limit}).all()
@@ -311,10 +312,10 @@ class PostgresDialect(Dialect):
 
     def complete_work_item(
         self, conn: Connection, params: dict[str, Any], kind: str, message: dict[str, Any]
-    ) -> tuple[str, str | None, bool] | None:
+    ) -> tuple[str, str | None, bool, bool] | None:
         statement_params = dict(params, kind=kind, payload=json.dumps(message), created=params["now"])
         done = direct_sql.run(conn, hot.COMPLETE_WORK_ITEM, statement_params).first()
-        return (done[0], done[1], bool(done[2])) if done is not None else None
+        return (done[0], done[1], bool(done[2]), bool(done[3])) if done is not None else None
 
     def fire_due_timers(self, conn: Connection, now: int, due_by: int, limit: int) -> tuple[list[Wake], int]:
         rows = conn.execute(hot.FIRE_DUE_TIMERS, {"now": now, "due_by": due_by, "limit": limit}).all()

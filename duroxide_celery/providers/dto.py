@@ -89,6 +89,9 @@ class RecordedOutcome:
     admitted: list[PendingActivity] = field(default_factory=list)
     #: Whether the instance still has other activity rows (its orchestration may be waiting for more of them).
     others_pending: bool = False
+    #: Whether this outcome's recorder wakes the instance; False when a turn holds its lease and was told to drain
+    #: again (PostgreSQL, counted as a refused poke), so a fan-out's completions bring a few turns, not a poke each.
+    wake: bool = True
 
 
 @dataclass

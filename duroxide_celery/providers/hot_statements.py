@@ -482,6 +482,23 @@ def _complete_work_item() -> Any:
         bindparam("created", type_=BigInteger),
     )
     queued = insert(inbox).from_select(["instance_id", "kind", "payload", "created_at"], outcome).cte("queued")
+    # A turn holding the instance's lease takes this outcome on its next drain: the completion counts itself as a
+    # refused poke (what its poke's lease statement would do, turn_shapes.py), so the holder's commit sees it, and
+    # publishes none. Only while the row is not locked by that turn's commit (SKIP LOCKED: never wait, never
+    # deadlock with a commit that deletes this activity's row); a locked or free lease gets a poke.
+    holder = (
+        select(instances.c.instance_id)
+        .where(instances.c.instance_id == bindparam("iid"), not_(_lease_free()))
+        .with_for_update(skip_locked=True)
+        .cte("holder")
+    )
+    counted = (
+        update(instances)
+        .where(instances.c.instance_id == select(holder.c.instance_id).scalar_subquery(), select(done).exists())
+        .values(refused_pokes=instances.c.refused_pokes + 1)
+        .returning(instances.c.instance_id)
+        .cte("counted")
+    )
     # The statement's snapshot still shows the row it deletes: the other rows are those with another key.
     others = (
         select(work_items.c.event_id)
@@ -491,12 +508,14 @@ def _complete_work_item() -> Any:
         )
         .exists()
     )
-    return select(done.c.name, done.c.flow_state, others).add_cte(queued)
+    wake = not_(select(counted.c.instance_id).exists())
+    return select(done.c.name, done.c.flow_state, others, wake).add_cte(queued, counted)
 
 
 #: PostgreSQL: delete an activity row we hold and queue its outcome message (`kind`, `payload`, `created`) in one
-#: statement; returns the row's name, its flow state and whether the instance has other activity rows, or nothing
-#: (and inserts nothing) when the row is gone or another worker holds it.
+#: statement; returns the row's name, its flow state, whether the instance has other activity rows and whether this
+#: completion must publish the instance's wake-up, or nothing (and inserts nothing) when the row is gone or another
+#: worker holds it.
 COMPLETE_WORK_ITEM = _complete_work_item()
 
 

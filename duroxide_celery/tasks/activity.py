@@ -355,8 +355,10 @@ class ActivityExecutor(PartsExecutor):
 
     def _wake(self, item: ClaimedWorkItem, recorded: RecordedOutcome) -> None:
         """Run the instance's next turn here when this worker serves orchestrations and the instance has no other
-        activity in flight (tasks/inline.py), else poke: the pokes of a fan-out's completions coalesce into a few
-        turns, where running each completion's turn at once would run a turn per completion."""
+        activity in flight (tasks/inline.py), else poke; neither when a turn holding the lease will take the outcome
+        (RecordedOutcome.wake): the completions of a fan-out coalesce into a few turns, not a turn or poke each."""
+        if not recorded.wake:
+            return  # a turn holds the lease and drains again after its commit: it takes this outcome
         inline = self.inline
         if (
             self.next_turn is not None

@@ -16,7 +16,7 @@ from duroxide_celery import Client
 from duroxide_celery.providers.base import now_ms
 from duroxide_celery.providers.dto import TurnFence
 from duroxide_celery.providers.flow import ActivityLimit
-from duroxide_celery.providers.schema import executions, history, inbox, instances
+from duroxide_celery.providers.schema import executions, history, inbox, instances, work_items
 from duroxide_celery.providers.store import LeaseLost
 from duroxide_celery.replay import events as ev
 from duroxide_celery.replay.events import HistoryEvent
@@ -185,3 +185,61 @@ def test_a_poke_that_waits_for_the_holders_commit_then_takes_the_lease_and_reads
     assert taken is not None and taken.lease.owner == "taker"
     events, messages, _ = taken.load
     assert [m[1]["kind"] for m in messages] == ["Later"] and [e.event_id for e in events] == [1]
+
+
+def _claimed_activity(store: Any, instance_id: str, event_id: int) -> tuple[str, int, int]:
+    """An activity row of the instance, claimed by the worker "w" (as an activity task would)."""
+    with store.write() as conn:
+        conn.execute(
+            sa.insert(work_items).values(
+                instance_id=instance_id, execution_id=1, event_id=event_id, name="A", input='""', created_at=1
+            )
+        )
+    key = (instance_id, 1, event_id)
+    assert store.claim_work_item(key, "w", 60_000) is not None
+    return key
+
+
+@postgres_only
+def test_an_outcome_recorded_while_a_turn_holds_the_lease_is_counted_for_it_instead_of_poked(provider):
+    """The completions of a fan-out that land while a turn holds the lease publish no poke: each counts itself as a
+    refused poke, so the holder's fence says messages wait and its task drains again. Once the lease is free, an
+    outcome wakes the instance again."""
+    store = _started(provider, "c-1")
+    first, second = _claimed_activity(store, "c-1", 1), _claimed_activity(store, "c-1", 2)
+    loaded = store.lease_and_load("c-1", "holder", 60_000)
+    assert loaded is not None
+    recorded = store.complete_work_item(first, "w", '"one"')
+    assert recorded is not None and recorded.wake is False and recorded.others_pending is True
+    fence = TurnFence("c-1", "holder", 1, {"updated_at": now_ms()}, refused_pokes=loaded.lease.refused_pokes)
+    with store.write() as conn:
+        assert store.fence_turn(conn, fence) == (set(), True)  # the holder's task takes another turn
+    with store.write() as conn:
+        conn.execute(sa.update(instances).values(lock_owner=None, locked_until=0))
+    recorded = store.complete_work_item(second, "w", '"two"')
+    assert recorded is not None and recorded.wake is True and recorded.others_pending is False
+    with store.single_read() as conn:
+        kinds = conn.execute(sa.select(inbox.c.kind).where(inbox.c.instance_id == "c-1").order_by(inbox.c.id)).all()
+    assert [k[0] for k in kinds] == [ev.MSG_START, ev.MSG_ACTIVITY_COMPLETED, ev.MSG_ACTIVITY_COMPLETED]
+
+
+@postgres_only
+def test_an_outcome_recorded_while_the_holders_commit_is_in_flight_is_poked_without_waiting(provider):
+    """The holder's commit row-locks the instance: the completion neither waits for it nor counts itself (that
+    commit already read the count); it publishes a poke, which finds the lease free once the commit is done."""
+    store = _started(provider, "c-2")
+    key = _claimed_activity(store, "c-2", 1)
+    loaded = store.lease_and_load("c-2", "holder", 60_000)
+    assert loaded is not None
+    with store.connection() as holder, holder.begin() as commit:
+        fence = TurnFence("c-2", "holder", 1, {"updated_at": now_ms()}, refused_pokes=loaded.lease.refused_pokes)
+        assert store.fence_turn(holder, fence) == (set(), False)
+        recorded = store.complete_work_item(key, "w", '"one"')  # returns while the commit holds the row lock
+        assert recorded is not None and recorded.wake is True
+        commit.rollback()
+
+
+def test_an_outcome_recorded_with_the_lease_free_wakes_the_instance(provider):
+    store = _started(provider, "c-3")
+    recorded = store.complete_work_item(_claimed_activity(store, "c-3", 1), "w", '"one"')
+    assert recorded is not None and recorded.wake is True
