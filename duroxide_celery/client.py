@@ -30,6 +30,7 @@ from .observability.otel import Tracing
 from .options import check_queue_prefix
 from .providers import Provider
 from .providers.dto import NewInstance
+from .providers.endings import endings
 from .providers.restart import current_execution, current_executions, replace_finished, restart_id, restart_instance
 from .providers.rewind import rewind_instance
 from .providers.schedules import ScheduleStore, for_store
@@ -649,17 +650,25 @@ class Client:
         )
 
     def _poll(self, instance_id: str, timeout_ms: int, done: Any, max_interval_s: float = 0.1) -> OrchestrationResult:
+        """Read the instance until `done`, backing off from 5 ms to `max_interval_s`; a turn that ends it (here,
+        or elsewhere on PostgreSQL) cuts the sleep short (providers/endings.py)."""
         deadline = time.monotonic() + check_timeout_ms(timeout_ms) / 1000
         interval = 0.005
-        while True:
-            result = self.get_status(instance_id)
-            if done(result):
-                return result
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise OperationTimedOut("Operation timed out")
-            time.sleep(min(interval, remaining))
-            interval = min(interval * 2, max_interval_s)
+        self._store.watch_endings()
+        woken = endings.watch(instance_id)
+        try:
+            while True:
+                woken.clear()  # before the read: an end committed after it sets it again
+                result = self.get_status(instance_id)
+                if done(result):
+                    return result
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise OperationTimedOut("Operation timed out")
+                woken.wait(min(interval, remaining))
+                interval = min(interval * 2, max_interval_s)
+        finally:
+            endings.unwatch(instance_id, woken)
 
     # -- KV -----------------------------------------------------------------------------------------------------
     def get_kv_value(self, instance_id: str, key: str) -> str | None:

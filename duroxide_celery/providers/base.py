@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import hot_statements as hot
 from .dialect import dialect_for
+from .endings import EndingsListener
 from .schema import inbox
 
 
@@ -41,6 +42,17 @@ class StoreBase:
         self.lease_engine = lease_engine or engine
         #: `serialize_all`: an in-memory SQLite database is one shared connection, so reads queue like writes.
         self.dialect = dialect_for(engine, serialize_all=serialize_all)
+        self._endings = EndingsListener(engine) if self.dialect.notifies_endings else None
+
+    def watch_endings(self) -> None:
+        """Have this process's waits woken when a turn of another process ends an instance (a listener thread,
+        started once; PostgreSQL); elsewhere only this process's own turns wake them (endings.py)."""
+        if self._endings is not None:
+            self._endings.start()
+
+    def stop_watching_endings(self) -> None:
+        if self._endings is not None:
+            self._endings.stop()
 
     def write(self) -> AbstractContextManager[Connection]:
         """A write transaction (SQLite: behind the process's writer lock, `BEGIN IMMEDIATE`)."""

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
 from ..replay.events import HistoryEvent
+from ..types import TERMINAL_STATUSES
 from . import direct_sql
 from . import hot_statements as hot
 from .dto import CreatedInstance, TurnFence
@@ -40,6 +41,8 @@ class Dialect:
     insert_new_instance: Any = None
     #: The shape of a turn's transactions (`turn_shapes`).
     turn_shape: type[TurnTransaction] = TurnTransaction
+    #: Whether the commit that ends an instance tells other processes' waits (a NOTIFY from fence_turn, endings.py).
+    notifies_endings = False
 
     def write(self, engine: Engine) -> AbstractContextManager[Connection]:
         """A write transaction on `engine` (committed when the block ends, rolled back on an exception)."""
@@ -273,6 +276,7 @@ class PostgresDialect(Dialect):
     sql = pg_dialect
     insert_new_instance = hot.INSERT_NEW_INSTANCE_PG
     turn_shape = LeaseThenCommitTurn
+    notifies_endings = True
 
     @contextmanager
     def write(self, engine: Engine) -> Iterator[Connection]:
@@ -307,7 +311,8 @@ class PostgresDialect(Dialect):
             h_timestamp=[e.timestamp_ms for e in events],
             h_data=[_json(e.data) for e in events],
         )
-        row = direct_sql.run(conn, hot.fence_turn(instance_columns, execution_columns), params).first()
+        ends = fence.instance.get("status") in TERMINAL_STATUSES  # the commit tells other processes' waits
+        row = direct_sql.run(conn, hot.fence_turn(instance_columns, execution_columns, ends), params).first()
         return None if row is None else (set(row[1] or ()), row[0] != fence.refused_pokes)
 
     def complete_work_item(

@@ -47,15 +47,17 @@ class Rows:
         return int(self._cursor.rowcount)
 
     def first(self) -> tuple[Any, ...] | None:
+        """The first row, or None; the cursor is closed (a SQLite statement left open would keep its read)."""
         cursor = self._cursor
-        if cursor.description is None:
-            return None
-        row: tuple[Any, ...] | None = cursor.fetchone()
+        row: tuple[Any, ...] | None = cursor.fetchone() if cursor.description is not None else None
+        cursor.close()
         return row
 
     def all(self) -> list[tuple[Any, ...]]:
         cursor = self._cursor
-        return [] if cursor.description is None else list(cursor.fetchall())
+        rows = [] if cursor.description is None else list(cursor.fetchall())
+        cursor.close()
+        return rows
 
     def scalar(self) -> Any:
         row = self.first()

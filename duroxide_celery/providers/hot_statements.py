@@ -39,6 +39,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
+from .endings import NOTIFY_CHANNEL
 from .schema import (
     FLOW_HELD,
     LIMIT_ACTIVITY,
@@ -356,12 +357,13 @@ LIMITED_NAMES = select(limits.c.name).where(
 
 
 @lru_cache(maxsize=64)
-def fence_turn(instance_columns: tuple[str, ...], execution_columns: tuple[str, ...]) -> Any:
+def fence_turn(instance_columns: tuple[str, ...], execution_columns: tuple[str, ...], notify: bool = False) -> Any:
     """PostgreSQL: the first writes of a turn's commit in one statement, all or nothing on its lease: the fence
     (finish_instance: `iid`, `owner`, `v_<column>`), the history (`exec`, one array per column: `h_event_id`,
     `h_kind`, `h_source`, `h_timestamp`, `h_data`), the consumed messages (`ids`), the execution row (`x_<column>`).
     Returns a row only when the lease was ours: the instance's refused pokes (the row's latest count: the fence
-    waited for any refusal in flight) and the names among `names` whose activities have limits."""
+    waited for any refusal in flight) and the names among `names` whose activities have limits. `notify`: the turn
+    ends the instance, and its commit tells other processes' waits (endings.py)."""
     fence = finish_instance(instance_columns).returning(instances.c.instance_id, instances.c.refused_pokes).cte("fence")
     rows = (
         func.unnest(
@@ -401,7 +403,10 @@ def fence_turn(instance_columns: tuple[str, ...], execution_columns: tuple[str, 
     limited = select(func.array_agg(limits.c.name)).where(
         limits.c.kind == LIMIT_ACTIVITY, limits.c.name == any_(bindparam("names", type_=ARRAY(String)))
     )
-    return select(fence.c.refused_pokes, limited.scalar_subquery()).add_cte(*writes)
+    fenced = select(fence.c.refused_pokes, limited.scalar_subquery()).add_cte(*writes)
+    if notify:  # evaluated for the fence's row only: never when the lease is gone
+        fenced = fenced.add_columns(func.pg_notify(literal_column(NOTIFY_CHANNEL), fence.c.instance_id))
+    return fenced
 
 
 def _work_item_key() -> Any:

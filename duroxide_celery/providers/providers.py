@@ -73,6 +73,7 @@ class Provider:
 
     def dispose(self) -> None:
         if self._store is not None:
+            self._store.stop_watching_endings()
             self._store.engine.dispose()
             self._store.lease_engine.dispose()
 

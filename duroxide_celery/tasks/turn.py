@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import ActivityFailed, OrchestrationFailed
 from ..observability.otel import TurnSpan
 from ..providers.dto import ClaimedWorkItem, InlineClaim, InstanceLease, LeaseLost, PublishPlan, TurnChanges, TurnLoad
+from ..providers.endings import endings
 from ..providers.store import now_ms
 from ..providers.turn_shapes import TurnTransaction
 from ..replay import events as ev
@@ -30,6 +31,7 @@ from ..replay.engine import ReplayEngine
 from ..replay.events import HistoryEvent, error_details
 from ..replay.poison import poisoned_turn
 from ..replay.timer_due import Message, split_due
+from ..types import TERMINAL_STATUSES
 from .engine_cache import LruCache
 from .executor_parts import ExecutorParts, PartsExecutor
 from .failures import clip, describe, lease_owner, raised_by_user_code, when, worker_log
@@ -471,6 +473,8 @@ class TurnExecutor(PartsExecutor):
         self.publisher.poke(plan.pokes)
         if plan.first_timer_at is not None:
             self.publisher.timers_created(plan.first_timer_at)
+        if result.status in TERMINAL_STATUSES:
+            endings.ended(instance_id)  # this process's waits return now, not at their next poll
         if result.status == "Failed":
             self._report_failure(lease, result)
         self._task.claimed = plan.inline  # run() runs it once this turn is over
