@@ -12,7 +12,6 @@ not constants) goes through `Connection.execute` instead.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,8 +66,8 @@ class Rows:
 #: SQLite's driver takes named parameters (`:name`) from a dict, which the other paramstyles would need reordered.
 _SQLITE_NAMED = SQLiteDialect_pysqlite(paramstyle="named")
 
+#: By (statement id, database, parameter names). A race compiles twice and keeps either: both are the same.
 _cache: dict[tuple[int, str, tuple[str, ...]], _Compiled] = {}
-_cache_lock = threading.Lock()
 
 
 def _compile(conn: Connection, statement: Any, keys: tuple[str, ...]) -> _Compiled:
@@ -105,9 +104,7 @@ def _prepared(conn: Connection, statement: Any, keys: tuple[str, ...]) -> _Compi
     key = (id(statement), conn.dialect.name, keys)
     found = _cache.get(key)
     if found is None:
-        found = _compile(conn, statement, keys)
-        with _cache_lock:
-            _cache[key] = found
+        found = _cache[key] = _compile(conn, statement, keys)
     return found
 
 
@@ -127,7 +124,7 @@ def run(conn: Connection, statement: Any, params: Params | Sequence[Params]) -> 
     else:
         many, rows = True, list(params)
     if not rows:
-        return conn.execute(statement, [])
+        raise ValueError("direct_sql.run: an executemany needs at least one parameter set")  # callers skip empty
     compiled = _prepared(conn, statement, tuple(rows[0]))
     if compiled.sql is None:
         return conn.execute(statement, [dict(r) for r in rows] if many else dict(rows[0]))
